@@ -1,0 +1,319 @@
+"""Host files under a Root: path resolution that cannot escape, atomic writes, a backup journal.
+
+``Root`` maps host paths: ``/`` on bare metal, ``/host`` in the DaemonSet, a sandbox folder in simulation
+and tests. Resolution follows symlinks the way the host would see them (an absolute link target is taken
+relative to the root, as in a chroot), and refuses any link or ``..`` that climbs above the root.
+
+``atomic_write`` writes a temp file in the same directory, fsyncs it, renames it over the target and
+fsyncs the directory, so a crash leaves either the old or the new bytes, never half a file.
+
+``BackupJournal`` keeps the original bytes (or the absence) of every file the agent first touches, under
+the agent's state directory, so ``nodeagent revert`` can restore them exactly, even after a restart.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import json
+import os
+import stat
+import tempfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+from nodeagent.errors import HostPathError
+
+_MAX_LINKS = 40
+
+FaultHook = Callable[[str], None]
+"""Called with a step name ('written', 'synced', 'renamed') during atomic_write; tests raise from it."""
+
+
+def _no_fault(_: str) -> None:
+    return None
+
+
+class Root:
+    """A host filesystem root. Every host path the agent reads or writes goes through one."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path).absolute()
+
+    def __repr__(self) -> str:
+        return f"Root({str(self.path)!r})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Root) and other.path == self.path
+
+    def __hash__(self) -> int:
+        return hash(self.path)
+
+    @property
+    def is_host(self) -> bool:
+        return self.path == Path("/")
+
+    def resolve(self, host_path: str | PurePosixPath, *, follow_last: bool = True) -> Path:
+        """Map an absolute host path to a local path, following links inside the root only."""
+        parts = list(PurePosixPath("/", host_path).parts[1:])
+        resolved: list[str] = []
+        links = 0
+        while parts:
+            name = parts.pop(0)
+            if name in ("", "."):
+                continue
+            if name == "..":
+                if not resolved:
+                    raise HostPathError(f"{host_path}: climbs above the root {self.path}")
+                resolved.pop()
+                continue
+            candidate = self.path.joinpath(*resolved, name)
+            if (parts or follow_last) and candidate.is_symlink():
+                links += 1
+                if links > _MAX_LINKS:
+                    raise HostPathError(f"{host_path}: too many levels of symbolic links")
+                target = PurePosixPath(os.readlink(candidate))
+                if target.is_absolute():
+                    resolved = []
+                    parts = list(target.parts[1:]) + parts
+                else:
+                    parts = list(target.parts) + parts
+                continue
+            resolved.append(name)
+        return self.path.joinpath(*resolved)
+
+    def host_path(self, local: Path) -> str:
+        """The host path of a local path inside this root (inverse of ``resolve`` without links)."""
+        try:
+            rel = local.absolute().relative_to(self.path)
+        except ValueError as err:
+            raise HostPathError(f"{local} is outside the root {self.path}") from err
+        return "/" + rel.as_posix() if str(rel) != "." else "/"
+
+    def exists(self, host_path: str) -> bool:
+        try:
+            return self.resolve(host_path).exists()
+        except HostPathError:
+            return False
+
+    def is_file(self, host_path: str) -> bool:
+        try:
+            return self.resolve(host_path).is_file()
+        except HostPathError:
+            return False
+
+    def is_dir(self, host_path: str) -> bool:
+        try:
+            return self.resolve(host_path).is_dir()
+        except HostPathError:
+            return False
+
+    def read_bytes(self, host_path: str) -> bytes | None:
+        """The file's bytes, or None when it does not exist. A directory or unreadable file raises."""
+        local = self.resolve(host_path)
+        try:
+            return local.read_bytes()
+        except FileNotFoundError:
+            return None
+        except IsADirectoryError as err:
+            raise HostPathError(f"{host_path}: is a directory, expected a file") from err
+        except OSError as err:
+            raise HostPathError(f"{host_path}: cannot read: {err.strerror}") from err
+
+    def read_text(self, host_path: str) -> str | None:
+        data = self.read_bytes(host_path)
+        if data is None:
+            return None
+        try:
+            return data.decode("utf-8")
+        except UnicodeDecodeError as err:
+            raise HostPathError(f"{host_path}: not UTF-8 text (byte {err.start})") from err
+
+    def listdir(self, host_path: str) -> list[str]:
+        """Sorted entry names of a directory; empty when it does not exist."""
+        local = self.resolve(host_path)
+        try:
+            return sorted(os.listdir(local))
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+
+    def write_atomic(
+        self,
+        host_path: str,
+        data: bytes,
+        *,
+        mode: int | None = None,
+        journal: BackupJournal | None = None,
+        fault: FaultHook = _no_fault,
+    ) -> bool:
+        """Write atomically; record the original in ``journal`` first. Returns False when unchanged."""
+        local = self.resolve(host_path)
+        if local.is_dir():
+            raise HostPathError(f"{host_path}: is a directory, expected a file")
+        try:
+            if local.read_bytes() == data and (mode is None or stat.S_IMODE(local.stat().st_mode) == mode):
+                return False
+        except FileNotFoundError:
+            pass
+        if journal is not None:
+            journal.record(self, host_path)
+        atomic_write(local, data, mode=mode, fault=fault)
+        return True
+
+    def remove(self, host_path: str, *, journal: BackupJournal | None = None) -> bool:
+        """Remove a file (recording it first). Returns False when it was already absent."""
+        local = self.resolve(host_path, follow_last=False)
+        if not local.exists() and not local.is_symlink():
+            return False
+        if journal is not None:
+            journal.record(self, host_path)
+        local.unlink()
+        fsync_dir(local.parent)
+        return True
+
+
+def atomic_write(path: Path, data: bytes, *, mode: int | None = None, fault: FaultHook = _no_fault) -> None:
+    """Temp file in the same directory, fsync, rename over ``path``, fsync the directory."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        old = path.stat()
+    except FileNotFoundError:
+        old = None
+    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".nodeagent-tmp")
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fault("written")
+            fh.flush()
+            os.fsync(fh.fileno())
+        fault("synced")
+        if mode is not None:
+            tmp.chmod(mode)
+        elif old is not None:
+            tmp.chmod(stat.S_IMODE(old.st_mode))
+        else:
+            tmp.chmod(0o644)
+        if old is not None and os.geteuid() == 0:
+            with contextlib.suppress(OSError):
+                os.chown(tmp, old.st_uid, old.st_gid)
+        tmp.replace(path)
+        fault("renamed")
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        raise
+    fsync_dir(path.parent)
+
+
+def fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError as err:  # some filesystems refuse fsync on directories
+        if err.errno not in (errno.EINVAL, errno.EBADF):
+            raise
+    finally:
+        os.close(fd)
+
+
+@dataclass(frozen=True)
+class JournalEntry:
+    host_path: str
+    existed: bool
+    mode: int | None
+    sha256: str
+    """Digest of the original bytes ('' when the file did not exist)."""
+
+
+class BackupJournal:
+    """Originals of every file the agent touched, kept under ``<state_dir>/backups`` in the Root.
+
+    The first ``record`` of a path wins: later writes never replace the original. ``restore`` puts the
+    original bytes and mode back (or removes a file the agent created) and forgets the entry.
+    """
+
+    INDEX = "index.json"
+
+    def __init__(self, root: Root, state_dir: str) -> None:
+        self.root = root
+        self.host_dir = str(PurePosixPath(state_dir, "backups"))
+
+    @property
+    def _dir(self) -> Path:
+        return self.root.resolve(self.host_dir)
+
+    def _load(self) -> dict[str, JournalEntry]:
+        index = self._dir / self.INDEX
+        try:
+            raw = json.loads(index.read_text())
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError) as err:
+            raise HostPathError(f"{self.root.host_path(index)}: backup journal unreadable: {err}") from err
+        return {k: JournalEntry(**v) for k, v in raw.items()}
+
+    def _save(self, entries: dict[str, JournalEntry]) -> None:
+        body = json.dumps({k: vars(v) for k, v in sorted(entries.items())}, indent=2).encode() + b"\n"
+        atomic_write(self._dir / self.INDEX, body, mode=0o600)
+
+    def entries(self) -> dict[str, JournalEntry]:
+        return self._load()
+
+    def record(self, root: Root, host_path: str) -> None:
+        """Keep the original of ``host_path`` unless one is already kept."""
+        entries = self._load()
+        key = str(PurePosixPath("/", host_path))
+        if key in entries:
+            return
+        local = root.resolve(key)
+        try:
+            data = local.read_bytes()
+            entry = JournalEntry(key, True, stat.S_IMODE(local.stat().st_mode), hashlib.sha256(data).hexdigest())
+            atomic_write(self._dir / entry.sha256, data, mode=0o600)
+        except FileNotFoundError:
+            entry = JournalEntry(key, False, None, "")
+        entries[key] = entry
+        self._save(entries)
+
+    def original(self, host_path: str) -> bytes | None:
+        """The kept original bytes, or None if the file did not exist. KeyError if never recorded."""
+        entry = self._load()[str(PurePosixPath("/", host_path))]
+        if not entry.existed:
+            return None
+        return (self._dir / entry.sha256).read_bytes()
+
+    def restore(self, root: Root, host_path: str) -> bool:
+        """Put the original back; return True if the file changed."""
+        entries = self._load()
+        key = str(PurePosixPath("/", host_path))
+        entry = entries[key]
+        local = root.resolve(key, follow_last=entry.existed)
+        changed: bool
+        if entry.existed:
+            data = (self._dir / entry.sha256).read_bytes()
+            try:
+                changed = local.read_bytes() != data
+            except FileNotFoundError:
+                changed = True
+            if changed:
+                atomic_write(local, data, mode=entry.mode)
+        else:
+            changed = local.exists()
+            if changed:
+                local.unlink()
+                fsync_dir(local.parent)
+        del entries[key]
+        self._save(entries)
+        if not any(e.sha256 == entry.sha256 for e in entries.values()) and entry.sha256:
+            with contextlib.suppress(FileNotFoundError):
+                (self._dir / entry.sha256).unlink()
+        return changed
+
+    def paths(self) -> Iterator[str]:
+        yield from sorted(self._load())

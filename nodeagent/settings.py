@@ -1,0 +1,468 @@
+"""One frozen, versioned settings tree: defaults here < TOML file < NODEAGENT_* environment < CLI flags.
+
+Every key's default and meaning lives in this module and nowhere else; ``python -m nodeagent.settings``
+renders them to docs/configuration.md (a test keeps that file in step). Unknown keys, wrong types and bad
+values are rejected with the file (or variable, or flag), the key path and, for a misspelt key, the
+closest valid one. The environment uses a double underscore between section and key:
+``NODEAGENT_RUNTIME__SET_AS_DEFAULT=true``.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import difflib
+import functools
+import tomllib
+import types
+import typing
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, get_args, get_origin
+
+from nodeagent.errors import ConfigError
+
+SETTINGS_VERSION = 1
+ENV_PREFIX = "NODEAGENT_"
+
+Check = Callable[[Any], str | None]
+"""A value check: returns an error message, or None when the value is fine."""
+
+
+def opt(default: Any, doc: str, *, check: Check | None = None) -> Any:
+    """A settings field with its documentation and an optional value check."""
+    meta = {"doc": doc, "check": check}
+    if isinstance(default, list | dict):
+        return field(default_factory=functools.partial(copy.deepcopy, default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+def at_least(low: float) -> Check:
+    return lambda v: None if v >= low else f"must be >= {low:g}"
+
+
+def _listen_address(value: str) -> str | None:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        return "must be HOST:PORT, e.g. 127.0.0.1:9400 or 0.0.0.0:9400"
+    return None
+
+
+def _absolute(value: str) -> str | None:
+    return None if value == "" or value.startswith("/") else "must be an absolute path"
+
+
+def _version_string(value: str) -> str | None:
+    if value == "":
+        return None
+    parts = value.split(".")
+    return None if all(p.isdigit() for p in parts) and 1 <= len(parts) <= 3 else "must look like 550 or 550.54.15"
+
+
+# --------------------------------------------------------------------------------------------- sections
+
+
+@dataclass(frozen=True)
+class AgentSettings:
+    root: str = opt("/", "Host root: `/` on bare metal, `/host` in the DaemonSet; a sandbox in simulation.")
+    listen: str = opt(
+        "127.0.0.1:9400",
+        "HTTP listener for /metrics, /healthz, /readyz, /status. Use 0.0.0.0:9400 in the DaemonSet.",
+        check=_listen_address,
+    )
+    log_format: Literal["auto", "json", "console"] = opt(
+        "auto", "`auto` writes JSON unless stdout is a terminal."
+    )
+    log_level: Literal["debug", "info", "warning", "error"] = opt("info", "Lowest level logged.")
+    state_dir: str = opt(
+        "/var/lib/nodeagent",
+        "Host path (under the root) for the agent's state: the backup journal used by revert.",
+        check=_absolute,
+    )
+    node_name: str = opt("", "Node name for labels and metrics; empty means $NODE_NAME, else the host name.")
+    only: list[str] = opt([], "Restrict plan/apply/run to these subsystems (empty: all enabled ones).")
+    shutdown_timeout_s: float = opt(
+        10.0, "Seconds each subsystem gets to stop on SIGTERM before it is cancelled.", check=at_least(0.1)
+    )
+    hard_exit_timeout_s: float = opt(
+        25.0,
+        "Seconds after SIGTERM when the process exits regardless; keep below terminationGracePeriodSeconds.",
+        check=at_least(1),
+    )
+    restart_backoff_initial_s: float = opt(
+        1.0, "First delay before a failed subsystem is restarted.", check=at_least(0.01)
+    )
+    restart_backoff_max_s: float = opt(
+        60.0, "Longest delay between restarts of a failing subsystem.", check=at_least(0.01)
+    )
+
+
+@dataclass(frozen=True)
+class SimulationSettings:
+    enabled: bool = opt(False, "Run against simulated GPUs and a sandbox host root instead of the real node.")
+    profile: str = opt("h100-80gb-hbm3", "Simulated GPU model (see `nodeagent status --simulate`).")
+    count: int = opt(8, "Number of simulated GPUs.", check=at_least(1))
+    seed: int = opt(0, "Seed for UUIDs, bus ids and readings; the same seed gives the same node.")
+    sandbox: str = opt(
+        "./.nodeagent/sim",
+        "Sandbox root used when simulation is on and no --root is given; populated like a GPU node when empty.",
+    )
+    mig_layout: str = opt(
+        "",
+        "MIG instances created on every simulated MIG-capable GPU at start, e.g. `1g.10gb*7` or "
+        "`3g.40gb,4g.40gb`; empty leaves MIG disabled.",
+    )
+
+
+@dataclass(frozen=True)
+class GpuSettings:
+    backend: Literal["auto", "nvml", "sim"] = opt(
+        "auto", "`auto`: the simulator when simulation is on, else NVML."
+    )
+    call_timeout_s: float = opt(
+        5.0, "Timeout of one NVML call; a call that hangs longer marks its GPU degraded.", check=at_least(0.01)
+    )
+
+
+@dataclass(frozen=True)
+class DriverSettings:
+    enabled: bool = opt(True, "Run the driver subsystem (everything else waits for it).")
+    root: str = opt(
+        "",
+        "Driver root (libraries and binaries). Empty: the first of /, /run/nvidia/driver, "
+        "/home/kubernetes/bin/nvidia, /usr/local/nvidia that holds a driver.",
+        check=_absolute,
+    )
+    dev_root: str = opt("/", "Where /dev/nvidia* live, as seen from the host root.", check=_absolute)
+    load_modules: bool = opt(False, "Load missing kernel modules with modprobe.")
+    enable_rdma: bool = opt(False, "Also load nvidia-peermem (GPUDirect RDMA).")
+    module_params: dict[str, list[str]] = opt(
+        {}, "Parameters per module, e.g. {nvidia = [\"NVreg_EnableGpuFirmware=1\"]}."
+    )
+    modprobe_timeout_s: float = opt(60.0, "Timeout of one modprobe.", check=at_least(1))
+    min_version: str = opt("", "Minimum driver version, e.g. 535.104.05; older is a failure.", check=_version_string)
+    validations_dir: str = opt(
+        "/run/nvidia/validations",
+        "Where the GPU Operator-compatible validation files (driver-ready, toolkit-ready) are written.",
+        check=_absolute,
+    )
+
+
+@dataclass(frozen=True)
+class RuntimeSettings:
+    enabled: bool = opt(True, "Run the container-runtime configuration subsystem.")
+    engine: Literal["auto", "containerd", "crio", "docker"] = opt("auto", "Which runtime to configure.")
+    distribution: Literal["auto", "plain", "k0s", "k3s", "rke2", "microk8s"] = opt(
+        "auto", "containerd layout; `auto` detects it from the files on disk."
+    )
+    config_path: str = opt("", "Runtime config file; empty: the engine's and distribution's default.", check=_absolute)
+    socket: str = opt("", "Runtime socket; empty: the distribution's default.", check=_absolute)
+    runtime_class: str = opt("nvidia", "Runtime handler name (= RuntimeClass handler).")
+    runtime_path: str = opt(
+        "/usr/bin/nvidia-container-runtime", "Binary of the runtime that is added.", check=_absolute
+    )
+    set_as_default: bool = opt(False, "Make the added runtime the default one (the previous default is recorded).")
+    enable_cdi: bool = opt(False, "Enable CDI in the runtime.")
+    restart: Literal["auto", "systemd", "signal", "none"] = opt(
+        "auto", "How the runtime is restarted after a change (containerd: auto = systemd restart)."
+    )
+    config_source: Literal["file", "command"] = opt(
+        "file", "Read the current config from the files (`file`) or from `containerd config dump` (`command`)."
+    )
+    containerd_version: str = opt("", "containerd version; empty: detect from the binary.", check=_version_string)
+    health_timeout_s: float = opt(30.0, "How long the runtime has to come back healthy after a restart.")
+    drift_poll_s: float = opt(1.0, "Polling period of the drift watch where inotify is unavailable.")
+
+
+@dataclass(frozen=True)
+class CdiSettings:
+    enabled: bool = opt(True, "Generate the CDI spec.")
+    spec_path: str = opt("/var/run/cdi/nvidia.yaml", "Where the CDI spec is written.", check=_absolute)
+    vendor_class: str = opt("nvidia.com/gpu", "CDI kind.")
+    hook_path: str = opt(
+        "/usr/bin/nvidia-cdi-hook",
+        "Host path of nvidia-cdi-hook (or nvidia-ctk) used by the spec's hooks.",
+        check=_absolute,
+    )
+    driver_root_in_runtime: str = opt(
+        "",
+        "The driver root as the runtime sees it; empty: the driver root with the host root prefix removed.",
+        check=_absolute,
+    )
+
+
+@dataclass(frozen=True)
+class MetricsSettings:
+    enabled: bool = opt(True, "Export DCGM-style metrics on /metrics.")
+    interval_s: float = opt(10.0, "Collection interval of cheap fields.", check=at_least(1))
+    slow_interval_s: float = opt(
+        30.0, "Collection interval of expensive fields (energy, PCIe, field batches).", check=at_least(1)
+    )
+    counters_csv: str = opt("", "dcgm-exporter counters CSV; empty: the built-in default set.")
+    pod_attribution: bool = opt(True, "Add pod, namespace and container labels from the kubelet.")
+    kubelet_socket: str = opt(
+        "/var/lib/kubelet/pod-resources/kubelet.sock", "Kubelet PodResources socket.", check=_absolute
+    )
+    pod_refresh_s: float = opt(10.0, "How often pod attribution is refreshed.", check=at_least(1))
+
+
+@dataclass(frozen=True)
+class Settings:
+    version: int = opt(SETTINGS_VERSION, "Settings format version; must be 1.")
+    agent: AgentSettings = field(default_factory=AgentSettings)
+    simulation: SimulationSettings = field(default_factory=SimulationSettings)
+    gpu: GpuSettings = field(default_factory=GpuSettings)
+    driver: DriverSettings = field(default_factory=DriverSettings)
+    runtime: RuntimeSettings = field(default_factory=RuntimeSettings)
+    cdi: CdiSettings = field(default_factory=CdiSettings)
+    metrics: MetricsSettings = field(default_factory=MetricsSettings)
+
+
+SECTIONS: dict[str, type[Any]] = {
+    f.name: f.type if isinstance(f.type, type) else typing.get_type_hints(Settings)[f.name]
+    for f in dataclasses.fields(Settings)
+    if f.name != "version"
+}
+
+
+# ----------------------------------------------------------------------------------------------- loading
+
+Sources = dict[tuple[str, str], str]
+"""(section, key) → where its value came from (file path, variable name or flag)."""
+
+
+def load(
+    *,
+    file: str | Path | None = None,
+    env: Mapping[str, str] | None = None,
+    cli: Mapping[tuple[str, str], Any] | None = None,
+    cli_names: Mapping[tuple[str, str], str] | None = None,
+) -> Settings:
+    """Build Settings from a TOML file, the environment and CLI overrides; raise ConfigError if bad."""
+    raw: dict[str, dict[str, Any]] = {}
+    sources: Sources = {}
+    if file is not None:
+        _merge_file(Path(file), raw, sources)
+    _merge_env(env or {}, raw, sources)
+    for (section, key), value in (cli or {}).items():
+        raw.setdefault(section, {})[key] = value
+        sources[(section, key)] = (cli_names or {}).get((section, key), f"--{key.replace('_', '-')}")
+    return _build(raw, sources)
+
+
+def _merge_file(path: Path, raw: dict[str, dict[str, Any]], sources: Sources) -> None:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError("settings file not found", source=str(path)) from None
+    except IsADirectoryError:
+        raise ConfigError("is a directory, expected a TOML file", source=str(path)) from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"cannot read: {err}", source=str(path)) from None
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"malformed TOML: {err}", source=str(path)) from None
+    version = doc.pop("version", None)
+    if version is None:
+        raise ConfigError(f"missing `version = {SETTINGS_VERSION}` at the top", source=str(path), key="version")
+    if version != SETTINGS_VERSION:
+        raise ConfigError(
+            f"unsupported settings version {version!r}; this agent reads version {SETTINGS_VERSION}",
+            source=str(path),
+            key="version",
+        )
+    for section, table in doc.items():
+        if section not in SECTIONS:
+            raise ConfigError(_unknown("section", section, SECTIONS), source=str(path), key=section)
+        if not isinstance(table, dict):
+            raise ConfigError("must be a table, e.g. [" + section + "]", source=str(path), key=section)
+        for key, value in table.items():
+            raw.setdefault(section, {})[key] = value
+            sources[(section, key)] = str(path)
+
+
+def _merge_env(env: Mapping[str, str], raw: dict[str, dict[str, Any]], sources: Sources) -> None:
+    for name, value in env.items():
+        if not name.startswith(ENV_PREFIX) or "__" not in name:
+            continue
+        section, _, key = name[len(ENV_PREFIX) :].lower().partition("__")
+        if section not in SECTIONS:
+            raise ConfigError(_unknown("section", section, SECTIONS), source=f"environment {name}")
+        raw.setdefault(section, {})[key] = _EnvText(value)
+        sources[(section, key)] = f"environment {name}"
+
+
+class _EnvText(str):
+    """A value from the environment: text that is converted to the field's type."""
+
+
+def _build(raw: dict[str, dict[str, Any]], sources: Sources) -> Settings:
+    built: dict[str, Any] = {}
+    for section, cls in SECTIONS.items():
+        values = raw.get(section, {})
+        hints = typing.get_type_hints(cls)
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        kwargs: dict[str, Any] = {}
+        for key, value in values.items():
+            where = sources.get((section, key), "")
+            if key not in fields:
+                raise ConfigError(_unknown("key", key, fields), source=where, key=f"{section}.{key}")
+            converted = _convert(value, hints[key], source=where, key=f"{section}.{key}")
+            check = fields[key].metadata.get("check")
+            problem = check(converted) if check else None
+            if problem:
+                raise ConfigError(f"{converted!r} {problem}", source=where, key=f"{section}.{key}")
+            kwargs[key] = converted
+        built[section] = cls(**kwargs)
+    settings = Settings(**built)
+    _cross_checks(settings)
+    return settings
+
+
+def _cross_checks(settings: Settings) -> None:
+    if settings.metrics.slow_interval_s < settings.metrics.interval_s:
+        raise ConfigError(
+            "must be >= metrics.interval_s", key="metrics.slow_interval_s"
+        )
+    if settings.agent.restart_backoff_max_s < settings.agent.restart_backoff_initial_s:
+        raise ConfigError("must be >= agent.restart_backoff_initial_s", key="agent.restart_backoff_max_s")
+
+
+def _unknown(kind: str, name: str, valid: Mapping[str, Any]) -> str:
+    close = difflib.get_close_matches(name, list(valid), n=1, cutoff=0.6)
+    hint = f"; did you mean {close[0]!r}?" if close else f"; valid: {', '.join(sorted(valid))}"
+    return f"unknown {kind} {name!r}{hint}"
+
+
+def _convert(value: Any, hint: Any, *, source: str, key: str) -> Any:
+    origin = get_origin(hint)
+    from_env = isinstance(value, _EnvText)
+
+    def bad(expected: str) -> ConfigError:
+        return ConfigError(f"expected {expected}, got {value!r}", source=source, key=key)
+
+    if origin is Literal:
+        choices = get_args(hint)
+        if value not in choices:
+            close = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1)
+            hint_text = f"; did you mean {close[0]!r}?" if close else ""
+            raise ConfigError(
+                f"{value!r} is not one of {', '.join(map(repr, choices))}{hint_text}", source=source, key=key
+            )
+        return str(value)
+    if hint is bool:
+        if from_env:
+            lowered = value.strip().lower()
+            if lowered in ("1", "true", "yes", "on"):
+                return True
+            if lowered in ("0", "false", "no", "off"):
+                return False
+            raise bad("a boolean (true/false)")
+        if not isinstance(value, bool):
+            raise bad("a boolean (true/false)")
+        return value
+    if hint is int:
+        if from_env:
+            try:
+                return int(value)
+            except ValueError:
+                raise bad("an integer") from None
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise bad("an integer")
+        return value
+    if hint is float:
+        if from_env:
+            try:
+                return float(value)
+            except ValueError:
+                raise bad("a number") from None
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise bad("a number")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise bad("a string")
+        return str(value)
+    if origin is list:
+        (item,) = get_args(hint)
+        if from_env:
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, list | tuple):
+            raise bad("a list")
+        return [_convert(v, item, source=source, key=f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        _, item = get_args(hint)
+        if from_env:
+            raise ConfigError(
+                "tables cannot be set from the environment; use the settings file", source=source, key=key
+            )
+        if not isinstance(value, dict):
+            raise bad("a table")
+        return {str(k): _convert(v, item, source=source, key=f"{key}.{k}") for k, v in value.items()}
+    if isinstance(hint, types.UnionType):
+        raise TypeError(f"unsupported settings type {hint}")
+    raise TypeError(f"unsupported settings type {hint}")
+
+
+# ------------------------------------------------------------------------------------------------- docs
+
+
+def render_docs() -> str:
+    """docs/configuration.md: every key, its type, default and meaning."""
+    lines = [
+        "# Configuration",
+        "",
+        "Generated by `python -m nodeagent.settings`; do not edit by hand.",
+        "",
+        "Settings come from, in increasing precedence: these defaults, the TOML file given with",
+        "`--config FILE`, `NODEAGENT_<SECTION>__<KEY>` environment variables, and command-line flags.",
+        f"The file starts with `version = {SETTINGS_VERSION}`. Unknown keys are rejected.",
+        "",
+        "| key | type | default | meaning |",
+        "|---|---|---|---|",
+        f"| `version` | int | `{SETTINGS_VERSION}` | Settings format version. |",
+    ]
+    for section, cls in SECTIONS.items():
+        hints = typing.get_type_hints(cls)
+        defaults = cls()
+        for f in dataclasses.fields(cls):
+            default = getattr(defaults, f.name)
+            lines.append(
+                f"| `{section}.{f.name}` | {_type_name(hints[f.name])} | `{_toml_value(default)}` "
+                f"| {f.metadata.get('doc', '')} |"
+            )
+    lines += ["", "Environment example: `NODEAGENT_METRICS__INTERVAL_S=5`.", ""]
+    return "\n".join(lines)
+
+
+def _type_name(hint: Any) -> str:
+    if get_origin(hint) is Literal:
+        return " \\| ".join(f"`{c}`" for c in get_args(hint))
+    if get_origin(hint) is list:
+        return f"list of {_type_name(get_args(hint)[0])}"
+    if get_origin(hint) is dict:
+        return f"table of {_type_name(get_args(hint)[1])}"
+    return getattr(hint, "__name__", str(hint))
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return f'"{value}"'
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k} = {_toml_value(v)}" for k, v in value.items()) + "}"
+    return str(value)
+
+
+def replace(settings: Settings, section: str, **changes: Any) -> Settings:
+    """A copy of ``settings`` with some keys of one section changed (for tests and CLI defaults)."""
+    return dataclasses.replace(settings, **{section: dataclasses.replace(getattr(settings, section), **changes)})
+
+
+if __name__ == "__main__":
+    print(render_docs(), end="")
