@@ -95,8 +95,7 @@ def file_diff(path: str, old: bytes | None, new: bytes | None) -> str:
         fromfile="/dev/null" if old is None else f"a{path}",
         tofile="/dev/null" if new is None else f"b{path}",
     )
-    out = "".join(line if line.endswith("\n") else line + "\n\\ No newline at end of file\n" for line in lines)
-    return out
+    return "".join(line if line.endswith("\n") else line + "\n\\ No newline at end of file\n" for line in lines)
 
 
 def render_plans(plans: Sequence[Plan], *, color: bool = False) -> str:

@@ -45,7 +45,9 @@ def enabled(settings: Settings, only: Iterable[str] = ()) -> list[Entry]:
         if name not in BY_NAME:
             raise ConfigError(f"unknown subsystem {name!r}; valid: {', '.join(BY_NAME)}", key="agent.only")
     chosen = [
-        e for e in SUBSYSTEMS if getattr(getattr(settings, e.name, None), "enabled", True) and (not only or e.name in only)
+        e
+        for e in SUBSYSTEMS
+        if getattr(getattr(settings, e.name, None), "enabled", True) and (not only or e.name in only)
     ]
     return dependency_order(chosen)
 

@@ -71,9 +71,7 @@ class AgentSettings:
         "HTTP listener for /metrics, /healthz, /readyz, /status. Use 0.0.0.0:9400 in the DaemonSet.",
         check=_listen_address,
     )
-    log_format: Literal["auto", "json", "console"] = opt(
-        "auto", "`auto` writes JSON unless stdout is a terminal."
-    )
+    log_format: Literal["auto", "json", "console"] = opt("auto", "`auto` writes JSON unless stdout is a terminal.")
     log_level: Literal["debug", "info", "warning", "error"] = opt("info", "Lowest level logged.")
     state_dir: str = opt(
         "/var/lib/nodeagent",
@@ -117,9 +115,7 @@ class SimulationSettings:
 
 @dataclass(frozen=True)
 class GpuSettings:
-    backend: Literal["auto", "nvml", "sim"] = opt(
-        "auto", "`auto`: the simulator when simulation is on, else NVML."
-    )
+    backend: Literal["auto", "nvml", "sim"] = opt("auto", "`auto`: the simulator when simulation is on, else NVML.")
     call_timeout_s: float = opt(
         5.0, "Timeout of one NVML call; a call that hangs longer marks its GPU degraded.", check=at_least(0.01)
     )
@@ -138,7 +134,7 @@ class DriverSettings:
     load_modules: bool = opt(False, "Load missing kernel modules with modprobe.")
     enable_rdma: bool = opt(False, "Also load nvidia-peermem (GPUDirect RDMA).")
     module_params: dict[str, list[str]] = opt(
-        {}, "Parameters per module, e.g. {nvidia = [\"NVreg_EnableGpuFirmware=1\"]}."
+        {}, 'Parameters per module, e.g. {nvidia = ["NVreg_EnableGpuFirmware=1"]}.'
     )
     modprobe_timeout_s: float = opt(60.0, "Timeout of one modprobe.", check=at_least(1))
     min_version: str = opt("", "Minimum driver version, e.g. 535.104.05; older is a failure.", check=_version_string)
@@ -323,9 +319,7 @@ def _build(raw: dict[str, dict[str, Any]], sources: Sources) -> Settings:
 
 def _cross_checks(settings: Settings) -> None:
     if settings.metrics.slow_interval_s < settings.metrics.interval_s:
-        raise ConfigError(
-            "must be >= metrics.interval_s", key="metrics.slow_interval_s"
-        )
+        raise ConfigError("must be >= metrics.interval_s", key="metrics.slow_interval_s")
     if settings.agent.restart_backoff_max_s < settings.agent.restart_backoff_initial_s:
         raise ConfigError("must be >= agent.restart_backoff_initial_s", key="agent.restart_backoff_max_s")
 

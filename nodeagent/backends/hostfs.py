@@ -74,7 +74,7 @@ class Root:
                 links += 1
                 if links > _MAX_LINKS:
                     raise HostPathError(f"{host_path}: too many levels of symbolic links")
-                target = PurePosixPath(os.readlink(candidate))
+                target = PurePosixPath(candidate.readlink())
                 if target.is_absolute():
                     resolved = []
                     parts = list(target.parts[1:]) + parts
@@ -135,7 +135,7 @@ class Root:
         """Sorted entry names of a directory; empty when it does not exist."""
         local = self.resolve(host_path)
         try:
-            return sorted(os.listdir(local))
+            return sorted(p.name for p in local.iterdir())
         except (FileNotFoundError, NotADirectoryError):
             return []
 
