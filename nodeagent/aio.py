@@ -14,6 +14,7 @@ import asyncio
 import concurrent.futures
 import contextvars
 import functools
+import os
 import threading
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, ParamSpec, TypeVar
@@ -143,3 +144,16 @@ async def cancel_and_wait(tasks: list[asyncio.Task[Any]], *, timeout_s: float) -
         t.cancel()
     if tasks:
         await asyncio.wait(tasks, timeout=timeout_s)
+
+
+def hard_exit_timer(seconds: float, *, code: int = 1) -> threading.Timer:
+    """Exit the process after ``seconds`` even if the loop is stuck (kopf's ultimate termination)."""
+
+    def _exit() -> None:
+        log.error("hard_exit", after_s=seconds)
+        os._exit(code)
+
+    timer = threading.Timer(seconds, _exit)
+    timer.daemon = True
+    timer.start()
+    return timer

@@ -99,6 +99,8 @@ class Context:
     """Latest GPU inventory the agent holds."""
     routes: list[tuple[str, str, Handler]] = field(default_factory=list)
     """(method, path, handler) added by subsystems in __init__; the HTTP server mounts them."""
+    on_status: Callable[[str, Status], None] = lambda name, status: None
+    """Called by BaseSubsystem.set_status on every phase change (the agent wakes dependents with it)."""
 
     def add_route(self, method: str, path: str, handler: Handler) -> None:
         self.routes.append((method, path, handler))
@@ -155,6 +157,7 @@ class BaseSubsystem:
                 self._status = Status(phase, reason, old.since, merged)
             return
         self._status = Status(phase, reason, time.time(), merged)
+        self.ctx.on_status(self.name, self._status)
         event = f"{self.name}_{phase}"
         if phase == Phase.FAILED:
             self.log.error(event, reason=reason)

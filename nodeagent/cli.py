@@ -1,0 +1,244 @@
+"""Command line: parse, load settings, pick backends, dispatch. No logic of its own.
+
+Exit codes: 0 ok, 1 failure at run time, 2 bad usage or bad settings (or no driver without --simulate).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import urllib.error
+import urllib.request
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from nodeagent import __version__
+from nodeagent import settings as settings_mod
+from nodeagent.errors import BackendUnavailable, ConfigError, NodeAgentError
+
+if TYPE_CHECKING:
+    from nodeagent.app import Parts
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+
+DEFAULT_SIMULATION = "h100-80gb-hbm3:8"
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", metavar="FILE", help="settings file (TOML, starts with `version = 1`)")
+    parser.add_argument("--root", metavar="DIR", help="host root (default /; in simulation a sandbox)")
+    parser.add_argument(
+        "--simulate",
+        nargs="?",
+        const=DEFAULT_SIMULATION,
+        metavar="PROFILE[:COUNT]",
+        help=f"simulated GPUs and a sandbox host (default {DEFAULT_SIMULATION}); PROFILE may be a JSON profile",
+    )
+    parser.add_argument("--listen", metavar="HOST:PORT", help="HTTP listener (default 127.0.0.1:9400)")
+    parser.add_argument("--only", metavar="NAME", action="append", help="restrict to this subsystem (repeatable)")
+    parser.add_argument("--log-format", choices=["auto", "json", "console"], help="log format")
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="nodeagent", description="GPU node agent.")
+    parser.add_argument("--version", action="version", version=f"nodeagent {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    p = sub.add_parser("run", help="run the agent (long-lived)")
+    _common(p)
+    p = sub.add_parser("plan", help="print every enabled subsystem's plan; change nothing")
+    _common(p)
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p = sub.add_parser("apply", help="apply every enabled subsystem's plan once and exit")
+    _common(p)
+    p = sub.add_parser("revert", help="restore every file the agent changed to its original bytes")
+    _common(p)
+    p = sub.add_parser("status", help="GPU inventory and each subsystem's phase and reason")
+    _common(p)
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    cdi = sub.add_parser("cdi", help="CDI spec commands").add_subparsers(dest="cdi_command", required=True)
+    p = cdi.add_parser("generate", help="generate the CDI spec")
+    _common(p)
+    p.add_argument("--output", metavar="PATH", help="write here instead of cdi.spec_path ('-' for stdout)")
+    sim = sub.add_parser("sim", help="simulation tools").add_subparsers(dest="sim_command", required=True)
+    p = sim.add_parser("record", help="capture this node's GPUs through NVML into a simulation profile")
+    _common(p)
+    p.add_argument("--output", metavar="FILE", required=True, help="profile JSON to write")
+    return parser
+
+
+def cli_overrides(args: argparse.Namespace) -> tuple[dict[tuple[str, str], Any], dict[tuple[str, str], str]]:
+    """Map flags onto settings keys (CLI has the highest precedence)."""
+    values: dict[tuple[str, str], Any] = {}
+    names: dict[tuple[str, str], str] = {}
+
+    def put(section: str, key: str, value: Any, flag: str) -> None:
+        values[(section, key)] = value
+        names[(section, key)] = flag
+
+    if args.root:
+        put("agent", "root", str(Path(args.root).absolute()), "--root")
+    if args.listen:
+        put("agent", "listen", args.listen, "--listen")
+    if args.only:
+        put("agent", "only", list(args.only), "--only")
+    if args.log_format:
+        put("agent", "log_format", args.log_format, "--log-format")
+    if args.simulate is not None:
+        put("simulation", "enabled", True, "--simulate")
+        profile, _, count = args.simulate.rpartition(":") if ":" in args.simulate else (args.simulate, "", "")
+        if profile:
+            put("simulation", "profile", profile, "--simulate")
+        if count:
+            try:
+                put("simulation", "count", int(count), "--simulate")
+            except ValueError:
+                raise ConfigError(f"COUNT must be a number, got {count!r}", source="--simulate") from None
+    return values, names
+
+
+def load_settings(args: argparse.Namespace, env: Mapping[str, str]) -> settings_mod.Settings:
+    values, names = cli_overrides(args)
+    return settings_mod.load(file=args.config, env=env, cli=values, cli_names=names)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = make_parser()
+    args = parser.parse_args(argv)
+    env = dict(os.environ)
+    try:
+        settings = load_settings(args, env)
+    except ConfigError as err:
+        print(f"nodeagent: bad settings: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    from nodeagent import logs
+
+    logs.configure(settings.agent.log_format, settings.agent.log_level, stream=sys.stderr if _quiet(args) else None)
+    try:
+        return asyncio.run(_dispatch(args, settings, env))
+    except ConfigError as err:
+        print(f"nodeagent: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return EXIT_OK
+
+
+def _quiet(args: argparse.Namespace) -> bool:
+    """One-shot commands keep stdout for their output; logs go to stderr."""
+    return bool(args.command != "run")
+
+
+async def _dispatch(args: argparse.Namespace, settings: settings_mod.Settings, env: dict[str, str]) -> int:
+    if args.command == "status" and not settings.simulation.enabled:
+        remote = _remote_status(settings.agent.listen)
+        if remote is not None:
+            return _print_status(remote, as_json=args.json)
+    if args.command == "sim":
+        return await _sim_record(args, settings)
+    try:
+        parts = await _build(settings, env, only=args.only or [])
+    except BackendUnavailable as err:
+        print(f"nodeagent: {err}", file=sys.stderr)
+        if not settings.simulation.enabled:
+            print("nodeagent: hint: no NVIDIA driver here? try `nodeagent run --simulate`", file=sys.stderr)
+        return EXIT_USAGE
+    from nodeagent import commands
+
+    try:
+        if args.command == "run":
+            from nodeagent.app import Agent
+
+            agent = Agent(parts, reload_settings=lambda: load_settings(args, dict(os.environ)))
+            return await agent.run()
+        if args.command == "plan":
+            return await commands.plan(parts, as_json=args.json, color=sys.stdout.isatty())
+        if args.command == "apply":
+            return await commands.apply(parts)
+        if args.command == "revert":
+            return await commands.revert(parts)
+        if args.command == "status":
+            doc = await commands.local_status(parts)
+            return _print_status(doc, as_json=args.json)
+        if args.command == "cdi":
+            from nodeagent.cdi.command import generate_command
+
+            return await generate_command(parts.ctx, args.output)
+    finally:
+        if args.command != "run":
+            await parts.ctx.gpus.close()
+    return EXIT_USAGE
+
+
+async def _build(settings: settings_mod.Settings, env: Mapping[str, str], *, only: list[str]) -> Parts:
+    """Pick the root, open the GPU backend, lay out the sandbox in simulation, construct subsystems."""
+    from nodeagent.app import build
+    from nodeagent.backends.gpu_select import open_gpu_backend
+    from nodeagent.backends.hostfs import Root
+
+    simulate = settings.simulation.enabled
+    if simulate:
+        root_dir = settings.agent.root if settings.agent.root != "/" else settings.simulation.sandbox
+        root = Root(Path(root_dir).absolute())
+        root.path.mkdir(parents=True, exist_ok=True)
+    else:
+        root = Root(settings.agent.root)
+    gpus = await open_gpu_backend(settings, driver_root=_driver_root_for_nvml(settings, root))
+    if simulate:
+        from nodeagent.backends.sim.sandbox import populate_sandbox
+
+        inventory = await gpus.inventory()
+        populate_sandbox(root, inventory)
+    parts = build(settings, root=root, gpus=gpus, simulate=simulate, env=env, only=only)
+    parts.inventory = await gpus.inventory()
+    return parts
+
+
+def _driver_root_for_nvml(settings: settings_mod.Settings, root: Any) -> str | None:
+    """Where NVML is loaded from: the configured driver root, seen through the host root."""
+    if settings.simulation.enabled or not settings.driver.root:
+        return None
+    return str(root.resolve(settings.driver.root))
+
+
+async def _sim_record(args: argparse.Namespace, settings: settings_mod.Settings) -> int:
+    from nodeagent.backends.sim.record import record_profile
+
+    try:
+        out = record_profile(driver_root=settings.driver.root or None, out=Path(args.output))
+    except NodeAgentError as err:
+        print(f"nodeagent: {err}", file=sys.stderr)
+        return EXIT_FAILURE
+    print(f"wrote {out}")
+    return EXIT_OK
+
+
+def _remote_status(listen: str) -> dict[str, Any] | None:
+    """The running agent's /status, or None when no agent answers on ``listen``."""
+    host, _, port = listen.rpartition(":")
+    if host in ("0.0.0.0", "::", "[::]"):
+        host = "127.0.0.1"
+    try:
+        with urllib.request.urlopen(f"http://{host}:{port}/status", timeout=1.0) as resp:
+            doc: dict[str, Any] = json.loads(resp.read())
+            return doc
+    except (OSError, urllib.error.URLError, ValueError):
+        return None
+
+
+def _print_status(doc: Mapping[str, Any], *, as_json: bool) -> int:
+    from nodeagent.health import render_status
+
+    if as_json:
+        print(json.dumps(doc, indent=2, default=str))
+    else:
+        print(render_status(doc), end="")
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

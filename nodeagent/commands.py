@@ -1,0 +1,107 @@
+"""One-shot commands (plan, apply, revert, local status) over built-but-not-started subsystems.
+
+Subsystems are taken in dependency order; each one's observe → plan (→ apply) runs once. The driver
+subsystem publishes its facts on the bus during observe/apply, so later subsystems see them, exactly as in
+the daemon.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import TYPE_CHECKING, Any
+
+import structlog
+
+from nodeagent.errors import NodeAgentError
+from nodeagent.health import status_document
+from nodeagent.plan import Plan, render_plans
+from nodeagent.subsystem import Phase, Revertible, Status, Subsystem
+
+if TYPE_CHECKING:
+    from nodeagent.app import Parts
+
+log = structlog.get_logger("nodeagent.commands")
+
+
+async def make_plan(sub: Subsystem) -> Plan:
+    """observe + plan, with failures turned into a Plan carrying the error."""
+    try:
+        observed = await sub.observe()
+        plan = sub.plan(observed)
+    except NodeAgentError as err:
+        plan = Plan(sub.name, error=str(err))
+    if hasattr(sub, "last_plan"):
+        sub.last_plan = plan
+    return plan
+
+
+async def plan(parts: Parts, *, as_json: bool, color: bool) -> int:
+    plans = [await make_plan(sub) for sub in parts.subsystems]
+    if as_json:
+        print(json.dumps([p.to_json() for p in plans], indent=2))
+    else:
+        sys.stdout.write(render_plans(plans, color=color))
+    return 1 if any(p.error for p in plans) else 0
+
+
+async def apply(parts: Parts) -> int:
+    failed = False
+    for sub in parts.subsystems:
+        p = await make_plan(sub)
+        if p.error:
+            print(f"{sub.name}: cannot plan: {p.error}", file=sys.stderr)
+            failed = True
+            continue
+        if p.empty:
+            print(f"{sub.name}: already in the desired state")
+            continue
+        try:
+            result = await sub.apply(p)
+        except NodeAgentError as err:
+            print(f"{sub.name}: apply failed: {err}", file=sys.stderr)
+            failed = True
+            continue
+        changed = ", ".join(result.changed) or "nothing"
+        restarted = f"; restarted {', '.join(result.restarted)}" if result.restarted else ""
+        print(f"{sub.name}: changed {changed}{restarted}")
+        for message in result.messages:
+            print(f"  {message}")
+    return 1 if failed else 0
+
+
+async def revert(parts: Parts) -> int:
+    failed = False
+    for sub in reversed(parts.subsystems):
+        if not isinstance(sub, Revertible):
+            continue
+        try:
+            result = await sub.revert()
+        except NodeAgentError as err:
+            print(f"{sub.name}: revert failed: {err}", file=sys.stderr)
+            failed = True
+            continue
+        restored = ", ".join(result.changed) or "nothing to restore"
+        restarted = f"; restarted {', '.join(result.restarted)}" if result.restarted else ""
+        print(f"{sub.name}: restored {restored}{restarted}")
+    return 1 if failed else 0
+
+
+async def local_status(parts: Parts) -> dict[str, Any]:
+    """Status when no agent is running: the inventory and what each subsystem would change."""
+    statuses: dict[str, Status] = {}
+    plans: dict[str, Plan] = {}
+    for sub in parts.subsystems:
+        p = await make_plan(sub)
+        plans[sub.name] = p
+        if p.error:
+            statuses[sub.name] = Status(Phase.FAILED, p.error)
+        else:
+            pending = f"{len(p.steps)} change(s) pending" if p.steps else "in the desired state"
+            statuses[sub.name] = Status(Phase.STOPPED, f"agent not running; {pending}")
+    return status_document(
+        inventory=parts.inventory,
+        statuses=statuses,
+        plans=plans,
+        extra={"simulate": parts.ctx.simulate, "root": str(parts.ctx.root.path), "agent_running": False},
+    )

@@ -1,0 +1,135 @@
+"""Hand-written fakes for the core tests: a tiny GPU backend and scriptable subsystems."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, ClassVar
+
+from prometheus_client import CollectorRegistry
+
+from nodeagent.app import Parts
+from nodeagent.backends.hostfs import BackupJournal, Root
+from nodeagent.backends.types import GpuInfo, Inventory, Sample, SampleRequest
+from nodeagent.events import EventBus
+from nodeagent.plan import Plan, Step
+from nodeagent.settings import Settings
+from nodeagent.subsystem import ApplyResult, BaseSubsystem, Context, Phase
+
+
+class FakeGpus:
+    kind = "fake"
+
+    def __init__(self, count: int = 2) -> None:
+        self.count = count
+        self.closed = False
+
+    async def open(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        self.closed = True
+
+    async def inventory(self) -> Inventory:
+        gpus = tuple(
+            GpuInfo(
+                index=i,
+                uuid=f"GPU-fake-{i}",
+                name="Fake GPU",
+                pci_bus_id=f"00000000:{i + 1:02X}:00.0",
+                pci_device_id=0x2330,
+                pci_subsystem_id=0x16C110DE,
+                minor_number=i,
+                memory_total_mib=1024,
+                compute_capability=(9, 0),
+                architecture="hopper",
+                brand="nvidia",
+                serial=str(i),
+                vbios_version="1",
+                mig_capable=False,
+                mig_enabled=False,
+                mig_pending=False,
+            )
+            for i in range(self.count)
+        )
+        return Inventory("fake", "580.159.04", "13.580.159.04", 13000, gpus)
+
+    async def sample(self, request: SampleRequest) -> Sample:
+        return Sample(taken_at=0.0, gpus={})
+
+
+class Scripted(BaseSubsystem):
+    """A subsystem whose start/run behaviour a test scripts; records what happened to it."""
+
+    name: ClassVar[str] = "scripted"
+    requires: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, ctx: Context, *, name: str = "scripted", requires: tuple[str, ...] = (),
+                 fail_starts: int = 0, crash_runs: int = 0, stop_delay_s: float = 0.0,
+                 permanent: bool = False) -> None:
+        self.name = name  # type: ignore[misc]
+        self.requires = requires  # type: ignore[misc]
+        super().__init__(ctx)
+        self.fail_starts = fail_starts
+        self.crash_runs = crash_runs
+        self.stop_delay_s = stop_delay_s
+        self.permanent = permanent
+        self.calls: list[str] = []
+        self.journal: list[str] | None = None
+        self.running = asyncio.Event()
+
+    async def start(self) -> None:
+        self.calls.append("start")
+        self._log("start")
+        if self.fail_starts > 0:
+            self.fail_starts -= 1
+            if self.permanent:
+                from nodeagent.errors import PermanentError
+
+                raise PermanentError(f"{self.name} cannot start, ever")
+            raise RuntimeError(f"{self.name} start failed")
+        self.set_status(Phase.RUNNING)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        self.calls.append("run")
+        if self.crash_runs > 0:
+            self.crash_runs -= 1
+            raise RuntimeError(f"{self.name} crashed")
+        self.running.set()
+        await stop.wait()
+
+    async def stop(self) -> None:
+        self.calls.append("stop")
+        self._log("stop")
+        if self.stop_delay_s:
+            await asyncio.sleep(self.stop_delay_s)
+        self.set_status(Phase.STOPPED)
+
+    async def observe(self) -> Any:
+        return {"state": "observed"}
+
+    def plan(self, observed: Any) -> Plan:
+        return Plan(self.name, (Step("noop", "/nothing", "do nothing"),))
+
+    async def apply(self, plan: Plan) -> ApplyResult:
+        return ApplyResult(changed=("/nothing",))
+
+    def _log(self, what: str) -> None:
+        if self.journal is not None:
+            self.journal.append(f"{what}:{self.name}")
+
+
+def make_parts(tmp_root: Root, settings: Settings, subsystems: list[Any], ctx: Context | None = None) -> Parts:
+    return Parts(ctx=ctx or make_context(tmp_root, settings), subsystems=subsystems)
+
+
+def make_context(root: Root, settings: Settings) -> Context:
+    return Context(
+        settings=settings,
+        root=root,
+        gpus=FakeGpus(),
+        bus=EventBus(),
+        journal=BackupJournal(root, settings.agent.state_dir),
+        registry=CollectorRegistry(),
+        simulate=True,
+        node_name="test-node",
+    )

@@ -1,0 +1,40 @@
+"""The explicit subsystem list: dependency order, --only, cycles."""
+
+from __future__ import annotations
+
+import pytest
+
+from nodeagent import registry
+from nodeagent.errors import ConfigError
+from nodeagent.registry import Entry, dependency_order
+from nodeagent.settings import load, replace
+
+
+def names(entries: list[Entry]) -> list[str]:
+    return [e.name for e in entries]
+
+
+def test_dependencies_come_first_whatever_the_listing_order() -> None:
+    entries = [Entry("metrics", "x:y", ("driver",)), Entry("cdi", "x:y", ("driver", "runtime")),
+               Entry("runtime", "x:y", ("driver",)), Entry("driver", "x:y", ())]
+    order = names(dependency_order(entries))
+    assert order.index("driver") < order.index("runtime") < order.index("cdi")
+    assert order.index("driver") < order.index("metrics")
+
+
+def test_cycle_is_a_clear_error() -> None:
+    with pytest.raises(ConfigError, match="dependency cycle"):
+        dependency_order([Entry("a", "x:y", ("b",)), Entry("b", "x:y", ("a",))])
+
+
+def test_only_restricts_and_unknown_names_are_rejected() -> None:
+    s = load()
+    assert names(registry.enabled(s, ["runtime"])) == ["runtime"]
+    with pytest.raises(ConfigError, match="unknown subsystem 'runtim'"):
+        registry.enabled(s, ["runtim"])
+
+
+def test_disabled_subsystems_are_left_out() -> None:
+    s = replace(load(), "metrics", enabled=False)
+    assert "metrics" not in names(registry.enabled(s))
+    assert names(registry.enabled(load()))[0] == "driver"
