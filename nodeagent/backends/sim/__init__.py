@@ -1,0 +1,1 @@
+"""Simulation: fake GPUs, a sandbox host tree, fake modprobe."""

@@ -1,0 +1,1 @@
+"""CDI spec generation for the NVIDIA GPUs of the node."""

@@ -1,0 +1,1 @@
+"""Driver lifecycle: root discovery, modules, versions, device nodes, validation files, readiness."""

@@ -1,0 +1,139 @@
+"""One blocking read of everything the driver subsystem decides on (run it off the loop).
+
+Bad input never raises out of here: a malformed /proc file or a missing folder becomes an entry in
+``problems`` (failures) or ``notes`` (degraded), each naming the file.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import PurePosixPath
+
+from nodeagent.backends import devnodes as nodes_backend
+from nodeagent.backends.devnodes import NodeState
+from nodeagent.backends.hostfs import Root
+from nodeagent.driver import devnodes, discovery, helpers, modules, validations, versions
+from nodeagent.driver.facts import HelperStatus
+from nodeagent.errors import ConfigError, HostPathError
+
+InputError = (ConfigError, HostPathError)
+
+
+@dataclass
+class DriverObservation:
+    selection: discovery.RootSelection
+    dev_root: str
+    root_in_agent: str = ""
+    dev_root_in_agent: str = ""
+    loaded: modules.LoadedModules | None = None
+    kernel: versions.KernelVersion | None = None
+    sys_version: str = ""
+    majors: dict[str, int] | None = None
+    gpu_minors: list[int] = field(default_factory=list)
+    capabilities: list[devnodes.Capability] | None = None
+    """None when /proc/driver/nvidia/capabilities is missing."""
+    existing_nodes: dict[str, NodeState | None] = field(default_factory=dict)
+    helpers: tuple[HelperStatus, ...] = ()
+    nvswitch: bool = False
+    driver_ready_file: bytes | None = None
+    toolkit_ready_file: bool = False
+    problems: list[str] = field(default_factory=list)
+    """Bad input that makes the driver unusable (garbage in a version file, unreadable /proc/modules)."""
+    notes: list[str] = field(default_factory=list)
+    """Bad or missing input that leaves the driver usable (no capabilities folder)."""
+
+
+def _local(root: Root, host_path: str) -> str:
+    return str(root.path / host_path.lstrip("/")) if host_path != "/" else str(root.path)
+
+
+def gather(root: Root, *, driver_root: str, dev_root: str, validations_dir: str) -> DriverObservation:
+    obs = DriverObservation(discovery.select_root(root, driver_root), dev_root)
+    if obs.selection.files is not None:
+        obs.root_in_agent = _local(root, obs.selection.files.root)
+    obs.dev_root_in_agent = _local(root, dev_root)
+    try:
+        obs.loaded = modules.read_loaded(root)
+    except InputError as err:
+        obs.problems.append(f"cannot tell which modules are loaded: {err}")
+    if obs.loaded is not None and obs.loaded.is_loaded("nvidia"):
+        _read_kernel_side(root, obs)
+    obs.helpers, obs.nvswitch = helpers.helper_statuses(root)
+    obs.driver_ready_file = _read_or_none(root, validations.path_of(validations_dir, validations.DRIVER_READY))
+    obs.toolkit_ready_file = root.exists(validations.path_of(validations_dir, validations.TOOLKIT_READY))
+    return obs
+
+
+def _read_or_none(root: Root, path: str) -> bytes | None:
+    try:
+        return root.read_bytes(path)
+    except HostPathError:
+        return None
+
+
+def _read_kernel_side(root: Root, obs: DriverObservation) -> None:
+    try:
+        text = root.read_text(versions.PROC_VERSION)
+        if text is None:
+            obs.problems.append(f"{versions.PROC_VERSION} is missing although the nvidia module is loaded")
+        else:
+            obs.kernel = versions.parse_proc_version(text)
+    except InputError as err:
+        obs.problems.append(f"unreadable driver version: {err}")
+    try:
+        text = root.read_text(versions.SYS_VERSION)
+        if text is not None:
+            obs.sys_version = versions.parse_sys_version(text)
+    except InputError as err:
+        obs.problems.append(f"unreadable driver version: {err}")
+    try:
+        text = root.read_text(devnodes.PROC_DEVICES)
+        if text is None:
+            obs.problems.append(f"{devnodes.PROC_DEVICES} is missing")
+        else:
+            obs.majors = devnodes.parse_proc_devices(text)
+    except InputError as err:
+        obs.problems.append(f"cannot read device majors: {err}")
+    for bus_id in root.listdir(devnodes.PROC_GPUS):
+        path = f"{devnodes.PROC_GPUS}/{bus_id}/information"
+        try:
+            text = root.read_text(path)
+            if text is not None:
+                obs.gpu_minors.append(devnodes.parse_gpu_minor(text, path))
+        except InputError as err:
+            obs.notes.append(f"GPU {bus_id} skipped: {err}")
+    if root.is_dir(devnodes.CAPABILITIES):
+        obs.capabilities = _capabilities(root, obs)
+    else:
+        obs.notes.append(
+            f"{devnodes.CAPABILITIES} is missing: nvidia-caps device nodes (MIG access) cannot be planned "
+            "(drivers older than 450 have no capabilities)"
+        )
+    wanted = devnodes.wanted_nodes(
+        obs.majors or {},
+        obs.gpu_minors,
+        obs.capabilities or [],
+        modeset=obs.loaded is not None and obs.loaded.is_loaded("nvidia-modeset"),
+    )
+    obs.existing_nodes = {n.path: nodes_backend.inspect(root, obs.dev_root, n.path) for n in wanted}
+
+
+def _capabilities(root: Root, obs: DriverObservation) -> list[devnodes.Capability]:
+    """The MIG capabilities (mig/config, mig/monitor, gpu*/mig/gi*[/ci*]/access); fabric-imex-mgmt and
+    other capabilities get their nodes on demand from their own tools."""
+    out: list[devnodes.Capability] = []
+    pending = [devnodes.CAPABILITIES]
+    while pending:
+        d = pending.pop()
+        for name in root.listdir(d):
+            path = str(PurePosixPath(d, name))
+            if root.is_dir(path):
+                pending.append(path)
+                continue
+            try:
+                text = root.read_text(path)
+                if text is not None and "/mig/" in path + "/":
+                    out.append(devnodes.parse_capability(text, path))
+            except InputError as err:
+                obs.notes.append(f"capability skipped: {err}")
+    return out

@@ -1,0 +1,100 @@
+"""Fakes shared by the driver and CDI tests: a GPU backend serving a fixed inventory, a Context on a
+sandbox root, and the layouts of real driver roots."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from prometheus_client import CollectorRegistry
+
+from nodeagent.backends.hostfs import BackupJournal, Root
+from nodeagent.backends.sim import sandbox
+from nodeagent.backends.types import Inventory, Sample, SampleRequest
+from nodeagent.events import EventBus
+from nodeagent.settings import Settings, replace
+from nodeagent.subsystem import Context
+
+
+class FixedGpus:
+    """A GPU backend that serves one inventory (what NVML would report)."""
+
+    kind = "fixed"
+
+    def __init__(self, inventory: Inventory) -> None:
+        self._inventory = inventory
+
+    async def open(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+    async def inventory(self) -> Inventory:
+        return self._inventory
+
+    async def sample(self, request: SampleRequest) -> Sample:
+        return Sample(taken_at=0.0, gpus={})
+
+
+def make_settings(driver: dict[str, Any] | None = None, cdi: dict[str, Any] | None = None) -> Settings:
+    settings = Settings()
+    if driver:
+        settings = replace(settings, "driver", **driver)
+    if cdi:
+        settings = replace(settings, "cdi", **cdi)
+    return settings
+
+
+def make_ctx(path: Path, inventory: Inventory, settings: Settings | None = None, *, simulate: bool = True) -> Context:
+    root = Root(path)
+    return Context(
+        settings=settings or make_settings(),
+        root=root,
+        gpus=FixedGpus(inventory),
+        bus=EventBus(),
+        journal=BackupJournal(root, "/var/lib/nodeagent"),
+        registry=CollectorRegistry(),
+        simulate=simulate,
+        node_name="node-a",
+        inventory=lambda: inventory,
+    )
+
+
+def host_node(path: Path, inventory: Inventory, **kernel: Any) -> Root:
+    """A node whose driver is installed on the host (/usr/lib/x86_64-linux-gnu, /usr/bin)."""
+    root = Root(path)
+    sandbox.write_driver_files(root, "/", inventory.driver_version, layout="debian")
+    sandbox.write_kernel_state(root, inventory, **kernel)
+    sandbox.write_device_placeholders(root, inventory)
+    return root
+
+
+def prefixed_node(path: Path, inventory: Inventory, prefix: str, layout: sandbox.Layout, **kernel: Any) -> Root:
+    """A node whose driver lives under ``prefix`` (driver container, GKE, /usr/local/nvidia)."""
+    root = Root(path)
+    sandbox.write_driver_files(root, prefix, inventory.driver_version, layout=layout)
+    sandbox.write_kernel_state(root, inventory, **kernel)
+    sandbox.write_device_placeholders(root, inventory)
+    return root
+
+
+DATA = Path(__file__).parent / "data"
+
+
+def real_usr_local_nvidia(path: Path) -> Root:
+    """/usr/local/nvidia exactly as listed on our H100 machine (files, symlinks, lib -> lib64)."""
+    root = Root(path)
+    base = root.resolve("/usr/local/nvidia")
+    for line in (DATA / "usr-local-nvidia-listing.txt").read_text().splitlines():
+        kind, _, rest = line.partition(" ")
+        if kind not in ("f", "l"):
+            continue
+        name, _, target = rest.strip().partition(" ")
+        local = base / name.removeprefix("./")
+        local.parent.mkdir(parents=True, exist_ok=True)
+        if kind == "f":
+            local.write_bytes(b"\x7fELF stub\n")
+        else:
+            local.symlink_to(target)
+    return root
