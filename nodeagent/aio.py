@@ -89,9 +89,10 @@ def guarded_task(
     *,
     name: str,
     forever: bool = False,
+    stopping: asyncio.Event | None = None,
     on_failure: Callable[[BaseException], None] | None = None,
 ) -> asyncio.Task[Any]:
-    """Create a named task; log its failure (or an unexpected end when ``forever``)."""
+    """Create a named task; log its failure, or its end when ``forever`` and ``stopping`` is not set."""
     task = asyncio.create_task(coro, name=name)
 
     def _done(t: asyncio.Task[Any]) -> None:
@@ -102,7 +103,7 @@ def guarded_task(
             log.error("task_failed", task=name, error=repr(exc))
             if on_failure is not None:
                 on_failure(exc)
-        elif forever:
+        elif forever and not (stopping is not None and stopping.is_set()):
             log.warning("task_finished_unexpectedly", task=name)
 
     task.add_done_callback(_done)

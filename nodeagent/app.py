@@ -186,12 +186,18 @@ class Agent:
             simulate=self.ctx.simulate,
         )
         await self._refresh_inventory()
-        self._tasks.append(aio.guarded_task(self._heartbeat(), name="heartbeat", forever=True))
-        self._tasks.append(aio.guarded_task(self._inventory_loop(), name="inventory", forever=True))
+        self._tasks.append(
+            aio.guarded_task(self._heartbeat(), name="heartbeat", forever=True, stopping=self.stop_event)
+        )
+        self._tasks.append(
+            aio.guarded_task(self._inventory_loop(), name="inventory", forever=True, stopping=self.stop_event)
+        )
         if self.notifier.watchdog_interval_s:
-            self._tasks.append(aio.guarded_task(self._watchdog(), name="watchdog", forever=True))
+            self._tasks.append(
+                aio.guarded_task(self._watchdog(), name="watchdog", forever=True, stopping=self.stop_event)
+            )
         supervisors = [
-            aio.guarded_task(self._supervise(sub), name=f"subsystem:{name}", forever=True)
+            aio.guarded_task(self._supervise(sub), name=f"subsystem:{name}", forever=True, stopping=self.stop_event)
             for name, sub in self.subsystems.items()
         ]
         self.notifier.send("READY=1")
