@@ -18,7 +18,7 @@ import random
 import signal
 import socket
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -186,19 +186,12 @@ class Agent:
             simulate=self.ctx.simulate,
         )
         await self._refresh_inventory()
-        self._tasks.append(
-            aio.guarded_task(self._heartbeat(), name="heartbeat", forever=True, stopping=self.stop_event)
-        )
-        self._tasks.append(
-            aio.guarded_task(self._inventory_loop(), name="inventory", forever=True, stopping=self.stop_event)
-        )
+        self._tasks.append(self._forever(self._heartbeat(), "heartbeat"))
+        self._tasks.append(self._forever(self._inventory_loop(), "inventory"))
         if self.notifier.watchdog_interval_s:
-            self._tasks.append(
-                aio.guarded_task(self._watchdog(), name="watchdog", forever=True, stopping=self.stop_event)
-            )
+            self._tasks.append(self._forever(self._watchdog(), "watchdog"))
         supervisors = [
-            aio.guarded_task(self._supervise(sub), name=f"subsystem:{name}", forever=True, stopping=self.stop_event)
-            for name, sub in self.subsystems.items()
+            self._forever(self._supervise(sub), f"subsystem:{name}") for name, sub in self.subsystems.items()
         ]
         self.notifier.send("READY=1")
         await self.stop_event.wait()
@@ -215,6 +208,9 @@ class Agent:
         self.notifier.close()
         log.info("agent_stopped")
         return 0
+
+    def _forever(self, coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[Any]:
+        return aio.guarded_task(coro, name=name, forever=True, stopping=self.stop_event)
 
     def request_stop(self, reason: str = "") -> None:
         if not self.stop_event.is_set():
