@@ -143,6 +143,11 @@ class DriverSettings:
         "Where the GPU Operator-compatible validation files (driver-ready, toolkit-ready) are written.",
         check=_absolute,
     )
+    recheck_s: float = opt(
+        30.0,
+        "How often the driver state (modules, versions, device nodes, helpers) is checked again.",
+        check=at_least(1),
+    )
 
 
 @dataclass(frozen=True)
@@ -169,6 +174,17 @@ class RuntimeSettings:
     containerd_version: str = opt("", "containerd version; empty: detect from the binary.", check=_version_string)
     health_timeout_s: float = opt(30.0, "How long the runtime has to come back healthy after a restart.")
     drift_poll_s: float = opt(1.0, "Polling period of the drift watch where inotify is unavailable.")
+    restart_command: list[str] = opt(
+        [],
+        "Program and arguments that restart the runtime, run instead of `systemctl` by `auto`/`systemd` "
+        "(for runtimes under another supervisor); empty: systemctl.",
+    )
+    log_path: str = opt(
+        "",
+        "Log file of a runtime not under systemd, read for its own error after a failed restart; "
+        "empty: the systemd journal.",
+        check=_absolute,
+    )
 
 
 @dataclass(frozen=True)

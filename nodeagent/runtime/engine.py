@@ -1,0 +1,79 @@
+"""What every engine (containerd, CRI-O, docker) shares: the runtime to add and the edit it produces.
+
+Engines are pure: given the bytes of the files they read (``Files``), they return the bytes each file
+should have (``Edit``). They never touch the host; the subsystem reads and writes through the Root.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from nodeagent.errors import ConfigError
+
+Files = Mapping[str, bytes | None]
+"""Host path → current bytes (None: absent)."""
+
+
+@dataclass(frozen=True)
+class RuntimeSpec:
+    """The runtime the agent adds (settings [runtime])."""
+
+    name: str = "nvidia"
+    path: str = "/usr/bin/nvidia-container-runtime"
+    set_as_default: bool = False
+    enable_cdi: bool = False
+
+
+@dataclass
+class Edit:
+    """New contents per file (only files that would change), and what the engine noticed."""
+
+    writes: dict[str, bytes | None] = field(default_factory=dict)
+    evidence: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    summaries: dict[str, str] = field(default_factory=dict)
+    """Host path → one sentence for the plan step."""
+
+    def put(self, path: str, old: bytes | None, new: bytes | None, summary: str) -> None:
+        if old != new:
+            self.writes[path] = new
+            self.summaries[path] = summary
+
+
+class Engine(Protocol):
+    """One container runtime's configuration, as pure document edits."""
+
+    name: str
+
+    def watched(self) -> tuple[str, ...]:
+        """Host paths whose change may remove the runtime (drift watch)."""
+
+    def desired(self, spec: RuntimeSpec) -> Edit:
+        """Add (or keep) the runtime; raise ConfigError on bad input."""
+
+    def removed(self, spec: RuntimeSpec) -> Edit:
+        """Take the runtime out again (files the agent created are removed)."""
+
+
+def decode(path: str, data: bytes) -> str:
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = data[: err.start].count(b"\n") + 1
+        raise ConfigError(f"not UTF-8 text (byte {err.start})", source=path, line=line) from None
+
+
+def toml_error(path: str, err: Exception, line_offset: int = 0) -> ConfigError:
+    """A tomlkit ParseError as a ConfigError naming the file and line."""
+    line = getattr(err, "line", None)
+    col = getattr(err, "col", None)
+    message = str(err)
+    message = message.split(" at line ", maxsplit=1)[0] if " at line " in message else message
+    where = f" (column {col})" if col else ""
+    return ConfigError(
+        f"malformed TOML: {message}{where}",
+        source=path,
+        line=line + line_offset if isinstance(line, int) else None,
+    )

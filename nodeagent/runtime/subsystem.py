@@ -1,0 +1,544 @@
+"""The ``runtime`` subsystem: add the nvidia runtime to containerd, CRI-O or docker, and keep it there.
+
+observe (files through the Root, the daemon's version) → plan (pure engine edits, a diff per file, the
+restart each change costs) → apply (write, validate, restart, health check, rollback). ``run`` reconciles
+once, then watches the managed files and re-applies when something removes the runtime (drift); a node
+already in the desired state gets no writes and no restarts. ``revert`` restores the original bytes from
+the backup journal. Nothing is reverted on shutdown: an agent restart must not bounce the runtime twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import posixpath
+import stat
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from nodeagent import events
+from nodeagent.aio import run_blocking, wait_or_stop
+from nodeagent.backends.runtimectl import (
+    HostRuntimeControl,
+    RestartHow,
+    RuntimeControl,
+    SimRuntimeControl,
+    Target,
+    VersionInfo,
+)
+from nodeagent.backends.watch import FileWatcher
+from nodeagent.errors import BackendUnavailable, CallTimeout, ConfigError, HostPathError, PermanentError
+from nodeagent.plan import Disruption, Plan, Step, file_diff
+from nodeagent.runtime import containerd as ctd
+from nodeagent.runtime import detect as det
+from nodeagent.runtime.crio import Crio
+from nodeagent.runtime.docker import Docker
+from nodeagent.runtime.engine import Edit, Engine, RuntimeSpec
+from nodeagent.runtime.restart import transact, wait_healthy
+from nodeagent.subsystem import ApplyResult, BaseSubsystem, Context, Phase
+
+HEALTH_EVERY_S = 15.0
+MAX_IMPORT_FILES = 256
+RUNTIME_DIRS = (
+    "/etc/containerd/",
+    "/etc/k0s/",
+    det.K3S_DIR + "/",
+    det.RKE2_DIR + "/",
+    det.MICROK8S_ARGS + "/",
+    "/etc/crio/",
+    "/etc/docker/",
+)
+"""Backed-up files under these directories belong to this subsystem (for revert)."""
+
+
+@dataclass(frozen=True)
+class Observed:
+    detected: det.Detected | None = None
+    files: Mapping[str, bytes | None] = field(default_factory=dict)
+    listings: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    version: VersionInfo | None = None
+    dump: bytes | None = None
+    error: str = ""
+    evidence: tuple[str, ...] = ()
+
+
+def _kind(root: Any, host_path: str) -> det.Kind | None:
+    try:
+        st = root.resolve(host_path).stat()
+    except (OSError, HostPathError):
+        return None
+    if stat.S_ISSOCK(st.st_mode):
+        return "socket"
+    if stat.S_ISDIR(st.st_mode):
+        return "dir"
+    return "file" if stat.S_ISREG(st.st_mode) else "other"
+
+
+def _imports_of(path: str, data: bytes, template: bool) -> list[str]:
+    """Import patterns of a containerd file; unparseable files import nothing (the engine reports them)."""
+    if template:
+        return []
+    try:
+        doc = tomllib.loads(data.decode("utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError):
+        return []
+    try:
+        return ctd.import_patterns(path, doc)
+    except ConfigError:
+        return []
+
+
+class RuntimeSubsystem(BaseSubsystem):
+    name = "runtime"
+    requires = ("driver",)
+
+    def __init__(self, ctx: Context, control: RuntimeControl | None = None) -> None:
+        super().__init__(ctx)
+        self.settings = ctx.settings.runtime
+        if control is not None:
+            self.control: RuntimeControl = control
+        elif ctx.simulate:
+            self.control = SimRuntimeControl(version_text=self.settings.containerd_version or "1.6.20")
+        else:
+            self.control = HostRuntimeControl(ctx.root)
+        self.spec = RuntimeSpec(
+            name=self.settings.runtime_class,
+            path=self.settings.runtime_path,
+            set_as_default=self.settings.set_as_default,
+            enable_cdi=self.settings.enable_cdi,
+        )
+        self._lock = asyncio.Lock()
+        self._version: VersionInfo | None = None
+        self._healthy: bool | None = None
+        self._watched: tuple[str, ...] = ()
+        self._observed: Observed | None = None
+        self.restarts = 0
+        self.reconciles = 0
+
+    # ------------------------------------------------------------------------------------- observe
+
+    async def observe(self) -> Observed:
+        root = self.ctx.root
+        paths = det.PROBED + tuple(p for p in (self.settings.config_path, self.settings.socket) if p)
+
+        def _probe() -> det.Probe:
+            kinds = {p: k for p in paths if (k := _kind(root, p)) is not None}
+            texts: dict[str, bytes] = {}
+            for p in det.READ:
+                if kinds.get(p) == "file":
+                    with contextlib.suppress(HostPathError):
+                        texts[p] = root.read_bytes(p) or b""
+            return det.Probe(kinds, texts)
+
+        probe = await run_blocking(_probe)
+        try:
+            detected = det.detect(probe, self.settings)
+        except ConfigError as err:
+            return Observed(error=str(err))
+        try:
+            files, listings = await run_blocking(self._gather, detected)
+        except (HostPathError, ConfigError) as err:
+            return Observed(detected, error=str(err), evidence=detected.evidence)
+        version: VersionInfo | None = None
+        dump: bytes | None = None
+        if detected.engine == "containerd":
+            version = await self._detect_version(detected)
+            if self.settings.config_source == "command":
+                try:
+                    dump = await self.control.dump_config(self._target(detected))
+                except (BackendUnavailable, CallTimeout) as err:
+                    return Observed(detected, files, listings, version, error=f"containerd config dump: {err}")
+        return Observed(detected, files, listings, version, dump, evidence=detected.evidence)
+
+    def _gather(self, d: det.Detected) -> tuple[dict[str, bytes | None], dict[str, tuple[str, ...]]]:
+        """Read every file the engine needs (blocking; runs off the loop)."""
+        root = self.ctx.root
+        files: dict[str, bytes | None] = {}
+        listings: dict[str, tuple[str, ...]] = {}
+
+        def read(path: str) -> bytes | None:
+            if path not in files:
+                files[path] = root.read_bytes(path)
+            return files[path]
+
+        def listdir(directory: str) -> tuple[str, ...]:
+            if directory not in listings:
+                local = root.resolve(directory)
+                listings[directory] = tuple(
+                    n for n in root.listdir(directory) if not n.startswith(".") and (local / n).is_file()
+                )
+            return listings[directory]
+
+        if d.engine == "docker":
+            read(d.config_path)
+        elif d.engine == "crio":
+            read(d.config_path)
+            dropins = posixpath.join(posixpath.dirname(d.config_path), "crio.conf.d")
+            for name in listdir(dropins):
+                read(posixpath.join(dropins, name))
+        else:
+            pending = [d.config_path]
+            while pending and len(files) < MAX_IMPORT_FILES:
+                path = pending.pop(0)
+                if path in files:
+                    continue
+                data = read(path)
+                if data is None:
+                    continue
+                for pattern in _imports_of(path, data, template=path == d.config_path and d.template == "go"):
+                    if ctd.is_glob(pattern):
+                        directory = posixpath.dirname(pattern)
+                        listdir(directory)
+                        pending.extend(ctd.expand(pattern, listings))
+                    else:
+                        pending.append(pattern)
+            if d.dropin_dir:
+                for name in listdir(d.dropin_dir):
+                    if name.endswith(".toml"):
+                        read(posixpath.join(d.dropin_dir, name))
+            if d.generated:
+                read(d.generated)
+        return files, listings
+
+    async def _detect_version(self, d: det.Detected) -> VersionInfo | None:
+        if self.settings.containerd_version:
+            return VersionInfo(self.settings.containerd_version, "settings runtime.containerd_version")
+        if self._version is None:
+            self._version = await self.control.version(self._target(d))
+        return self._version
+
+    # ---------------------------------------------------------------------------------------- plan
+
+    def _restart_how(self, d: det.Detected) -> RestartHow:
+        mode = self.settings.restart
+        if mode in ("none", "signal"):
+            return mode
+        if self.settings.restart_command:
+            return "command"
+        if mode == "auto" and d.distribution == "k0s":
+            return "none"  # k0s watches containerd.d and restarts containerd itself
+        if mode == "auto" and d.reload:
+            return "signal"
+        return "systemd"
+
+    def _target(self, d: det.Detected) -> Target:
+        return Target(
+            engine=d.engine,
+            socket=d.socket,
+            config_path=d.config_path,
+            service=d.service,
+            binaries=d.binaries,
+            restart=self._restart_how(d),
+            reload=d.reload,
+            restart_command=tuple(self.settings.restart_command),
+            log_path=self.settings.log_path,
+            validate=not d.template,
+        )
+
+    def engine_for(self, observed: Observed) -> Engine:
+        d = observed.detected
+        assert d is not None
+        if d.engine == "docker":
+            return Docker(d.config_path, observed.files)
+        if d.engine == "crio":
+            dropins = posixpath.join(posixpath.dirname(d.config_path), "crio.conf.d")
+            return Crio(d.config_path, observed.files, tuple(observed.listings.get(dropins, ())))
+        layout = ctd.Layout(d.config_path, d.distribution, d.dropin_dir, d.template, d.generated)
+        version = observed.version.version if observed.version else ""
+        return ctd.Containerd(layout, observed.files, observed.listings, version, observed.dump)
+
+    def plan(self, observed: Observed) -> Plan:
+        d = observed.detected
+        evidence = list(observed.evidence)
+        if d is None or observed.error:
+            return Plan(self.name, evidence=tuple(evidence), error=observed.error or "nothing detected")
+        evidence.append(f"engine {d.engine}, config {d.config_path}, socket {d.socket}")
+        if observed.version:
+            evidence.append(f"containerd {observed.version.version} (from {observed.version.source})")
+        elif d.engine == "containerd":
+            evidence.append("containerd version unknown: the drop-in rules of containerd < 2.0 are used (safe on 2.x)")
+        if observed.dump is not None:
+            evidence.append("options copied from `containerd config dump` (settings runtime.config_source = command)")
+        try:
+            edit: Edit = self.engine_for(observed).desired(self.spec)
+        except ConfigError as err:
+            return Plan(self.name, evidence=tuple(evidence), error=str(err))
+        evidence += edit.evidence
+        warnings = list(edit.warnings)
+        target = self._target(d)
+        steps = [
+            Step(
+                "remove-file" if new is None else "write-file",
+                path,
+                edit.summaries[path],
+                diff=file_diff(path, observed.files.get(path), new),
+                payload=(observed.files.get(path), new, target),
+            )
+            for path, new in edit.writes.items()
+        ]
+        if steps:
+            steps.append(self._restart_step(d, target, warnings))
+        if self.settings.restart == "signal" and d.engine == "containerd":
+            warnings.append("restart = signal: containerd exits on SIGHUP and comes back only under a supervisor")
+        return Plan(self.name, tuple(steps), tuple(evidence), tuple(warnings))
+
+    def _restart_step(self, d: det.Detected, target: Target, warnings: list[str]) -> Step:
+        unit = d.service if target.restart == "systemd" else d.engine
+        if target.restart == "none":
+            if d.distribution == "k0s":
+                return Step(
+                    "wait-runtime",
+                    d.engine,
+                    "k0s restarts containerd itself when its drop-in directory changes",
+                    disruption=Disruption.RESTART,
+                    disrupts="containerd (restarted by k0s)",
+                    payload=target,
+                )
+            warnings.append(f"restart = none: the change takes effect at the next {d.engine} start")
+            return Step("no-restart", d.engine, "runtime not restarted (restart = none)", payload=target)
+        if target.reload:
+            how = "SIGHUP" if target.restart == "signal" else f"`{' '.join(target.restart_command)}`"
+            if target.restart == "systemd":
+                how = f"systemctl reload {d.service}"
+            return Step(
+                "reload-runtime",
+                unit,
+                f"reload {d.engine} ({how}); running containers are not affected",
+                disruption=Disruption.RELOAD,
+                disrupts=d.engine,
+                payload=target,
+            )
+        hits: str = d.engine
+        if d.distribution in ("k3s", "rke2"):
+            hits = f"{d.service} (the whole {d.distribution} service, which regenerates config.toml)"
+        how = {
+            "systemd": f"systemctl restart {d.service}",
+            "signal": "SIGHUP (containerd exits; its supervisor starts it again)",
+            "command": f"`{' '.join(target.restart_command)}`",
+        }[target.restart]
+        return Step(
+            "restart-runtime",
+            unit,
+            f"restart {d.engine} ({how}); CRI calls in flight fail, containers keep running",
+            disruption=Disruption.RESTART,
+            disrupts=hits,
+            payload=target,
+        )
+
+    # --------------------------------------------------------------------------------------- apply
+
+    async def apply(self, plan: Plan) -> ApplyResult:
+        if plan.error:
+            self.set_status(Phase.FAILED, plan.error)
+            self._publish(False)
+            raise PermanentError(plan.error)
+        writes = {s.target: s.payload[1] for s in plan.steps if s.action in ("write-file", "remove-file")}
+        old = {s.target: s.payload[0] for s in plan.steps if s.action in ("write-file", "remove-file")}
+        targets = [s.payload[2] for s in plan.steps if s.action in ("write-file", "remove-file")]
+        if not writes:
+            return ApplyResult()
+        target: Target = targets[0]
+        stale = await run_blocking(self._stale, old)
+        if stale:
+            reason = f"{stale} changed since the plan was made; plan again"
+            self.set_status(Phase.FAILED, reason)
+            raise PermanentError(reason)
+        outcome = await transact(
+            root=self.ctx.root,
+            journal=self.ctx.journal,
+            control=self.control,
+            target=target,
+            writes=writes,
+            old=old,
+            timeout_s=self.settings.health_timeout_s,
+        )
+        if outcome.restarted:
+            self.restarts += 1
+            self._version = None
+        restarted = (target.service or target.engine,) if outcome.restarted else ()
+        if not outcome.ok:
+            self.set_status(Phase.FAILED, outcome.error, rolled_back=outcome.rolled_back)
+            self._publish(False)
+            raise PermanentError(outcome.error)
+        self.set_status(
+            Phase.RUNNING, "", last_change=list(outcome.changed), restarts=self.restarts, evidence=list(plan.evidence)
+        )
+        if outcome.health is not None:
+            self._publish(outcome.health.ok)
+        return ApplyResult(changed=tuple(outcome.changed), restarted=restarted)
+
+    def _stale(self, old: Mapping[str, bytes | None]) -> str:
+        for path, data in old.items():
+            if self.ctx.root.read_bytes(path) != data:
+                return path
+        return ""
+
+    # -------------------------------------------------------------------------------------- revert
+
+    async def revert(self) -> ApplyResult:
+        observed = await self.observe()
+        managed = set(observed.files)
+        if observed.detected is not None:
+            managed.add(observed.detected.config_path)
+        config_dir = posixpath.dirname(self.settings.config_path) + "/" if self.settings.config_path else ""
+        prefixes = (*RUNTIME_DIRS, config_dir) if config_dir else RUNTIME_DIRS
+        journal = self.ctx.journal
+
+        def _restore() -> list[str]:
+            changed = []
+            for path in list(journal.paths()):
+                mine = path in managed or path.startswith(prefixes)
+                if mine and journal.restore(self.ctx.root, path):
+                    changed.append(path)
+            return changed
+
+        changed = await run_blocking(_restore)
+        restarted: tuple[str, ...] = ()
+        d = observed.detected
+        if changed and d is not None:
+            target = self._target(d)
+            if target.restart != "none":
+                old_pid = None if target.reload else await self.control.daemon_pid(target)
+                try:
+                    await self.control.restart(target)
+                except (BackendUnavailable, CallTimeout) as err:
+                    self.set_status(Phase.FAILED, f"reverted files, but the restart failed: {err}")
+                    raise PermanentError(str(err)) from err
+                health = await wait_healthy(
+                    self.control, target, timeout_s=self.settings.health_timeout_s, old_pid=old_pid
+                )
+                restarted = (target.service or target.engine,)
+                if not health.ok:
+                    self.set_status(Phase.FAILED, f"reverted files, but {d.engine} is unhealthy: {health.reason}")
+                    raise PermanentError(health.reason)
+        messages: tuple[str, ...] = ()
+        if changed and d is not None and d.engine == "docker" and restarted:
+            restored = await run_blocking(self.ctx.root.read_bytes, d.config_path)
+            if restored is None or b'"runtimes"' not in restored:
+                messages = (
+                    "dockerd keeps the runtimes it has when a reload finds no `runtimes` key; "
+                    f"{self.spec.name!r} stays listed until dockerd's next restart",
+                )
+        self._publish(False)
+        self.set_status(Phase.STOPPED, "reverted", reverted=changed)
+        return ApplyResult(changed=tuple(changed), restarted=restarted, messages=messages)
+
+    # ----------------------------------------------------------------------------------------- run
+
+    async def start(self) -> None:
+        self.set_status(Phase.STARTING)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        self._watched = self._watch_list(await self.observe())
+        health_task = asyncio.create_task(self._health_loop(stop), name="runtime-health")
+        first = True
+        try:
+            while not stop.is_set():
+                paths = self._watched
+                local = [p for p in (self._local(h) for h in paths) if p is not None]
+                watcher = FileWatcher(local, poll_s=self.settings.drift_poll_s)
+                changes = watcher.changes(stop, initial=True)  # an async generator: closed explicitly below
+                try:
+                    async for changed in changes:
+                        # the initial (empty) report comes once the watches are in place: reconcile then,
+                        # so a change made meanwhile cannot slip between the look and the watch
+                        if changed:
+                            await self.reconcile("drift", changed=[str(p) for p in changed])
+                        else:
+                            await self.reconcile("start" if first else "rewatch")
+                            first = False
+                        if self._watched != paths:
+                            break
+                finally:
+                    await changes.aclose()
+        finally:
+            health_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await health_task
+
+    def _local(self, host_path: str) -> Path | None:
+        try:
+            return self.ctx.root.resolve(host_path)
+        except HostPathError:
+            return None
+
+    async def reconcile(self, reason: str, changed: list[str] | None = None) -> Plan:
+        """observe → plan → apply when needed; never raises (the status says what went wrong)."""
+        async with self._lock:
+            self.reconciles += 1
+            observed = await self.observe()
+            plan = self.plan(observed)
+            self.last_plan = plan
+            self._observed = observed
+            self._watched = self._watch_list(observed)
+            if plan.error:
+                self.set_status(Phase.FAILED, plan.error)
+                self._publish(False)
+                return plan
+            if plan.empty:
+                await self._check_health(observed)
+                return plan
+            if reason == "drift":
+                self.log.warning(
+                    "runtime_drift",
+                    files=changed or [],
+                    steps=[s.summary for s in plan.steps],
+                    diff="".join(s.diff for s in plan.steps)[:4000],
+                )
+            try:
+                result = await self.apply(plan)
+            except PermanentError:
+                return plan
+            if reason == "drift":
+                self.log.info("runtime_drift_repaired", changed=list(result.changed), restarted=list(result.restarted))
+            if not result.restarted:
+                await self._check_health(observed)
+            self._watched = self._watch_list(await self.observe())
+            return plan
+
+    def _watch_list(self, observed: Observed) -> tuple[str, ...]:
+        if observed.detected is None:
+            return tuple(p for p in det.PROBED if not p.endswith(".service"))
+        try:
+            engine_paths = self.engine_for(observed).watched()
+        except ConfigError:
+            engine_paths = ()
+        return tuple(dict.fromkeys((*engine_paths, *observed.files)))
+
+    async def _check_health(self, observed: Observed) -> None:
+        d = observed.detected
+        assert d is not None
+        health = await self.control.health(self._target(d))
+        details = {
+            "engine": d.engine,
+            "distribution": d.distribution,
+            "config": d.config_path,
+            "socket": d.socket,
+            "version": observed.version.version if observed.version else "",
+            "restarts": self.restarts,
+            "evidence": list(self.last_plan.evidence) if self.last_plan else [],
+        }
+        if health.ok:
+            self.set_status(Phase.RUNNING, "", **details)
+        else:
+            self.set_status(Phase.DEGRADED, f"{d.engine} not healthy: {health.reason}", **details)
+        self._publish(health.ok)
+
+    async def _health_loop(self, stop: asyncio.Event) -> None:
+        while not await wait_or_stop(stop, HEALTH_EVERY_S):
+            if self._status.phase == Phase.FAILED or self._lock.locked():
+                continue
+            async with self._lock:
+                if self._observed is not None and self._observed.detected is not None:
+                    await self._check_health(self._observed)
+
+    def _publish(self, healthy: bool) -> None:
+        if healthy != self._healthy:
+            self._healthy = healthy
+            self.ctx.bus.publish(events.RUNTIME_HEALTHY, healthy)
+
+    async def stop(self) -> None:
+        await super().stop()
