@@ -124,3 +124,26 @@ def test_plan_simulate_changes_nothing(tmp_path: Path) -> None:
     assert {p: p.read_bytes() for p in root.rglob("*") if p.is_file()} == snapshot
     for section in ("== driver ==", "== runtime ==", "== cdi ==", "== metrics =="):
         assert section in first.stdout
+
+
+def test_runtime_only_commands_need_no_gpu_driver(tmp_path: Path) -> None:
+    """Configuring the runtime before a driver exists is a real order of operations on new nodes."""
+    if shutil.which("nvidia-smi"):
+        pytest.skip("an NVIDIA driver is present here")
+    root = tmp_path / "node"
+    (root / "etc" / "containerd").mkdir(parents=True)
+    default = Path(__file__).parents[1] / "nodeagent" / "backends" / "sim" / "data" / "containerd-1.6.20-default.toml"
+    original = default.read_bytes()
+    (root / "etc" / "containerd" / "config.toml").write_bytes(original)
+    config = tmp_path / "settings.toml"
+    config.write_text('version = 1\n[runtime]\nrestart = "none"\n')
+    common = ["--only", "runtime", "--root", str(root), "--config", str(config)]
+    planned = subprocess.run([*NODEAGENT, "plan", *common], capture_output=True, text=True, timeout=60, check=False)
+    assert planned.returncode == 0, planned.stderr
+    assert "add runtime 'nvidia'" in planned.stdout
+    applied = subprocess.run([*NODEAGENT, "apply", *common], capture_output=True, text=True, timeout=60, check=False)
+    assert applied.returncode == 0, applied.stderr
+    assert b"runtimes.nvidia]" in (root / "etc" / "containerd" / "config.toml").read_bytes()
+    reverted = subprocess.run([*NODEAGENT, "revert", *common], capture_output=True, text=True, timeout=60, check=False)
+    assert reverted.returncode == 0, reverted.stderr
+    assert (root / "etc" / "containerd" / "config.toml").read_bytes() == original

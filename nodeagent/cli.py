@@ -22,6 +22,7 @@ from nodeagent.errors import BackendUnavailable, ConfigError, NodeAgentError
 
 if TYPE_CHECKING:
     from nodeagent.app import Parts
+    from nodeagent.backends.types import GpuBackend
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -176,8 +177,9 @@ async def _dispatch(args: argparse.Namespace, settings: settings_mod.Settings, e
 
 async def _build(settings: settings_mod.Settings, env: Mapping[str, str], *, only: list[str]) -> Parts:
     """Pick the root, open the GPU backend, lay out the sandbox in simulation, construct subsystems."""
+    from nodeagent import registry
     from nodeagent.app import build
-    from nodeagent.backends.gpu_select import open_gpu_backend
+    from nodeagent.backends.gpu_select import NoGpuBackend, open_gpu_backend
     from nodeagent.backends.hostfs import Root
 
     simulate = settings.simulation.enabled
@@ -187,7 +189,11 @@ async def _build(settings: settings_mod.Settings, env: Mapping[str, str], *, onl
         root.path.mkdir(parents=True, exist_ok=True)
     else:
         root = Root(settings.agent.root)
-    gpus = await open_gpu_backend(settings, driver_root=_driver_root_for_nvml(settings, root))
+    gpus: GpuBackend
+    if simulate or any(e.needs_gpu for e in registry.enabled(settings, only)):
+        gpus = await open_gpu_backend(settings, driver_root=_driver_root_for_nvml(settings, root))
+    else:
+        gpus = NoGpuBackend()
     if simulate:
         from nodeagent.backends.sim.sandbox import populate_sandbox
 

@@ -21,6 +21,8 @@ class Entry:
     target: str
     """``module:Class``."""
     requires: tuple[str, ...]
+    needs_gpu: bool = True
+    """False for subsystems that work without a GPU backend (runtime config before a driver exists)."""
 
     def load(self) -> type:
         module, _, attr = self.target.partition(":")
@@ -30,7 +32,7 @@ class Entry:
 
 SUBSYSTEMS: tuple[Entry, ...] = (
     Entry("driver", "nodeagent.driver.subsystem:DriverSubsystem", ()),
-    Entry("runtime", "nodeagent.runtime.subsystem:RuntimeSubsystem", ("driver",)),
+    Entry("runtime", "nodeagent.runtime.subsystem:RuntimeSubsystem", ("driver",), needs_gpu=False),
     Entry("cdi", "nodeagent.cdi.subsystem:CdiSubsystem", ("driver",)),
     Entry("metrics", "nodeagent.metrics.subsystem:MetricsSubsystem", ("driver",)),
 )

@@ -8,11 +8,12 @@ so that ``nodeagent run`` on a machine without one can say so and hint at ``--si
 from __future__ import annotations
 
 import ctypes
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from nodeagent.backends.types import GpuBackend
+from nodeagent.backends.types import GpuBackend, Inventory, Sample, SampleRequest
 from nodeagent.settings import Settings
 
 
@@ -88,3 +89,21 @@ def probe_driver(driver_root: str | None = None, *, load_library: Callable[[str]
             continue
         return DriverProbe(True, candidate, "")
     return DriverProbe(False, "", f"no NVIDIA driver found ({LIBRARY} cannot be loaded: {'; '.join(errors)})")
+
+
+class NoGpuBackend:
+    """Stands in when only GPU-free subsystems run (e.g. `apply --only runtime` before a driver exists)."""
+
+    kind = "none"
+
+    async def open(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+    async def inventory(self) -> Inventory:
+        return Inventory(backend=self.kind, driver_version="", nvml_version="", cuda_driver_version=0)
+
+    async def sample(self, request: SampleRequest) -> Sample:
+        return Sample(taken_at=time.time(), gpus={})
