@@ -6,14 +6,18 @@ b) a k0s-style drop-in directory: after apply containerd still has runc and its 
 c) a change containerd rejects at start is rolled back and containerd serves again;
 e) drift: the file is rewritten behind a running subsystem and the runtime entry is back within 2 s.
 
-The agent is driven in-process (RuntimeSubsystem.observe/plan/apply/run/revert) with the daemon's
-temporary directory as its Root; restarts go through runtime.restart_command (a script that stops the
+Test a) runs the real `nodeagent apply` / `nodeagent revert` commands; the others drive the subsystem
+in-process (RuntimeSubsystem.observe/plan/apply/run/revert). Either way the daemon's temporary directory
+is the Root; restarts go through runtime.restart_command (a script that stops the
 test daemon by pid and starts it again), because these daemons are not under systemd.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
+import subprocess
+import sys
 import time
 import uuid
 from typing import Any
@@ -34,6 +38,35 @@ NAIVE_DROPIN = b"""version = 2
 [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.nvidia]
   runtime_type = "io.containerd.runc.v2"
 """
+
+
+async def nodeagent_cli(d: Containerd, command: str, **runtime: Any) -> subprocess.CompletedProcess[bytes]:
+    """`nodeagent COMMAND --only runtime` on the daemon's root, with the settings `agent()` uses."""
+    values = {
+        "socket": d.socket_host,
+        "restart_command": [str(d.restart_script)],
+        "log_path": d.log_host,
+        "health_timeout_s": 20.0,
+        **runtime,
+    }
+    config = d.base / "nodeagent.toml"
+    config.write_text("version = 1\n[runtime]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in values.items()))
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "nodeagent",
+        command,
+        "--only",
+        "runtime",
+        "--root",
+        str(d.base),
+        "--config",
+        str(config),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 120)
+    return subprocess.CompletedProcess([command], proc.returncode or 0, out, err)
 
 
 async def run_sandbox(d: Containerd, handler: str) -> str:
@@ -106,10 +139,11 @@ async def test_a_cri_sandbox_with_nvidia_handler(containerd_factory: Any, pause_
     assert not plan.error, plan.error
     assert [s.action for s in plan.steps] == ["write-file", "restart-runtime"]
     old_pid = d.pid()
-    result = await sub.apply(plan)
-    assert result.changed == ("/etc/containerd/config.toml",) and result.restarted
+    # The real command a user runs, with the same settings as the in-process subsystem above.
+    applied = await nodeagent_cli(d, "apply", runtime_path=str(shim))
+    assert applied.returncode == 0, applied.stderr
+    assert b"runtime: changed /etc/containerd/config.toml; restarted" in applied.stdout, applied.stdout
     assert d.pid() != old_pid
-    assert sub.status().phase == Phase.RUNNING
 
     sandbox = await run_sandbox(d, "nvidia")
     try:
@@ -125,8 +159,9 @@ async def test_a_cri_sandbox_with_nvidia_handler(containerd_factory: Any, pause_
     assert d.pid() == pid
 
     # revert: original bytes, one restart, handler gone again
-    result = await sub.revert()
-    assert result.changed == ("/etc/containerd/config.toml",) and result.restarted
+    reverted = await nodeagent_cli(d, "revert", runtime_path=str(shim))
+    assert reverted.returncode == 0, reverted.stderr
+    assert b"runtime: restored /etc/containerd/config.toml; restarted" in reverted.stdout, reverted.stdout
     d.wait_cri_ok()
     with pytest.raises(GRPCError, match="no runtime"):
         await run_sandbox(d, "nvidia")
