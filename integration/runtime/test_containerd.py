@@ -245,3 +245,54 @@ async def test_e_drift_is_repaired_within_two_seconds(containerd_factory: Any) -
     finally:
         stop.set()
         await asyncio.wait_for(task, 30)
+
+
+async def test_e_drift_is_repaired_behind_a_running_nodeagent_process(containerd_factory: Any) -> None:
+    """The same drift check against the real `nodeagent run --only runtime` process."""
+    from tests.support import free_port
+
+    d = containerd_factory()
+    original = d.config.read_bytes()
+    config = d.base / "nodeagent.toml"
+    config.write_text(
+        "version = 1\n[runtime]\n"
+        f'socket = "{d.socket_host}"\nrestart_command = ["{d.restart_script}"]\nlog_path = "{d.log_host}"\n'
+        "health_timeout_s = 20.0\n"
+    )
+    port = free_port()
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "nodeagent",
+        "run",
+        "--only",
+        "runtime",
+        "--root",
+        str(d.base),
+        "--config",
+        str(config),
+        "--listen",
+        f"127.0.0.1:{port}",
+        "--log-format",
+        "json",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    try:
+        await asyncio.to_thread(
+            wait_for, lambda: b"runtimes.nvidia" in d.config.read_bytes(), timeout_s=60, what="apply by the agent"
+        )
+        d.wait_cri_ok()
+        tmp = d.config.with_suffix(".new")
+        tmp.write_bytes(original)
+        tmp.replace(d.config)
+        t0 = time.monotonic()
+        while b"runtimes.nvidia" not in d.config.read_bytes():
+            assert time.monotonic() - t0 < 2.0, "runtime entry not back within 2 s"
+            await asyncio.sleep(0.02)
+        print(f"drift repaired by the agent process in {time.monotonic() - t0:.3f}s")
+    finally:
+        if proc.returncode is None:
+            proc.terminate()
+        out, _ = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == 0, out.decode()[-2000:]
