@@ -63,9 +63,17 @@ class Scripted(BaseSubsystem):
     name: ClassVar[str] = "scripted"
     requires: ClassVar[tuple[str, ...]] = ()
 
-    def __init__(self, ctx: Context, *, name: str = "scripted", requires: tuple[str, ...] = (),
-                 fail_starts: int = 0, crash_runs: int = 0, stop_delay_s: float = 0.0,
-                 permanent: bool = False) -> None:
+    def __init__(
+        self,
+        ctx: Context,
+        *,
+        name: str = "scripted",
+        requires: tuple[str, ...] = (),
+        fail_starts: int = 0,
+        crash_runs: int = 0,
+        stop_delay_s: float = 0.0,
+        permanent: bool = False,
+    ) -> None:
         self.name = name  # type: ignore[misc]
         self.requires = requires  # type: ignore[misc]
         super().__init__(ctx)

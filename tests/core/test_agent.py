@@ -24,8 +24,14 @@ from tests.support import free_port
 
 
 def fast_settings(**agent: Any) -> Settings:
-    base = replace(load(), "agent", listen=f"127.0.0.1:{free_port()}", restart_backoff_initial_s=0.01,
-                   restart_backoff_max_s=0.04, shutdown_timeout_s=1.0)
+    base = replace(
+        load(),
+        "agent",
+        listen=f"127.0.0.1:{free_port()}",
+        restart_backoff_initial_s=0.01,
+        restart_backoff_max_s=0.04,
+        shutdown_timeout_s=1.0,
+    )
     return replace(base, "agent", **agent) if agent else base
 
 
@@ -52,11 +58,13 @@ async def test_subsystems_start_after_their_requirements_and_stop_in_reverse(tmp
             s = Scripted(ctx, name=name, requires=requires, **kw)
             s.journal = journal
             return s
+
         return factory
 
     # The driver fails its first two starts: dependents must wait for it, not start early.
-    agent = make_agent(tmp_path, [sub("driver", fail_starts=2), sub("runtime", ("driver",)),
-                                  sub("metrics", ("driver", "runtime"))])
+    agent = make_agent(
+        tmp_path, [sub("driver", fail_starts=2), sub("runtime", ("driver",)), sub("metrics", ("driver", "runtime"))]
+    )
     task = asyncio.create_task(agent.run())
     await until(agent.ready)
     starts = [e for e in journal if e.startswith("start")]
@@ -68,12 +76,13 @@ async def test_subsystems_start_after_their_requirements_and_stop_in_reverse(tmp
 
 
 async def test_a_crashing_subsystem_is_restarted_with_backoff_and_never_takes_others_down(tmp_path: Path) -> None:
-    agent = make_agent(tmp_path, [lambda c: Scripted(c, name="flaky", crash_runs=3),
-                                  lambda c: Scripted(c, name="steady")])
+    agent = make_agent(
+        tmp_path, [lambda c: Scripted(c, name="flaky", crash_runs=3), lambda c: Scripted(c, name="steady")]
+    )
     task = asyncio.create_task(agent.run())
     flaky, steady = agent.subsystems["flaky"], agent.subsystems["steady"]
-    await until(lambda: steady.running.is_set())  # type: ignore[attr-defined]
-    await until(lambda: flaky.running.is_set())  # type: ignore[attr-defined]
+    await until(steady.running.is_set)  # type: ignore[attr-defined]
+    await until(flaky.running.is_set)  # type: ignore[attr-defined]
     assert flaky.calls.count("run") == 4  # type: ignore[attr-defined]
     assert steady.calls == ["start", "run"]  # type: ignore[attr-defined]
     assert agent._restarts["flaky"] == 3
@@ -102,8 +111,13 @@ async def test_backoff_delays_grow_exponentially_with_jitter(tmp_path: Path) -> 
 
 
 async def test_permanent_failure_is_not_retried_and_readyz_says_why(tmp_path: Path) -> None:
-    agent = make_agent(tmp_path, [lambda c: Scripted(c, name="driver", fail_starts=1, permanent=True),
-                                  lambda c: Scripted(c, name="runtime", requires=("driver",))])
+    agent = make_agent(
+        tmp_path,
+        [
+            lambda c: Scripted(c, name="driver", fail_starts=1, permanent=True),
+            lambda c: Scripted(c, name="runtime", requires=("driver",)),
+        ],
+    )
     task = asyncio.create_task(agent.run())
     await until(lambda: agent.statuses()["driver"].phase == Phase.FAILED)
     url = f"http://{agent.ctx.settings.agent.listen}"
@@ -160,8 +174,10 @@ async def test_a_subsystem_that_will_not_stop_is_cancelled_within_the_timeout(tm
 
 async def test_sighup_reloads_valid_settings_and_keeps_old_ones_when_invalid(tmp_path: Path) -> None:
     good = fast_settings()
-    candidates: list[Any] = [ConfigError("bad value", key="metrics.interval_s"),
-                             replace(good, "metrics", interval_s=5.0)]
+    candidates: list[Any] = [
+        ConfigError("bad value", key="metrics.interval_s"),
+        replace(good, "metrics", interval_s=5.0),
+    ]
 
     def reload() -> Settings:
         item = candidates.pop(0)

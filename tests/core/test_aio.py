@@ -32,7 +32,7 @@ async def test_hung_call_times_out_without_blocking_the_loop() -> None:
 
     t = asyncio.create_task(ticker())
     started = time.monotonic()
-    with pytest.raises(CallTimeout, match="hang did not return within 0.2s"):
+    with pytest.raises(CallTimeout, match=r"hang did not return within 0\.2s"):
         await worker.call(release.wait, timeout_s=0.2, name="hang")
     assert time.monotonic() - started < 1.0
     assert ticks >= 5, "the loop kept running while the call hung"

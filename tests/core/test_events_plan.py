@@ -38,11 +38,13 @@ async def test_slow_subscriber_keeps_latest_events_only() -> None:
 
 def test_plan_rendering_shows_evidence_disruption_and_diff() -> None:
     diff = file_diff("/etc/docker/daemon.json", b'{\n  "a": 1\n}\n', b'{\n  "a": 2\n}\n')
-    assert "-  \"a\": 1" in diff and "+  \"a\": 2" in diff and "a/etc/docker/daemon.json" in diff
+    assert '-  "a": 1' in diff and '+  "a": 2' in diff and "a/etc/docker/daemon.json" in diff
     plan = Plan(
         "runtime",
-        (Step("write-file", "/etc/docker/daemon.json", "add runtime nvidia", diff),
-         Step("restart", "docker", "reload dockerd", disruption=Disruption.RELOAD, disrupts="dockerd")),
+        (
+            Step("write-file", "/etc/docker/daemon.json", "add runtime nvidia", diff),
+            Step("restart", "docker", "reload dockerd", disruption=Disruption.RELOAD, disrupts="dockerd"),
+        ),
         evidence=("engine docker: /etc/docker/daemon.json exists",),
     )
     text = render_plans([plan, Plan("driver")])

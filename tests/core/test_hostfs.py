@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -114,7 +113,7 @@ def test_corrupt_journal_is_a_clear_error(root: Root) -> None:
     index = root.resolve("/var/lib/nodeagent/backups/index.json")
     index.parent.mkdir(parents=True)
     index.write_text("{not json")
-    with pytest.raises(HostPathError, match="/var/lib/nodeagent/backups/index.json: backup journal unreadable"):
+    with pytest.raises(HostPathError, match=r"/var/lib/nodeagent/backups/index\.json: backup journal unreadable"):
         journal.entries()
 
 
@@ -125,4 +124,4 @@ def test_remove_records_first(root: Root) -> None:
     assert not (root.path / "etc" / "gone").exists()
     journal.restore(root, "/etc/gone")
     assert (root.path / "etc" / "gone").read_bytes() == b"bytes"
-    assert os.listdir(root.path / "etc") == ["gone"]
+    assert [p.name for p in (root.path / "etc").iterdir()] == ["gone"]

@@ -15,8 +15,12 @@ def names(entries: list[Entry]) -> list[str]:
 
 
 def test_dependencies_come_first_whatever_the_listing_order() -> None:
-    entries = [Entry("metrics", "x:y", ("driver",)), Entry("cdi", "x:y", ("driver", "runtime")),
-               Entry("runtime", "x:y", ("driver",)), Entry("driver", "x:y", ())]
+    entries = [
+        Entry("metrics", "x:y", ("driver",)),
+        Entry("cdi", "x:y", ("driver", "runtime")),
+        Entry("runtime", "x:y", ("driver",)),
+        Entry("driver", "x:y", ()),
+    ]
     order = names(dependency_order(entries))
     assert order.index("driver") < order.index("runtime") < order.index("cdi")
     assert order.index("driver") < order.index("metrics")

@@ -24,8 +24,11 @@ def test_defaults_are_valid_and_documented() -> None:
 
 
 def test_precedence_is_cli_over_env_over_file(tmp_path: Path) -> None:
-    path = write(tmp_path, 'version = 1\n[agent]\nlisten = "127.0.0.1:1111"\nlog_level = "debug"\n'
-                           '[metrics]\ninterval_s = 3\nslow_interval_s = 30\n')
+    path = write(
+        tmp_path,
+        'version = 1\n[agent]\nlisten = "127.0.0.1:1111"\nlog_level = "debug"\n'
+        "[metrics]\ninterval_s = 3\nslow_interval_s = 30\n",
+    )
     env = {"NODEAGENT_AGENT__LISTEN": "127.0.0.1:2222", "NODEAGENT_METRICS__INTERVAL_S": "4"}
     s = S.load(file=path, env=env, cli={("agent", "listen"): "127.0.0.1:3333"})
     assert s.agent.listen == "127.0.0.1:3333"  # CLI wins
@@ -99,7 +102,7 @@ def test_environment_errors_name_the_variable() -> None:
 
 
 def test_cross_field_checks() -> None:
-    with pytest.raises(ConfigError, match="metrics.slow_interval_s: must be >= metrics.interval_s"):
+    with pytest.raises(ConfigError, match=r"metrics\.slow_interval_s: must be >= metrics\.interval_s"):
         S.load(env={"NODEAGENT_METRICS__INTERVAL_S": "20", "NODEAGENT_METRICS__SLOW_INTERVAL_S": "10"})
 
 

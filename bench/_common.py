@@ -1,0 +1,202 @@
+"""Shared bench helpers: a bounded keep-alive HTTP load generator on loopback, percentiles, tables,
+and starting a helper process that prints ``READY <port>`` when it listens."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+PYTHON = sys.executable
+
+PROMETHEUS_ACCEPT = (
+    "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,"
+    "text/plain;version=0.0.4;q=0.5,*/*;q=0.1"
+)
+
+
+@dataclass
+class LoadResult:
+    requests: int = 0
+    errors: int = 0
+    elapsed_s: float = 0.0
+    bytes: int = 0
+    latencies_s: list[float] = field(default_factory=list)
+
+    @property
+    def rate(self) -> float:
+        return self.requests / self.elapsed_s if self.elapsed_s else 0.0
+
+    def p(self, q: float) -> float:
+        return percentile(self.latencies_s, q)
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    k = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
+    return ordered[k]
+
+
+def _request(path: str, headers: Mapping[str, str]) -> bytes:
+    lines = [f"GET {path} HTTP/1.1", "Host: 127.0.0.1", *(f"{k}: {v}" for k, v in headers.items()), "", ""]
+    return "\r\n".join(lines).encode()
+
+
+async def _one(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, request: bytes) -> tuple[int, int]:
+    writer.write(request)
+    head = await reader.readuntil(b"\r\n\r\n")
+    status = int(head.split(b" ", 2)[1])
+    length = 0
+    for line in head.split(b"\r\n"):
+        if line[:15].lower() == b"content-length:":
+            length = int(line[15:])
+    await reader.readexactly(length)
+    return status, length
+
+
+async def load(
+    port: int,
+    path: str,
+    headers: Mapping[str, str],
+    *,
+    concurrency: int,
+    duration_s: float,
+    max_requests: int = 200_000,
+) -> LoadResult:
+    """Closed-loop load: ``concurrency`` keep-alive connections, each sending its next request as soon
+    as the last one is answered; bounded by time and by count."""
+    request = _request(path, headers)
+    result = LoadResult()
+    deadline = time.perf_counter() + duration_s
+
+    async def worker() -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port, limit=1 << 22)
+        try:
+            while time.perf_counter() < deadline and result.requests + result.errors < max_requests:
+                t0 = time.perf_counter()
+                status, n = await _one(reader, writer, request)
+                result.latencies_s.append(time.perf_counter() - t0)
+                if status == 200:
+                    result.requests += 1
+                    result.bytes += n
+                else:
+                    result.errors += 1
+        finally:
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    result.elapsed_s = time.perf_counter() - started
+    return result
+
+
+async def paced(port: int, path: str, headers: Mapping[str, str], *, rate: float, duration_s: float) -> LoadResult:
+    """Open-loop load at a fixed rate (one request every 1/rate s, on up to 4 connections)."""
+    request = _request(path, headers)
+    result = LoadResult()
+    conns = [await asyncio.open_connection("127.0.0.1", port, limit=1 << 22) for _ in range(4)]
+    free: asyncio.Queue[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = asyncio.Queue()
+    for c in conns:
+        free.put_nowait(c)
+
+    async def fire() -> None:
+        reader, writer = await free.get()
+        t0 = time.perf_counter()
+        try:
+            status, n = await _one(reader, writer, request)
+        finally:
+            free.put_nowait((reader, writer))
+        result.latencies_s.append(time.perf_counter() - t0)
+        result.requests += status == 200
+        result.errors += status != 200
+        result.bytes += n
+
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    tasks = []
+    for i in range(int(rate * duration_s)):
+        delay = start + i / rate - loop.time()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.create_task(fire()))
+    await asyncio.gather(*tasks)
+    result.elapsed_s = loop.time() - start
+    for _, writer in conns:
+        writer.close()
+    return result
+
+
+class Helper:
+    """A helper process (a bench server or the agent) stopped by its pid."""
+
+    def __init__(
+        self, argv: Sequence[str], *, env: Mapping[str, str] | None = None, cwd: Path = REPO, quiet: bool = False
+    ) -> None:
+        self.proc = subprocess.Popen(
+            list(argv),
+            stdout=subprocess.DEVNULL if quiet else subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            env={**os.environ, **(env or {})},
+            cwd=cwd,
+        )
+
+    def wait_ready(self, timeout_s: float = 60.0) -> int:
+        assert self.proc.stdout is not None
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            line = self.proc.stdout.readline().decode()
+            if not line:
+                raise RuntimeError(f"helper exited with {self.proc.wait()}")
+            if line.startswith("READY "):
+                return int(line.split()[1])
+        raise RuntimeError("helper did not become ready")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def table(title: str, headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    cells = [[str(h) for h in headers], *[[_fmt(c) for c in r] for r in rows]]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    out = [f"\n## {title}", ""]
+    for n, row in enumerate(cells):
+        out.append("| " + " | ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) + " |")
+        if n == 0:
+            out.append("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    return "\n".join(out)
+
+
+def _fmt(value: object) -> str:
+    if isinstance(value, float):
+        return f"{value:.3g}" if abs(value) < 1000 else f"{value:.0f}"
+    return str(value)
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    ticks = os.sysconf("SC_CLK_TCK")
+    return (int(fields[11]) + int(fields[12])) / ticks
+
+
+def rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")

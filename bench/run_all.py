@@ -1,0 +1,32 @@
+"""Run every benchmark and print its table (``make bench``). Keeps the whole run under ~5 minutes.
+
+Benchmarks: scrape throughput and latency against two baselines, event-loop lag under 50 scrapes/s,
+whole-agent footprint, and (real GPU only) sweep cost against NVML and nvidia-smi.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench import bench_footprint, bench_gpu_sweep, bench_loop_lag, bench_scrape
+
+BENCHMARKS = (bench_scrape, bench_loop_lag, bench_footprint, bench_gpu_sweep)
+
+
+def main() -> int:
+    started = time.monotonic()
+    for module in BENCHMARKS:
+        t0 = time.monotonic()
+        for text in module.main():
+            print(text, flush=True)
+        print(f"\n({module.__name__.rsplit('.', 1)[-1]}: {time.monotonic() - t0:.0f} s)", flush=True)
+    print(f"\nall benchmarks: {time.monotonic() - started:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

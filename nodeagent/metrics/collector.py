@@ -1,0 +1,145 @@
+"""Sampling tiers and the immutable snapshot.
+
+A sweep asks the GPU backend for every value it needs in one ``sample()`` call (one hop to the NVML
+worker thread). Cheap fields are read on every sweep; expensive ones (energy, PCIe, ECC batches, GPM)
+only when the slow tier is due, and their last values are carried into the sweeps in between. Each
+sweep yields a new frozen ``Snapshot`` that nothing mutates afterwards, so the renderer and the HTTP
+handler can hold it without locks or copies.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+from nodeagent.backends.types import (
+    GpuBackend,
+    GpuHealthState,
+    Inventory,
+    MigKey,
+    Reading,
+    Sample,
+    SampleRequest,
+    Tier,
+    XidEvent,
+)
+from nodeagent.metrics.fields import Counter, Source
+
+Values = Mapping[Reading, float]
+_EMPTY: Values = MappingProxyType({})
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """Everything one sweep knows; never mutated after it is built."""
+
+    taken_at: float
+    """time.time() when the sweep's sample started."""
+    inventory: Inventory
+    gpus: Mapping[int, Values]
+    mig: Mapping[MigKey, Values]
+    last_xid: Mapping[int, int]
+    """GPU index → most recent XID (0 when none seen since the agent started)."""
+    health: Mapping[int, GpuHealthState]
+    duration_s: float
+    """Wall time of the sweep (backend hop included)."""
+    slow: bool
+    """Whether this sweep read the slow tier."""
+    xids: tuple[XidEvent, ...] = ()
+    """XIDs first seen in this sweep."""
+
+
+@dataclass
+class Totals:
+    """Cumulative counts for the agent's own counters (only the collector task writes them)."""
+
+    call_failures: dict[str, int] = field(default_factory=dict)
+    xids: dict[int, int] = field(default_factory=dict)
+    sweeps: int = 0
+
+
+def split_tiers(counters: Sequence[Counter]) -> tuple[frozenset[Reading], frozenset[Reading]]:
+    """(fast readings, slow readings) needed by the selected counters."""
+    fast: set[Reading] = set()
+    slow: set[Reading] = set()
+    for c in counters:
+        spec = c.spec
+        if spec.source is Source.READING and spec.reading is not None:
+            (slow if spec.tier is Tier.SLOW else fast).add(spec.reading)
+    return frozenset(fast), frozenset(slow)
+
+
+class Collector:
+    """Runs sweeps and keeps what must survive between them (slow values, last XIDs, totals)."""
+
+    def __init__(
+        self,
+        gpus: GpuBackend,
+        counters: Sequence[Counter],
+        *,
+        slow_interval_s: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.gpus = gpus
+        self.fast, self.slow = split_tiers(counters)
+        self.slow_interval_s = slow_interval_s
+        self.clock = clock
+        self.totals = Totals()
+        self._slow_due = float("-inf")
+        self._slow_gpu: dict[int, Values] = {}
+        self._slow_mig: dict[MigKey, Values] = {}
+        self._last_xid: dict[int, int] = {}
+
+    def request(self, *, include_mig: bool) -> tuple[SampleRequest, bool]:
+        """What the next sweep reads, and whether that includes the slow tier."""
+        slow = bool(self.slow) and self.clock() >= self._slow_due
+        readings = self.fast | self.slow if slow else self.fast
+        return SampleRequest(readings=frozenset(readings), include_mig=include_mig), slow
+
+    async def sweep(self, inventory: Inventory) -> Snapshot:
+        # MIG-capable, not MIG-enabled: instances created behind our back must show up in the sample.
+        include_mig = any(g.mig_capable for g in inventory.gpus)
+        request, slow = self.request(include_mig=include_mig)
+        started = time.perf_counter()
+        sample = await self.gpus.sample(request)
+        duration = time.perf_counter() - started
+        if slow:
+            self._slow_due = self.clock() + self.slow_interval_s
+        return self.merge(inventory, sample, slow=slow, duration_s=duration)
+
+    def merge(self, inventory: Inventory, sample: Sample, *, slow: bool, duration_s: float) -> Snapshot:
+        """Fold one sample into a new snapshot (pure apart from the carried state it updates)."""
+        if slow:
+            self._slow_gpu = {i: _only(v, self.slow) for i, v in sample.gpus.items()}
+            self._slow_mig = {k: _only(v, self.slow) for k, v in sample.mig.items()}
+        gpus = {i: _frozen(_only(v, self.fast), self._slow_gpu.get(i, _EMPTY)) for i, v in sample.gpus.items()}
+        mig = {k: _frozen(_only(v, self.fast), self._slow_mig.get(k, _EMPTY)) for k, v in sample.mig.items()}
+        for event in sample.xids:
+            self._last_xid[event.gpu_index] = event.xid
+            self.totals.xids[event.xid] = self.totals.xids.get(event.xid, 0) + 1
+        for call, n in sample.failures.items():
+            self.totals.call_failures[call] = self.totals.call_failures.get(call, 0) + n
+        self.totals.sweeps += 1
+        return Snapshot(
+            taken_at=sample.taken_at,
+            inventory=inventory,
+            gpus=MappingProxyType(gpus),
+            mig=MappingProxyType(mig),
+            last_xid=MappingProxyType({g.index: self._last_xid.get(g.index, 0) for g in inventory.gpus}),
+            health=MappingProxyType(dict(sample.health)),
+            duration_s=duration_s,
+            slow=slow,
+            xids=tuple(sample.xids),
+        )
+
+
+def _only(values: Values, wanted: frozenset[Reading]) -> dict[Reading, float]:
+    return {r: v for r, v in values.items() if r in wanted}
+
+
+def _frozen(fast: dict[Reading, float], slow: Values) -> Values:
+    if slow:
+        fast.update(slow)
+    return MappingProxyType(fast)

@@ -1,0 +1,92 @@
+"""Series identity: which entities a snapshot has (GPUs, or MIG instances) and their label strings.
+
+dcgm-exporter's label layout, in its order: gpu, UUID, pci_bus_id, device, modelName, then
+GPU_I_PROFILE and GPU_I_ID for MIG instances, Hostname, the label-type fields (DCGM_FI_DRIVER_VERSION
+...), then pod, namespace, container when the entity is attributed to a pod. A MIG instance carries its
+parent's UUID, as in dcgm-exporter; GPU_I_ID tells the instances apart.
+
+Like dcgm-exporter's default ("flex") mode, a GPU with MIG enabled and instances present is exposed
+through its instances only; a GPU without instances is exposed as a whole.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from nodeagent.backends.types import GpuInfo, Inventory, MigDevice, MigKey
+from nodeagent.metrics.fields import Counter, Kind
+
+MAX_LABELS = 19
+"""Fewer than 20 labels on any series."""
+
+EntityKey = int | MigKey
+"""A GPU index, or (GPU index, GPU-instance id) for a MIG instance."""
+
+
+@dataclass(frozen=True)
+class PodRef:
+    pod: str
+    namespace: str
+    container: str
+
+
+@dataclass(frozen=True)
+class Entity:
+    gpu: GpuInfo
+    mig: MigDevice | None
+    pairs: tuple[tuple[str, str], ...]
+    labels: str
+    """``pairs`` rendered without braces, e.g. ``gpu="0",UUID="GPU-..."``."""
+
+    @property
+    def key(self) -> EntityKey:
+        return (self.gpu.index, self.mig.gpu_instance_id) if self.mig else self.gpu.index
+
+
+def escape(value: str) -> str:
+    """Label value escaping, the same in the text format and OpenMetrics."""
+    if "\\" in value or '"' in value or "\n" in value:
+        return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+    return value
+
+
+def entities(
+    inventory: Inventory,
+    counters: Sequence[Counter],
+    *,
+    hostname: str,
+    pods: Mapping[EntityKey, PodRef],
+) -> tuple[Entity, ...]:
+    label_fields = [c for c in counters if c.kind is Kind.LABEL]
+    out: list[Entity] = []
+    for gpu in sorted(inventory.gpus, key=lambda g: g.index):
+        migs = sorted(gpu.mig_devices, key=_gi_id) if gpu.mig_enabled else []
+        instances: Sequence[MigDevice | None] = migs or [None]
+        for mig in instances:
+            pairs = [
+                ("gpu", str(gpu.index)),
+                ("UUID", gpu.uuid),
+                ("pci_bus_id", gpu.pci_bus_id),
+                ("device", gpu.device_name),
+                ("modelName", gpu.name),
+            ]
+            if mig is not None:
+                pairs += [("GPU_I_PROFILE", mig.profile), ("GPU_I_ID", str(mig.gpu_instance_id))]
+            pairs.append(("Hostname", hostname))
+            for c in label_fields:
+                assert c.spec.static is not None
+                pairs.append((c.name, c.spec.static(inventory, gpu)))
+            key: EntityKey = gpu.index if mig is None else (gpu.index, mig.gpu_instance_id)
+            # A MIG instance without its own pod belongs to the pod holding the whole GPU, if any.
+            ref = pods.get(key) or (pods.get(gpu.index) if mig else None)
+            if ref is not None:
+                pairs += [("pod", ref.pod), ("namespace", ref.namespace), ("container", ref.container)]
+            if len(pairs) > MAX_LABELS:
+                raise ValueError(f"{len(pairs)} labels on a series; at most {MAX_LABELS} are allowed")
+            out.append(Entity(gpu, mig, tuple(pairs), ",".join(f'{k}="{escape(v)}"' for k, v in pairs)))
+    return tuple(out)
+
+
+def _gi_id(mig: MigDevice) -> int:
+    return mig.gpu_instance_id

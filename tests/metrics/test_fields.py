@@ -1,0 +1,104 @@
+"""The field table: dcgm-exporter's default set, types, units, tiers and label fields."""
+
+from __future__ import annotations
+
+from nodeagent.backends.types import GPM_READINGS, SLOW_READINGS, Reading, Tier
+from nodeagent.metrics.fields import DEFAULT_FIELDS, FIELDS, KNOWN_UNSUPPORTED, Kind, Scope, Source, default_counters
+from tests.metrics.fakes import gpu_info
+
+# dcgm-exporter's etc/default-counters.csv, enabled lines (telemetry-labels-mig.md §1.1), with types.
+DCGM_DEFAULTS = {
+    "DCGM_FI_DEV_SM_CLOCK": "gauge",
+    "DCGM_FI_DEV_MEM_CLOCK": "gauge",
+    "DCGM_FI_DEV_MEMORY_TEMP": "gauge",
+    "DCGM_FI_DEV_GPU_TEMP": "gauge",
+    "DCGM_FI_DEV_POWER_USAGE": "gauge",
+    "DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION": "counter",
+    "DCGM_FI_DEV_PCIE_REPLAY_COUNTER": "counter",
+    "DCGM_FI_DEV_GPU_UTIL": "gauge",
+    "DCGM_FI_DEV_MEM_COPY_UTIL": "gauge",
+    "DCGM_FI_DEV_ENC_UTIL": "gauge",
+    "DCGM_FI_DEV_DEC_UTIL": "gauge",
+    "DCGM_FI_DEV_XID_ERRORS": "gauge",
+    "DCGM_FI_DEV_FB_FREE": "gauge",
+    "DCGM_FI_DEV_FB_USED": "gauge",
+    "DCGM_FI_DEV_FB_RESERVED": "gauge",
+    "DCGM_FI_DEV_NVLINK_BANDWIDTH_TOTAL": "counter",
+    "DCGM_FI_DEV_VGPU_LICENSE_STATUS": "gauge",
+    "DCGM_FI_DEV_UNCORRECTABLE_REMAPPED_ROWS": "counter",
+    "DCGM_FI_DEV_CORRECTABLE_REMAPPED_ROWS": "counter",
+    "DCGM_FI_DEV_ROW_REMAP_FAILURE": "gauge",
+    "DCGM_FI_DRIVER_VERSION": "label",
+    "DCGM_FI_PROF_GR_ENGINE_ACTIVE": "gauge",
+    "DCGM_FI_PROF_PIPE_TENSOR_ACTIVE": "gauge",
+    "DCGM_FI_PROF_DRAM_ACTIVE": "gauge",
+    "DCGM_FI_PROF_PCIE_TX_BYTES": "gauge",
+    "DCGM_FI_PROF_PCIE_RX_BYTES": "gauge",
+}
+
+
+def test_default_set_is_dcgm_exporters_with_the_same_types() -> None:
+    counters = default_counters()
+    assert [c.name for c in counters] == list(DCGM_DEFAULTS)
+    assert {c.name: str(c.kind) for c in counters} == DCGM_DEFAULTS
+    assert len(DEFAULT_FIELDS) == 26
+
+
+def test_every_reading_field_maps_to_a_distinct_reading() -> None:
+    readings = [f.reading for f in FIELDS.values() if f.source is Source.READING]
+    assert None not in readings
+    assert len(readings) == len(set(readings))
+    assert set(readings) == set(Reading), "every reading the backends offer has a DCGM name"
+
+
+def test_gpm_fields_come_from_gpm_readings() -> None:
+    for name in ("GR_ENGINE_ACTIVE", "PIPE_TENSOR_ACTIVE", "DRAM_ACTIVE", "PCIE_TX_BYTES", "PCIE_RX_BYTES"):
+        assert FIELDS[f"DCGM_FI_PROF_{name}"].reading in GPM_READINGS
+
+
+def test_units_follow_dcgm() -> None:
+    # NVML reports violation time in ns; DCGM's *_VIOLATION fields are in us.
+    assert FIELDS["DCGM_FI_DEV_POWER_VIOLATION"].scale == 1e-3
+    assert FIELDS["DCGM_FI_DEV_POWER_USAGE"].reading is Reading.POWER_W
+    assert FIELDS["DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION"].reading is Reading.TOTAL_ENERGY_MJ
+    assert FIELDS["DCGM_FI_DEV_FB_USED"].reading is Reading.FB_USED_MIB
+    others = [f for f in FIELDS.values() if not f.name.endswith("_VIOLATION")]
+    assert all(f.scale == 1.0 for f in others)
+
+
+def test_tiers_put_expensive_fields_on_the_slow_tier() -> None:
+    assert FIELDS["DCGM_FI_DEV_GPU_TEMP"].tier is Tier.FAST
+    assert FIELDS["DCGM_FI_DEV_FB_USED"].tier is Tier.FAST
+    assert FIELDS["DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION"].tier is Tier.SLOW
+    assert FIELDS["DCGM_FI_DEV_PCIE_TX_THROUGHPUT"].tier is Tier.SLOW
+    assert FIELDS["DCGM_FI_PROF_GR_ENGINE_ACTIVE"].tier is Tier.SLOW
+    assert FIELDS["DCGM_FI_DEV_XID_ERRORS"].tier is Tier.FAST
+    for f in FIELDS.values():
+        if f.reading in SLOW_READINGS:
+            assert f.tier is Tier.SLOW, f.name
+
+
+def test_mig_scopes() -> None:
+    assert FIELDS["DCGM_FI_DEV_GPU_UTIL"].scope is Scope.GPU_ONLY
+    assert FIELDS["DCGM_FI_DEV_FB_USED"].scope is Scope.INSTANCE
+    assert FIELDS["DCGM_FI_PROF_GR_ENGINE_ACTIVE"].scope is Scope.INSTANCE
+    assert FIELDS["DCGM_FI_DEV_GPU_TEMP"].scope is Scope.DEVICE
+
+
+def test_label_fields_read_static_facts() -> None:
+    from nodeagent.backends.types import Inventory
+
+    gpu = gpu_info(0)
+    inv = Inventory("fake", "580.159.04", "13.580.159.04", 13000, (gpu,))
+    labels = {f.name: f.static(inv, gpu) for f in FIELDS.values() if f.kind is Kind.LABEL and f.static}
+    assert labels == {
+        "DCGM_FI_DRIVER_VERSION": "580.159.04",
+        "DCGM_FI_NVML_VERSION": "13.580.159.04",
+        "DCGM_FI_DEV_BRAND": "NVIDIA",
+        "DCGM_FI_DEV_SERIAL": gpu.serial,
+        "DCGM_FI_DEV_VBIOS_VERSION": "96.00.DA.00.0C",
+    }
+
+
+def test_unsupported_names_do_not_overlap_the_table() -> None:
+    assert not KNOWN_UNSUPPORTED & set(FIELDS)
