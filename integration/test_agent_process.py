@@ -43,9 +43,21 @@ def _agent(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], str, float
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "NODE_NAME": "sim-node-1"}
     started = time.monotonic()
     proc = subprocess.Popen(
-        [*NODEAGENT, "run", "--simulate", "--root", str(tmp_path / "root"), "--listen", f"127.0.0.1:{port}",
-         "--log-format", "json"],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=tmp_path,
+        [
+            *NODEAGENT,
+            "run",
+            "--simulate",
+            "--root",
+            str(tmp_path / "root"),
+            "--listen",
+            f"127.0.0.1:{port}",
+            "--log-format",
+            "json",
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        cwd=tmp_path,
     )
     url = f"http://127.0.0.1:{port}"
     try:
@@ -87,8 +99,14 @@ def test_simulated_agent_is_ready_serves_status_and_stops_cleanly_on_sigterm(
 
 
 def test_status_simulate_lists_eight_h100s(tmp_path: Path) -> None:
-    out = subprocess.run([*NODEAGENT, "status", "--simulate", "--root", str(tmp_path / "r")],
-                         capture_output=True, text=True, timeout=60, check=False, cwd=tmp_path)
+    out = subprocess.run(
+        [*NODEAGENT, "status", "--simulate", "--root", str(tmp_path / "r")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        cwd=tmp_path,
+    )
     assert out.returncode == 0, out.stderr
     lines = [line for line in out.stdout.splitlines() if H100 in line]
     assert len(lines) == 8 and all("81559 MiB" in line for line in lines), out.stdout
@@ -97,8 +115,13 @@ def test_status_simulate_lists_eight_h100s(tmp_path: Path) -> None:
 def test_bad_settings_exit_2_naming_file_and_key(tmp_path: Path) -> None:
     config = tmp_path / "bad.toml"
     config.write_text("version = 1\n[metrics]\nintervall_s = 5\n")
-    out = subprocess.run([*NODEAGENT, "plan", "--simulate", "--root", str(tmp_path / "r"), "--config", str(config)],
-                         capture_output=True, text=True, timeout=60, check=False)
+    out = subprocess.run(
+        [*NODEAGENT, "plan", "--simulate", "--root", str(tmp_path / "r"), "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert out.returncode == 2
     assert str(config) in out.stderr and "metrics.intervall_s" in out.stderr and "interval_s" in out.stderr
 
@@ -106,20 +129,27 @@ def test_bad_settings_exit_2_naming_file_and_key(tmp_path: Path) -> None:
 def test_without_a_driver_and_without_simulate_it_says_so_and_exits_2(tmp_path: Path) -> None:
     if shutil.which("nvidia-smi"):
         pytest.skip("an NVIDIA driver is present here")
-    out = subprocess.run([*NODEAGENT, "status", "--root", str(tmp_path), "--listen", f"127.0.0.1:{free_port()}"],
-                         capture_output=True, text=True, timeout=60, check=False)
+    out = subprocess.run(
+        [*NODEAGENT, "status", "--root", str(tmp_path), "--listen", f"127.0.0.1:{free_port()}"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert out.returncode == 2, out
     assert "--simulate" in out.stderr
 
 
 def test_plan_simulate_changes_nothing(tmp_path: Path) -> None:
     root = tmp_path / "r"
-    first = subprocess.run([*NODEAGENT, "plan", "--simulate", "--root", str(root)],
-                           capture_output=True, text=True, timeout=60, check=False)
+    first = subprocess.run(
+        [*NODEAGENT, "plan", "--simulate", "--root", str(root)], capture_output=True, text=True, timeout=60, check=False
+    )
     assert first.returncode in (0, 1), first.stderr
     snapshot = {p: p.read_bytes() for p in root.rglob("*") if p.is_file()}
-    again = subprocess.run([*NODEAGENT, "plan", "--simulate", "--root", str(root)],
-                           capture_output=True, text=True, timeout=60, check=False)
+    again = subprocess.run(
+        [*NODEAGENT, "plan", "--simulate", "--root", str(root)], capture_output=True, text=True, timeout=60, check=False
+    )
     assert again.stdout == first.stdout
     assert {p: p.read_bytes() for p in root.rglob("*") if p.is_file()} == snapshot
     for section in ("== driver ==", "== runtime ==", "== cdi ==", "== metrics =="):
