@@ -88,9 +88,9 @@ class CdiSubsystem(BaseSubsystem):
 
     async def _driver_facts(self) -> tuple[DriverFacts | None, list[str]]:
         facts: DriverFacts | None = self.ctx.bus.last(events.DRIVER_READY)
-        if facts is not None or self._daemon:
+        if facts is not None or (self._daemon and self._driver_subsystem_runs):
             return facts, ([] if facts is not None else ["the driver is not ready"])
-        # One-shot (plan, apply, cdi generate): no driver subsystem has published; look ourselves.
+        # One-shot (plan, apply, cdi generate) or `--only cdi`: no driver subsystem publishes; look ourselves.
         from nodeagent.driver import planner
         from nodeagent.driver.observe import gather
 
@@ -178,10 +178,14 @@ class CdiSubsystem(BaseSubsystem):
 
     # ------------------------------------------------------------------------------------ daemon life
 
+    @property
+    def _driver_subsystem_runs(self) -> bool:
+        return "driver" in self.ctx.statuses()
+
     async def start(self) -> None:
         self._daemon = True
         self.set_status(Phase.STARTING)
-        if self.ctx.bus.last(events.DRIVER_READY) is not None:
+        if self.ctx.bus.last(events.DRIVER_READY) is not None or not self._driver_subsystem_runs:
             await self.refresh()
 
     async def refresh(self) -> None:
@@ -207,7 +211,7 @@ class CdiSubsystem(BaseSubsystem):
     async def run(self, stop: asyncio.Event) -> None:
         topics = (events.DRIVER_READY, events.INVENTORY_CHANGED, events.MIG_CHANGED)
         async with self.ctx.bus.subscribe(*topics) as sub:
-            if self.status().phase not in (Phase.RUNNING, Phase.DEGRADED):
+            if self.status().phase not in (Phase.RUNNING, Phase.DEGRADED) and self._driver_subsystem_runs:
                 waiter = asyncio.ensure_future(self.ctx.bus.wait_for(events.DRIVER_READY))
                 stopper = asyncio.ensure_future(stop.wait())
                 await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)

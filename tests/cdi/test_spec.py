@@ -19,7 +19,7 @@ from nodeagent.cdi import spec as cdispec
 from nodeagent.cdi.command import generate_command
 from nodeagent.cdi.subsystem import CdiSubsystem
 from nodeagent.driver.subsystem import DriverSubsystem
-from nodeagent.subsystem import Context, Phase
+from nodeagent.subsystem import Context, Phase, Status
 from tests.driver.fakes import make_ctx, make_settings, prefixed_node, real_usr_local_nvidia
 
 SCHEMA = json.loads((Path(__file__).parent / "cdi_schema.json").read_text())
@@ -268,6 +268,7 @@ async def test_cdi_waits_for_the_driver(tmp_path: Path) -> None:
     inv = sandbox.sandbox_inventory(1)
     ctx = make_ctx(tmp_path, inv)
     sandbox.populate_sandbox(ctx.root, inv)
+    ctx.statuses = lambda: {"driver": Status(Phase.PENDING), "cdi": Status(Phase.STARTING)}
     cdi = CdiSubsystem(ctx)
     await cdi.start()
     assert cdi.status().phase == Phase.STARTING and not ctx.root.exists(SPEC)
@@ -282,3 +283,14 @@ async def test_cdi_waits_for_the_driver(tmp_path: Path) -> None:
     finally:
         stop.set()
         await task
+
+
+async def test_cdi_alone_discovers_the_driver_itself(tmp_path: Path) -> None:
+    """With `--only cdi` no driver subsystem will ever publish readiness, so CDI must not wait for it."""
+    inv = sandbox.sandbox_inventory(1)
+    ctx = make_ctx(tmp_path, inv)
+    sandbox.populate_sandbox(ctx.root, inv)
+    ctx.statuses = lambda: {"cdi": Status(Phase.STARTING)}
+    cdi = CdiSubsystem(ctx)
+    await cdi.start()
+    assert cdi.status().phase == Phase.RUNNING and ctx.root.exists(SPEC)
