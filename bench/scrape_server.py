@@ -31,9 +31,8 @@ from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
-from nodeagent.backends.hostfs import BackupJournal, Root
+from nodeagent.backends.hostfs import Root
 from nodeagent.backends.sim.gpus import SimGpuBackend
-from nodeagent.events import EventBus
 from nodeagent.metrics import exposition
 from nodeagent.metrics.fields import Kind
 from nodeagent.metrics.subsystem import MetricsSubsystem
@@ -94,15 +93,13 @@ async def main(args: argparse.Namespace) -> None:
     registry = CollectorRegistry(auto_describe=True)
     ProcessCollector(registry=registry)
     PlatformCollector(registry=registry)
-    ctx = Context(
+    ctx = Context.create(
         settings=settings,
         root=Root(tmp),
         gpus=gpus,
-        bus=EventBus(),
-        journal=BackupJournal(Root(tmp), settings.agent.state_dir),
-        registry=registry,
         simulate=True,
         node_name="bench-node",
+        registry=registry,
     )
     sub = MetricsSubsystem(ctx)
     await sub.start()

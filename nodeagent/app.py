@@ -26,7 +26,7 @@ import structlog
 from prometheus_client import CollectorRegistry, Gauge, PlatformCollector, ProcessCollector
 
 from nodeagent import aio, events, registry
-from nodeagent.backends.hostfs import BackupJournal, Root
+from nodeagent.backends.hostfs import Root
 from nodeagent.backends.sdnotify import Notifier
 from nodeagent.backends.types import GpuBackend, Inventory
 from nodeagent.errors import ConfigError, NodeAgentError, PermanentError, TemporaryError
@@ -73,15 +73,13 @@ def build(
     only: list[str] | None = None,
 ) -> Parts:
     """Build the context and construct the enabled subsystems (they register their HTTP routes here)."""
-    ctx = Context(
+    ctx = Context.create(
         settings=settings,
         root=root,
         gpus=gpus,
-        bus=events.EventBus(),
-        journal=BackupJournal(root, settings.agent.state_dir),
-        registry=make_registry(),
         simulate=simulate,
         node_name=node_name(settings, env),
+        registry=make_registry(),
     )
     subsystems: list[Subsystem] = []
     for entry in registry.enabled(settings, only or []):

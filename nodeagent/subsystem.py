@@ -105,6 +105,36 @@ class Context:
     def add_route(self, method: str, path: str, handler: Handler) -> None:
         self.routes.append((method, path, handler))
 
+    @classmethod
+    def create(
+        cls,
+        *,
+        settings: Settings,
+        root: Root,
+        gpus: GpuBackend,
+        simulate: bool,
+        node_name: str,
+        registry: CollectorRegistry | None = None,
+        **hooks: Any,
+    ) -> Context:
+        """A context with a fresh event bus, the backup journal under ``agent.state_dir`` and a registry."""
+        from prometheus_client import CollectorRegistry
+
+        from nodeagent.backends.hostfs import BackupJournal
+        from nodeagent.events import EventBus
+
+        return cls(
+            settings=settings,
+            root=root,
+            gpus=gpus,
+            bus=EventBus(),
+            journal=BackupJournal(root, settings.agent.state_dir),
+            registry=registry if registry is not None else CollectorRegistry(auto_describe=True),
+            simulate=simulate,
+            node_name=node_name,
+            **hooks,
+        )
+
 
 @runtime_checkable
 class Subsystem(Protocol):

@@ -50,12 +50,10 @@ def smi_readings() -> dict[int, dict[str, float]]:
 async def test_dcgm_series_match_nvidia_smi(tmp_path: Path) -> None:
     if not driver_present():
         pytest.skip("no NVIDIA driver")
-    from prometheus_client import CollectorRegistry
     from prometheus_client.parser import text_string_to_metric_families
 
-    from nodeagent.backends.hostfs import BackupJournal, Root
+    from nodeagent.backends.hostfs import Root
     from nodeagent.backends.nvml import NvmlBackend
-    from nodeagent.events import EventBus
     from nodeagent.metrics.exposition import Format
     from nodeagent.metrics.subsystem import MetricsSubsystem
     from nodeagent.settings import load
@@ -65,13 +63,10 @@ async def test_dcgm_series_match_nvidia_smi(tmp_path: Path) -> None:
     await gpus.open()
     try:
         settings = load(env={"NODEAGENT_METRICS__POD_ATTRIBUTION": "0"})
-        ctx = Context(
+        ctx = Context.create(
             settings=settings,
             root=Root(tmp_path),
             gpus=gpus,
-            bus=EventBus(),
-            journal=BackupJournal(Root(tmp_path), settings.agent.state_dir),
-            registry=CollectorRegistry(),
             simulate=False,
             node_name="gpu-test",
         )

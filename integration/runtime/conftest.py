@@ -28,10 +28,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from prometheus_client import CollectorRegistry
 
-from nodeagent.backends.hostfs import BackupJournal, Root
-from nodeagent.events import EventBus
+from nodeagent.backends.hostfs import Root
 from nodeagent.runtime.subsystem import RuntimeSubsystem
 from nodeagent.settings import Settings, replace
 from nodeagent.subsystem import Context
@@ -365,13 +363,10 @@ def agent(daemon: Daemon, **runtime: Any) -> RuntimeSubsystem:
     }
     settings = replace(Settings(), "runtime", **{**values, **runtime})
     root = daemon.root
-    ctx = Context(
+    ctx = Context.create(
         settings=settings,
         root=root,
         gpus=None,  # type: ignore[arg-type]
-        bus=EventBus(),
-        journal=BackupJournal(root, settings.agent.state_dir),
-        registry=CollectorRegistry(),
         simulate=False,
         node_name="it-node",
     )

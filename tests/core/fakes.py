@@ -5,12 +5,9 @@ from __future__ import annotations
 import asyncio
 from typing import Any, ClassVar
 
-from prometheus_client import CollectorRegistry
-
 from nodeagent.app import Parts
-from nodeagent.backends.hostfs import BackupJournal, Root
+from nodeagent.backends.hostfs import Root
 from nodeagent.backends.types import GpuInfo, Inventory, Sample, SampleRequest
-from nodeagent.events import EventBus
 from nodeagent.plan import Plan, Step
 from nodeagent.settings import Settings
 from nodeagent.subsystem import ApplyResult, BaseSubsystem, Context, Phase
@@ -131,13 +128,10 @@ def make_parts(tmp_root: Root, settings: Settings, subsystems: list[Any], ctx: C
 
 
 def make_context(root: Root, settings: Settings) -> Context:
-    return Context(
+    return Context.create(
         settings=settings,
         root=root,
         gpus=FakeGpus(),
-        bus=EventBus(),
-        journal=BackupJournal(root, settings.agent.state_dir),
-        registry=CollectorRegistry(),
         simulate=True,
         node_name="test-node",
     )

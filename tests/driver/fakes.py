@@ -6,12 +6,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from prometheus_client import CollectorRegistry
-
-from nodeagent.backends.hostfs import BackupJournal, Root
+from nodeagent.backends.hostfs import Root
 from nodeagent.backends.sim import sandbox
 from nodeagent.backends.types import Inventory, Sample, SampleRequest
-from nodeagent.events import EventBus
 from nodeagent.settings import Settings, replace
 from nodeagent.subsystem import Context
 
@@ -48,13 +45,10 @@ def make_settings(driver: dict[str, Any] | None = None, cdi: dict[str, Any] | No
 
 def make_ctx(path: Path, inventory: Inventory, settings: Settings | None = None, *, simulate: bool = True) -> Context:
     root = Root(path)
-    return Context(
+    return Context.create(
         settings=settings or make_settings(),
         root=root,
         gpus=FixedGpus(inventory),
-        bus=EventBus(),
-        journal=BackupJournal(root, "/var/lib/nodeagent"),
-        registry=CollectorRegistry(),
         simulate=simulate,
         node_name="node-a",
         inventory=lambda: inventory,

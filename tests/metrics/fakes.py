@@ -11,9 +11,7 @@ import time
 from dataclasses import replace
 from typing import Any
 
-from prometheus_client import CollectorRegistry
-
-from nodeagent.backends.hostfs import BackupJournal, Root
+from nodeagent.backends.hostfs import Root
 from nodeagent.backends.types import (
     GpuHealthState,
     GpuInfo,
@@ -25,7 +23,6 @@ from nodeagent.backends.types import (
     SampleRequest,
     XidEvent,
 )
-from nodeagent.events import EventBus
 from nodeagent.settings import load
 from nodeagent.subsystem import Context, Status
 
@@ -173,13 +170,10 @@ def make_context(
     root = tmp_path / "root"
     root.mkdir(exist_ok=True)
     settings = load(env={"NODEAGENT_METRICS__KUBELET_SOCKET": "/run/k.sock", **(env or {})})
-    ctx = Context(
+    ctx = Context.create(
         settings=settings,
         root=Root(root),
         gpus=gpus,
-        bus=EventBus(),
-        journal=BackupJournal(Root(root), settings.agent.state_dir),
-        registry=CollectorRegistry(auto_describe=True),
         simulate=True,
         node_name="node-a",
     )

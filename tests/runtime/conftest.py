@@ -7,11 +7,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from prometheus_client import CollectorRegistry
 
-from nodeagent.backends.hostfs import BackupJournal, Root
+from nodeagent.backends.hostfs import Root
 from nodeagent.backends.runtimectl import SimRuntimeControl
-from nodeagent.events import EventBus
 from nodeagent.runtime.subsystem import RuntimeSubsystem
 from nodeagent.settings import Settings, replace
 from nodeagent.subsystem import Context
@@ -57,13 +55,10 @@ def make_node(tmp_path: Path, files: dict[str, bytes] | None = None, **runtime: 
     root = Root(tmp_path / "root")
     root.path.mkdir(parents=True, exist_ok=True)
     settings = replace(Settings(), "runtime", **runtime) if runtime else Settings()
-    ctx = Context(
+    ctx = Context.create(
         settings=settings,
         root=root,
         gpus=None,  # type: ignore[arg-type]
-        bus=EventBus(),
-        journal=BackupJournal(root, settings.agent.state_dir),
-        registry=CollectorRegistry(),
         simulate=False,
         node_name="test-node",
     )
