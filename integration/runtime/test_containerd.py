@@ -19,6 +19,7 @@ import json
 import subprocess
 import sys
 import time
+import urllib.request
 import uuid
 from typing import Any
 
@@ -247,6 +248,14 @@ async def test_e_drift_is_repaired_within_two_seconds(containerd_factory: Any) -
         await asyncio.wait_for(task, 30)
 
 
+def ready(port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as resp:
+            return bool(resp.status == 200)
+    except OSError:
+        return False
+
+
 async def test_e_drift_is_repaired_behind_a_running_nodeagent_process(containerd_factory: Any) -> None:
     """The same drift check against the real `nodeagent run --only runtime` process."""
     from tests.support import free_port
@@ -283,6 +292,8 @@ async def test_e_drift_is_repaired_behind_a_running_nodeagent_process(containerd
             wait_for, lambda: b"runtimes.nvidia" in d.config.read_bytes(), timeout_s=60, what="apply by the agent"
         )
         d.wait_cri_ok()
+        # The agent has settled (restart done, health checked, watching) once it reports ready.
+        await asyncio.to_thread(wait_for, lambda: ready(port), timeout_s=60, what="agent /readyz")
         tmp = d.config.with_suffix(".new")
         tmp.write_bytes(original)
         tmp.replace(d.config)
