@@ -41,6 +41,7 @@ class Root:
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path).absolute()
+        self._base = str(self.path).rstrip("/") + "/"
 
     def __repr__(self) -> str:
         return f"Root({str(self.path)!r})"
@@ -57,32 +58,36 @@ class Root:
 
     def resolve(self, host_path: str | PurePosixPath, *, follow_last: bool = True) -> Path:
         """Map an absolute host path to a local path, following links inside the root only."""
-        parts = list(PurePosixPath("/", host_path).parts[1:])
+        # Plain strings and os.lstat: this runs for every host file the agent reads, hundreds per reconcile.
+        base = self._base
+        pending = [p for p in str(host_path).split("/") if p and p != "."]
+        pending.reverse()  # pop() from the end takes the next component
         resolved: list[str] = []
         links = 0
-        while parts:
-            name = parts.pop(0)
-            if name in ("", "."):
-                continue
+        while pending:
+            name = pending.pop()
             if name == "..":
                 if not resolved:
                     raise HostPathError(f"{host_path}: climbs above the root {self.path}")
                 resolved.pop()
                 continue
-            candidate = self.path.joinpath(*resolved, name)
-            if (parts or follow_last) and candidate.is_symlink():
-                links += 1
-                if links > _MAX_LINKS:
-                    raise HostPathError(f"{host_path}: too many levels of symbolic links")
-                target = PurePosixPath(candidate.readlink())
-                if target.is_absolute():
-                    resolved = []
-                    parts = list(target.parts[1:]) + parts
-                else:
-                    parts = list(target.parts) + parts
-                continue
+            candidate = base + "/".join((*resolved, name))
+            if pending or follow_last:
+                try:
+                    is_link = stat.S_ISLNK(os.lstat(candidate).st_mode)
+                except OSError:
+                    is_link = False
+                if is_link:
+                    links += 1
+                    if links > _MAX_LINKS:
+                        raise HostPathError(f"{host_path}: too many levels of symbolic links")
+                    target = os.readlink(candidate)  # noqa: PTH115 - strings on this hot path
+                    if target.startswith("/"):
+                        resolved = []
+                    pending.extend(reversed([p for p in target.split("/") if p and p != "."]))
+                    continue
             resolved.append(name)
-        return self.path.joinpath(*resolved)
+        return Path(base + "/".join(resolved)) if resolved else self.path
 
     def host_path(self, local: Path) -> str:
         """The host path of a local path inside this root (inverse of ``resolve`` without links)."""
@@ -138,6 +143,31 @@ class Root:
             return sorted(p.name for p in local.iterdir())
         except (FileNotFoundError, NotADirectoryError):
             return []
+
+    def walk_files(self, host_dir: str) -> Iterator[tuple[str, Path]]:
+        """Every file below a directory as (host path, local path), resolving the directory once.
+
+        Symbolic links inside are resolved through the root one by one, so none can lead outside it.
+        """
+        pending = [(host_dir.rstrip("/") or "/", self.resolve(host_dir))]
+        while pending:
+            host, local = pending.pop()
+            try:
+                entries = sorted(os.scandir(local), key=lambda e: e.name)
+            except (FileNotFoundError, NotADirectoryError):
+                continue
+            for entry in entries:
+                child = f"{host.rstrip('/')}/{entry.name}"
+                if entry.is_symlink():
+                    target = self.resolve(child)
+                    if target.is_dir():
+                        pending.append((child, target))
+                    elif target.is_file():
+                        yield child, target
+                elif entry.is_dir(follow_symlinks=False):
+                    pending.append((child, Path(entry.path)))
+                elif entry.is_file(follow_symlinks=False):
+                    yield child, Path(entry.path)
 
     def write_atomic(
         self,

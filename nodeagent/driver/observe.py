@@ -7,7 +7,6 @@ Bad input never raises out of here: a malformed /proc file or a missing folder b
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import PurePosixPath
 
 from nodeagent.backends import devnodes as nodes_backend
 from nodeagent.backends.devnodes import NodeState
@@ -122,18 +121,13 @@ def _capabilities(root: Root, obs: DriverObservation) -> list[devnodes.Capabilit
     """The MIG capabilities (mig/config, mig/monitor, gpu*/mig/gi*[/ci*]/access); fabric-imex-mgmt and
     other capabilities get their nodes on demand from their own tools."""
     out: list[devnodes.Capability] = []
-    pending = [devnodes.CAPABILITIES]
-    while pending:
-        d = pending.pop()
-        for name in root.listdir(d):
-            path = str(PurePosixPath(d, name))
-            if root.is_dir(path):
-                pending.append(path)
-                continue
-            try:
-                text = root.read_text(path)
-                if text is not None and "/mig/" in path + "/":
-                    out.append(devnodes.parse_capability(text, path))
-            except InputError as err:
-                obs.notes.append(f"capability skipped: {err}")
+    for path, local in root.walk_files(devnodes.CAPABILITIES):
+        if "/mig/" not in path + "/":
+            continue
+        try:
+            out.append(devnodes.parse_capability(local.read_text(encoding="utf-8"), path))
+        except InputError as err:
+            obs.notes.append(f"capability skipped: {err}")
+        except (OSError, UnicodeDecodeError) as err:
+            obs.notes.append(f"capability skipped: {path}: cannot read: {err}")
     return out
