@@ -147,7 +147,8 @@ class Root:
     def walk_files(self, host_dir: str) -> Iterator[tuple[str, Path]]:
         """Every file below a directory as (host path, local path), resolving the directory once.
 
-        Symbolic links inside are resolved through the root one by one, so none can lead outside it.
+        Symbolic links inside are resolved through the root one by one, so none can lead outside it; a
+        link that would climb above the root is skipped.
         """
         pending = [(host_dir.rstrip("/") or "/", self.resolve(host_dir))]
         while pending:
@@ -159,7 +160,10 @@ class Root:
             for entry in entries:
                 child = f"{host.rstrip('/')}/{entry.name}"
                 if entry.is_symlink():
-                    target = self.resolve(child)
+                    try:
+                        target = self.resolve(child)
+                    except HostPathError:
+                        continue
                     if target.is_dir():
                         pending.append((child, target))
                     elif target.is_file():

@@ -125,3 +125,21 @@ def test_remove_records_first(root: Root) -> None:
     journal.restore(root, "/etc/gone")
     assert (root.path / "etc" / "gone").read_bytes() == b"bytes"
     assert [p.name for p in (root.path / "etc").iterdir()] == ["gone"]
+
+
+def test_walk_files_lists_files_and_keeps_links_inside_the_root(root: Root) -> None:
+    caps = root.path / "proc/driver/nvidia/capabilities"
+    (caps / "gpu0/mig/gi1").mkdir(parents=True)
+    (caps / "mig").mkdir()
+    (caps / "mig/config").write_text("DeviceFileMinor: 1\n")
+    (caps / "gpu0/mig/gi1/access").write_text("DeviceFileMinor: 12\n")
+    (root.path / "etc/passwd").write_text("inside")
+    (caps / "abs-link").symlink_to("/etc/passwd")  # taken inside the root, as a chroot would
+    (caps / "escape").symlink_to("../../../../../../../../etc/shadow")  # climbs above the root: skipped
+    found = {host: local.read_text() for host, local in root.walk_files("/proc/driver/nvidia/capabilities")}
+    assert found == {
+        "/proc/driver/nvidia/capabilities/abs-link": "inside",
+        "/proc/driver/nvidia/capabilities/gpu0/mig/gi1/access": "DeviceFileMinor: 12\n",
+        "/proc/driver/nvidia/capabilities/mig/config": "DeviceFileMinor: 1\n",
+    }
+    assert list(root.walk_files("/absent")) == []
