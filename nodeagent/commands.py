@@ -1,8 +1,8 @@
 """One-shot commands (plan, apply, revert, local status) over built-but-not-started subsystems.
 
-Subsystems are taken in dependency order; each one's observe → plan (→ apply) runs once. The driver
-subsystem publishes its facts on the bus during observe/apply, so later subsystems see them, exactly as in
-the daemon.
+Subsystems are taken in dependency order; each one's observe → plan (→ apply) runs once. Nothing runs
+long enough to publish events here, so a subsystem that needs another's facts in a one-shot (CDI needs
+the driver root) works them out itself with the same pure functions.
 """
 
 from __future__ import annotations
