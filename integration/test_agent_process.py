@@ -9,32 +9,16 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from integration.agent import answers, get
 from tests.support import free_port, wait_until
 
 NODEAGENT = [sys.executable, "-m", "nodeagent"]
 H100 = "NVIDIA H100 80GB HBM3"
-
-
-def get(url: str) -> tuple[int, bytes]:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as resp:
-            return resp.status, resp.read()
-    except urllib.error.HTTPError as err:
-        return err.code, err.read()
-
-
-def answers(url: str) -> bool:
-    try:
-        return get(url)[0] == 200
-    except OSError:
-        return False
 
 
 @pytest.fixture(name="agent")

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from integration.metrics.agent import NODE_NAME, Agent, answers, get, simulated_agent
+from integration.agent import NODE_NAME, Agent, answers, get, simulated_agent
 from tests.support import free_port, require, wait_until
 
 pytestmark = pytest.mark.integration

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from integration.metrics.agent import simulated_agent
+from integration.agent import simulated_agent
 from tests.support import require
 
 pytestmark = pytest.mark.integration

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from integration.metrics.agent import simulated_agent
+from integration.agent import simulated_agent
 from tests.support import wait_until
 
 pytestmark = pytest.mark.integration

@@ -19,7 +19,6 @@ import json
 import subprocess
 import sys
 import time
-import urllib.request
 import uuid
 from typing import Any
 
@@ -27,6 +26,7 @@ import pytest
 from grpclib.client import Channel
 from grpclib.exceptions import GRPCError
 
+from integration.agent import answers
 from nodeagent.errors import PermanentError
 from nodeagent.plan import Step
 from nodeagent.subsystem import Phase
@@ -248,14 +248,6 @@ async def test_e_drift_is_repaired_within_two_seconds(containerd_factory: Any) -
         await asyncio.wait_for(task, 30)
 
 
-def ready(port: int) -> bool:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as resp:
-            return bool(resp.status == 200)
-    except OSError:
-        return False
-
-
 async def test_e_drift_is_repaired_behind_a_running_nodeagent_process(containerd_factory: Any) -> None:
     """The same drift check against the real `nodeagent run --only runtime` process."""
     from tests.support import free_port
@@ -293,7 +285,9 @@ async def test_e_drift_is_repaired_behind_a_running_nodeagent_process(containerd
         )
         d.wait_cri_ok()
         # The agent has settled (restart done, health checked, watching) once it reports ready.
-        await asyncio.to_thread(wait_for, lambda: ready(port), timeout_s=60, what="agent /readyz")
+        await asyncio.to_thread(
+            wait_for, lambda: answers(f"http://127.0.0.1:{port}/readyz"), timeout_s=60, what="agent /readyz"
+        )
         tmp = d.config.with_suffix(".new")
         tmp.write_bytes(original)
         tmp.replace(d.config)

@@ -1,4 +1,4 @@
-"""Start ``nodeagent run --simulate`` for the metrics integration tests, and small HTTP helpers."""
+"""Start `nodeagent run --simulate` for integration tests, and small HTTP helpers shared by them."""
 
 from __future__ import annotations
 
