@@ -33,7 +33,7 @@ from nodeagent.backends.hostfs import Root
 from nodeagent.runtime.subsystem import RuntimeSubsystem
 from nodeagent.settings import Settings, replace
 from nodeagent.subsystem import Context
-from tests.support import require
+from tests.support import require, wait_until
 
 sys.path.insert(0, str(Path(__file__).parent / "cri"))
 
@@ -63,15 +63,6 @@ def need_root_and(*binaries: str) -> None:
     require(os.geteuid() == 0, "needs root (real container runtime daemons)")
     for b in binaries:
         require(shutil.which(b) is not None, f"{b} is not installed")
-
-
-def wait_for(predicate: Any, *, timeout_s: float, what: str, step_s: float = 0.1) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(step_s)
-    raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
 
 
 def short_tmpdir() -> Path:
@@ -197,7 +188,7 @@ class Containerd(Daemon):
         return None
 
     def wait_cri_ok(self, timeout_s: float = 30) -> None:
-        wait_for(
+        wait_until(
             lambda: self.cri_status() == "ok",
             timeout_s=timeout_s,
             what=f"containerd CRI plugin ok\n{self.log_text()[-3000:]}",

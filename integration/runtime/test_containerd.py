@@ -30,8 +30,9 @@ from integration.agent import answers
 from nodeagent.errors import PermanentError
 from nodeagent.plan import Step
 from nodeagent.subsystem import Phase
+from tests.support import free_port, wait_until
 
-from .conftest import Containerd, agent, wait_for, write_shim
+from .conftest import Containerd, agent, write_shim
 
 pytestmark = [pytest.mark.integration, pytest.mark.root]
 
@@ -224,9 +225,9 @@ async def test_e_drift_is_repaired_within_two_seconds(containerd_factory: Any) -
     task = asyncio.create_task(sub.run(stop))
     try:
         await asyncio.to_thread(
-            wait_for, lambda: b"runtimes.nvidia" in d.config.read_bytes(), timeout_s=30, what="apply"
+            wait_until, lambda: b"runtimes.nvidia" in d.config.read_bytes(), timeout_s=30, what="apply"
         )
-        await asyncio.to_thread(wait_for, lambda: sub.status().phase == Phase.RUNNING, timeout_s=30, what="healthy")
+        await asyncio.to_thread(wait_until, lambda: sub.status().phase == Phase.RUNNING, timeout_s=30, what="healthy")
         restarts = sub.restarts
         # something rewrites the file without the runtime
         tmp = d.config.with_suffix(".new")
@@ -237,7 +238,7 @@ async def test_e_drift_is_repaired_within_two_seconds(containerd_factory: Any) -
             assert time.monotonic() - t0 < 2.0, "runtime entry not back within 2 s"
             await asyncio.sleep(0.02)
         print(f"drift repaired in {time.monotonic() - t0:.3f}s")
-        await asyncio.to_thread(wait_for, lambda: sub.restarts == restarts + 1, timeout_s=30, what="restart")
+        await asyncio.to_thread(wait_until, lambda: sub.restarts == restarts + 1, timeout_s=30, what="restart")
         d.wait_cri_ok()
         # reconciling a node in the desired state: no writes, no restarts
         pid, data = d.pid(), d.config.read_bytes()
@@ -250,7 +251,6 @@ async def test_e_drift_is_repaired_within_two_seconds(containerd_factory: Any) -
 
 async def test_e_drift_is_repaired_behind_a_running_nodeagent_process(containerd_factory: Any) -> None:
     """The same drift check against the real `nodeagent run --only runtime` process."""
-    from tests.support import free_port
 
     d = containerd_factory()
     original = d.config.read_bytes()
@@ -281,12 +281,12 @@ async def test_e_drift_is_repaired_behind_a_running_nodeagent_process(containerd
     )
     try:
         await asyncio.to_thread(
-            wait_for, lambda: b"runtimes.nvidia" in d.config.read_bytes(), timeout_s=60, what="apply by the agent"
+            wait_until, lambda: b"runtimes.nvidia" in d.config.read_bytes(), timeout_s=60, what="apply by the agent"
         )
         d.wait_cri_ok()
         # The agent has settled (restart done, health checked, watching) once it reports ready.
         await asyncio.to_thread(
-            wait_for, lambda: answers(f"http://127.0.0.1:{port}/readyz"), timeout_s=60, what="agent /readyz"
+            wait_until, lambda: answers(f"http://127.0.0.1:{port}/readyz"), timeout_s=60, what="agent /readyz"
         )
         tmp = d.config.with_suffix(".new")
         tmp.write_bytes(original)
