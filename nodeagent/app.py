@@ -116,7 +116,7 @@ class Agent:
         self.loop_lag_s = 0.0
         self.ctx.on_status = self._on_status
         self.ctx.statuses = self.statuses
-        self._up = Gauge(
+        self._loop_lag_gauge = Gauge(
             "nodeagent_loop_lag_seconds",
             "Event-loop lag measured by the heartbeat task (seconds late).",
             registry=self.ctx.registry,
@@ -323,7 +323,7 @@ class Agent:
             if await aio.wait_or_stop(self.stop_event, HEARTBEAT_S):
                 return
             self.loop_lag_s = max(0.0, loop.time() - expected)
-            self._up.set(self.loop_lag_s)
+            self._loop_lag_gauge.set(self.loop_lag_s)
             self.last_heartbeat = time.monotonic()
 
     async def _watchdog(self) -> None:
