@@ -18,10 +18,10 @@ SWEEPS = 10
 
 
 async def measure() -> list[list[object]]:
-    from nodeagent.backends.nvml import NvmlBackend
-    from nodeagent.backends.types import SampleRequest
+    from nodeagent.backends.gpu.nvml.backend import NvmlBackend
     from nodeagent.metrics.collector import split_tiers
     from nodeagent.metrics.fields import default_counters
+    from nodeagent.model.gpu import SampleRequest
 
     fast, slow = split_tiers(default_counters())
     gpus = NvmlBackend()

@@ -31,8 +31,8 @@ from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
+from nodeagent.backends.gpu.sim.backend import SimGpuBackend
 from nodeagent.backends.hostfs import Root
-from nodeagent.backends.sim.gpus import SimGpuBackend
 from nodeagent.metrics import exposition
 from nodeagent.metrics.fields import Kind
 from nodeagent.metrics.subsystem import MetricsSubsystem

@@ -25,11 +25,12 @@ from typing import Any
 import structlog
 from prometheus_client import CollectorRegistry, Gauge, PlatformCollector, ProcessCollector
 
-from nodeagent import aio, events, registry
+from nodeagent import aio, events, subsystem_table
+from nodeagent.backends.gpu.protocols import GpuBackend
 from nodeagent.backends.hostfs import Root
 from nodeagent.backends.sdnotify import Notifier
-from nodeagent.backends.types import GpuBackend, Inventory
 from nodeagent.errors import ConfigError, NodeAgentError, PermanentError, TemporaryError
+from nodeagent.model.gpu import Inventory
 from nodeagent.plan import Plan
 from nodeagent.settings import Settings
 from nodeagent.subsystem import BaseSubsystem, Context, Phase, Status, Subsystem
@@ -82,7 +83,7 @@ def build(
         registry=make_registry(),
     )
     subsystems: list[Subsystem] = []
-    for entry in registry.enabled(settings, only or []):
+    for entry in subsystem_table.enabled(settings, only or []):
         cls = entry.load()
         subsystems.append(cls(ctx))
     parts = Parts(ctx=ctx, subsystems=subsystems)

@@ -22,7 +22,7 @@ from nodeagent.errors import BackendUnavailable, ConfigError, NodeAgentError
 
 if TYPE_CHECKING:
     from nodeagent.app import Parts
-    from nodeagent.backends.types import GpuBackend
+    from nodeagent.backends.gpu.protocols import GpuBackend
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -177,9 +177,10 @@ async def _dispatch(args: argparse.Namespace, settings: settings_mod.Settings, e
 
 async def _build(settings: settings_mod.Settings, env: Mapping[str, str], *, only: list[str]) -> Parts:
     """Pick the root, open the GPU backend, lay out the sandbox in simulation, construct subsystems."""
-    from nodeagent import registry
+    from nodeagent import subsystem_table
     from nodeagent.app import build
-    from nodeagent.backends.gpu_select import NoGpuBackend, open_gpu_backend
+    from nodeagent.backends.gpu.nogpu import NoGpuBackend
+    from nodeagent.backends.gpu.select import open_gpu_backend
     from nodeagent.backends.hostfs import Root
 
     simulate = settings.simulation.enabled
@@ -190,7 +191,7 @@ async def _build(settings: settings_mod.Settings, env: Mapping[str, str], *, onl
     else:
         root = Root(settings.agent.root)
     gpus: GpuBackend
-    if simulate or any(e.needs_gpu for e in registry.enabled(settings, only)):
+    if simulate or any(e.needs_gpu for e in subsystem_table.enabled(settings, only)):
         gpus = await open_gpu_backend(settings, driver_root=_driver_root_for_nvml(settings, root))
     else:
         gpus = NoGpuBackend()
@@ -212,7 +213,7 @@ def _driver_root_for_nvml(settings: settings_mod.Settings, root: Any) -> str | N
 
 
 async def _sim_record(args: argparse.Namespace, settings: settings_mod.Settings) -> int:
-    from nodeagent.backends.sim.record import record_profile
+    from nodeagent.backends.gpu.record import record_profile
 
     try:
         out = record_profile(driver_root=settings.driver.root or None, out=Path(args.output))

@@ -54,3 +54,7 @@ class CallTimeout(NodeAgentError):
         super().__init__(f"{call} did not return within {timeout_s:g}s")
         self.call = call
         self.timeout_s = timeout_s
+
+
+class MigOperationError(NodeAgentError):
+    """A MIG request the GPU refuses (as NVML would): wrong mode, bad placement, unknown profile, in use."""

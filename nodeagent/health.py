@@ -6,7 +6,7 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
-from nodeagent.backends.types import Inventory
+from nodeagent.model.gpu import Inventory
 from nodeagent.plan import Plan
 from nodeagent.subsystem import Status
 

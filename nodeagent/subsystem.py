@@ -31,9 +31,10 @@ if TYPE_CHECKING:
     from aiohttp import web
     from prometheus_client import CollectorRegistry
 
+    from nodeagent.backends.gpu.protocols import GpuBackend
     from nodeagent.backends.hostfs import BackupJournal, Root
-    from nodeagent.backends.types import GpuBackend, Inventory
     from nodeagent.events import EventBus
+    from nodeagent.model.gpu import Inventory
     from nodeagent.settings import Settings
 
 

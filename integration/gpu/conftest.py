@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from nodeagent.backends.gpu_select import probe_driver
+from nodeagent.backends.gpu.nvml.library import probe_driver
 
 DRIVER_ROOTS = ("/", "/usr/local/nvidia", "/run/nvidia/driver", "/home/kubernetes/bin/nvidia")
 

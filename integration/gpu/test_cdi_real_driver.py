@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 
 from nodeagent.backends.hostfs import Root
-from nodeagent.backends.types import GpuInfo, Inventory
 from nodeagent.cdi import spec as cdispec
 from nodeagent.driver import devnodes, planner
 from nodeagent.driver.observe import gather
+from nodeagent.model.gpu import GpuInfo, Inventory
 from nodeagent.settings import Settings
 
 pytestmark = pytest.mark.gpu

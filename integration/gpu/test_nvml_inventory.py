@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 
 from integration.gpu.conftest import GpuDriver
-from nodeagent.backends.nvml import NvmlBackend
-from nodeagent.backends.sim.profiles import load_profile
-from nodeagent.backends.sim.record import record_profile
-from nodeagent.backends.types import GpuHealthState, Reading, SampleRequest
+from nodeagent.backends.gpu.nvml.backend import NvmlBackend
+from nodeagent.backends.gpu.record import record_profile
+from nodeagent.backends.gpu.sim.profiles import load_profile
+from nodeagent.model.gpu import GpuHealthState, Reading, SampleRequest
 
 pytestmark = pytest.mark.gpu
 

@@ -11,7 +11,7 @@ def nvidia_smi() -> str | None:
     found = shutil.which("nvidia-smi")
     if found:
         return found
-    from nodeagent.backends.nvml import WELL_KNOWN_DRIVER_ROOTS
+    from nodeagent.backends.gpu.nvml.library import WELL_KNOWN_DRIVER_ROOTS
 
     for root in WELL_KNOWN_DRIVER_ROOTS:
         candidate = Path(root) / "bin/nvidia-smi"
@@ -21,6 +21,6 @@ def nvidia_smi() -> str | None:
 
 
 def driver_present() -> bool:
-    from nodeagent.backends.gpu_select import probe_driver
+    from nodeagent.backends.gpu.nvml.library import probe_driver
 
     return probe_driver().present and nvidia_smi() is not None

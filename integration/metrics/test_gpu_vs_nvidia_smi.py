@@ -52,8 +52,8 @@ async def test_dcgm_series_match_nvidia_smi(tmp_path: Path) -> None:
         pytest.skip("no NVIDIA driver")
     from prometheus_client.parser import text_string_to_metric_families
 
+    from nodeagent.backends.gpu.nvml.backend import NvmlBackend
     from nodeagent.backends.hostfs import Root
-    from nodeagent.backends.nvml import NvmlBackend
     from nodeagent.metrics.exposition import Format
     from nodeagent.metrics.subsystem import MetricsSubsystem
     from nodeagent.settings import load

@@ -32,7 +32,7 @@ from nodeagent.errors import BackendUnavailable, CallTimeout, HostPathError
 
 log = structlog.get_logger(__name__)
 
-Engine = Literal["containerd", "crio", "docker"]
+EngineName = Literal["containerd", "crio", "docker"]
 RestartHow = Literal["systemd", "signal", "command", "none"]
 
 _VERSION_RE = re.compile(r"\bv?(\d+\.\d+\.\d+)")
@@ -43,7 +43,7 @@ _LOG_ERROR_RE = re.compile(r"level=(error|fatal)|failed to load plugin io\.conta
 class Target:
     """The daemon being configured, as the subsystem detected it (host paths)."""
 
-    engine: Engine
+    engine: EngineName
     socket: str
     config_path: str
     service: str = ""

@@ -17,9 +17,9 @@ from typing import Any
 
 import yaml
 
-from nodeagent.backends.devnodes import mig_cap_minor
-from nodeagent.backends.types import GpuInfo, Inventory, MigDevice
+from nodeagent.backends.chardevs import mig_cap_minor
 from nodeagent.driver.facts import DriverFacts
+from nodeagent.model.gpu import GpuInfo, Inventory, MigDevice
 
 CONTAINER_LIB_DIR = "/usr/lib/x86_64-linux-gnu"
 CONTAINER_BIN_DIR = "/usr/bin"

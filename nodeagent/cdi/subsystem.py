@@ -14,10 +14,10 @@ from typing import Any
 from nodeagent import events
 from nodeagent.aio import run_blocking
 from nodeagent.backends.hostfs import Root
-from nodeagent.backends.types import Inventory
 from nodeagent.cdi import spec as cdispec
 from nodeagent.driver.facts import DriverFacts
 from nodeagent.errors import NodeAgentError
+from nodeagent.model.gpu import Inventory
 from nodeagent.plan import Plan, Step, file_diff
 from nodeagent.subsystem import ApplyResult, BaseSubsystem, Context, Phase
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from nodeagent.backends.devnodes import NodeState
+from nodeagent.backends.chardevs import NodeState
 from nodeagent.errors import ConfigError
 
 PROC_DEVICES = "/proc/devices"

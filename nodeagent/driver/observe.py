@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from nodeagent.backends import devnodes as nodes_backend
-from nodeagent.backends.devnodes import NodeState
+from nodeagent.backends import chardevs as nodes_backend
+from nodeagent.backends.chardevs import NodeState
 from nodeagent.backends.hostfs import Root
 from nodeagent.driver import devnodes, discovery, helpers, modules, validations, versions
 from nodeagent.driver.facts import HelperStatus

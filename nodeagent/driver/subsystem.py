@@ -14,15 +14,15 @@ from prometheus_client import CollectorRegistry, Gauge
 
 from nodeagent import events
 from nodeagent.aio import run_blocking
-from nodeagent.backends import devnodes as nodes_backend
+from nodeagent.backends import chardevs as nodes_backend
 from nodeagent.backends.kmod import Modprobe, ModuleLoader
-from nodeagent.backends.types import Inventory
 from nodeagent.driver import planner
 from nodeagent.driver.devnodes import DevNode
 from nodeagent.driver.facts import DriverFacts
 from nodeagent.driver.modules import ModuleLoad
 from nodeagent.driver.observe import DriverObservation, gather
 from nodeagent.errors import NodeAgentError, PermanentError
+from nodeagent.model.gpu import Inventory
 from nodeagent.plan import Plan
 from nodeagent.subsystem import ApplyResult, BaseSubsystem, Context, Phase
 

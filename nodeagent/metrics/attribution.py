@@ -20,8 +20,8 @@ import re
 from collections.abc import Iterable, Mapping
 
 from nodeagent.backends.podresources import ContainerDevices
-from nodeagent.backends.types import Inventory
-from nodeagent.metrics.labels import EntityKey, PodRef
+from nodeagent.metrics.series_labels import EntityKey, PodRef
+from nodeagent.model.gpu import Inventory
 
 GPU_RESOURCE = "nvidia.com/gpu"
 MIG_RESOURCE_PREFIX = "nvidia.com/mig-"

@@ -14,18 +14,10 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
-from nodeagent.backends.types import (
-    GpuBackend,
-    GpuHealthState,
-    Inventory,
-    MigKey,
-    Reading,
-    Sample,
-    SampleRequest,
-    Tier,
-    XidEvent,
-)
+from nodeagent.backends.gpu.protocols import GpuBackend
 from nodeagent.metrics.fields import Counter, Source
+from nodeagent.metrics.tiers import Tier
+from nodeagent.model.gpu import GpuHealthState, Inventory, MigKey, Reading, Sample, SampleRequest, XidEvent
 
 Values = Mapping[Reading, float]
 _EMPTY: Values = MappingProxyType({})

@@ -22,7 +22,7 @@ from enum import StrEnum
 from typing import TYPE_CHECKING
 
 from nodeagent.metrics.fields import Counter, Kind, Scope, Source
-from nodeagent.metrics.labels import Entity
+from nodeagent.metrics.series_labels import Entity
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry

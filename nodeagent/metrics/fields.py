@@ -19,7 +19,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 
-from nodeagent.backends.types import GPM_READINGS, GpuInfo, Inventory, Reading, Tier, tier_of
+from nodeagent.metrics.tiers import Tier, tier_of
+from nodeagent.model.gpu import GPM_READINGS, GpuInfo, Inventory, Reading
 
 
 class Kind(StrEnum):

@@ -19,14 +19,14 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from nodeagent import aio, events
-from nodeagent.backends.types import GpuHealthState, Inventory
 from nodeagent.errors import BackendUnavailable, ConfigError, NodeAgentError, TemporaryError
 from nodeagent.metrics import attribution, exposition
 from nodeagent.metrics.agent_metrics import AgentMetrics, AgentState
 from nodeagent.metrics.collector import Collector, Snapshot
 from nodeagent.metrics.counters_csv import CounterSet, parse
 from nodeagent.metrics.fields import default_counters
-from nodeagent.metrics.labels import EntityKey, PodRef, entities
+from nodeagent.metrics.series_labels import EntityKey, PodRef, entities
+from nodeagent.model.gpu import GpuHealthState, Inventory
 from nodeagent.plan import Plan
 from nodeagent.subsystem import ApplyResult, BaseSubsystem, Context, Phase
 

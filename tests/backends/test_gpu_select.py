@@ -7,9 +7,10 @@ from pathlib import Path
 import pytest
 
 from nodeagent import settings as settings_mod
-from nodeagent.backends.gpu_select import backend_kind, open_gpu_backend, probe_driver
-from nodeagent.backends.nvml import NvmlBackend
-from nodeagent.backends.sim.gpus import SimGpuBackend
+from nodeagent.backends.gpu.nvml.backend import NvmlBackend
+from nodeagent.backends.gpu.nvml.library import probe_driver
+from nodeagent.backends.gpu.select import backend_kind, open_gpu_backend
+from nodeagent.backends.gpu.sim.backend import SimGpuBackend
 from nodeagent.errors import BackendUnavailable, ConfigError
 
 
@@ -86,7 +87,7 @@ def test_probe_driver(tmp_path: Path) -> None:
 
 
 def test_nvml_backend_gets_the_timeout_and_driver_root() -> None:
-    from nodeagent.backends.gpu_select import make_gpu_backend
+    from nodeagent.backends.gpu.select import make_gpu_backend
 
     backend = make_gpu_backend(make(gpu={"backend": "nvml", "call_timeout_s": 0.5}), driver_root="/usr/local/nvidia")
     assert isinstance(backend, NvmlBackend)

@@ -10,17 +10,12 @@ from pathlib import Path
 import pynvml
 import pytest
 
-from nodeagent.backends import nvml as nvml_mod
-from nodeagent.backends.nvml import NvmlBackend, find_nvml_library
-from nodeagent.backends.nvml_readers import FB_READINGS
-from nodeagent.backends.types import (
-    GPM_READINGS,
-    MIG_READINGS,
-    GpuHealthState,
-    Reading,
-    SampleRequest,
-)
+from nodeagent.backends.gpu.nvml import backend as nvml_mod
+from nodeagent.backends.gpu.nvml.backend import NvmlBackend
+from nodeagent.backends.gpu.nvml.library import find_nvml_library
+from nodeagent.backends.gpu.nvml.readers import FB_READINGS
 from nodeagent.errors import BackendUnavailable
+from nodeagent.model.gpu import GPM_READINGS, MIG_READINGS, GpuHealthState, Reading, SampleRequest
 from tests.backends.fake_nvml import FakeDevice, FakeNvml, h100_node
 
 ALL = SampleRequest(frozenset(Reading))

@@ -8,19 +8,17 @@ from pathlib import Path
 
 import pytest
 
-from nodeagent.backends.sim.profiles import (
+from nodeagent.backends.gpu.sim.profiles import (
     builtin_names,
-    find_placement,
-    gpu_instance_id,
     load_profile,
     parse_mig_layout,
     parse_simulate_spec,
-    placement_problem,
     profile_from_json,
     profile_to_json,
 )
-from nodeagent.backends.types import GPM_READINGS, Reading
 from nodeagent.errors import ConfigError
+from nodeagent.model.gpu import GPM_READINGS, Reading
+from nodeagent.model.mig import find_placement, gpu_instance_id, placement_problem
 
 CAPTURE = Path(__file__).parents[3] / "shared/fixtures/gpus/h100-80gb-hbm3"
 

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from nodeagent.backends.sim.gpus import SimGpuBackend
-from nodeagent.backends.sim.profiles import load_profile, parse_simulate_spec
-from nodeagent.backends.sim.record import record_profile
-from nodeagent.backends.types import GPM_READINGS, Reading, SampleRequest
+from nodeagent.backends.gpu.record import record_profile
+from nodeagent.backends.gpu.sim.backend import SimGpuBackend
+from nodeagent.backends.gpu.sim.profiles import load_profile, parse_simulate_spec
 from nodeagent.errors import BackendUnavailable
+from nodeagent.model.gpu import GPM_READINGS, Reading, SampleRequest
 from tests.backends.fake_nvml import FakeNvml, h100_node
 
 

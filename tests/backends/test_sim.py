@@ -9,16 +9,10 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from nodeagent.backends.sim.gpus import MigOperationError, SimGpuBackend
-from nodeagent.backends.types import (
-    GPM_READINGS,
-    MIG_READINGS,
-    GpuBackend,
-    GpuHealthState,
-    Reading,
-    SampleRequest,
-)
-from nodeagent.errors import ConfigError
+from nodeagent.backends.gpu.protocols import GpuBackend
+from nodeagent.backends.gpu.sim.backend import SimGpuBackend
+from nodeagent.errors import ConfigError, MigOperationError
+from nodeagent.model.gpu import GPM_READINGS, MIG_READINGS, GpuHealthState, Reading, SampleRequest
 from tests.backends.test_nvml import Ticker
 
 ALL = SampleRequest(frozenset(Reading))

@@ -7,7 +7,7 @@ from typing import Any, ClassVar
 
 from nodeagent.app import Parts
 from nodeagent.backends.hostfs import Root
-from nodeagent.backends.types import GpuInfo, Inventory, Sample, SampleRequest
+from nodeagent.model.gpu import GpuInfo, Inventory, Sample, SampleRequest
 from nodeagent.plan import Plan, Step
 from nodeagent.settings import Settings
 from nodeagent.subsystem import ApplyResult, BaseSubsystem, Context, Phase

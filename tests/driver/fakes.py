@@ -8,7 +8,7 @@ from typing import Any
 
 from nodeagent.backends.hostfs import Root
 from nodeagent.backends.sim import sandbox
-from nodeagent.backends.types import Inventory, Sample, SampleRequest
+from nodeagent.model.gpu import Inventory, Sample, SampleRequest
 from nodeagent.settings import Settings, replace
 from nodeagent.subsystem import Context
 

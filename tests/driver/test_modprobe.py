@@ -85,7 +85,7 @@ async def test_modprobe_timeout(tmp_path: Path) -> None:
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="mknod needs root")
 def test_real_mknod_under_a_dev_root(tmp_path: Path) -> None:
-    from nodeagent.backends.devnodes import inspect, make_node
+    from nodeagent.backends.chardevs import inspect, make_node
 
     root = Root(tmp_path)
     make_node(root, "/run/nvidia/driver", "/dev/nvidia-uvm-tools", major=238, minor=1, mode=0o666, placeholder=False)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from nodeagent.backends.devnodes import parse_placeholder, placeholder_bytes
+from nodeagent.backends.chardevs import parse_placeholder, placeholder_bytes
 from nodeagent.backends.hostfs import Root
 from nodeagent.backends.sim.sandbox import populate_sandbox, sandbox_inventory
 

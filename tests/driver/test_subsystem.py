@@ -8,7 +8,7 @@ import shutil
 from pathlib import Path
 
 from nodeagent import events
-from nodeagent.backends.devnodes import inspect, placeholder_bytes
+from nodeagent.backends.chardevs import inspect, placeholder_bytes
 from nodeagent.backends.hostfs import Root
 from nodeagent.backends.sim import sandbox
 from nodeagent.backends.sim.modprobe import SimModprobe

@@ -12,7 +12,7 @@ from dataclasses import replace
 from typing import Any
 
 from nodeagent.backends.hostfs import Root
-from nodeagent.backends.types import (
+from nodeagent.model.gpu import (
     GpuHealthState,
     GpuInfo,
     Inventory,

@@ -13,7 +13,7 @@ from nodeagent.backends.hostfs import Root
 from nodeagent.backends.podresources import ContainerDevices, PodResourcesClient
 from nodeagent.errors import BackendUnavailable
 from nodeagent.metrics.attribution import attribute
-from nodeagent.metrics.labels import PodRef
+from nodeagent.metrics.series_labels import PodRef
 from tests.metrics.fakes import FakeGpus
 from tests.metrics.kubelet import KubeletStandIn, PodDevice, serve, shutdown
 

@@ -6,9 +6,9 @@ from dataclasses import replace
 
 import pytest
 
-from nodeagent.backends.types import Reading
 from nodeagent.metrics.collector import Collector, split_tiers
 from nodeagent.metrics.fields import default_counters
+from nodeagent.model.gpu import Reading
 from tests.metrics.fakes import FakeGpus
 
 

@@ -12,13 +12,13 @@ from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_openmetrics
 from prometheus_client.parser import text_string_to_metric_families as parse_text
 
-from nodeagent.backends.types import Reading
 from nodeagent.metrics.collector import Collector, Snapshot
 from nodeagent.metrics.counters_csv import parse
 from nodeagent.metrics.exposition import Format, build_layout, format_value, negotiate, render
 from nodeagent.metrics.fields import FIELDS, default_counters
 from nodeagent.metrics.fields import Counter as FieldCounter
-from nodeagent.metrics.labels import MAX_LABELS, PodRef, entities
+from nodeagent.metrics.series_labels import MAX_LABELS, PodRef, entities
+from nodeagent.model.gpu import Reading
 from tests.metrics.fakes import FakeGpus
 from tests.support import require
 

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from nodeagent.backends.types import GPM_READINGS, SLOW_READINGS, Reading, Tier
 from nodeagent.metrics.fields import DEFAULT_FIELDS, FIELDS, KNOWN_UNSUPPORTED, Kind, Scope, Source, default_counters
+from nodeagent.metrics.tiers import SLOW_READINGS, Tier
+from nodeagent.model.gpu import GPM_READINGS, Reading
 from tests.metrics.fakes import gpu_info
 
 # dcgm-exporter's etc/default-counters.csv, enabled lines (telemetry-labels-mig.md §1.1), with types.
@@ -86,7 +87,7 @@ def test_mig_scopes() -> None:
 
 
 def test_label_fields_read_static_facts() -> None:
-    from nodeagent.backends.types import Inventory
+    from nodeagent.model.gpu import Inventory
 
     gpu = gpu_info(0)
     inv = Inventory("fake", "580.159.04", "13.580.159.04", 13000, (gpu,))

@@ -195,7 +195,7 @@ async def test_custom_csv_selects_the_series(tmp_path: Path) -> None:
 
 
 async def test_degraded_gpu_marks_the_subsystem_degraded_not_failed(running) -> None:  # type: ignore[no-untyped-def]
-    from nodeagent.backends.types import GpuHealthState
+    from nodeagent.model.gpu import GpuHealthState
 
     sub, gpus, _client = running
     gpus.health[1] = GpuHealthState.LOST

@@ -21,7 +21,7 @@ from nodeagent.backends.sim.sandbox import (
     write_capabilities,
     write_gpu_information,
 )
-from nodeagent.backends.types import Inventory
+from nodeagent.model.gpu import Inventory
 
 KNOWN: Mapping[str, tuple[str, ...]] = {
     "nvidia": (),

@@ -22,9 +22,9 @@ from importlib import resources
 from pathlib import Path
 from typing import Literal
 
-from nodeagent.backends.devnodes import mig_cap_minor, placeholder_bytes
+from nodeagent.backends.chardevs import mig_cap_minor, placeholder_bytes
 from nodeagent.backends.hostfs import Root
-from nodeagent.backends.types import GpuInfo, Inventory
+from nodeagent.model.gpu import GpuInfo, Inventory
 
 MAJOR_FRONTEND = 195
 """/dev/nvidia<minor> and /dev/nvidiactl (minor 255)."""
@@ -368,7 +368,7 @@ def sandbox_inventory(
 
     GPUs whose index is in ``mig_on`` carry two MIG devices (3g.40gb at GI 1 and GI 2, CI 0 each).
     """
-    from nodeagent.backends.types import MigDevice
+    from nodeagent.model.gpu import MigDevice
 
     gpus = []
     for i in range(count):

@@ -28,19 +28,10 @@ from dataclasses import dataclass, replace
 
 import structlog
 
-from nodeagent.backends.gpu_sweep import GpuLost, GpuSweeper, Hop
-from nodeagent.backends.sim.profiles import (
-    DEFAULT_PROFILE,
-    MAX_COUNT,
-    GpuProfile,
-    count_problem,
-    find_placement,
-    gpu_instance_id,
-    load_profile,
-    parse_mig_layout,
-    placement_problem,
-)
-from nodeagent.backends.types import (
+from nodeagent.backends.gpu.sim.profiles import DEFAULT_PROFILE, MAX_COUNT, GpuProfile, load_profile, parse_mig_layout
+from nodeagent.backends.gpu.sweep import GpuLost, GpuSweeper, Hop
+from nodeagent.errors import ConfigError, MigOperationError
+from nodeagent.model.gpu import (
     GPM_READINGS,
     MIG_READINGS,
     GpuHealthState,
@@ -54,17 +45,13 @@ from nodeagent.backends.types import (
     SampleRequest,
     XidEvent,
 )
-from nodeagent.errors import ConfigError, NodeAgentError
+from nodeagent.model.mig import count_problem, find_placement, gpu_instance_id, placement_problem
 
 log = structlog.get_logger(__name__)
 
 XID_FALLEN_OFF_BUS = 79
 _UTIL_ONLY_WITHOUT_MIG = frozenset({Reading.GPU_UTIL_PCT, Reading.MEM_COPY_UTIL_PCT})
 _MIG_GPM = MIG_READINGS & GPM_READINGS
-
-
-class MigOperationError(NodeAgentError):
-    """A MIG request the GPU refuses (as NVML would): wrong mode, bad placement, unknown profile."""
 
 
 def _hex_id(*parts: object) -> str:

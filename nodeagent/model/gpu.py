@@ -1,7 +1,8 @@
-"""Protocols and value types shared by the real and simulated backends.
+"""GPU value types: what a GPU backend reports and every layer above it reads.
 
-Subsystems depend on these types only, never on pynvml or on the simulator. Every value type is frozen:
-an Inventory or a Sample is a snapshot that can be handed to other tasks without copying.
+Base types of the whole agent (the lowest layer): no I/O, no imports from the rest of nodeagent.
+Every value type is frozen: an Inventory or a Sample is a snapshot that can be handed to other tasks
+without copying.
 """
 
 from __future__ import annotations
@@ -9,22 +10,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Protocol, runtime_checkable
-
-
-class Tier(StrEnum):
-    """How often a reading can be afforded: FAST costs microseconds, SLOW costs milliseconds per GPU."""
-
-    FAST = "fast"
-    SLOW = "slow"
 
 
 class Reading(StrEnum):
     """A quantity the GPU backends can read. Units are in the name; absent means not supported.
 
     The metrics subsystem maps dcgm-exporter field names onto these; the backends implement each one
-    (the NVML backend with the cheapest NVML call that gives it). ``SLOW_READINGS`` lists the ones that
-    cost milliseconds on a real H100 (shared/fixtures/gpus/h100-80gb-hbm3/nvml-probe.txt).
+    (the NVML backend with the cheapest NVML call that gives it).
     """
 
     SM_CLOCK_MHZ = "sm_clock_mhz"
@@ -78,25 +70,6 @@ class Reading(StrEnum):
     PCIE_RX_BYTES = "pcie_rx_bytes"
 
 
-SLOW_READINGS: frozenset[Reading] = frozenset(
-    {
-        Reading.TOTAL_ENERGY_MJ,
-        Reading.PCIE_TX_THROUGHPUT_KBS,
-        Reading.PCIE_RX_THROUGHPUT_KBS,
-        Reading.NVLINK_BANDWIDTH_TOTAL,
-        Reading.ECC_SBE_VOL_TOTAL,
-        Reading.ECC_DBE_VOL_TOTAL,
-        Reading.ECC_SBE_AGG_TOTAL,
-        Reading.ECC_DBE_AGG_TOTAL,
-        Reading.POWER_VIOLATION_NS,
-        Reading.THERMAL_VIOLATION_NS,
-        Reading.SYNC_BOOST_VIOLATION_NS,
-        Reading.BOARD_LIMIT_VIOLATION_NS,
-        Reading.LOW_UTIL_VIOLATION_NS,
-        Reading.RELIABILITY_VIOLATION_NS,
-    }
-)
-
 GPM_READINGS: frozenset[Reading] = frozenset(
     {
         Reading.GR_ENGINE_ACTIVE,
@@ -119,10 +92,6 @@ MIG_READINGS: frozenset[Reading] = GPM_READINGS - {Reading.PCIE_TX_BYTES, Readin
     Reading.FB_TOTAL_MIB,
 }
 """Readings that also exist per MIG instance."""
-
-
-def tier_of(reading: Reading) -> Tier:
-    return Tier.SLOW if reading in SLOW_READINGS else Tier.FAST
 
 
 class GpuHealthState(StrEnum):
@@ -259,27 +228,3 @@ class Sample:
     """Wall time of the sweep on the worker thread."""
     call_seconds: float = 0.0
     """Sum of the time spent inside backend calls (NVML), for the sweep-overhead benchmark."""
-
-
-@runtime_checkable
-class GpuBackend(Protocol):
-    """The one protocol behind which NVML and the simulator live.
-
-    Every method is a coroutine that does its blocking work off the event loop (the NVML backend on one
-    dedicated worker thread, each call with a timeout). A hung or failing call marks that GPU degraded
-    in ``Sample.health`` / ``GpuInfo.health``; it never raises out of ``sample``.
-    """
-
-    kind: str
-
-    async def open(self) -> None:
-        """Load and initialise the library. Raises BackendUnavailable with a clear reason."""
-
-    async def close(self) -> None:
-        """Shut down; idempotent."""
-
-    async def inventory(self) -> Inventory:
-        """Static facts of every GPU and MIG device (one hop)."""
-
-    async def sample(self, request: SampleRequest) -> Sample:
-        """Read the requested values of every GPU (and MIG device) in one hop."""

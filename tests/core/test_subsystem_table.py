@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from nodeagent import registry
+from nodeagent import subsystem_table
 from nodeagent.errors import ConfigError
-from nodeagent.registry import Entry, dependency_order
 from nodeagent.settings import load, replace
+from nodeagent.subsystem_table import Entry, dependency_order
 
 
 def names(entries: list[Entry]) -> list[str]:
@@ -33,12 +33,12 @@ def test_cycle_is_a_clear_error() -> None:
 
 def test_only_restricts_and_unknown_names_are_rejected() -> None:
     s = load()
-    assert names(registry.enabled(s, ["runtime"])) == ["runtime"]
+    assert names(subsystem_table.enabled(s, ["runtime"])) == ["runtime"]
     with pytest.raises(ConfigError, match="unknown subsystem 'runtim'"):
-        registry.enabled(s, ["runtim"])
+        subsystem_table.enabled(s, ["runtim"])
 
 
 def test_disabled_subsystems_are_left_out() -> None:
     s = replace(load(), "metrics", enabled=False)
-    assert "metrics" not in names(registry.enabled(s))
-    assert names(registry.enabled(load()))[0] == "driver"
+    assert "metrics" not in names(subsystem_table.enabled(s))
+    assert names(subsystem_table.enabled(load()))[0] == "driver"

@@ -11,8 +11,8 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from nodeagent.backends.gpu_sweep import GpuLost, Hop
-from nodeagent.backends.types import GPM_READINGS, MIG_READINGS, GpuInfo, Reading
+from nodeagent.backends.gpu.sweep import GpuLost, Hop
+from nodeagent.model.gpu import GPM_READINGS, MIG_READINGS, GpuInfo, Reading
 
 MIB = 1024 * 1024
 

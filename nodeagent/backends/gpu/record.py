@@ -15,12 +15,12 @@ from typing import Any
 
 import structlog
 
-from nodeagent.backends.gpu_sweep import Hop
+from nodeagent.backends.gpu.nvml.backend import NvmlBackend
+from nodeagent.backends.gpu.sim.profiles import PROFILE_FORMAT, profile_from_json
+from nodeagent.backends.gpu.sweep import Hop
 from nodeagent.backends.hostfs import atomic_write
-from nodeagent.backends.nvml import NvmlBackend
-from nodeagent.backends.sim.profiles import PROFILE_FORMAT, profile_from_json
-from nodeagent.backends.types import GPM_READINGS, GpuInfo, Inventory, MigProfile, Reading
 from nodeagent.errors import BackendUnavailable, ConfigError
+from nodeagent.model.gpu import GPM_READINGS, GpuInfo, Inventory, MigProfile, Reading
 
 log = structlog.get_logger(__name__)
 

@@ -24,9 +24,14 @@ from typing import Any
 
 import structlog
 
-from nodeagent.backends.gpu_sweep import GpuLost, GpuSweeper, GpuUnreadable, Hop
-from nodeagent.backends.hostfs import Root
-from nodeagent.backends.nvml_readers import (
+from nodeagent.backends.gpu.nvml.library import (
+    LIBRARY,
+    LIBRARY_DIRS,
+    WELL_KNOWN_DRIVER_ROOTS,
+    find_nvml_library,
+    unavailable_reason,
+)
+from nodeagent.backends.gpu.nvml.readers import (
     GPM_METRICS,
     MIB,
     MIG_FB,
@@ -38,7 +43,10 @@ from nodeagent.backends.nvml_readers import (
     MigState,
     text,
 )
-from nodeagent.backends.types import (
+from nodeagent.backends.gpu.sweep import GpuLost, GpuSweeper, GpuUnreadable, Hop
+from nodeagent.errors import BackendUnavailable, CallTimeout
+from nodeagent.model.catalog import known_mig_profiles
+from nodeagent.model.gpu import (
     GPM_READINGS,
     MIG_READINGS,
     GpuHealthState,
@@ -52,24 +60,8 @@ from nodeagent.backends.types import (
     SampleRequest,
     XidEvent,
 )
-from nodeagent.errors import BackendUnavailable, CallTimeout, HostPathError
 
 log = structlog.get_logger(__name__)
-
-LIBRARY = "libnvidia-ml.so.1"
-LIBRARY_DIRS = (
-    "lib64",
-    "lib",
-    "lib/x86_64-linux-gnu",
-    "lib/aarch64-linux-gnu",
-    "usr/lib64",
-    "usr/lib/x86_64-linux-gnu",
-    "usr/lib/aarch64-linux-gnu",
-    "usr/lib",
-)
-"""Where libnvidia-ml.so.1 is looked for under a driver root, in this order."""
-WELL_KNOWN_DRIVER_ROOTS = ("/run/nvidia/driver", "/home/kubernetes/bin/nvidia", "/usr/local/nvidia")
-"""Tried when the system loader cannot find the library and no driver root is set."""
 
 MAX_EVENTS_PER_SWEEP = 256
 _INVALID_ID = 0xFFFFFFFF
@@ -106,50 +98,6 @@ BRANDS = {
     15: "GeForce RTX",
     16: "Titan RTX",
 }
-
-
-# ------------------------------------------------------------------------------------- library loading
-
-
-def find_nvml_library(driver_root: str) -> Path | None:
-    """libnvidia-ml.so.1 under a driver root (links followed inside the root only), or None."""
-    root = Root(driver_root)
-    for folder in LIBRARY_DIRS:
-        try:
-            path = root.resolve(f"/{folder}/{LIBRARY}")
-        except HostPathError:
-            continue
-        if path.is_file():
-            return path
-    return None
-
-
-def unavailable_reason(nv: Any, err: Any, *, library: str | None = None) -> str:
-    """A sentence a user can act on, for an NVMLError raised by nvmlInit."""
-    code = getattr(err, "value", None)
-    where = f" ({library})" if library else ""
-    if code == nv.NVML_ERROR_LIBRARY_NOT_FOUND:
-        return (
-            f"NVIDIA driver not found: NVML ({LIBRARY}) cannot be loaded{where}. Install the NVIDIA driver, or set "
-            "driver.root to where it lives (e.g. /usr/local/nvidia or /run/nvidia/driver); "
-            "to try the agent without a GPU, use --simulate"
-        )
-    if code == nv.NVML_ERROR_LIB_RM_VERSION_MISMATCH:
-        return (
-            f"NVIDIA driver/library version mismatch: the user-space library{where} and the loaded nvidia kernel "
-            "module are different versions, usually after a driver upgrade without a reboot. Reboot, or unload and "
-            "reload the nvidia kernel modules, so that both match"
-        )
-    if code == nv.NVML_ERROR_DRIVER_NOT_LOADED:
-        return (
-            "the NVIDIA kernel module is not loaded (NVML: Driver Not Loaded). Load it (modprobe nvidia, or "
-            "driver.load_modules = true) and check dmesg for why it failed"
-        )
-    if code == nv.NVML_ERROR_NO_PERMISSION:
-        return "no permission to open /dev/nvidiactl or /dev/nvidia*: run the agent as root or grant it the devices"
-    if code == nv.NVML_ERROR_FUNCTION_NOT_FOUND:
-        return f"the NVIDIA driver's NVML{where} is older than nvidia-ml-py expects: upgrade the driver"
-    return f"NVML initialisation failed{where}: {err}"
 
 
 # ----------------------------------------------------------------------------------------------- backend
@@ -752,11 +700,7 @@ def _placeholder(index: int) -> GpuInfo:
 def _fallback_placement(gpu_name: str, profile: str, compute_slices: int) -> tuple[int, tuple[int, ...]]:
     """Placement of a GI profile when NVML will not list it (MIG mode off): the built-in table for the
     same GPU model, else the usual size for its compute slices with no known starts."""
-    from nodeagent.backends.sim.profiles import builtin_for_name
-
-    known = builtin_for_name(gpu_name)
-    if known is not None:
-        for p in known.mig_profiles:
-            if p.name == profile:
-                return p.slices, p.starts
+    for p in known_mig_profiles(gpu_name) or ():
+        if p.name == profile:
+            return p.slices, p.starts
     return {1: 1, 2: 2, 3: 4, 4: 4, 7: 8}.get(compute_slices, compute_slices), ()

@@ -14,8 +14,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from nodeagent.backends.types import GpuInfo, Inventory, MigDevice, MigKey
 from nodeagent.metrics.fields import Counter, Kind
+from nodeagent.model.gpu import GpuInfo, Inventory, MigDevice, MigKey
 
 MAX_LABELS = 19
 """Fewer than 20 labels on any series."""

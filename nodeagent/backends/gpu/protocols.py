@@ -1,0 +1,49 @@
+"""The protocols behind which NVML and the simulator live: reading GPUs, and changing their MIG layout."""
+
+from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
+
+from nodeagent.model.gpu import Inventory, MigDevice, Sample, SampleRequest
+
+
+@runtime_checkable
+class GpuBackend(Protocol):
+    """The one protocol behind which NVML and the simulator live.
+
+    Every method is a coroutine that does its blocking work off the event loop (the NVML backend on one
+    dedicated worker thread, each call with a timeout). A hung or failing call marks that GPU degraded
+    in ``Sample.health`` / ``GpuInfo.health``; it never raises out of ``sample``.
+    """
+
+    kind: str
+
+    async def open(self) -> None:
+        """Load and initialise the library. Raises BackendUnavailable with a clear reason."""
+
+    async def close(self) -> None:
+        """Shut down; idempotent."""
+
+    async def inventory(self) -> Inventory:
+        """Static facts of every GPU and MIG device (one hop)."""
+
+    async def sample(self, request: SampleRequest) -> Sample:
+        """Read the requested values of every GPU (and MIG device) in one hop."""
+
+
+@runtime_checkable
+class MigControl(Protocol):
+    """Changing a GPU's MIG layout. Every call runs on the backend's worker thread with a timeout and raises
+    ``MigOperationError`` (nodeagent.errors) with NVML's reason when the driver refuses."""
+
+    async def set_mig_mode(self, gpu_index: int, enabled: bool) -> bool:
+        """Set the pending MIG mode; True when a GPU reset is needed for it to take effect."""
+
+    async def reset_gpu(self, gpu_index: int) -> None:
+        """Reset the GPU so a pending MIG mode becomes current."""
+
+    async def create_gpu_instance(self, gpu_index: int, profile: str, *, start: int | None = None) -> MigDevice:
+        """Create a GPU instance of ``profile`` (at placement ``start`` when given) and its compute instance."""
+
+    async def destroy_gpu_instance(self, gpu_index: int, gpu_instance_id: int) -> None:
+        """Destroy the GPU instance (and its compute instances)."""
