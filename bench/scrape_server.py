@@ -31,13 +31,13 @@ from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
+from nodeagent import testing
 from nodeagent.backends.gpu.sim.backend import SimGpuBackend
 from nodeagent.backends.hostfs import Root
 from nodeagent.metrics import exposition
 from nodeagent.metrics.fields import Kind
 from nodeagent.metrics.subsystem import MetricsSubsystem
 from nodeagent.settings import load
-from nodeagent.subsystem import Context
 
 
 class SnapshotFamilies(Collector):
@@ -93,14 +93,7 @@ async def main(args: argparse.Namespace) -> None:
     registry = CollectorRegistry(auto_describe=True)
     ProcessCollector(registry=registry)
     PlatformCollector(registry=registry)
-    ctx = Context.create(
-        settings=settings,
-        root=Root(tmp),
-        gpus=gpus,
-        simulate=True,
-        node_name="bench-node",
-        registry=registry,
-    )
+    ctx = testing.context(Root(tmp), settings, gpus=gpus, node_name="bench-node", registry=registry)
     sub = MetricsSubsystem(ctx)
     await sub.start()
     stop = asyncio.Event()

@@ -6,17 +6,20 @@
   a fresh thread, so one hung GPU never stalls the agent. Abandoned threads are counted and capped.
 - ``guarded_task``: a named task whose failure or unexpected end is logged, never silently lost.
 - ``periodic``: run a coroutine every N seconds until a stop event is set.
+- ``until_stopped`` / ``first_of`` / ``run_until_stopped``: the only places that race work against a
+  stop event, so no subsystem hand-writes that race.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import contextvars
 import functools
 import os
 import threading
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from typing import Any, ParamSpec, TypeVar
 
 import structlog
@@ -128,6 +131,54 @@ async def periodic(
         next_at += interval_s
         if next_at < loop.time():  # fell behind (a slow call): skip missed ticks, do not burst
             next_at = loop.time() + interval_s
+
+
+async def until_stopped(stop: asyncio.Event, awaitable: Awaitable[T]) -> T | None:
+    """Await ``awaitable`` unless ``stop`` is set first; then cancel it and return None."""
+    if stop.is_set():
+        if asyncio.iscoroutine(awaitable):
+            awaitable.close()
+        return None
+    work = asyncio.ensure_future(awaitable)
+    stopper = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({work, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopper.cancel()
+        if not work.done():
+            work.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await work
+    if work.cancelled():
+        return None
+    return work.result()
+
+
+async def first_of(*flags: asyncio.Event, timeout_s: float | None = None) -> asyncio.Event | None:
+    """Wait until one of ``flags`` is set and return it (the first in argument order); None on timeout."""
+    for flag in flags:
+        if flag.is_set():
+            return flag
+    waiters = [asyncio.ensure_future(flag.wait()) for flag in flags]
+    try:
+        await asyncio.wait(waiters, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for w in waiters:
+            w.cancel()
+    return next((flag for flag in flags if flag.is_set()), None)
+
+
+async def run_until_stopped(stop: asyncio.Event, coros: Mapping[str, Coroutine[Any, Any, None]]) -> None:
+    """Run named coroutines as tasks until ``stop``; the first one that fails is re-raised, the rest cancelled."""
+    tasks = [guarded_task(coro, name=name) for name, coro in coros.items()]
+    stopper = asyncio.ensure_future(stop.wait())
+    try:
+        done, _ = await asyncio.wait([*tasks, stopper], return_when=asyncio.FIRST_COMPLETED)
+        for task in done:
+            if task is not stopper and not task.cancelled() and (exc := task.exception()) is not None:
+                raise exc
+    finally:
+        await cancel_and_wait([*tasks, stopper], timeout_s=2.0)
 
 
 async def wait_or_stop(stop: asyncio.Event, timeout_s: float) -> bool:

@@ -16,83 +16,31 @@ import asyncio
 import contextlib
 import random
 import signal
-import socket
 import time
-from collections.abc import Callable, Coroutine, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import structlog
-from prometheus_client import CollectorRegistry, Gauge, PlatformCollector, ProcessCollector
 
-from nodeagent import aio, events, subsystem_table
-from nodeagent.backends.gpu.protocols import GpuBackend
-from nodeagent.backends.hostfs import Root
+from nodeagent import aio
 from nodeagent.backends.sdnotify import Notifier
+from nodeagent.compose import Parts
 from nodeagent.errors import ConfigError, NodeAgentError, PermanentError, TemporaryError
 from nodeagent.model.gpu import Inventory
 from nodeagent.plan import Plan
-from nodeagent.settings import Settings
-from nodeagent.subsystem import BaseSubsystem, Context, Phase, Status, Subsystem
+from nodeagent.settings import Settings, changed_sections
+from nodeagent.subsystem import BaseSubsystem, Phase, Service, Status
 
 log = structlog.get_logger("nodeagent.agent")
 
 SettingsLoader = Callable[[], Settings]
-INVENTORY_REFRESH_S = 30.0
 HEARTBEAT_S = 1.0
-
-
-def node_name(settings: Settings, env: Mapping[str, str]) -> str:
-    return settings.agent.node_name or env.get("NODE_NAME", "") or socket.gethostname()
-
-
-def make_registry() -> CollectorRegistry:
-    """The agent's own Prometheus registry, with process and platform metrics."""
-    reg = CollectorRegistry(auto_describe=True)
-    ProcessCollector(registry=reg)
-    PlatformCollector(registry=reg)
-    return reg
-
-
-@dataclass
-class Parts:
-    """What every command needs: the context and the enabled subsystems, built but not started."""
-
-    ctx: Context
-    subsystems: list[Subsystem]
-    inventory: Inventory | None = None
-    statuses: dict[str, Status] = field(default_factory=dict)
-
-
-def build(
-    settings: Settings,
-    *,
-    root: Root,
-    gpus: GpuBackend,
-    simulate: bool,
-    env: Mapping[str, str],
-    only: list[str] | None = None,
-) -> Parts:
-    """Build the context and construct the enabled subsystems (they register their HTTP routes here)."""
-    ctx = Context.create(
-        settings=settings,
-        root=root,
-        gpus=gpus,
-        simulate=simulate,
-        node_name=node_name(settings, env),
-        registry=make_registry(),
-    )
-    subsystems: list[Subsystem] = []
-    for entry in subsystem_table.enabled(settings, only or []):
-        cls = entry.load()
-        subsystems.append(cls(ctx))
-    parts = Parts(ctx=ctx, subsystems=subsystems)
-    ctx.inventory = lambda: parts.inventory
-    return parts
+AGENT_SECTIONS = ("agent", "simulation", "gpu")
+"""Settings read while composing the agent: a change of these needs a restart of the process."""
 
 
 class Agent:
-    """The long-running daemon: supervision, HTTP, signals, sd_notify."""
+    """The long-running daemon: supervision, HTTP, signals, sd_notify, settings reload."""
 
     def __init__(
         self,
@@ -103,46 +51,39 @@ class Agent:
     ) -> None:
         self.parts = parts
         self.ctx = parts.ctx
+        self.board = parts.ctx.board
         self.reload_settings = reload_settings
         self.notifier = notifier or Notifier()
-        self.subsystems = {s.name: s for s in parts.subsystems}
+        self.subsystems: dict[str, Service] = {s.name: s for s in parts.subsystems}
         self.stop_event = asyncio.Event()
         self._sub_stop = {name: asyncio.Event() for name in self.subsystems}
-        self._overrides: dict[str, Status] = {n: Status(Phase.PENDING, "waiting to start") for n in self.subsystems}
-        self._status_changed = asyncio.Event()
+        self._supervisors: dict[str, asyncio.Task[Any]] = {}
         self._restarts: dict[str, int] = dict.fromkeys(self.subsystems, 0)
         self._tasks: list[asyncio.Task[Any]] = []
+        self._reloads: list[asyncio.Task[Any]] = []
         self.started_at = time.time()
         self.last_heartbeat = time.monotonic()
         self.loop_lag_s = 0.0
-        self.ctx.on_status = self._on_status
-        self.ctx.statuses = self.statuses
-        self._loop_lag_gauge = Gauge(
-            "nodeagent_loop_lag_seconds",
-            "Event-loop lag measured by the heartbeat task (seconds late).",
-            registry=self.ctx.registry,
-        )
+        for name, sub in self.subsystems.items():
+            self._track(name, sub)
+
+    def _track(self, name: str, sub: Service) -> None:
+        self.board.track(name, sub.status, initial=Status(Phase.PENDING, "waiting to start"))
 
     # ------------------------------------------------------------------------------------------ status
 
-    def _on_status(self, name: str, status: Status) -> None:
-        self._overrides.pop(name, None)
-        self._notify_status()
-
     def _override(self, name: str, status: Status) -> None:
-        self._overrides[name] = status
-        self._notify_status()
-
-    def _notify_status(self) -> None:
-        # A fresh Event per change: every waiter holding the old one wakes, none can miss a change.
-        changed, self._status_changed = self._status_changed, asyncio.Event()
-        changed.set()
+        self.board.override(name, status)
 
     def statuses(self) -> dict[str, Status]:
-        return {name: self._overrides.get(name) or sub.status() for name, sub in self.subsystems.items()}
+        return self.board.statuses()
 
     def ready(self) -> bool:
         return all(s.ready for s in self.statuses().values())
+
+    @property
+    def inventory(self) -> Inventory | None:
+        return self.ctx.gpu_state.inventory
 
     def last_plans(self) -> dict[str, Plan]:
         plans: dict[str, Plan] = {}
@@ -152,13 +93,13 @@ class Agent:
                 plans[name] = plan
         return plans
 
-    async def _wait_ready(self, names: tuple[str, ...]) -> None:
-        while True:
-            changed = self._status_changed
-            statuses = self.statuses()
-            if all(statuses[n].ready for n in names if n in statuses):
-                return
-            await changed.wait()
+    def describe(self) -> dict[str, Any]:
+        return {
+            "started_at": self.started_at,
+            "simulate": self.parts.simulated,
+            "root": str(self.ctx.root.path),
+            "node_name": self.ctx.node_name,
+        }
 
     # ------------------------------------------------------------------------------------------- run
 
@@ -170,7 +111,7 @@ class Agent:
         loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
         from nodeagent.httpserver import HttpServer
 
-        http = HttpServer(self)
+        http = HttpServer(self, self.ctx.routes, self.ctx.registry)
         try:
             await http.start(self.ctx.settings.agent.listen)
         except OSError as err:
@@ -182,23 +123,24 @@ class Agent:
             backend=self.ctx.gpus.kind,
             root=str(self.ctx.root.path),
             subsystems=list(self.subsystems),
-            simulate=self.ctx.simulate,
+            simulate=self.parts.simulated,
         )
-        await self._refresh_inventory()
+        if self.ctx.gpu_state.inventory is None:
+            await self.ctx.gpu_state.refresh()
         self._tasks.append(self._forever(self._heartbeat(), "heartbeat"))
-        self._tasks.append(self._forever(self._inventory_loop(), "inventory"))
+        self._tasks.append(self._forever(self.ctx.gpu_state.run(self.stop_event), "gpu-state"))
         if self.notifier.watchdog_interval_s:
             self._tasks.append(self._forever(self._watchdog(), "watchdog"))
-        supervisors = [
-            self._forever(self._supervise(sub), f"subsystem:{name}") for name, sub in self.subsystems.items()
-        ]
+        for name, sub in self.subsystems.items():
+            self._supervisors[name] = self._forever(self._supervise(sub), f"subsystem:{name}")
         self.notifier.send("READY=1")
         await self.stop_event.wait()
 
         timer = aio.hard_exit_timer(self.ctx.settings.agent.hard_exit_timeout_s)
         self.notifier.send("STOPPING=1")
         log.info("agent_stopping")
-        await self._shutdown(supervisors)
+        await aio.cancel_and_wait(self._reloads, timeout_s=1.0)
+        await self._shutdown()
         await http.stop()
         await aio.cancel_and_wait(self._tasks, timeout_s=1.0)
         with contextlib.suppress(Exception):
@@ -216,25 +158,28 @@ class Agent:
             log.info("stop_requested", reason=reason)
             self.stop_event.set()
 
-    async def _shutdown(self, supervisors: list[asyncio.Task[Any]]) -> None:
+    async def _shutdown(self) -> None:
         """Stop subsystems in reverse dependency order, each within the shutdown timeout."""
-        timeout = self.ctx.settings.agent.shutdown_timeout_s
-        by_name = dict(zip(self.subsystems, supervisors, strict=True))
         for name in reversed(list(self.subsystems)):
-            self._sub_stop[name].set()
-            task = by_name[name]
+            await self._stop_one(name)
+
+    async def _stop_one(self, name: str) -> None:
+        timeout = self.ctx.settings.agent.shutdown_timeout_s
+        self._sub_stop[name].set()
+        task = self._supervisors.pop(name, None)
+        if task is not None:
             done, _ = await asyncio.wait([task], timeout=timeout)
             if not done:
                 log.warning("subsystem_stop_timeout", subsystem=name, timeout_s=timeout)
                 await aio.cancel_and_wait([task], timeout_s=1.0)
-            sub = self.subsystems[name]
-            try:
-                await asyncio.wait_for(sub.stop(), timeout)
-            except Exception as err:  # a failing stop must not prevent the others from stopping
-                log.warning("subsystem_stop_failed", subsystem=name, error=repr(err))
-            self._override(name, Status(Phase.STOPPED))
+        sub = self.subsystems[name]
+        try:
+            await asyncio.wait_for(sub.stop(), timeout)
+        except Exception as err:  # a failing stop must not prevent the others from stopping
+            log.warning("subsystem_stop_failed", subsystem=name, error=repr(err))
+        self._override(name, Status(Phase.STOPPED))
 
-    async def _supervise(self, sub: Subsystem) -> None:
+    async def _supervise(self, sub: Service) -> None:
         """Start, run and restart one subsystem until the agent stops."""
         name = sub.name
         stop = self._sub_stop[name]
@@ -246,19 +191,15 @@ class Agent:
                 requires = tuple(r for r in sub.requires if r in self.subsystems)
                 if requires and not all(self.statuses()[r].ready for r in requires):
                     self._override(name, Status(Phase.PENDING, f"waiting for {', '.join(requires)}"))
-                    waiter = asyncio.ensure_future(self._wait_ready(requires))
-                    stopper = asyncio.ensure_future(stop.wait())
-                    await asyncio.wait([waiter, stopper], return_when=asyncio.FIRST_COMPLETED)
-                    waiter.cancel()
-                    stopper.cancel()
+                    await aio.until_stopped(stop, self.board.wait_ready(requires))
                     if stop.is_set():
                         return
                 started = time.monotonic()
                 try:
                     self._override(name, Status(Phase.STARTING))
                     if isinstance(sub, BaseSubsystem):
-                        self._overrides.pop(name, None)
                         sub.set_status(Phase.STARTING)
+                        self.board.reported(name)
                     await sub.start()
                     await sub.run(stop)
                     if stop.is_set():
@@ -291,30 +232,12 @@ class Agent:
             for key in bound:
                 structlog.contextvars.unbind_contextvars(key)
 
-    def _fail(self, sub: Subsystem, reason: str, *, permanent: bool) -> None:
+    def _fail(self, sub: Service, reason: str, *, permanent: bool) -> None:
         log.error("subsystem_failed", subsystem=sub.name, reason=reason, permanent=permanent)
         status = Status(Phase.FAILED, reason, details={"permanent": permanent, "restarts": self._restarts[sub.name]})
         self._override(sub.name, status)
 
     # ------------------------------------------------------------------------------------- background
-
-    async def _refresh_inventory(self) -> None:
-        try:
-            inventory = await self.ctx.gpus.inventory()
-        except NodeAgentError as err:
-            log.warning("inventory_failed", error=str(err))
-            return
-        if inventory != self.parts.inventory:
-            changed = self.parts.inventory is not None
-            self.parts.inventory = inventory
-            self.ctx.bus.publish(events.INVENTORY_CHANGED, inventory)
-            if changed:
-                log.info("inventory_changed", gpus=len(inventory.gpus))
-
-    async def _inventory_loop(self) -> None:
-        await aio.periodic(
-            self._refresh_inventory, interval_s=INVENTORY_REFRESH_S, stop=self.stop_event, run_first=False
-        )
 
     async def _heartbeat(self) -> None:
         """Proves the loop is responsive (/healthz) and measures its lag."""
@@ -324,13 +247,15 @@ class Agent:
             if await aio.wait_or_stop(self.stop_event, HEARTBEAT_S):
                 return
             self.loop_lag_s = max(0.0, loop.time() - expected)
-            self._loop_lag_gauge.set(self.loop_lag_s)
+            self.ctx.self_metrics.loop_lag.set(self.loop_lag_s)
             self.last_heartbeat = time.monotonic()
 
     async def _watchdog(self) -> None:
         interval = self.notifier.watchdog_interval_s or 1.0
         while not await aio.wait_or_stop(self.stop_event, interval):
             self.notifier.send("WATCHDOG=1")
+
+    # ---------------------------------------------------------------------------------------- reload
 
     def _on_sighup(self) -> None:
         if self.reload_settings is None:
@@ -340,15 +265,41 @@ class Agent:
         except ConfigError as err:
             log.error("settings_reload_rejected", error=str(err))
             return
+        self._reloads = [t for t in self._reloads if not t.done()]
+        self._reloads.append(aio.guarded_task(self.apply_settings(new), name="settings-reload"))
+
+    async def apply_settings(self, new: Settings) -> list[str]:
+        """The reload rule: every subsystem that reads a changed section is restarted with the new settings.
+
+        Sections read while composing the agent (``agent``, ``simulation``, ``gpu``) cannot change in a
+        running process: they are logged as needing a restart and keep their old values. Returns the names
+        of the subsystems restarted.
+        """
         old = self.ctx.settings
-        if new == old:
+        changed = changed_sections(old, new)
+        if not changed:
             log.info("settings_reload_unchanged")
-            return
-        restart_needed = [
-            key for key in ("root", "listen", "state_dir") if getattr(new.agent, key) != getattr(old.agent, key)
+            return []
+        frozen = [section for section in changed if section in AGENT_SECTIONS]
+        kept = {section: getattr(old, section) for section in frozen}
+        self.ctx.settings = new.with_sections(kept) if kept else new
+        affected = [
+            name
+            for name, sub in self.subsystems.items()
+            if set(getattr(sub, "settings_sections", (name,))) & set(changed)
         ]
-        if new.simulation != old.simulation or new.gpu != old.gpu:
-            restart_needed.append("simulation/gpu")
-        self.ctx.settings = new
-        self.ctx.bus.publish(events.SETTINGS_RELOADED, new)
-        log.info("settings_reloaded", needs_agent_restart=restart_needed)
+        log.info("settings_reloaded", changed=changed, restarting=affected, needs_agent_restart=frozen)
+        for name in affected:
+            await self._restart_one(name)
+        return affected
+
+    async def _restart_one(self, name: str) -> None:
+        """Stop a subsystem and start a fresh instance of it, built from the current settings."""
+        if self.stop_event.is_set():
+            return
+        await self._stop_one(name)
+        fresh: Service = type(self.subsystems[name])(self.ctx)  # type: ignore[call-arg]
+        self.subsystems[name] = fresh
+        self._sub_stop[name] = asyncio.Event()
+        self._track(name, fresh)
+        self._supervisors[name] = self._forever(self._supervise(fresh), f"subsystem:{name}")

@@ -21,8 +21,7 @@ from nodeagent import settings as settings_mod
 from nodeagent.errors import BackendUnavailable, ConfigError, NodeAgentError
 
 if TYPE_CHECKING:
-    from nodeagent.app import Parts
-    from nodeagent.backends.gpu.protocols import GpuBackend
+    pass
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -141,8 +140,10 @@ async def _dispatch(args: argparse.Namespace, settings: settings_mod.Settings, e
             return _print_status(remote, as_json=args.json)
     if args.command == "sim":
         return await _sim_record(args, settings)
+    from nodeagent.compose import compose
+
     try:
-        parts = await _build(settings, env, only=args.only or [])
+        parts = await compose(settings, env, only=args.only or [])
     except BackendUnavailable as err:
         print(f"nodeagent: {err}", file=sys.stderr)
         if not settings.simulation.enabled:
@@ -173,43 +174,6 @@ async def _dispatch(args: argparse.Namespace, settings: settings_mod.Settings, e
         if args.command != "run":
             await parts.ctx.gpus.close()
     return EXIT_USAGE
-
-
-async def _build(settings: settings_mod.Settings, env: Mapping[str, str], *, only: list[str]) -> Parts:
-    """Pick the root, open the GPU backend, lay out the sandbox in simulation, construct subsystems."""
-    from nodeagent import subsystem_table
-    from nodeagent.app import build
-    from nodeagent.backends.gpu.nogpu import NoGpuBackend
-    from nodeagent.backends.gpu.select import open_gpu_backend
-    from nodeagent.backends.hostfs import Root
-
-    simulate = settings.simulation.enabled
-    if simulate:
-        root_dir = settings.agent.root if settings.agent.root != "/" else settings.simulation.sandbox
-        root = Root(Path(root_dir).absolute())
-        root.path.mkdir(parents=True, exist_ok=True)
-    else:
-        root = Root(settings.agent.root)
-    gpus: GpuBackend
-    if simulate or any(e.needs_gpu for e in subsystem_table.enabled(settings, only)):
-        gpus = await open_gpu_backend(settings, driver_root=_driver_root_for_nvml(settings, root))
-    else:
-        gpus = NoGpuBackend()
-    if simulate:
-        from nodeagent.backends.sim.sandbox import populate_sandbox
-
-        inventory = await gpus.inventory()
-        populate_sandbox(root, inventory)
-    parts = build(settings, root=root, gpus=gpus, simulate=simulate, env=env, only=only)
-    parts.inventory = await gpus.inventory()
-    return parts
-
-
-def _driver_root_for_nvml(settings: settings_mod.Settings, root: Any) -> str | None:
-    """Where NVML is loaded from: the configured driver root, seen through the host root."""
-    if settings.simulation.enabled or not settings.driver.root:
-        return None
-    return str(root.resolve(settings.driver.root))
 
 
 async def _sim_record(args: argparse.Namespace, settings: settings_mod.Settings) -> int:

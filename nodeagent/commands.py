@@ -16,24 +16,22 @@ import structlog
 from nodeagent.errors import NodeAgentError
 from nodeagent.health import status_document
 from nodeagent.plan import Plan, render_plans
-from nodeagent.subsystem import Phase, Revertible, Status, Subsystem
+from nodeagent.subsystem import Describes, Phase, Reconciler, Revertible, Service, Status
+from nodeagent.subsystem import make_plan as _reconciler_plan
 
 if TYPE_CHECKING:
-    from nodeagent.app import Parts
+    from nodeagent.compose import Parts
 
 log = structlog.get_logger("nodeagent.commands")
 
 
-async def make_plan(sub: Subsystem) -> Plan:
-    """observe + plan, with failures turned into a Plan carrying the error."""
-    try:
-        observed = await sub.observe()
-        plan = sub.plan(observed)
-    except NodeAgentError as err:
-        plan = Plan(sub.name, error=str(err))
-    if hasattr(sub, "last_plan"):
-        sub.last_plan = plan
-    return plan
+async def make_plan(sub: Service) -> Plan:
+    """A reconciler's plan (observe + plan), or what a service says it would do; never raises."""
+    if isinstance(sub, Reconciler):
+        return await _reconciler_plan(sub)
+    if isinstance(sub, Describes):
+        return await sub.describe()
+    return Plan(sub.name)
 
 
 async def plan(parts: Parts, *, as_json: bool, color: bool) -> int:
@@ -53,7 +51,7 @@ async def apply(parts: Parts) -> int:
             print(f"{sub.name}: cannot plan: {p.error}", file=sys.stderr)
             failed = True
             continue
-        if p.empty:
+        if p.empty or not isinstance(sub, Reconciler):
             print(f"{sub.name}: already in the desired state")
             continue
         try:
@@ -103,5 +101,5 @@ async def local_status(parts: Parts) -> dict[str, Any]:
         inventory=parts.inventory,
         statuses=statuses,
         plans=plans,
-        extra={"simulate": parts.ctx.simulate, "root": str(parts.ctx.root.path), "agent_running": False},
+        extra={"simulate": parts.simulated, "root": str(parts.ctx.root.path), "agent_running": False},
     )

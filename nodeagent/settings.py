@@ -119,6 +119,9 @@ class GpuSettings:
     call_timeout_s: float = opt(
         5.0, "Timeout of one NVML call; a call that hangs longer marks its GPU degraded.", check=at_least(0.01)
     )
+    inventory_refresh_s: float = opt(
+        30.0, "How often the GPU inventory is fetched again (it is also fetched after a MIG change).", check=at_least(1)
+    )
 
 
 @dataclass(frozen=True)
@@ -229,6 +232,10 @@ class Settings:
     runtime: RuntimeSettings = field(default_factory=RuntimeSettings)
     cdi: CdiSettings = field(default_factory=CdiSettings)
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
+
+    def with_sections(self, sections: dict[str, Any]) -> Settings:
+        """A copy with whole sections replaced (the reload rule keeps the agent's own sections)."""
+        return dataclasses.replace(self, **sections)
 
 
 SECTIONS: dict[str, type[Any]] = {
@@ -467,6 +474,11 @@ def _toml_value(value: Any) -> str:
     if isinstance(value, dict):
         return "{" + ", ".join(f"{k} = {_toml_value(v)}" for k, v in value.items()) + "}"
     return str(value)
+
+
+def changed_sections(old: Settings, new: Settings) -> list[str]:
+    """The names of the sections whose values differ, in the order the settings declare them."""
+    return [name for name in SECTIONS if getattr(old, name) != getattr(new, name)]
 
 
 def replace(settings: Settings, section: str, **changes: Any) -> Settings:

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 
 import structlog
 
+from nodeagent.errors import NodeAgentError
 from nodeagent.plan import Plan
 
 if TYPE_CHECKING:
@@ -33,8 +34,11 @@ if TYPE_CHECKING:
 
     from nodeagent.backends.gpu.protocols import GpuBackend
     from nodeagent.backends.hostfs import BackupJournal, Root
+    from nodeagent.backends.kmod import ModuleLoader
+    from nodeagent.backends.runtimectl import RuntimeControl
     from nodeagent.events import EventBus
-    from nodeagent.model.gpu import Inventory
+    from nodeagent.gpustate import GpuState
+    from nodeagent.selfmetrics import SelfMetrics
     from nodeagent.settings import Settings
 
 
@@ -81,74 +85,108 @@ class ApplyResult:
 Handler = Callable[["web.Request"], Awaitable["web.StreamResponse"]]
 
 
+class DeviceNodeMaker(Protocol):
+    """Creates one character device node under a dev root (mknod on a node, a placeholder in simulation)."""
+
+    def __call__(self, root: Root, dev_root: str, path: str, *, major: int, minor: int, mode: int) -> None: ...
+
+
+@dataclass(frozen=True)
+class Backends:
+    """The host-facing parts a subsystem may use, real or simulated; ``nodeagent.compose`` picks them."""
+
+    gpus: GpuBackend
+    runtime_control: RuntimeControl
+    module_loader: ModuleLoader
+    device_nodes: DeviceNodeMaker
+
+
+class StatusBoard:
+    """Where subsystems report their status and the agent (and /readyz, /metrics) reads it.
+
+    The agent may override a subsystem's own status (pending, failed with a restart delay, stopped);
+    an override lasts until the subsystem reports again. Watchers are woken on every change.
+    """
+
+    def __init__(self) -> None:
+        self._own: dict[str, Callable[[], Status]] = {}
+        self._overrides: dict[str, Status] = {}
+        self._changed = asyncio.Event()
+
+    def track(self, name: str, current: Callable[[], Status], *, initial: Status | None = None) -> None:
+        self._own[name] = current
+        if initial is not None:
+            self._overrides[name] = initial
+
+    def reported(self, name: str) -> None:
+        """A subsystem changed its own status: drop any override and wake the watchers."""
+        self._overrides.pop(name, None)
+        self._notify()
+
+    def override(self, name: str, status: Status) -> None:
+        self._overrides[name] = status
+        self._notify()
+
+    def statuses(self) -> dict[str, Status]:
+        return {name: self._overrides.get(name) or own() for name, own in self._own.items()}
+
+    def tracks(self, name: str) -> bool:
+        return name in self._own
+
+    async def wait_ready(self, names: tuple[str, ...]) -> None:
+        """Return once every named (tracked) subsystem is ready."""
+        while True:
+            changed = self._changed
+            statuses = self.statuses()
+            if all(statuses[n].ready for n in names if n in statuses):
+                return
+            await changed.wait()
+
+    def _notify(self) -> None:
+        # A fresh Event per change: every waiter holding the old one wakes, none can miss a change.
+        changed, self._changed = self._changed, asyncio.Event()
+        changed.set()
+
+
 @dataclass
 class Context:
-    """Everything a subsystem is given; subsystems never reach for globals."""
+    """Everything a subsystem is given; subsystems never reach for globals. Built by ``nodeagent.compose``."""
 
     settings: Settings
     root: Root
-    gpus: GpuBackend
+    backends: Backends
+    gpu_state: GpuState
+    """The one owner of GPU inventory, sampling, XID and health events."""
     bus: EventBus
     journal: BackupJournal
     registry: CollectorRegistry
-    """Prometheus registry for the agent's own metrics (served on /metrics with the GPU series)."""
-    simulate: bool
+    """Prometheus registry for the agent's own metrics (always served on /metrics)."""
+    board: StatusBoard
     node_name: str
-    statuses: Callable[[], Mapping[str, Status]] = lambda: {}
-    """Current status of every subsystem (the metrics subsystem exports nodeagent_subsystem_up)."""
-    inventory: Callable[[], Inventory | None] = lambda: None
-    """Latest GPU inventory the agent holds."""
-    routes: list[tuple[str, str, Handler]] = field(default_factory=list)
-    """(method, path, handler) added by subsystems in __init__; the HTTP server mounts them."""
-    on_status: Callable[[str, Status], None] = lambda name, status: None
-    """Called by BaseSubsystem.set_status on every phase change (the agent wakes dependents with it)."""
+    self_metrics: SelfMetrics
+    """The agent's own series that exist whatever subsystems run (loop lag, subsystem up)."""
+    routes: dict[tuple[str, str], Handler] = field(default_factory=dict)
+    """(method, path) → handler, added by subsystems in __init__. The HTTP server looks the handler up at
+    every request, so a subsystem restarted by a settings reload serves its routes from the new instance."""
 
     def add_route(self, method: str, path: str, handler: Handler) -> None:
-        self.routes.append((method, path, handler))
+        self.routes[(method, path)] = handler
 
-    @classmethod
-    def create(
-        cls,
-        *,
-        settings: Settings,
-        root: Root,
-        gpus: GpuBackend,
-        simulate: bool,
-        node_name: str,
-        registry: CollectorRegistry | None = None,
-        **hooks: Any,
-    ) -> Context:
-        """A context with a fresh event bus, the backup journal under ``agent.state_dir`` and a registry."""
-        from prometheus_client import CollectorRegistry
-
-        from nodeagent.backends.hostfs import BackupJournal
-        from nodeagent.events import EventBus
-
-        return cls(
-            settings=settings,
-            root=root,
-            gpus=gpus,
-            bus=EventBus(),
-            journal=BackupJournal(root, settings.agent.state_dir),
-            registry=registry if registry is not None else CollectorRegistry(auto_describe=True),
-            simulate=simulate,
-            node_name=node_name,
-            **hooks,
-        )
+    @property
+    def gpus(self) -> GpuBackend:
+        return self.backends.gpus
 
 
 @runtime_checkable
-class Subsystem(Protocol):
+class Service(Protocol):
+    """A long-lived part of the daemon: started, run until stopped, stopped; it reports a status."""
+
     name: ClassVar[str]
     requires: ClassVar[tuple[str, ...]]
+    settings_sections: ClassVar[tuple[str, ...]]
+    """The settings sections it reads; a reload that changes one of them restarts it."""
 
     async def start(self) -> None: ...
-
-    async def observe(self) -> Any: ...
-
-    def plan(self, observed: Any) -> Plan: ...
-
-    async def apply(self, plan: Plan) -> ApplyResult: ...
 
     async def run(self, stop: asyncio.Event) -> None: ...
 
@@ -158,10 +196,47 @@ class Subsystem(Protocol):
 
 
 @runtime_checkable
+class Reconciler(Protocol):
+    """Something that changes the node: observe, a pure plan, apply (used by ``plan``/``apply`` and loops)."""
+
+    name: ClassVar[str]
+
+    async def observe(self) -> Any: ...
+
+    def plan(self, observed: Any) -> Plan: ...
+
+    async def apply(self, plan: Plan) -> ApplyResult: ...
+
+
+@runtime_checkable
+class Describes(Protocol):
+    """A service that changes nothing but can say, for ``nodeagent plan``, what it would do."""
+
+    name: ClassVar[str]
+
+    async def describe(self) -> Plan: ...
+
+
+Subsystem = Service
+"""Every subsystem is a service; reconcilers additionally implement ``Reconciler``."""
+
+
+@runtime_checkable
 class Revertible(Protocol):
     """A subsystem whose changes ``nodeagent revert`` can undo."""
 
     async def revert(self) -> ApplyResult: ...
+
+
+async def make_plan(sub: Reconciler) -> Plan:
+    """observe + plan, with a failure turned into a Plan carrying the error; the plan is kept for /status."""
+    try:
+        plan = sub.plan(await sub.observe())
+    except NodeAgentError as err:
+        plan = Plan(sub.name, error=str(err))
+    if isinstance(sub, BaseSubsystem):
+        sub.last_plan = plan
+    return plan
 
 
 class BaseSubsystem:
@@ -169,12 +244,14 @@ class BaseSubsystem:
 
     name: ClassVar[str] = ""
     requires: ClassVar[tuple[str, ...]] = ()
+    settings_sections: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
         self.log = structlog.get_logger(f"nodeagent.{self.name}").bind(subsystem=self.name)
         self._status = Status(Phase.PENDING)
         self.last_plan: Plan | None = None
+        """The latest plan made for this subsystem (by ``make_plan``), shown in /status."""
 
     def status(self) -> Status:
         return self._status
@@ -188,7 +265,7 @@ class BaseSubsystem:
                 self._status = Status(phase, reason, old.since, merged)
             return
         self._status = Status(phase, reason, time.time(), merged)
-        self.ctx.on_status(self.name, self._status)
+        self.ctx.board.reported(self.name)
         event = f"{self.name}_{phase}"
         if phase == Phase.FAILED:
             self.log.error(event, reason=reason)

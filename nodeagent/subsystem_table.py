@@ -1,4 +1,4 @@
-"""The explicit list of subsystems, in dependency order (driver → runtime/CDI → metrics).
+"""The explicit list of subsystems, in dependency order (driver → runtime/CDI → metrics; validation files).
 
 Each entry is imported lazily by dotted path, so a subsystem's dependencies are loaded only when it is
 enabled (design.md: keep imports lazy). The agent orders them by ``requires`` again at start, so this
@@ -23,6 +23,8 @@ class Entry:
     requires: tuple[str, ...]
     needs_gpu: bool = True
     """False for subsystems that work without a GPU backend (runtime config before a driver exists)."""
+    companion_of: tuple[str, ...] = ()
+    """Chosen with any of these by ``--only`` (the validation files follow the driver and the runtime)."""
 
     def load(self) -> type:
         module, _, attr = self.target.partition(":")
@@ -35,6 +37,13 @@ SUBSYSTEMS: tuple[Entry, ...] = (
     Entry("runtime", "nodeagent.runtime.subsystem:RuntimeSubsystem", ("driver",), needs_gpu=False),
     Entry("cdi", "nodeagent.cdi.subsystem:CdiSubsystem", ("driver",)),
     Entry("metrics", "nodeagent.metrics.subsystem:MetricsSubsystem", ("driver",)),
+    Entry(
+        "validation",
+        "nodeagent.validation.subsystem:ValidationSubsystem",
+        (),
+        needs_gpu=False,
+        companion_of=("driver", "runtime", "mig"),
+    ),
 )
 
 BY_NAME = {e.name: e for e in SUBSYSTEMS}
@@ -49,7 +58,8 @@ def enabled(settings: Settings, only: Iterable[str] = ()) -> list[Entry]:
     chosen = [
         e
         for e in SUBSYSTEMS
-        if getattr(getattr(settings, e.name, None), "enabled", True) and (not only or e.name in only)
+        if getattr(getattr(settings, e.name, None), "enabled", True)
+        and (not only or e.name in only or any(c in only for c in e.companion_of))
     ]
     return dependency_order(chosen)
 

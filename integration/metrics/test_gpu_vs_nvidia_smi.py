@@ -52,24 +52,18 @@ async def test_dcgm_series_match_nvidia_smi(tmp_path: Path) -> None:
         pytest.skip("no NVIDIA driver")
     from prometheus_client.parser import text_string_to_metric_families
 
+    from nodeagent import testing
     from nodeagent.backends.gpu.nvml.backend import NvmlBackend
     from nodeagent.backends.hostfs import Root
     from nodeagent.metrics.exposition import Format
     from nodeagent.metrics.subsystem import MetricsSubsystem
     from nodeagent.settings import load
-    from nodeagent.subsystem import Context
 
     gpus = NvmlBackend()
     await gpus.open()
     try:
         settings = load(env={"NODEAGENT_METRICS__POD_ATTRIBUTION": "0"})
-        ctx = Context.create(
-            settings=settings,
-            root=Root(tmp_path),
-            gpus=gpus,
-            simulate=False,
-            node_name="gpu-test",
-        )
+        ctx = testing.context(Root(tmp_path), settings, gpus=gpus, node_name="gpu-test")
         sub = MetricsSubsystem(ctx)
         await sub.start()
         smi = smi_readings()

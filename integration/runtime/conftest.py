@@ -29,10 +29,11 @@ from typing import Any
 
 import pytest
 
+from nodeagent import testing
 from nodeagent.backends.hostfs import Root
+from nodeagent.backends.runtimectl import HostRuntimeControl
 from nodeagent.runtime.subsystem import RuntimeSubsystem
 from nodeagent.settings import Settings, replace
-from nodeagent.subsystem import Context
 from tests.support import require, wait_until
 
 sys.path.insert(0, str(Path(__file__).parent / "cri"))
@@ -354,13 +355,7 @@ def agent(daemon: Daemon, **runtime: Any) -> RuntimeSubsystem:
     }
     settings = replace(Settings(), "runtime", **{**values, **runtime})
     root = daemon.root
-    ctx = Context.create(
-        settings=settings,
-        root=root,
-        gpus=None,  # type: ignore[arg-type]
-        simulate=False,
-        node_name="it-node",
-    )
+    ctx = testing.context(root, settings, runtime_control=HostRuntimeControl(root), node_name="it-node")
     return RuntimeSubsystem(ctx)
 
 

@@ -21,16 +21,16 @@ from nodeagent.subsystem import Context
 async def generate_command(ctx: Context, output: str | None) -> int:
     sub = CdiSubsystem(ctx)
     try:
-        plan = sub.plan(await sub.observe())
+        observed = await sub.observe()
     except NodeAgentError as err:
         print(f"nodeagent cdi generate: {err}", file=sys.stderr)
         return 1
-    if plan.error or sub.spec is None:
+    plan, spec = sub.plan(observed), sub.spec_for(observed)
+    if plan.error or spec is None:
         print(f"nodeagent cdi generate: {plan.error or 'nothing generated'}", file=sys.stderr)
         return 1
     for warning in plan.warnings:
         print(f"warning: {warning}", file=sys.stderr)
-    spec = sub.spec
     what = f"{len(spec['devices'])} devices, cdiVersion {spec['cdiVersion']}"
     if output == "-":
         sys.stdout.write(cdispec.render(spec, "yaml").decode())

@@ -18,7 +18,7 @@ from typing import Any
 import yaml
 
 from nodeagent.backends.chardevs import mig_cap_minor
-from nodeagent.driver.facts import DriverFacts
+from nodeagent.model.driver import DriverFacts
 from nodeagent.model.gpu import GpuInfo, Inventory, MigDevice
 
 CONTAINER_LIB_DIR = "/usr/lib/x86_64-linux-gnu"

@@ -1,8 +1,9 @@
 """The CDI subsystem: keep /var/run/cdi/nvidia.yaml in step with the driver and the GPU inventory.
 
-It waits for ``events.DRIVER_READY`` and regenerates on ``INVENTORY_CHANGED`` / ``MIG_CHANGED``; the
-spec is written atomically and only when its content changed. ``nodeagent revert`` restores what was
-there before the agent first wrote it.
+It waits for ``events.DRIVER_READY`` and regenerates on ``INVENTORY_CHANGED`` / ``MIG_CHANGED`` (the
+inventory comes from the GPU-state owner); the spec is written atomically and only when its content
+changed. ``nodeagent revert`` restores what was there before the agent first wrote it. In a one-shot
+command the driver facts come from the driver's public API (``nodeagent.driver.api``).
 """
 
 from __future__ import annotations
@@ -11,12 +12,15 @@ import asyncio
 from dataclasses import dataclass, field
 from typing import Any
 
-from nodeagent import events
+from nodeagent import aio, events
 from nodeagent.aio import run_blocking
 from nodeagent.backends.hostfs import Root
 from nodeagent.cdi import spec as cdispec
-from nodeagent.driver.facts import DriverFacts
+from nodeagent.driver import api as driver_api
 from nodeagent.errors import NodeAgentError
+from nodeagent.events import Event
+from nodeagent.loops import reconcile_loop
+from nodeagent.model.driver import DriverFacts
 from nodeagent.model.gpu import Inventory
 from nodeagent.plan import Plan, Step, file_diff
 from nodeagent.subsystem import ApplyResult, BaseSubsystem, Context, Phase
@@ -53,24 +57,23 @@ def _missing_nodes(root: Root, facts: DriverFacts, inventory: Inventory) -> tupl
 class CdiSubsystem(BaseSubsystem):
     name = "cdi"
     requires = ("driver",)
+    settings_sections = ("cdi", "driver")
 
     def __init__(self, ctx: Context) -> None:
         super().__init__(ctx)
         self._daemon = False
-        self._inventory: Inventory | None = None
         self.spec: dict[str, Any] | None = None
-        """The last generated spec (for ``cdi generate`` and tests)."""
+        """The spec last written or checked by ``refresh`` (for /status and tests)."""
 
     # ------------------------------------------------------------------------------ one-shot contract
 
     async def observe(self) -> CdiObservation:
         facts, problems = await self._driver_facts()
-        inventory = self._inventory or self.ctx.inventory()
-        if inventory is None:
-            try:
-                inventory = await self.ctx.gpus.inventory()
-            except NodeAgentError as err:
-                problems.append(f"no GPU inventory: {err}")
+        inventory: Inventory | None = None
+        try:
+            inventory = await self.ctx.gpu_state.current()
+        except NodeAgentError as err:
+            problems.append(f"no GPU inventory: {err}")
         obs = CdiObservation(facts, inventory, problems=problems)
         settings = self.ctx.settings.cdi
         obs.existing = await run_blocking(self._read_existing, settings.spec_path)
@@ -90,19 +93,8 @@ class CdiSubsystem(BaseSubsystem):
         facts: DriverFacts | None = self.ctx.bus.last(events.DRIVER_READY)
         if facts is not None or (self._daemon and self._driver_subsystem_runs):
             return facts, ([] if facts is not None else ["the driver is not ready"])
-        # One-shot (plan, apply, cdi generate) or `--only cdi`: no driver subsystem publishes; look ourselves.
-        from nodeagent.driver import planner
-        from nodeagent.driver.observe import gather
-
-        ds = self.ctx.settings.driver
-        obs = await run_blocking(
-            gather, self.ctx.root, driver_root=ds.root, dev_root=ds.dev_root, validations_dir=ds.validations_dir
-        )
-        assessment = planner.assess(obs, self.ctx.settings)
-        if assessment.facts is None:
-            reasons = assessment.failures or ("the driver is not ready (modules not loaded)",)
-            return None, [f"driver not ready: {'; '.join(reasons)}"]
-        return assessment.facts, []
+        # One-shot (plan, apply, cdi generate) or `--only cdi`: no driver subsystem publishes; ask its API.
+        return await driver_api.current_facts(self.ctx.root, self.ctx.settings)
 
     def options(self, facts: DriverFacts) -> cdispec.CdiOptions:
         s = self.ctx.settings.cdi
@@ -112,15 +104,19 @@ class CdiSubsystem(BaseSubsystem):
             root_in_runtime=s.driver_root_in_runtime or facts.root_in_runtime,
         )
 
+    def spec_for(self, observed: CdiObservation) -> dict[str, Any] | None:
+        """The spec for what was observed (pure); None without driver facts or inventory."""
+        if observed.facts is None or observed.inventory is None:
+            return None
+        return cdispec.generate(observed.facts, observed.inventory, self.options(observed.facts), ipc=observed.ipc)
+
     def plan(self, observed: CdiObservation) -> Plan:
+        """Pure: the spec for the observation, and a write step when it differs from the file."""
         s = self.ctx.settings.cdi
         facts, inventory = observed.facts, observed.inventory
-        if facts is None or inventory is None:
-            plan = Plan(self.name, error="; ".join(observed.problems) or "no driver facts")
-            self.last_plan = plan
-            return plan
-        spec = cdispec.generate(facts, inventory, self.options(facts), ipc=observed.ipc)
-        self.spec = spec
+        spec = self.spec_for(observed)
+        if facts is None or inventory is None or spec is None:
+            return Plan(self.name, error="; ".join(observed.problems) or "no driver facts")
         data = cdispec.render(spec, cdispec.format_for(s.spec_path))
         common = spec["containerEdits"]
         n_gpu = len(inventory.gpus)
@@ -152,9 +148,7 @@ class CdiSubsystem(BaseSubsystem):
                     payload=data,
                 ),
             )
-        plan = Plan(self.name, steps=steps, evidence=evidence, warnings=tuple(warnings))
-        self.last_plan = plan
-        return plan
+        return Plan(self.name, steps=steps, evidence=evidence, warnings=tuple(warnings))
 
     async def apply(self, plan: Plan) -> ApplyResult:
         changed = []
@@ -180,7 +174,7 @@ class CdiSubsystem(BaseSubsystem):
 
     @property
     def _driver_subsystem_runs(self) -> bool:
-        return "driver" in self.ctx.statuses()
+        return self.ctx.board.tracks("driver")
 
     async def start(self) -> None:
         self._daemon = True
@@ -191,7 +185,10 @@ class CdiSubsystem(BaseSubsystem):
     async def refresh(self) -> None:
         """Generate and write when changed; the status says what happened."""
         try:
-            plan = self.plan(await self.observe())
+            observed = await self.observe()
+            plan = self.plan(observed)
+            self.last_plan = plan
+            self.spec = self.spec_for(observed)
             if plan.error:
                 self.set_status(Phase.FAILED, plan.error)
                 return
@@ -209,29 +206,15 @@ class CdiSubsystem(BaseSubsystem):
             self.set_status(Phase.RUNNING, "", **details)
 
     async def run(self, stop: asyncio.Event) -> None:
+        if self.status().phase not in (Phase.RUNNING, Phase.DEGRADED) and self._driver_subsystem_runs:
+            if await aio.until_stopped(stop, self.ctx.bus.wait_for(events.DRIVER_READY)) is None:
+                return
+            await self.refresh()
         topics = (events.DRIVER_READY, events.INVENTORY_CHANGED, events.MIG_CHANGED)
-        async with self.ctx.bus.subscribe(*topics) as sub:
-            if self.status().phase not in (Phase.RUNNING, Phase.DEGRADED) and self._driver_subsystem_runs:
-                waiter = asyncio.ensure_future(self.ctx.bus.wait_for(events.DRIVER_READY))
-                stopper = asyncio.ensure_future(stop.wait())
-                await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
-                waiter.cancel()
-                stopper.cancel()
-                if stop.is_set():
-                    return
-                await self.refresh()
-            while not stop.is_set():
-                getter = asyncio.ensure_future(sub.get())
-                stopper = asyncio.ensure_future(stop.wait())
-                await asyncio.wait({getter, stopper}, return_when=asyncio.FIRST_COMPLETED)
-                stopper.cancel()
-                if not getter.done():
-                    getter.cancel()
-                    return
-                event = getter.result()
-                if event.topic in (events.INVENTORY_CHANGED, events.MIG_CHANGED) and event.payload is not None:
-                    self._inventory = event.payload
-                if event.topic == events.DRIVER_READY and event.payload is None:
-                    self.set_status(Phase.DEGRADED, "the driver is not ready; the last CDI spec is kept")
-                    continue
-                await self.refresh()
+        await reconcile_loop(stop, self.ctx.bus, topics, self._on_event)
+
+    async def _on_event(self, event: Event | None) -> None:
+        if event is not None and event.topic == events.DRIVER_READY and event.payload is None:
+            self.set_status(Phase.DEGRADED, "the driver is not ready; the last CDI spec is kept")
+            return
+        await self.refresh()

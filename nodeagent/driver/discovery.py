@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from pathlib import PurePosixPath
 
 from nodeagent.backends.hostfs import Root
-from nodeagent.driver.facts import DriverFiles, DriverLibrary
 from nodeagent.errors import HostPathError
+from nodeagent.model.driver import DriverFiles, DriverLibrary
 
 CANDIDATE_ROOTS: tuple[str, ...] = ("/", "/run/nvidia/driver", "/home/kubernetes/bin/nvidia", "/usr/local/nvidia")
 

@@ -4,8 +4,8 @@ systems. Read from /proc/<pid>/comm under the root (blocking); statuses only, no
 from __future__ import annotations
 
 from nodeagent.backends.hostfs import Root
-from nodeagent.driver.facts import HelperStatus
 from nodeagent.errors import HostPathError
+from nodeagent.model.driver import HelperStatus
 
 NVSWITCH_DEVICES = "/proc/driver/nvidia-nvswitch/devices"
 _COMM_LEN = 15

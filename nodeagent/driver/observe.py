@@ -11,9 +11,9 @@ from dataclasses import dataclass, field
 from nodeagent.backends import chardevs as nodes_backend
 from nodeagent.backends.chardevs import NodeState
 from nodeagent.backends.hostfs import Root
-from nodeagent.driver import devnodes, discovery, helpers, modules, validations, versions
-from nodeagent.driver.facts import HelperStatus
+from nodeagent.driver import devnodes, discovery, helpers, modules, versions
 from nodeagent.errors import ConfigError, HostPathError
+from nodeagent.model.driver import HelperStatus
 
 InputError = (ConfigError, HostPathError)
 
@@ -34,8 +34,6 @@ class DriverObservation:
     existing_nodes: dict[str, NodeState | None] = field(default_factory=dict)
     helpers: tuple[HelperStatus, ...] = ()
     nvswitch: bool = False
-    driver_ready_file: bytes | None = None
-    toolkit_ready_file: bool = False
     problems: list[str] = field(default_factory=list)
     """Bad input that makes the driver unusable (garbage in a version file, unreadable /proc/modules)."""
     notes: list[str] = field(default_factory=list)
@@ -46,7 +44,7 @@ def _local(root: Root, host_path: str) -> str:
     return str(root.path / host_path.lstrip("/")) if host_path != "/" else str(root.path)
 
 
-def gather(root: Root, *, driver_root: str, dev_root: str, validations_dir: str) -> DriverObservation:
+def gather(root: Root, *, driver_root: str, dev_root: str) -> DriverObservation:
     obs = DriverObservation(discovery.select_root(root, driver_root), dev_root)
     if obs.selection.files is not None:
         obs.root_in_agent = _local(root, obs.selection.files.root)
@@ -58,16 +56,7 @@ def gather(root: Root, *, driver_root: str, dev_root: str, validations_dir: str)
     if obs.loaded is not None and obs.loaded.is_loaded("nvidia"):
         _read_kernel_side(root, obs)
     obs.helpers, obs.nvswitch = helpers.helper_statuses(root)
-    obs.driver_ready_file = _read_or_none(root, validations.path_of(validations_dir, validations.DRIVER_READY))
-    obs.toolkit_ready_file = root.exists(validations.path_of(validations_dir, validations.TOOLKIT_READY))
     return obs
-
-
-def _read_or_none(root: Root, path: str) -> bytes | None:
-    try:
-        return root.read_bytes(path)
-    except HostPathError:
-        return None
 
 
 def _read_kernel_side(root: Root, obs: DriverObservation) -> None:

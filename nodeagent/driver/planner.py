@@ -1,18 +1,19 @@
 """Judge an observation and plan the driver steps (pure: no I/O).
 
 Order of the steps: load the missing modules (nvidia, nvidia-uvm, nvidia-modeset, nvidia-peermem with
-RDMA), create the missing device nodes, then write or remove the validation files. When modules are to
-be loaded, device nodes and driver-ready depend on what the load brings; they are planned again after it.
+RDMA), then create the missing device nodes. When modules are to be loaded, the device nodes depend on what
+the load brings; they are planned again after it. The validation files are not the driver's: the
+``validation`` subsystem writes them from ``events.DRIVER_READY``.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from nodeagent.driver import devnodes, modules, validations, versions
-from nodeagent.driver.facts import DriverFacts
+from nodeagent.driver import devnodes, modules, versions
 from nodeagent.driver.observe import DriverObservation
-from nodeagent.plan import Plan, Step, file_diff
+from nodeagent.model.driver import DriverFacts
+from nodeagent.plan import Plan, Step
 from nodeagent.settings import Settings
 
 NAME = "driver"
@@ -129,8 +130,7 @@ def assess(obs: DriverObservation, settings: Settings) -> Assessment:
     )
 
 
-def build_plan(a: Assessment, obs: DriverObservation, settings: Settings, *, runtime_healthy: bool | None) -> Plan:
-    vdir = settings.driver.validations_dir
+def build_plan(a: Assessment, obs: DriverObservation) -> Plan:
     steps: list[Step] = []
     # With a failure nothing is loaded or created: only stale validation files are removed.
     for load in () if a.failures else a.loads:
@@ -141,29 +141,6 @@ def build_plan(a: Assessment, obs: DriverObservation, settings: Settings, *, run
         steps.append(
             Step("create-device-node", _under(obs.dev_root, node.path), f"{verb} {node.describe()}", payload=node)
         )
-    driver_ready = validations.path_of(vdir, validations.DRIVER_READY)
-    toolkit_ready = validations.path_of(vdir, validations.TOOLKIT_READY)
-    usable = a.facts is not None and not a.failures and not a.loads
-    if usable and a.facts is not None:
-        content = validations.driver_ready_content(a.facts)
-        if obs.driver_ready_file != content:
-            steps.append(
-                Step(
-                    "write-file",
-                    driver_ready,
-                    "GPU Operator-compatible driver validation file",
-                    diff=file_diff(driver_ready, obs.driver_ready_file, content),
-                    payload=content,
-                )
-            )
-    elif a.failures and obs.driver_ready_file is not None:
-        steps.append(
-            Step("remove-file", driver_ready, "the driver is not ready", diff=file_diff(driver_ready, b"", None))
-        )
-    if usable and runtime_healthy and not obs.toolkit_ready_file:
-        steps.append(Step("write-file", toolkit_ready, "runtime healthy: toolkit validation marker", payload=b""))
-    elif obs.toolkit_ready_file and (runtime_healthy is False or a.failures):
-        steps.append(Step("remove-file", toolkit_ready, "runtime or driver not healthy"))
     return Plan(
         NAME,
         steps=tuple(steps),

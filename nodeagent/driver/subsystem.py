@@ -1,7 +1,8 @@
 """The driver subsystem: find the driver, load its modules, check versions, make device nodes, tell others.
 
 Everything else waits for it through ``events.DRIVER_READY`` (payload: DriverFacts, or None when the
-driver stops being ready). The GPU Operator's validation files are kept in step for outside tools.
+driver stops being ready). It loads modules and makes device nodes through the backends the composition
+root chose (modprobe and mknod on a node, the sandbox's stand-ins in simulation).
 """
 
 from __future__ import annotations
@@ -14,15 +15,15 @@ from prometheus_client import CollectorRegistry, Gauge
 
 from nodeagent import events
 from nodeagent.aio import run_blocking
-from nodeagent.backends import chardevs as nodes_backend
-from nodeagent.backends.kmod import Modprobe, ModuleLoader
+from nodeagent.backends.kmod import ModuleLoader
 from nodeagent.driver import planner
 from nodeagent.driver.devnodes import DevNode
-from nodeagent.driver.facts import DriverFacts
 from nodeagent.driver.modules import ModuleLoad
 from nodeagent.driver.observe import DriverObservation, gather
 from nodeagent.errors import NodeAgentError, PermanentError
-from nodeagent.model.gpu import Inventory
+from nodeagent.events import Event
+from nodeagent.loops import reconcile_loop
+from nodeagent.model.driver import DriverFacts
 from nodeagent.plan import Plan
 from nodeagent.subsystem import ApplyResult, BaseSubsystem, Context, Phase
 
@@ -59,29 +60,24 @@ class DriverSubsystem(BaseSubsystem):
     name = "driver"
     requires = ()
 
+    settings_sections = ("driver",)
+
     def __init__(self, ctx: Context, *, loader: ModuleLoader | None = None) -> None:
         super().__init__(ctx)
-        self._loader = loader
+        self._loader = loader or ctx.backends.module_loader
         self._published: DriverFacts | None = _UNSET
         self._metrics = _metrics_for(ctx.registry)
         self.assessment: planner.Assessment | None = None
-        self._planned_health: bool | None = None
 
     # ------------------------------------------------------------------------------ one-shot contract
 
     async def observe(self) -> DriverObservation:
         ds = self.ctx.settings.driver
-        return await run_blocking(
-            gather, self.ctx.root, driver_root=ds.root, dev_root=ds.dev_root, validations_dir=ds.validations_dir
-        )
+        return await run_blocking(gather, self.ctx.root, driver_root=ds.root, dev_root=ds.dev_root)
 
     def plan(self, observed: DriverObservation) -> Plan:
-        self.assessment = planner.assess(observed, self.ctx.settings)
-        healthy = self.ctx.bus.last(events.RUNTIME_HEALTHY)
-        self._planned_health = healthy
-        plan = planner.build_plan(self.assessment, observed, self.ctx.settings, runtime_healthy=healthy)
-        self.last_plan = plan
-        return plan
+        """Pure: the same observation and settings give the same plan."""
+        return planner.build_plan(planner.assess(observed, self.ctx.settings), observed)
 
     async def apply(self, plan: Plan) -> ApplyResult:
         """Run the plan's steps in order; after loading modules, plan and run the follow-up once."""
@@ -100,7 +96,7 @@ class DriverSubsystem(BaseSubsystem):
             if step.action == "load-module" and not skip_loads:
                 load: ModuleLoad = step.payload
                 try:
-                    await (await self._module_loader()).load(load.module, load.params)
+                    await self._loader.load(load.module, load.params)
                 except NodeAgentError as err:
                     raise PermanentError(f"loading {load.module} failed: {err}") from err
                 self.log.info("driver_module_loaded", module=load.module, params=list(load.params))
@@ -108,14 +104,13 @@ class DriverSubsystem(BaseSubsystem):
             elif step.action == "create-device-node":
                 node: DevNode = step.payload
                 await run_blocking(
-                    nodes_backend.make_node,
+                    self.ctx.backends.device_nodes,
                     self.ctx.root,
                     self.ctx.settings.driver.dev_root,
                     node.path,
                     major=node.major,
                     minor=node.minor,
                     mode=node.mode,
-                    placeholder=self.ctx.simulate,
                 )
                 self.log.info("driver_device_node_created", path=step.target, major=node.major, minor=node.minor)
                 changed.append(step.target)
@@ -127,32 +122,6 @@ class DriverSubsystem(BaseSubsystem):
                 messages.append(f"removed {step.target}: {step.summary}")
         return changed, messages
 
-    async def _module_loader(self) -> ModuleLoader:
-        if self._loader is not None:
-            return self._loader
-        if self.ctx.simulate:
-            from nodeagent.backends.sim.modprobe import SimModprobe
-
-            inventory = await self._sim_inventory()
-            version = inventory.driver_version if inventory else self._library_version()
-            self._loader = SimModprobe(self.ctx.root, version=version, inventory=inventory)
-        else:
-            self._loader = Modprobe(self.ctx.root, timeout_s=self.ctx.settings.driver.modprobe_timeout_s)
-        return self._loader
-
-    async def _sim_inventory(self) -> Inventory | None:
-        inventory = self.ctx.inventory()
-        if inventory is None:
-            try:
-                inventory = await self.ctx.gpus.inventory()
-            except Exception:  # the simulated backend may not be open in a one-shot
-                return None
-        return inventory
-
-    def _library_version(self) -> str:
-        files = self.assessment.facts.files if self.assessment and self.assessment.facts else None
-        return files.library_version if files else "580.159.04"
-
     # ------------------------------------------------------------------------------------ daemon life
 
     async def start(self) -> None:
@@ -160,25 +129,17 @@ class DriverSubsystem(BaseSubsystem):
         await self.reconcile()
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Re-check on runtime health, inventory and MIG changes (new MIG caps), and every ``driver.recheck_s``."""
-        async with self.ctx.bus.subscribe(events.RUNTIME_HEALTHY, events.INVENTORY_CHANGED, events.MIG_CHANGED) as sub:
-            if self.ctx.bus.last(events.RUNTIME_HEALTHY) != self._planned_health:
-                await self.reconcile()  # changed between start() and this subscription
-            while not stop.is_set():
-                getter = asyncio.ensure_future(sub.get())
-                stopper = asyncio.ensure_future(stop.wait())
-                try:
-                    await asyncio.wait(
-                        {getter, stopper},
-                        timeout=self.ctx.settings.driver.recheck_s,
-                        return_when=asyncio.FIRST_COMPLETED,
-                    )
-                finally:
-                    for t in (getter, stopper):
-                        t.cancel()
-                if stop.is_set():
-                    return
-                await self.reconcile()
+        """Re-check on inventory and MIG changes (new MIG caps), and every ``driver.recheck_s``."""
+        await reconcile_loop(
+            stop,
+            self.ctx.bus,
+            (events.INVENTORY_CHANGED, events.MIG_CHANGED),
+            self._recheck,
+            interval_s=self.ctx.settings.driver.recheck_s,
+        )
+
+    async def _recheck(self, event: Event | None) -> None:
+        await self.reconcile()
 
     async def stop(self) -> None:
         self._publish(None, quiet=True)
@@ -187,7 +148,8 @@ class DriverSubsystem(BaseSubsystem):
     async def reconcile(self) -> planner.Assessment:
         """Observe, apply what is needed, observe again; then status, metrics and DRIVER_READY."""
         apply_error = ""
-        plan = self.plan(await self.observe())
+        observed = await self.observe()
+        plan = self.plan(observed)
         if plan.steps:
             try:
                 await self.apply(plan)
@@ -195,9 +157,10 @@ class DriverSubsystem(BaseSubsystem):
                 apply_error = str(err)
             except OSError as err:
                 apply_error = f"driver step failed: {err}"
-            self.plan(await self.observe())
-        assessment = self.assessment
-        assert assessment is not None
+            observed = await self.observe()
+            plan = self.plan(observed)
+        self.last_plan = plan
+        self.assessment = assessment = planner.assess(observed, self.ctx.settings)
         self._report(assessment, apply_error)
         return assessment
 

@@ -22,7 +22,6 @@ _EMPTY: Mapping[str, int] = MappingProxyType({})
 class AgentState:
     collection_duration_s: float = 0.0
     call_failures: Mapping[str, int] = field(default_factory=lambda: _EMPTY)
-    subsystem_up: Mapping[str, bool] = field(default_factory=dict)
     xids: Mapping[int, int] = field(default_factory=dict)
 
 
@@ -49,12 +48,6 @@ class AgentMetrics(Collector):
         for call, n in sorted(state.call_failures.items()):
             failures.add_metric([call], n)
         yield failures
-        up = GaugeMetricFamily(
-            "nodeagent_subsystem_up", "1 when the subsystem is ready (running or degraded).", labels=["subsystem"]
-        )
-        for name, ready in sorted(state.subsystem_up.items()):
-            up.add_metric([name], 1 if ready else 0)
-        yield up
         xids = CounterMetricFamily("nodeagent_xid_errors", "XID errors seen, by XID.", labels=["xid"])
         for xid, n in sorted(state.xids.items()):
             xids.add_metric([str(xid)], n)

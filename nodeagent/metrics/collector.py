@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
-from nodeagent.backends.gpu.protocols import GpuBackend
+from nodeagent.backends.gpu.protocols import Sampler
 from nodeagent.metrics.fields import Counter, Source
 from nodeagent.metrics.tiers import Tier
 from nodeagent.model.gpu import GpuHealthState, Inventory, MigKey, Reading, Sample, SampleRequest, XidEvent
@@ -68,7 +68,7 @@ class Collector:
 
     def __init__(
         self,
-        gpus: GpuBackend,
+        gpus: Sampler,
         counters: Sequence[Counter],
         *,
         slow_interval_s: float,

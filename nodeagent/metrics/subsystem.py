@@ -20,6 +20,8 @@ from aiohttp import web
 
 from nodeagent import aio, events
 from nodeagent.errors import BackendUnavailable, ConfigError, NodeAgentError, TemporaryError
+from nodeagent.events import Event
+from nodeagent.loops import reconcile_loop
 from nodeagent.metrics import attribution, exposition
 from nodeagent.metrics.agent_metrics import AgentMetrics, AgentState
 from nodeagent.metrics.collector import Collector, Snapshot
@@ -28,7 +30,7 @@ from nodeagent.metrics.fields import default_counters
 from nodeagent.metrics.series_labels import EntityKey, PodRef, entities
 from nodeagent.model.gpu import GpuHealthState, Inventory
 from nodeagent.plan import Plan
-from nodeagent.subsystem import ApplyResult, BaseSubsystem, Context, Phase
+from nodeagent.subsystem import BaseSubsystem, Context, Phase
 
 if TYPE_CHECKING:
     from nodeagent.backends.podresources import ContainerDevices, PodResourcesClient
@@ -57,8 +59,11 @@ async def load_counters(path: str) -> tuple[CounterSet, str]:
 
 
 class MetricsSubsystem(BaseSubsystem):
+    """A service: it changes nothing on the node, so it has no plan or apply, only ``describe``."""
+
     name = "metrics"
     requires = ("driver",)
+    settings_sections = ("metrics",)
 
     def __init__(self, ctx: Context) -> None:
         super().__init__(ctx)
@@ -80,24 +85,20 @@ class MetricsSubsystem(BaseSubsystem):
 
     # ----------------------------------------------------------------------------------- lifecycle
 
-    async def observe(self) -> Observed:
-        counters, source = await load_counters(self.ctx.settings.metrics.counters_csv)
-        inventory = self.ctx.inventory() or await self.ctx.gpus.inventory()
-        return Observed(counters, source, len(inventory.gpus))
-
-    def plan(self, observed: Any) -> Plan:
-        """Metrics change nothing on the node: the plan is empty, with what would be exported."""
-        assert isinstance(observed, Observed)
+    async def describe(self) -> Plan:
+        """For ``nodeagent plan``: what would be exported (an empty plan with its evidence)."""
+        try:
+            counters, source = await load_counters(self.ctx.settings.metrics.counters_csv)
+            inventory = await self.ctx.gpu_state.current()
+        except NodeAgentError as err:
+            return Plan(subsystem=self.name, error=str(err))
         evidence = [
-            f"counters: {len(observed.counters.counters)} fields from {observed.source}",
-            f"gpus: {observed.gpus}",
+            f"counters: {len(counters.counters)} fields from {source}",
+            f"gpus: {len(inventory.gpus)}",
             f"listen: {self.ctx.settings.agent.listen} /metrics",
         ]
-        warnings = [f"field not available without DCGM, left out: {s}" for s in observed.counters.skipped]
+        warnings = [f"field not available without DCGM, left out: {s}" for s in counters.skipped]
         return Plan(subsystem=self.name, evidence=tuple(evidence), warnings=tuple(warnings))
-
-    async def apply(self, plan: Plan) -> ApplyResult:
-        return ApplyResult()
 
     async def start(self) -> None:
         settings = self.ctx.settings.metrics
@@ -105,10 +106,12 @@ class MetricsSubsystem(BaseSubsystem):
         for skipped in self._counters.skipped:
             self.log.warning("metrics_field_unavailable", field=skipped)
         try:
-            self._inventory = self.ctx.inventory() or await self.ctx.gpus.inventory()
+            self._inventory = await self.ctx.gpu_state.current()
         except NodeAgentError as err:
             raise TemporaryError(f"no GPU inventory: {err}") from err
-        self._collector = Collector(self.ctx.gpus, self._counters.counters, slow_interval_s=settings.slow_interval_s)
+        self._collector = Collector(
+            self.ctx.gpu_state, self._counters.counters, slow_interval_s=settings.slow_interval_s
+        )
         if not self._registered:
             try:
                 self.ctx.registry.register(self.agent_metrics)
@@ -135,28 +138,15 @@ class MetricsSubsystem(BaseSubsystem):
 
     async def run(self, stop: asyncio.Event) -> None:
         settings = self.ctx.settings.metrics
-        tasks = [
-            aio.guarded_task(
-                aio.periodic(self._sweep, interval_s=settings.interval_s, stop=stop, run_first=False),
-                name="metrics:sweep",
-            ),
-            aio.guarded_task(self._watch_inventory(stop), name="metrics:inventory"),
-        ]
+        loops = {
+            "metrics:sweep": aio.periodic(self._sweep, interval_s=settings.interval_s, stop=stop, run_first=False),
+            "metrics:inventory": self._watch_inventory(stop),
+        }
         if self._pod_client is not None:
-            tasks.append(
-                aio.guarded_task(
-                    aio.periodic(self._refresh_pods, interval_s=settings.pod_refresh_s, stop=stop, run_first=False),
-                    name="metrics:pods",
-                )
+            loops["metrics:pods"] = aio.periodic(
+                self._refresh_pods, interval_s=settings.pod_refresh_s, stop=stop, run_first=False
             )
-        stopper = asyncio.ensure_future(stop.wait())
-        try:
-            done, _ = await asyncio.wait([*tasks, stopper], return_when=asyncio.FIRST_COMPLETED)
-            for task in done:
-                if task is not stopper and (exc := task.exception()) is not None:
-                    raise exc
-        finally:
-            await aio.cancel_and_wait([*tasks, stopper], timeout_s=2.0)
+        await aio.run_until_stopped(stop, loops)
 
     async def stop(self) -> None:
         if self._pod_client is not None:
@@ -181,15 +171,13 @@ class MetricsSubsystem(BaseSubsystem):
             # The backend sampled devices the inventory lacks (a MIG change not yet published): label
             # them from a fresh inventory at the next sweep. Once per distinct set, not every sweep.
             self._unknown_seen = unknown
-            self._inventory = await self.ctx.gpus.inventory()
-        for xid in snap.xids:
-            self.ctx.bus.publish(events.XID, xid)
+            self._inventory = await self.ctx.gpu_state.refresh() or self._inventory
+        for xid in snap.xids:  # the GPU-state owner has published them; say so once in the log
             self.log.warning("gpu_xid", gpu=xid.gpu_index, xid=xid.xid, gpu_instance=xid.gpu_instance_id)
         totals = self._collector.totals
         self.agent_metrics.state = AgentState(
             collection_duration_s=snap.duration_s,
             call_failures=MappingProxyType(dict(totals.call_failures)),
-            subsystem_up=MappingProxyType({n: s.ready for n, s in self.ctx.statuses().items()}),
             xids=MappingProxyType(dict(totals.xids)),
         )
         layout = self._current_layout(inventory)
@@ -223,12 +211,13 @@ class MetricsSubsystem(BaseSubsystem):
         return layout
 
     async def _watch_inventory(self, stop: asyncio.Event) -> None:
-        async with self.ctx.bus.subscribe(events.INVENTORY_CHANGED, events.MIG_CHANGED) as sub:
-            async for event in sub:
-                if isinstance(event.payload, Inventory) and event.payload != self._inventory:
-                    self._inventory = event.payload
-                    self._pods = self._attribute(self._pod_records)
-                    self.log.info("metrics_inventory_changed", gpus=len(event.payload.gpus))
+        await reconcile_loop(stop, self.ctx.bus, (events.INVENTORY_CHANGED, events.MIG_CHANGED), self._on_inventory)
+
+    async def _on_inventory(self, event: Event | None) -> None:
+        if event is not None and isinstance(event.payload, Inventory) and event.payload != self._inventory:
+            self._inventory = event.payload
+            self._pods = self._attribute(self._pod_records)
+            self.log.info("metrics_inventory_changed", gpus=len(event.payload.gpus))
 
     # ---------------------------------------------------------------------------------------- pods
 

@@ -205,6 +205,8 @@ class SampleRequest:
 
     readings: frozenset[Reading]
     include_mig: bool = True
+    skip_gpus: frozenset[int] = frozenset()
+    """GPUs not to touch in this sweep (sampling paused while MIG reconfigures them)."""
 
 
 MigKey = tuple[int, int]

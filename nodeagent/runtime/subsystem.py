@@ -22,10 +22,8 @@ from typing import Any
 from nodeagent import events
 from nodeagent.aio import run_blocking, wait_or_stop
 from nodeagent.backends.runtimectl import (
-    HostRuntimeControl,
     RestartHow,
     RuntimeControl,
-    SimRuntimeControl,
     Target,
     VersionInfo,
 )
@@ -94,16 +92,12 @@ def _imports_of(path: str, data: bytes, template: bool) -> list[str]:
 class RuntimeSubsystem(BaseSubsystem):
     name = "runtime"
     requires = ("driver",)
+    settings_sections = ("runtime",)
 
     def __init__(self, ctx: Context, control: RuntimeControl | None = None) -> None:
         super().__init__(ctx)
         self.settings = ctx.settings.runtime
-        if control is not None:
-            self.control: RuntimeControl = control
-        elif ctx.simulate:
-            self.control = SimRuntimeControl(version_text=self.settings.containerd_version or "1.6.20")
-        else:
-            self.control = HostRuntimeControl(ctx.root)
+        self.control: RuntimeControl = control if control is not None else ctx.backends.runtime_control
         self.spec = RuntimeSpec(
             name=self.settings.runtime_class,
             path=self.settings.runtime_path,

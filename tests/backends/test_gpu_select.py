@@ -9,8 +9,8 @@ import pytest
 from nodeagent import settings as settings_mod
 from nodeagent.backends.gpu.nvml.backend import NvmlBackend
 from nodeagent.backends.gpu.nvml.library import probe_driver
-from nodeagent.backends.gpu.select import backend_kind, open_gpu_backend
 from nodeagent.backends.gpu.sim.backend import SimGpuBackend
+from nodeagent.compose import backend_kind, open_gpu_backend
 from nodeagent.errors import BackendUnavailable, ConfigError
 
 
@@ -87,7 +87,7 @@ def test_probe_driver(tmp_path: Path) -> None:
 
 
 def test_nvml_backend_gets_the_timeout_and_driver_root() -> None:
-    from nodeagent.backends.gpu.select import make_gpu_backend
+    from nodeagent.compose import make_gpu_backend
 
     backend = make_gpu_backend(make(gpu={"backend": "nvml", "call_timeout_s": 0.5}), driver_root="/usr/local/nvidia")
     assert isinstance(backend, NvmlBackend)

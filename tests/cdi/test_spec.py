@@ -12,7 +12,7 @@ import jsonschema
 import pytest
 import yaml
 
-from nodeagent import events
+from nodeagent import testing
 from nodeagent.backends.hostfs import Root
 from nodeagent.backends.sim import sandbox
 from nodeagent.cdi import spec as cdispec
@@ -213,7 +213,9 @@ async def test_regenerated_when_the_mig_layout_changes(tmp_path: Path) -> None:
     task = asyncio.create_task(cdi.run(stop))
     try:
         await asyncio.sleep(0)
-        ctx.bus.publish(events.MIG_CHANGED, sandbox.sandbox_inventory(2, mig_on=(0,)))
+        assert isinstance(ctx.gpus, testing.FixedInventory)
+        ctx.gpus.serve(sandbox.sandbox_inventory(2, mig_on=(0,)))
+        await ctx.gpu_state.refresh()  # what the MIG subsystem asks of the GPU-state owner after a change
         async with asyncio.timeout(5):
             while "0:1" not in (ctx.root.read_text(SPEC) or ""):
                 await asyncio.sleep(0.01)
@@ -268,7 +270,7 @@ async def test_cdi_waits_for_the_driver(tmp_path: Path) -> None:
     inv = sandbox.sandbox_inventory(1)
     ctx = make_ctx(tmp_path, inv)
     sandbox.populate_sandbox(ctx.root, inv)
-    ctx.statuses = lambda: {"driver": Status(Phase.PENDING), "cdi": Status(Phase.STARTING)}
+    ctx.board.track("driver", lambda: Status(Phase.PENDING))
     cdi = CdiSubsystem(ctx)
     await cdi.start()
     assert cdi.status().phase == Phase.STARTING and not ctx.root.exists(SPEC)
@@ -277,9 +279,9 @@ async def test_cdi_waits_for_the_driver(tmp_path: Path) -> None:
     try:
         await DriverSubsystem(ctx).start()
         async with asyncio.timeout(5):
-            while not ctx.root.exists(SPEC):
+            while cdi.status().phase != Phase.RUNNING:
                 await asyncio.sleep(0.01)
-        assert cdi.status().phase == Phase.RUNNING
+        assert ctx.root.exists(SPEC)
     finally:
         stop.set()
         await task
@@ -290,7 +292,6 @@ async def test_cdi_alone_discovers_the_driver_itself(tmp_path: Path) -> None:
     inv = sandbox.sandbox_inventory(1)
     ctx = make_ctx(tmp_path, inv)
     sandbox.populate_sandbox(ctx.root, inv)
-    ctx.statuses = lambda: {"cdi": Status(Phase.STARTING)}
     cdi = CdiSubsystem(ctx)
     await cdi.start()
     assert cdi.status().phase == Phase.RUNNING and ctx.root.exists(SPEC)

@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 from typing import Any, ClassVar
 
-from nodeagent.app import Parts
+from nodeagent import testing
 from nodeagent.backends.hostfs import Root
+from nodeagent.compose import Parts
 from nodeagent.model.gpu import GpuInfo, Inventory, Sample, SampleRequest
 from nodeagent.plan import Plan, Step
 from nodeagent.settings import Settings
@@ -124,14 +125,8 @@ class Scripted(BaseSubsystem):
 
 
 def make_parts(tmp_root: Root, settings: Settings, subsystems: list[Any], ctx: Context | None = None) -> Parts:
-    return Parts(ctx=ctx or make_context(tmp_root, settings), subsystems=subsystems)
+    return testing.parts(ctx or make_context(tmp_root, settings), subsystems)
 
 
 def make_context(root: Root, settings: Settings) -> Context:
-    return Context.create(
-        settings=settings,
-        root=root,
-        gpus=FakeGpus(),
-        simulate=True,
-        node_name="test-node",
-    )
+    return testing.context(root, settings, gpus=testing.sim_gpus(2), node_name="test-node")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import signal
 import socket
@@ -18,7 +17,7 @@ from nodeagent.backends.hostfs import Root
 from nodeagent.backends.sdnotify import Notifier
 from nodeagent.errors import ConfigError
 from nodeagent.settings import Settings, load, replace
-from nodeagent.subsystem import Phase
+from nodeagent.subsystem import Phase, make_plan
 from tests.core.fakes import Scripted, make_context, make_parts
 from tests.support import free_port
 
@@ -145,7 +144,9 @@ async def test_readyz_and_status_when_everything_runs(tmp_path: Path) -> None:
         async with http.get(f"{url}/status") as resp:
             doc = await resp.json()
     assert doc["ready"] is True and doc["subsystems"]["driver"]["phase"] == "running"
-    assert [g["uuid"] for g in doc["inventory"]["gpus"]] == ["GPU-fake-0", "GPU-fake-1"]
+    served = await agent.ctx.gpus.inventory()
+    assert [g["uuid"] for g in doc["inventory"]["gpus"]] == [g.uuid for g in served.gpus]
+    assert len(served.gpus) == 2
     agent.request_stop()
     await asyncio.wait_for(task, 5)
 
@@ -225,11 +226,18 @@ def test_notifier_is_a_no_op_without_notify_socket_and_ignores_other_pids_watchd
     assert Notifier({"NOTIFY_SOCKET": "@abstract"}).address == "\0abstract"
 
 
-async def test_status_json_is_serialisable(tmp_path: Path) -> None:
+async def test_status_describes_the_agent_and_the_last_plans(tmp_path: Path) -> None:
+    """/status carries the agent's own description and each subsystem's latest plan, as JSON."""
     agent = make_agent(tmp_path, [lambda c: Scripted(c, name="driver")])
     task = asyncio.create_task(agent.run())
     await until(agent.ready)
+    sub = agent.subsystems["driver"]
+    assert isinstance(sub, Scripted)
+    await make_plan(sub)
     async with aiohttp.ClientSession() as http, http.get(f"http://{agent.ctx.settings.agent.listen}/status") as r:
-        json.dumps(await r.json())
+        assert r.content_type == "application/json"
+        doc = await r.json()
     agent.request_stop()
     await asyncio.wait_for(task, 5)
+    assert doc["root"] == str(tmp_path) and doc["node_name"] == "test-node" and doc["simulate"] is True
+    assert [s["target"] for s in doc["last_plans"]["driver"]["steps"]] == ["/nothing"]

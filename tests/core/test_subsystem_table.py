@@ -33,7 +33,10 @@ def test_cycle_is_a_clear_error() -> None:
 
 def test_only_restricts_and_unknown_names_are_rejected() -> None:
     s = load()
-    assert names(subsystem_table.enabled(s, ["runtime"])) == ["runtime"]
+    assert names(subsystem_table.enabled(s, ["cdi"])) == ["cdi"]
+    # the validation files follow the subsystems whose state they report
+    assert names(subsystem_table.enabled(s, ["runtime"])) == ["runtime", "validation"]
+    assert names(subsystem_table.enabled(s, ["metrics"])) == ["metrics"]
     with pytest.raises(ConfigError, match="unknown subsystem 'runtim'"):
         subsystem_table.enabled(s, ["runtim"])
 

@@ -6,32 +6,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from nodeagent import testing
 from nodeagent.backends.hostfs import Root
 from nodeagent.backends.sim import sandbox
-from nodeagent.model.gpu import Inventory, Sample, SampleRequest
+from nodeagent.model.gpu import Inventory
 from nodeagent.settings import Settings, replace
 from nodeagent.subsystem import Context
 
-
-class FixedGpus:
-    """A GPU backend that serves one inventory (what NVML would report)."""
-
-    kind = "fixed"
-
-    def __init__(self, inventory: Inventory) -> None:
-        self._inventory = inventory
-
-    async def open(self) -> None:
-        return None
-
-    async def close(self) -> None:
-        return None
-
-    async def inventory(self) -> Inventory:
-        return self._inventory
-
-    async def sample(self, request: SampleRequest) -> Sample:
-        return Sample(taken_at=0.0, gpus={})
+FixedGpus = testing.FixedInventory
 
 
 def make_settings(driver: dict[str, Any] | None = None, cdi: dict[str, Any] | None = None) -> Settings:
@@ -43,16 +25,8 @@ def make_settings(driver: dict[str, Any] | None = None, cdi: dict[str, Any] | No
     return settings
 
 
-def make_ctx(path: Path, inventory: Inventory, settings: Settings | None = None, *, simulate: bool = True) -> Context:
-    root = Root(path)
-    return Context.create(
-        settings=settings or make_settings(),
-        root=root,
-        gpus=FixedGpus(inventory),
-        simulate=simulate,
-        node_name="node-a",
-        inventory=lambda: inventory,
-    )
+def make_ctx(path: Path, inventory: Inventory, settings: Settings | None = None) -> Context:
+    return testing.context(Root(path), settings or make_settings(), inventory=inventory)
 
 
 def host_node(path: Path, inventory: Inventory, **kernel: Any) -> Root:

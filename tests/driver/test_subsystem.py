@@ -12,14 +12,23 @@ from nodeagent.backends.chardevs import inspect, placeholder_bytes
 from nodeagent.backends.hostfs import Root
 from nodeagent.backends.sim import sandbox
 from nodeagent.backends.sim.modprobe import SimModprobe
-from nodeagent.driver.facts import DriverFacts
 from nodeagent.driver.subsystem import DriverSubsystem
-from nodeagent.subsystem import Phase
+from nodeagent.model.driver import DriverFacts
+from nodeagent.subsystem import Context, Phase, Status
+from nodeagent.validation.subsystem import ValidationSubsystem
 from tests.driver.fakes import host_node, make_ctx, make_settings, prefixed_node, real_usr_local_nvidia
 
 VERSION = "580.159.04"
 READY = "/run/nvidia/validations/driver-ready"
 TOOLKIT = "/run/nvidia/validations/toolkit-ready"
+
+
+async def _validation_files(ctx: Context) -> ValidationSubsystem:
+    """The validation subsystem reacting once to what the driver published (it owns the files)."""
+    files = ValidationSubsystem(ctx)
+    ctx.board.track("driver", lambda: Status(Phase.RUNNING))
+    await files.reconcile(None)
+    return files
 
 
 def _tree(path: Path) -> dict[str, bytes]:
@@ -40,6 +49,7 @@ async def test_ready_host_driver_publishes_facts_and_writes_driver_ready(tmp_pat
     assert isinstance(facts, DriverFacts)
     assert facts.modules == ("nvidia", "nvidia_uvm", "nvidia_modeset")
     assert "/dev/nvidia-uvm-tools" in facts.device_nodes
+    await _validation_files(ctx)
     assert ctx.root.read_text(READY) == (
         f"IS_HOST_DRIVER=true\nNVIDIA_DRIVER_ROOT=/\nDRIVER_ROOT_CTR_PATH={tmp_path}\n"
         f"NVIDIA_DEV_ROOT=/\nDEV_ROOT_CTR_PATH={tmp_path}\n"
@@ -69,7 +79,7 @@ async def test_plan_shows_root_evidence_and_changes_nothing(tmp_path: Path) -> N
     # the MIG capabilities of GPU 0 have no /dev/nvidia-caps node yet
     targets = [s.target for s in plan.steps if s.action == "create-device-node"]
     assert targets == [f"/dev/nvidia-caps/nvidia-cap{m}" for m in (12, 13, 21, 22)]
-    assert any(s.action == "write-file" and s.target == READY for s in plan.steps)
+    assert not any(s.target == READY for s in plan.steps), "the validation files are not the driver's"
     assert _tree(tmp_path) == before
 
 
@@ -101,6 +111,7 @@ async def test_separate_dev_root(tmp_path: Path) -> None:
     assert drv.status().phase == Phase.DEGRADED  # no nvidia-persistenced in this tree
     assert inspect(root, "/run/nvidia/driver", "/dev/nvidia-uvm") is not None
     assert not (tmp_path / "dev/nvidia-uvm").exists()
+    await _validation_files(ctx)
     text = root.read_text(READY) or ""
     assert "IS_HOST_DRIVER=false\nNVIDIA_DRIVER_ROOT=/run/nvidia/driver\n" in text
     assert "NVIDIA_DEV_ROOT=/run/nvidia/driver\n" in text
@@ -139,6 +150,7 @@ async def test_missing_modules_are_loaded_in_order_with_the_fake_modprobe(tmp_pa
     assert loader.calls[0] == ("nvidia", ("a=1",))
     assert drv.status().phase == Phase.RUNNING, drv.status().reason
     assert root.exists("/dev/nvidia1") and root.exists("/dev/nvidia-uvm-tools")
+    await _validation_files(ctx)
     assert root.exists(READY)
     assert ctx.bus.last(events.DRIVER_READY).modules == (
         "nvidia",
@@ -159,6 +171,7 @@ async def test_modules_missing_without_load_modules_is_a_failure(tmp_path: Path)
     await drv.start()
     assert drv.status().phase == Phase.FAILED
     assert drv.status().reason == "kernel module nvidia is not loaded and driver.load_modules is false"
+    await _validation_files(ctx)
     assert not root.exists(READY)
     assert ctx.bus.last(events.DRIVER_READY) is None
 
@@ -283,11 +296,11 @@ async def test_toolkit_ready_follows_runtime_health(tmp_path: Path) -> None:
     inv = sandbox.sandbox_inventory(1)
     ctx = make_ctx(tmp_path, inv)
     sandbox.populate_sandbox(ctx.root, inv)
-    drv = DriverSubsystem(ctx)
-    await drv.start()
+    await DriverSubsystem(ctx).start()
+    files = await _validation_files(ctx)
     assert not ctx.root.exists(TOOLKIT)
     stop = asyncio.Event()
-    task = asyncio.create_task(drv.run(stop))
+    task = asyncio.create_task(files.run(stop))
     try:
         ctx.bus.publish(events.RUNTIME_HEALTHY, True)
         await _until(lambda: ctx.root.exists(TOOLKIT))
@@ -307,11 +320,13 @@ async def test_driver_lost_unpublishes_and_removes_files(tmp_path: Path) -> None
     ctx.bus.publish(events.RUNTIME_HEALTHY, True)
     drv = DriverSubsystem(ctx)
     await drv.start()
+    await _validation_files(ctx)
     assert ctx.root.exists(TOOLKIT) and ctx.root.exists(READY)
     sandbox.write_kernel_state(ctx.root, inv, modules=())  # the modules went away
     (tmp_path / "sys/module/nvidia/initstate").unlink()
     await drv.reconcile()
     assert ctx.bus.last(events.DRIVER_READY) is None
+    await _validation_files(ctx)
     assert not ctx.root.exists(READY) and not ctx.root.exists(TOOLKIT)
     assert ctx.registry.get_sample_value("nodeagent_driver_ready") == 0
 

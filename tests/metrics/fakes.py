@@ -11,6 +11,7 @@ import time
 from dataclasses import replace
 from typing import Any
 
+from nodeagent import testing
 from nodeagent.backends.hostfs import Root
 from nodeagent.model.gpu import (
     GpuHealthState,
@@ -170,13 +171,7 @@ def make_context(
     root = tmp_path / "root"
     root.mkdir(exist_ok=True)
     settings = load(env={"NODEAGENT_METRICS__KUBELET_SOCKET": "/run/k.sock", **(env or {})})
-    ctx = Context.create(
-        settings=settings,
-        root=Root(root),
-        gpus=gpus,
-        simulate=True,
-        node_name="node-a",
-    )
-    if statuses is not None:
-        ctx.statuses = lambda: statuses
+    ctx = testing.context(Root(root), settings, gpus=gpus, node_name="node-a")
+    for name, status in (statuses or {}).items():
+        ctx.board.track(name, lambda status=status: status)
     return ctx

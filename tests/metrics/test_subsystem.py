@@ -31,7 +31,7 @@ PROMETHEUS = {
 
 async def client_for(ctx: Context) -> TestClient:  # type: ignore[type-arg]
     app = web.Application()
-    for method, path, handler in ctx.routes:
+    for (method, path), handler in ctx.routes.items():
         app.router.add_route(method, path, handler)
     client: TestClient = TestClient(TestServer(app))  # type: ignore[type-arg]
     await client.start_server()
@@ -53,7 +53,7 @@ async def running(tmp_path: Path) -> AsyncIterator[tuple[MetricsSubsystem, FakeG
 async def test_route_is_registered_and_503_before_the_first_sweep(tmp_path: Path) -> None:
     ctx = make_context(tmp_path, FakeGpus(1))
     MetricsSubsystem(ctx)
-    assert [(m, p) for m, p, _ in ctx.routes] == [("GET", "/metrics")]
+    assert list(ctx.routes) == [("GET", "/metrics")]
     client = await client_for(ctx)
     try:
         resp = await client.get("/metrics")
@@ -167,12 +167,8 @@ async def test_bad_counters_csv_fails_start_naming_the_line(tmp_path: Path) -> N
     sub = MetricsSubsystem(ctx)
     with pytest.raises(ConfigError, match=r"c\.csv:2: unknown DCGM field DCGM_FI_DEV_BOGUS"):
         await sub.start()
-    plan_error = None
-    try:
-        await sub.observe()
-    except ConfigError as err:
-        plan_error = str(err)
-    assert plan_error is not None and ":2:" in plan_error
+    plan = await sub.describe()
+    assert ":2:" in plan.error and "DCGM_FI_DEV_BOGUS" in plan.error
 
 
 async def test_custom_csv_selects_the_series(tmp_path: Path) -> None:
@@ -186,8 +182,8 @@ async def test_custom_csv_selects_the_series(tmp_path: Path) -> None:
         text = await (await client.get("/metrics")).text()
         dcgm = {f.name for f in parse_text(text) if f.name.startswith("DCGM_")}
         assert dcgm == {"DCGM_FI_DEV_GPU_TEMP"}
-        plan = sub.plan(await sub.observe())
-        assert plan.empty
+        plan = await sub.describe()
+        assert plan.empty and not plan.error
         assert any("DCGM_FI_DEV_SLOWDOWN_TEMP (line 3)" in w for w in plan.warnings)
     finally:
         await sub.stop()
@@ -254,7 +250,7 @@ async def test_run_sweeps_on_its_interval_and_stops(tmp_path: Path) -> None:
     await asyncio.wait_for(task, 3)
     await sub.stop()
     assert sub.status().phase is Phase.STOPPED
-    assert "nodeagent_subsystem_up" not in {m.name for m in ctx.registry.collect()}, "unregistered on stop"
+    assert "nodeagent_collection_duration_seconds" not in {m.name for m in ctx.registry.collect()}, "unregistered"
 
 
 async def test_restart_registers_again(tmp_path: Path) -> None:
@@ -263,5 +259,5 @@ async def test_restart_registers_again(tmp_path: Path) -> None:
     await sub.start()
     await sub.stop()
     await sub.start()
-    assert "nodeagent_subsystem_up" in {m.name for m in ctx.registry.collect()}
+    assert "nodeagent_collection_duration_seconds" in {m.name for m in ctx.registry.collect()}
     await sub.stop()

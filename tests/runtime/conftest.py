@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from nodeagent import testing
 from nodeagent.backends.hostfs import Root
 from nodeagent.backends.runtimectl import SimRuntimeControl
 from nodeagent.runtime.subsystem import RuntimeSubsystem
@@ -55,14 +56,8 @@ def make_node(tmp_path: Path, files: dict[str, bytes] | None = None, **runtime: 
     root = Root(tmp_path / "root")
     root.path.mkdir(parents=True, exist_ok=True)
     settings = replace(Settings(), "runtime", **runtime) if runtime else Settings()
-    ctx = Context.create(
-        settings=settings,
-        root=root,
-        gpus=None,  # type: ignore[arg-type]
-        simulate=False,
-        node_name="test-node",
-    )
     control = SimRuntimeControl(version_text=runtime.get("containerd_version") or "1.6.20")
+    ctx = testing.context(root, settings, runtime_control=control, node_name="test-node")
     node = Node(root, ctx, control, RuntimeSubsystem(ctx, control=control))
     for path, data in (files or {}).items():
         node.write(path, data)

@@ -31,6 +31,12 @@ class GpuBackend(Protocol):
         """Read the requested values of every GPU (and MIG device) in one hop."""
 
 
+class Sampler(Protocol):
+    """Anything a metrics sweep can read from: a GPU backend, or the GPU-state owner in front of it."""
+
+    async def sample(self, request: SampleRequest) -> Sample: ...
+
+
 @runtime_checkable
 class MigControl(Protocol):
     """Changing a GPU's MIG layout. Every call runs on the backend's worker thread with a timeout and raises

@@ -26,11 +26,17 @@ import structlog
 from nodeagent.aio import Worker
 from nodeagent.backends.gpu.healthbook import HealthBook
 from nodeagent.errors import CallTimeout
+from nodeagent.model.gpu import SampleRequest
 
 T = TypeVar("T")
 R = TypeVar("R")
 
 log = structlog.get_logger(__name__)
+
+
+def wanted_gpus(count: int, request: SampleRequest) -> list[int]:
+    """The GPU indexes a sample sweep reads: all but those whose sampling is paused."""
+    return [i for i in range(count) if i not in request.skip_gpus]
 
 
 class GpuLost(Exception):

@@ -44,6 +44,7 @@ from nodeagent.backends.gpu.nvml.readers import (
     text,
 )
 from nodeagent.backends.gpu.sweep import GpuLost, GpuSweeper, GpuUnreadable, Hop
+from nodeagent.backends.gpu.sweep import wanted_gpus as _wanted
 from nodeagent.errors import BackendUnavailable, CallTimeout
 from nodeagent.model.catalog import known_mig_profiles
 from nodeagent.model.gpu import (
@@ -232,7 +233,9 @@ class NvmlBackend:
         def per_gpu(hop: Hop, index: int) -> tuple[dict[Reading, float], dict[MigKey, dict[Reading, float]]]:
             return self.read_gpu(hop, index, readings, include_mig)
 
-        result = await self._sweeper.sweep(range(len(self._gpus)), per_gpu, tail=self._poll_events, name="sample")
+        result = await self._sweeper.sweep(
+            _wanted(len(self._gpus), request), per_gpu, tail=self._poll_events, name="sample"
+        )
         gpus: dict[int, dict[Reading, float]] = {}
         mig: dict[MigKey, dict[Reading, float]] = {}
         for index, (values, mig_values) in result.results.items():
@@ -244,7 +247,9 @@ class NvmlBackend:
             mig=mig,
             xids=tuple(result.tail or ()),
             failures=result.failures,
-            health={g.index: self._sweeper.health.state(g.index) for g in self._gpus},
+            health={
+                g.index: self._sweeper.health.state(g.index) for g in self._gpus if g.index not in request.skip_gpus
+            },
             duration_s=result.duration_s,
             call_seconds=result.call_seconds,
         )

@@ -30,6 +30,7 @@ import structlog
 
 from nodeagent.backends.gpu.sim.profiles import DEFAULT_PROFILE, MAX_COUNT, GpuProfile, load_profile, parse_mig_layout
 from nodeagent.backends.gpu.sweep import GpuLost, GpuSweeper, Hop
+from nodeagent.backends.gpu.sweep import wanted_gpus as _wanted
 from nodeagent.errors import ConfigError, MigOperationError
 from nodeagent.model.gpu import (
     GPM_READINGS,
@@ -428,6 +429,10 @@ class SimGpuBackend:
         self._closed = False
         log.info("sim_gpus_opened", profile=self.profile.key, name=self.profile.name, count=self.count, seed=self.seed)
 
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
     async def close(self) -> None:
         if self._closed:
             return
@@ -462,7 +467,7 @@ class SimGpuBackend:
         def per_gpu(hop: Hop, index: int) -> tuple[dict[Reading, float], dict[MigKey, dict[Reading, float]]]:
             return hop.call("sim_read_gpu", self._read, hop, self._gpus[index], readings, include_mig, taken_at)
 
-        result = await self._sweeper.sweep(range(self.count), per_gpu, tail=self._drain_xids, name="sample")
+        result = await self._sweeper.sweep(_wanted(self.count, request), per_gpu, tail=self._drain_xids, name="sample")
         gpus: dict[int, dict[Reading, float]] = {}
         mig: dict[MigKey, dict[Reading, float]] = {}
         for index, (values, mig_values) in result.results.items():
@@ -474,7 +479,9 @@ class SimGpuBackend:
             mig=mig,
             xids=tuple(result.tail or ()),
             failures=result.failures,
-            health={g.index: self._sweeper.health.state(g.index) for g in self._gpus},
+            health={
+                g.index: self._sweeper.health.state(g.index) for g in self._gpus if g.index not in request.skip_gpus
+            },
             duration_s=result.duration_s,
             call_seconds=result.call_seconds,
         )

@@ -1,0 +1,48 @@
+"""The simulator's HTTP routes, mounted by the composition root only in simulation.
+
+``POST /debug/sim/{fault}`` injects a fault into a simulated GPU: ``xid`` (query ``gpu``, ``xid``), ``lose``
+(``gpu``) or ``hang`` (``gpu``, ``seconds``). A real node has no such routes at all.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+
+if TYPE_CHECKING:
+    from nodeagent.backends.gpu.sim.backend import SimGpuBackend
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def debug_routes(gpus: object) -> list[tuple[str, str, Handler]]:
+    """The routes for ``gpus`` when it is the simulator; none otherwise."""
+    from nodeagent.backends.gpu.sim.backend import SimGpuBackend
+
+    if not isinstance(gpus, SimGpuBackend):
+        return []
+    sim = gpus
+
+    async def inject(request: web.Request) -> web.Response:
+        return _inject(sim, request)
+
+    return [("POST", "/debug/sim/{fault}", inject)]
+
+
+def _inject(sim: SimGpuBackend, request: web.Request) -> web.Response:
+    fault = request.match_info["fault"]
+    try:
+        gpu = int(request.query.get("gpu", "0"))
+        if fault == "xid":
+            sim.inject_xid(gpu, int(request.query.get("xid", "79")))
+        elif fault == "lose":
+            sim.lose_gpu(gpu)
+        elif fault == "hang":
+            sim.hang_calls(gpu, float(request.query.get("seconds", "10")))
+        else:
+            return web.json_response({"error": f"unknown fault {fault!r}; use xid, lose or hang"}, status=404)
+    except (ValueError, KeyError, IndexError) as err:
+        return web.json_response({"error": str(err)}, status=400)
+    return web.json_response({"injected": fault, "gpu": gpu})

@@ -1,0 +1,209 @@
+"""The composition root: the one place that picks real or simulated parts and builds the agent's Context.
+
+Everything that differs between a node and the simulator is decided here and nowhere else:
+
+- the host root (the real one, or a sandbox directory laid out like a GPU node);
+- the GPU backend (NVML, the simulator, or none when no enabled subsystem needs a GPU);
+- runtime control (the real containerd/CRI-O/docker, or a recorder), the kernel-module loader (modprobe, or
+  the sandbox's /proc/modules) and how device nodes are made (mknod, or placeholder files);
+- the simulator's own HTTP routes (``/debug/sim/*``), which exist only in simulation.
+
+Subsystems receive the finished ``Context`` and never ask whether they are simulated. The Kubernetes
+API client and the kubelet's pod-resources client, when added, are chosen here too.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector
+
+from nodeagent import subsystem_table
+from nodeagent.backends import chardevs
+from nodeagent.backends.gpu.protocols import GpuBackend
+from nodeagent.backends.hostfs import BackupJournal, Root
+from nodeagent.backends.kmod import Modprobe, ModuleLoader
+from nodeagent.backends.runtimectl import HostRuntimeControl, RuntimeControl, SimRuntimeControl
+from nodeagent.events import EventBus
+from nodeagent.gpustate import GpuState
+from nodeagent.model.gpu import Inventory
+from nodeagent.selfmetrics import SelfMetrics
+from nodeagent.settings import Settings
+from nodeagent.subsystem import Backends, Context, DeviceNodeMaker, Service, StatusBoard
+
+SIM_DRIVER_VERSION = "580.159.04"
+SIM_RUNTIME_VERSION = "1.6.20"
+"""The containerd version the simulated runtime reports unless ``runtime.containerd_version`` says."""
+
+
+@dataclass
+class Parts:
+    """What every command needs: the context and the enabled subsystems, built but not started."""
+
+    ctx: Context
+    subsystems: list[Service]
+    simulated: bool = False
+
+    @property
+    def inventory(self) -> Inventory | None:
+        return self.ctx.gpu_state.inventory
+
+
+# ------------------------------------------------------------------------------------------- choices
+
+
+def backend_kind(settings: Settings) -> str:
+    """``sim`` or ``nvml``: ``gpu.backend = "auto"`` means the simulator when simulation is on."""
+    if settings.gpu.backend == "auto":
+        return "sim" if settings.simulation.enabled else "nvml"
+    return settings.gpu.backend
+
+
+def make_gpu_backend(settings: Settings, *, driver_root: str | None = None) -> GpuBackend:
+    """The backend the settings ask for, not yet opened. ConfigError for a bad simulation profile/layout."""
+    if backend_kind(settings) == "sim":
+        from nodeagent.backends.gpu.sim.backend import SimGpuBackend
+
+        sim = settings.simulation
+        return SimGpuBackend(
+            sim.profile, sim.count, sim.seed, mig_layout=sim.mig_layout, call_timeout_s=settings.gpu.call_timeout_s
+        )
+    from nodeagent.backends.gpu.nvml.backend import NvmlBackend
+
+    return NvmlBackend(call_timeout_s=settings.gpu.call_timeout_s, driver_root=driver_root)
+
+
+async def open_gpu_backend(settings: Settings, *, driver_root: str | None = None) -> GpuBackend:
+    """Make the backend and open it. Raises BackendUnavailable (with the reason) or ConfigError."""
+    backend = make_gpu_backend(settings, driver_root=driver_root)
+    try:
+        await backend.open()
+    except BaseException:
+        await backend.close()
+        raise
+    return backend
+
+
+def choose_root(settings: Settings) -> Root:
+    """The host root; in simulation a sandbox directory (``agent.root`` when set, else ``simulation.sandbox``)."""
+    if not settings.simulation.enabled:
+        return Root(settings.agent.root)
+    root_dir = settings.agent.root if settings.agent.root != "/" else settings.simulation.sandbox
+    root = Root(Path(root_dir).absolute())
+    root.path.mkdir(parents=True, exist_ok=True)
+    return root
+
+
+def driver_root_for_nvml(settings: Settings, root: Root) -> str | None:
+    """Where NVML is loaded from: the configured driver root, seen through the host root."""
+    if settings.simulation.enabled or not settings.driver.root:
+        return None
+    return str(root.resolve(settings.driver.root))
+
+
+def node_name(settings: Settings, env: Mapping[str, str]) -> str:
+    return settings.agent.node_name or env.get("NODE_NAME", "") or socket.gethostname()
+
+
+def make_registry() -> CollectorRegistry:
+    """The agent's own Prometheus registry, with process and platform metrics."""
+    reg = CollectorRegistry(auto_describe=True)
+    ProcessCollector(registry=reg)
+    PlatformCollector(registry=reg)
+    return reg
+
+
+def host_backends(settings: Settings, root: Root, gpus: GpuBackend) -> Backends:
+    """The real node's parts: containerd/CRI-O/docker, modprobe, mknod."""
+    device_nodes: DeviceNodeMaker = _device_node_maker(placeholder=False)
+    loader: ModuleLoader = Modprobe(root, timeout_s=settings.driver.modprobe_timeout_s)
+    return Backends(
+        gpus=gpus, runtime_control=HostRuntimeControl(root), module_loader=loader, device_nodes=device_nodes
+    )
+
+
+def simulated_backends(settings: Settings, root: Root, gpus: GpuBackend, inventory: Inventory | None) -> Backends:
+    """The simulator's parts: a recording runtime control, the sandbox's modprobe, placeholder device nodes."""
+    from nodeagent.backends.sim.modprobe import SimModprobe
+
+    version = inventory.driver_version if inventory is not None else SIM_DRIVER_VERSION
+    control: RuntimeControl = SimRuntimeControl(version_text=settings.runtime.containerd_version or SIM_RUNTIME_VERSION)
+    loader = SimModprobe(root, version=version, inventory=inventory)
+    return Backends(
+        gpus=gpus, runtime_control=control, module_loader=loader, device_nodes=_device_node_maker(placeholder=True)
+    )
+
+
+def _device_node_maker(*, placeholder: bool) -> DeviceNodeMaker:
+    def make(root: Root, dev_root: str, path: str, *, major: int, minor: int, mode: int) -> None:
+        chardevs.make_node(root, dev_root, path, major=major, minor=minor, mode=mode, placeholder=placeholder)
+
+    return make
+
+
+# ------------------------------------------------------------------------------------------ building
+
+
+def build_context(
+    settings: Settings,
+    *,
+    root: Root,
+    backends: Backends,
+    node_name: str,
+    registry: CollectorRegistry | None = None,
+    bus: EventBus | None = None,
+) -> Context:
+    """A complete context: event bus, GPU-state owner, backup journal under ``agent.state_dir``, the registry
+    with the agent's own series (process, loop lag, subsystem up) and the status board they read."""
+    bus = bus if bus is not None else EventBus()
+    registry = registry if registry is not None else make_registry()
+    board = StatusBoard()
+    return Context(
+        settings=settings,
+        root=root,
+        backends=backends,
+        gpu_state=GpuState(backends.gpus, bus, interval_s=settings.gpu.inventory_refresh_s),
+        bus=bus,
+        journal=BackupJournal(root, settings.agent.state_dir),
+        registry=registry,
+        board=board,
+        node_name=node_name,
+        self_metrics=SelfMetrics(registry, board.statuses),
+    )
+
+
+def build_subsystems(ctx: Context, only: list[str] | None = None) -> list[Service]:
+    """Construct the enabled subsystems (they register their HTTP routes here)."""
+    return [entry.load()(ctx) for entry in subsystem_table.enabled(ctx.settings, only or [])]
+
+
+async def compose(settings: Settings, env: Mapping[str, str], *, only: list[str] | None = None) -> Parts:
+    """Pick the root and every backend, lay out the sandbox in simulation, build the context and subsystems."""
+    from nodeagent.backends.gpu.nogpu import NoGpuBackend
+
+    simulate = settings.simulation.enabled
+    root = choose_root(settings)
+    gpus: GpuBackend
+    if simulate or any(e.needs_gpu for e in subsystem_table.enabled(settings, only or [])):
+        gpus = await open_gpu_backend(settings, driver_root=driver_root_for_nvml(settings, root))
+    else:
+        gpus = NoGpuBackend()
+    inventory = await gpus.inventory()
+    if simulate:
+        from nodeagent.backends.sim.sandbox import populate_sandbox
+
+        populate_sandbox(root, inventory)
+        backends = simulated_backends(settings, root, gpus, inventory)
+    else:
+        backends = host_backends(settings, root, gpus)
+    ctx = build_context(settings, root=root, backends=backends, node_name=node_name(settings, env))
+    ctx.gpu_state.seed(inventory)
+    if simulate:
+        from nodeagent.backends.gpu.sim.debug import debug_routes
+
+        for method, path, handler in debug_routes(gpus):
+            ctx.add_route(method, path, handler)
+    return Parts(ctx=ctx, subsystems=build_subsystems(ctx, only), simulated=simulate)

@@ -1,0 +1,1 @@
+"""The one owner of the GPU Operator's validation status files (driver-ready, toolkit-ready, mig-ready)."""
