@@ -15,7 +15,6 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 
-
 class Readiness(Protocol):
     @property
     def ready(self) -> bool: ...
