@@ -6,7 +6,7 @@ lexical order, relative paths against the importing file, as containerd loads th
 - in-place: no drop-in directory is imported; the main file is edited with tomlkit (style kept);
 - drop-in: the main file imports a directory glob (k0s: always ``/etc/k0s/containerd.d``); the agent owns
   ``99-nvidia.toml`` there. containerd < 2.0 replaces a whole plugin table from a later file
-  (shared/docs/facts.md), so there the drop-in carries a copy of the effective CRI table plus the runtime;
+  (containerd's CRI plugin docs), so there the drop-in carries a copy of the effective CRI table plus the runtime;
   from 2.0 plugin tables are deep-merged and the drop-in holds only what is added;
 - template: k3s/RKE2 regenerate config.toml from a Go template at every start, so the template carries
   the runtime (pure TOML, or ``{{ template "base" . }}`` followed by TOML); microk8s's

@@ -2,7 +2,7 @@
 
 Constants, ctypes structures and NVMLError come from the real pynvml module (they need no library); every
 ``nvml*`` function is ours and answers from FakeDevice objects built from the real H100 capture
-(shared/fixtures/gpus/h100-80gb-hbm3). A function we do not implement raises FunctionNotFound, as an old
+(tests/backends/data/h100-80gb-hbm3). A function we do not implement raises FunctionNotFound, as an old
 driver would. Devices can be made to hang (block until released), to be lost, or to fail one call.
 """
 

@@ -10,7 +10,6 @@ from pathlib import Path
 import pynvml
 import pytest
 
-from nodeagent.backends.gpu.nvml import backend as nvml_mod
 from nodeagent.backends.gpu.nvml.backend import NvmlBackend
 from nodeagent.backends.gpu.nvml.library import find_nvml_library
 from nodeagent.backends.gpu.nvml.readers import FB_READINGS
@@ -356,12 +355,9 @@ async def test_call_seconds_and_duration(node: tuple[NvmlBackend, FakeNvml]) -> 
         (pynvml.NVML_ERROR_NO_PERMISSION, ["no permission", "/dev/nvidiactl"]),
     ],
 )
-async def test_init_errors_become_clear_reasons(
-    code: int, words: list[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> None:
-    monkeypatch.setattr(nvml_mod, "WELL_KNOWN_DRIVER_ROOTS", (str(tmp_path / "none"),))
+async def test_init_errors_become_clear_reasons(code: int, words: list[str], tmp_path: Path) -> None:
     fake = FakeNvml(h100_node(1), init_errors=[code])
-    backend = NvmlBackend(nvml=fake)
+    backend = NvmlBackend(nvml=fake, fallback_roots=(str(tmp_path / "none"),))
     with pytest.raises(BackendUnavailable) as info:
         await backend.open()
     await backend.close()
@@ -442,16 +438,15 @@ async def test_library_that_fails_to_load(tmp_path: Path) -> None:
     await backend.close()
 
 
-async def test_well_known_driver_roots_are_tried_when_the_system_loader_fails(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def test_well_known_driver_roots_are_tried_when_the_system_loader_fails(tmp_path: Path) -> None:
     real = _driver_tree(tmp_path / "usr/local/nvidia", "lib64")
-    monkeypatch.setattr(
-        nvml_mod, "WELL_KNOWN_DRIVER_ROOTS", (str(tmp_path / "run"), str(tmp_path / "usr/local/nvidia"))
-    )
     loaded: list[str] = []
     fake = FakeNvml(h100_node(1), init_errors=[pynvml.NVML_ERROR_LIBRARY_NOT_FOUND])
-    backend = NvmlBackend(nvml=fake, load_library=lambda p: loaded.append(p) or object())
+    backend = NvmlBackend(
+        nvml=fake,
+        load_library=lambda p: loaded.append(p) or object(),
+        fallback_roots=(str(tmp_path / "run"), str(tmp_path / "usr/local/nvidia")),
+    )
     await backend.open()
     await backend.close()
     assert loaded == [str(real)] and fake.calls_for("nvmlInit") == 2

@@ -20,7 +20,8 @@ from nodeagent.errors import ConfigError
 from nodeagent.model.gpu import GPM_READINGS, Reading
 from nodeagent.model.mig import find_placement, gpu_instance_id, placement_problem
 
-CAPTURE = Path(__file__).parents[3] / "shared/fixtures/gpus/h100-80gb-hbm3"
+CAPTURE = Path(__file__).parent / "data/h100-80gb-hbm3"
+"""A capture of a real H100 80GB HBM3 (nvidia-smi -q, an NVML probe, the MIG profile list)."""
 
 
 def test_h100_values_are_the_capture() -> None:
@@ -43,7 +44,6 @@ def test_h100_values_are_the_capture() -> None:
     assert not p.not_supported & GPM_READINGS
 
 
-@pytest.mark.skipif(not CAPTURE.is_dir(), reason="shared fixtures not present")
 def test_h100_values_match_the_capture_files() -> None:
     p = load_profile("h100-80gb-hbm3")
     smi = (CAPTURE / "nvidia-smi-q.txt").read_text()

@@ -1,6 +1,6 @@
 """A sandbox host tree laid out like a real GPU node, for simulation and tests.
 
-The formats follow the real H100 capture (shared/fixtures/gpus/h100-80gb-hbm3/): /proc/modules with
+The formats follow a real H100 node's capture: /proc/modules with
 ``-`` refcounts (a kernel without module unloading), /proc/devices with the nvidia majors,
 /proc/driver/nvidia/{version,gpus,capabilities}, /sys/module/<name>/{version,initstate} and no
 ``refcnt``.
@@ -326,7 +326,7 @@ def write_helper_process(root: Root, pid: int, name: str) -> None:
 
 
 def containerd_default_config() -> bytes:
-    """containerd 1.6.20's real default config (packaged copy of shared/fixtures/containerd/)."""
+    """containerd 1.6.20's real default config (as the Debian package ships it)."""
     return resources.files("nodeagent.backends.sim").joinpath("data/containerd-1.6.20-default.toml").read_bytes()
 
 

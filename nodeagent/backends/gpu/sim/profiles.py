@@ -4,7 +4,7 @@
 A profile holds what does not change between GPUs of one model (name, PCI ids, memory, limits, clocks,
 the GPU-instance profiles and their placements, which readings NVML answers NotSupported) plus idle
 baselines the simulated readings start from. The h100-80gb-hbm3 profile is built from a real capture
-(shared/fixtures/gpus/h100-80gb-hbm3); the others from public specifications.
+(tests/backends/data/h100-80gb-hbm3); the others from public specifications.
 The MIG placement rules themselves live in ``nodeagent.model.mig`` (shared with the MIG planner).
 """
 

@@ -1,0 +1,70 @@
+"""The settings-reload rule: a changed section restarts exactly the subsystems that read it.
+
+The agent's own sections (``agent``, ``simulation``, ``gpu``) are read while composing the process; a
+change there is logged as needing a restart and the old values stay.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from nodeagent import testing
+from nodeagent.app import Agent
+from nodeagent.backends.hostfs import Root
+from nodeagent.backends.runtimectl import SimRuntimeControl
+from nodeagent.runtime.subsystem import RuntimeSubsystem
+from nodeagent.settings import changed_sections, replace
+from tests.core.test_agent import fast_settings
+from tests.runtime.conftest import fixture
+
+CONFIG = "/etc/containerd/config.toml"
+
+
+async def until(predicate: object, timeout_s: float = 10.0) -> None:
+    assert callable(predicate)
+    async with asyncio.timeout(timeout_s):
+        while not predicate():
+            await asyncio.sleep(0.01)
+
+
+def test_changed_sections_names_only_what_differs() -> None:
+    old = fast_settings()
+    new = replace(replace(old, "runtime", runtime_class="x"), "metrics", interval_s=3.0)
+    assert changed_sections(old, new) == ["runtime", "metrics"]
+    assert changed_sections(old, old) == []
+
+
+async def test_a_reload_reaches_the_runtime_subsystem(tmp_path: Path) -> None:
+    root = Root(tmp_path)
+    local = root.resolve(CONFIG)
+    local.parent.mkdir(parents=True)
+    local.write_bytes(fixture("containerd-1.6.20-default.toml"))
+    settings = fast_settings()
+    ctx = testing.context(root, settings, runtime_control=SimRuntimeControl(version_text="1.6.20"))
+    agent = Agent(testing.parts(ctx, [RuntimeSubsystem(ctx)]))
+    task = asyncio.create_task(agent.run())
+    try:
+        await until(agent.ready)
+        assert b"runtimes.nvidia]" in local.read_bytes()
+        first = agent.subsystems["runtime"]
+
+        # a section no running subsystem reads: nothing restarts, the new values are in the context
+        assert await agent.apply_settings(replace(settings, "metrics", interval_s=7.0)) == []
+        assert agent.subsystems["runtime"] is first and ctx.settings.metrics.interval_s == 7.0
+
+        # the agent's own section cannot change in a running process: kept, nothing restarts
+        moved = replace(ctx.settings, "agent", listen="127.0.0.1:1")
+        assert await agent.apply_settings(moved) == []
+        assert ctx.settings.agent.listen == settings.agent.listen
+
+        # the runtime's section: the runtime subsystem restarts with it and writes the new handler
+        renamed = replace(ctx.settings, "runtime", runtime_class="nvidia-reloaded")
+        assert await agent.apply_settings(renamed) == ["runtime"]
+        fresh = agent.subsystems["runtime"]
+        assert fresh is not first and isinstance(fresh, RuntimeSubsystem)
+        assert fresh.settings.runtime_class == "nvidia-reloaded"
+        await until(lambda: b"runtimes.nvidia-reloaded]" in local.read_bytes() and agent.ready())
+    finally:
+        agent.request_stop()
+        assert await asyncio.wait_for(task, 10) == 0
