@@ -53,6 +53,10 @@ class Subscription:
     async def get(self) -> Event:
         return await self._queue.get()
 
+    def pending(self) -> int:
+        """Events queued and not yet taken."""
+        return self._queue.qsize()
+
     def __aiter__(self) -> AsyncIterator[Event]:
         return self
 

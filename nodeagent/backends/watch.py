@@ -17,6 +17,8 @@ from typing import Any
 
 import structlog
 
+from nodeagent.aio import until_stopped, wait_or_stop
+
 log = structlog.get_logger(__name__)
 
 Signature = tuple[int, int, int, int] | None
@@ -75,14 +77,10 @@ class FileWatcher:
             if initial:
                 yield set()
             while not stop.is_set():
-                getter = asyncio.ensure_future(queue.get())
-                stopper = asyncio.ensure_future(stop.wait())
-                done, _ = await asyncio.wait({getter, stopper}, return_when=asyncio.FIRST_COMPLETED)
-                stopper.cancel()
-                if getter not in done:
-                    getter.cancel()
+                got = await until_stopped(stop, queue.get())
+                if got is None:
                     break
-                changed = getter.result()
+                changed = got
                 await asyncio.sleep(self.settle_s)  # let a write-then-rename burst finish
                 while not queue.empty():
                     changed |= queue.get_nowait()
@@ -135,11 +133,7 @@ class FileWatcher:
         self, stop: asyncio.Event, paths: frozenset[Path], seen: dict[Path, Signature]
     ) -> AsyncIterator[set[Path]]:
         while True:
-            try:
-                await asyncio.wait_for(stop.wait(), self.poll_s)
-            except TimeoutError:
-                pass
-            else:
+            if await wait_or_stop(stop, self.poll_s):
                 return
             now = {p: signature(p) for p in paths}
             changed = {p for p in paths if now[p] != seen[p]}

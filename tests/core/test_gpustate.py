@@ -1,0 +1,105 @@
+"""The GPU-state owner: one fetch of the inventory feeds every subscriber; sampling publishes what it learns."""
+
+from __future__ import annotations
+
+import asyncio
+
+from nodeagent import events, testing
+from nodeagent.backends.gpu.sim.backend import SimGpuBackend
+from nodeagent.backends.sim import sandbox
+from nodeagent.events import EventBus
+from nodeagent.gpustate import GpuState
+from nodeagent.model.gpu import GpuHealthState, Reading, SampleRequest
+
+REQUEST = SampleRequest(frozenset({Reading.GPU_TEMP_C}))
+
+
+async def test_refresh_publishes_only_when_the_inventory_changes() -> None:
+    backend = testing.FixedInventory(sandbox.sandbox_inventory(2))
+    bus = EventBus()
+    state = GpuState(backend, bus)
+    async with bus.subscribe(events.INVENTORY_CHANGED) as sub:
+        first = await state.refresh()
+        assert (await sub.get()).payload == first
+        await state.refresh()
+        assert sub.pending() == 0, "the same inventory again is not news"
+        backend.serve(sandbox.sandbox_inventory(2, mig_on=(1,)))
+        changed = await state.refresh()
+        assert changed is not None and changed.gpu(1).mig_enabled
+        assert (await sub.get()).payload == changed
+    assert state.inventory == changed
+
+
+async def test_current_fetches_once_and_then_serves_the_cache() -> None:
+    calls = 0
+    backend = testing.FixedInventory(sandbox.sandbox_inventory(1))
+    fetch = backend.inventory
+
+    async def counted() -> object:
+        nonlocal calls
+        calls += 1
+        return await fetch()
+
+    backend.inventory = counted  # type: ignore[method-assign]
+    state = GpuState(backend, EventBus())
+    assert (await state.current()) is (await state.current())
+    assert calls == 1
+
+
+async def test_a_request_wakes_the_refresh_loop_before_its_interval() -> None:
+    backend = testing.FixedInventory(sandbox.sandbox_inventory(1))
+    bus = EventBus()
+    state = GpuState(backend, bus, interval_s=3600)
+    state.seed(await backend.inventory())
+    stop = asyncio.Event()
+    async with bus.subscribe(events.INVENTORY_CHANGED) as sub:
+        task = asyncio.create_task(state.run(stop))
+        backend.serve(sandbox.sandbox_inventory(2))
+        state.request_refresh()
+        event = await asyncio.wait_for(sub.get(), 5)
+        assert len(event.payload.gpus) == 2
+        stop.set()
+        await asyncio.wait_for(task, 5)
+
+
+async def test_paused_gpus_are_left_out_of_sampling_until_resumed() -> None:
+    sim = SimGpuBackend("h100-80gb-hbm3", 3, 0)
+    await sim.open()
+    state = GpuState(sim, EventBus())
+    try:
+        state.pause([1])
+        state.pause([1])  # pauses nest: MIG and a second caller
+        assert set((await state.sample(REQUEST)).gpus) == {0, 2}
+        state.resume([1])
+        assert state.paused == frozenset({1})
+        state.resume([1])
+        assert set((await state.sample(REQUEST)).gpus) == {0, 1, 2}
+        async with state.paused_for([0, 2]):
+            assert set((await state.sample(REQUEST)).gpus) == {1}
+        assert state.paused == frozenset() and state.inventory is not None  # refreshed once afterwards
+    finally:
+        await sim.close()
+
+
+async def test_sampling_publishes_xids_and_health_changes_once() -> None:
+    sim = SimGpuBackend("h100-80gb-hbm3", 2, 0)
+    await sim.open()
+    bus = EventBus()
+    state = GpuState(sim, bus)
+    try:
+        async with bus.subscribe(events.XID, events.GPU_HEALTH) as sub:
+            await state.sample(REQUEST)
+            health = await sub.get()
+            assert health.topic == events.GPU_HEALTH and set(health.payload.values()) == {GpuHealthState.OK}
+            sim.inject_xid(1, 94)
+            await state.sample(REQUEST)
+            xid = await sub.get()
+            assert xid.topic == events.XID and (xid.payload.gpu_index, xid.payload.xid) == (1, 94)
+            assert sub.pending() == 0, "health did not change: no health event"
+            sim.lose_gpu(0)
+            await state.sample(REQUEST)
+            topics = [(await sub.get()) for _ in range(2)]
+            lost = next(e for e in topics if e.topic == events.GPU_HEALTH)
+            assert lost.payload[0] is GpuHealthState.LOST and lost.payload[1] is GpuHealthState.OK
+    finally:
+        await sim.close()
