@@ -1,4 +1,4 @@
-"""Hand-written fakes for the core tests: a tiny GPU backend and scriptable subsystems."""
+"""Scriptable subsystems for the core tests (GPUs and contexts come from ``nodeagent.testing``)."""
 
 from __future__ import annotations
 
@@ -8,51 +8,9 @@ from typing import Any, ClassVar
 from nodeagent import testing
 from nodeagent.backends.hostfs import Root
 from nodeagent.compose import Parts
-from nodeagent.model.gpu import GpuInfo, Inventory, Sample, SampleRequest
 from nodeagent.plan import Plan, Step
 from nodeagent.settings import Settings
 from nodeagent.subsystem import ApplyResult, BaseSubsystem, Context, Phase
-
-
-class FakeGpus:
-    kind = "fake"
-
-    def __init__(self, count: int = 2) -> None:
-        self.count = count
-        self.closed = False
-
-    async def open(self) -> None:
-        return None
-
-    async def close(self) -> None:
-        self.closed = True
-
-    async def inventory(self) -> Inventory:
-        gpus = tuple(
-            GpuInfo(
-                index=i,
-                uuid=f"GPU-fake-{i}",
-                name="Fake GPU",
-                pci_bus_id=f"00000000:{i + 1:02X}:00.0",
-                pci_device_id=0x2330,
-                pci_subsystem_id=0x16C110DE,
-                minor_number=i,
-                memory_total_mib=1024,
-                compute_capability=(9, 0),
-                architecture="hopper",
-                brand="nvidia",
-                serial=str(i),
-                vbios_version="1",
-                mig_capable=False,
-                mig_enabled=False,
-                mig_pending=False,
-            )
-            for i in range(self.count)
-        )
-        return Inventory("fake", "580.159.04", "13.580.159.04", 13000, gpus)
-
-    async def sample(self, request: SampleRequest) -> Sample:
-        return Sample(taken_at=0.0, gpus={})
 
 
 class Scripted(BaseSubsystem):

@@ -13,8 +13,6 @@ from nodeagent.model.gpu import Inventory
 from nodeagent.settings import Settings, replace
 from nodeagent.subsystem import Context
 
-FixedGpus = testing.FixedInventory
-
 
 def make_settings(driver: dict[str, Any] | None = None, cdi: dict[str, Any] | None = None) -> Settings:
     settings = Settings()
