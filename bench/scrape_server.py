@@ -128,7 +128,7 @@ async def main(args: argparse.Namespace) -> None:
 
     probe = LagProbe()
     app = web.Application()
-    for method, path, handler in ctx.routes:
+    for (method, path), handler in ctx.routes.items():
         app.router.add_route(method, path, handler)
     app.router.add_get("/baseline", baseline)
     app.router.add_get("/client_python", make_aiohttp_handler(client_registry))
