@@ -108,7 +108,13 @@ class MetricsSubsystem(BaseSubsystem):
             self._inventory = self.ctx.inventory() or await self.ctx.gpus.inventory()
         except NodeAgentError as err:
             raise TemporaryError(f"no GPU inventory: {err}") from err
-        self._collector = Collector(self.ctx.gpus, self._counters.counters, slow_interval_s=settings.slow_interval_s)
+        self._collector = Collector(
+            self.ctx.gpus,
+            self._counters.counters,
+            slow_interval_s=settings.slow_interval_s,
+            xid_window_ms=settings.xid_count_window_ms,
+            clock_events_window_ms=settings.clock_events_count_window_ms,
+        )
         if not self._registered:
             try:
                 self.ctx.registry.register(self.agent_metrics)
@@ -217,7 +223,15 @@ class MetricsSubsystem(BaseSubsystem):
         if self._layout and all(a is b for a, b in zip(self._layout[0], key, strict=True)):
             layout: exposition.Layout = self._layout[1]
             return layout
-        ents = entities(inventory, self._counters.counters, hostname=self.ctx.node_name, pods=self._pods)
+        settings = self.ctx.settings.metrics
+        ents = entities(
+            inventory,
+            self._counters.counters,
+            hostname=self.ctx.node_name,
+            pods=self._pods,
+            hostname_label=settings.hostname_label,
+            mig_whole_gpu=settings.mig_whole_gpu_fields,
+        )
         layout = exposition.build_layout(ents, self._counters.counters)
         self._layout = (key, layout)
         return layout
