@@ -312,8 +312,7 @@ class _SimGpu:
             # NVML clocks event bits: 0x1 GPU idle, 0x4 software power cap.
             Reading.CLOCK_EVENT_REASONS: 0.0 if busy else 1.0 + (4.0 if self.power >= p.power_limit_w else 0.0),
         }
-        if p.supports(Reading.NVLINK_BANDWIDTH_TOTAL):  # NVLink GPUs: error counters stay at 0
-            v.update(dict.fromkeys(NVLINK_ERROR_READINGS, 0.0))
+        v.update(dict.fromkeys(NVLINK_ERROR_READINGS, 0.0))  # healthy links; the profile says if it has any
         v.update(self.violation)
         return v
 
