@@ -8,12 +8,14 @@ there before the agent first wrote it.
 from __future__ import annotations
 
 import asyncio
+import platform
 from dataclasses import dataclass, field
 from typing import Any
 
 from nodeagent import events
 from nodeagent.aio import run_blocking
 from nodeagent.backends.hostfs import Root
+from nodeagent.cdi import graphics as cdigraphics
 from nodeagent.cdi import spec as cdispec
 from nodeagent.driver.facts import DriverFacts
 from nodeagent.errors import NodeAgentError
@@ -31,6 +33,7 @@ class CdiObservation:
     missing_nodes: tuple[str, ...] = ()
     hook_present: bool = True
     problems: list[str] = field(default_factory=list)
+    graphics: cdigraphics.GraphicsFiles = field(default_factory=cdigraphics.GraphicsFiles)
 
 
 def _existing_ipc(root: Root, facts: DriverFacts) -> tuple[str, ...]:
@@ -77,6 +80,8 @@ class CdiSubsystem(BaseSubsystem):
         if facts is not None and inventory is not None:
             obs.ipc = await run_blocking(_existing_ipc, self.ctx.root, facts)
             obs.missing_nodes = await run_blocking(_missing_nodes, self.ctx.root, facts, inventory)
+            arch = self.options(facts).arch
+            obs.graphics = await run_blocking(cdigraphics.discover, self.ctx.root, facts, inventory, arch=arch)
         obs.hook_present = await run_blocking(self.ctx.root.is_file, settings.hook_path)
         return obs
 
@@ -110,6 +115,7 @@ class CdiSubsystem(BaseSubsystem):
             kind=s.vendor_class,
             hook_path=s.hook_path,
             root_in_runtime=s.driver_root_in_runtime or facts.root_in_runtime,
+            arch=cdispec.arch_of(facts, platform.machine()),
         )
 
     def plan(self, observed: CdiObservation) -> Plan:
@@ -119,7 +125,7 @@ class CdiSubsystem(BaseSubsystem):
             plan = Plan(self.name, error="; ".join(observed.problems) or "no driver facts")
             self.last_plan = plan
             return plan
-        spec = cdispec.generate(facts, inventory, self.options(facts), ipc=observed.ipc)
+        spec = cdispec.generate(facts, inventory, self.options(facts), ipc=observed.ipc, graphics=observed.graphics)
         self.spec = spec
         data = cdispec.render(spec, cdispec.format_for(s.spec_path))
         common = spec["containerEdits"]
