@@ -202,6 +202,12 @@ class CdiSettings:
         "The driver root as the runtime sees it; empty: the driver root with the host root prefix removed.",
         check=_absolute,
     )
+    other_specs: str = opt(
+        "stay-out",
+        "Another generator's spec for the same kind (nvidia-cdi-refresh): stay-out writes none of ours and says "
+        "why; take-over removes it (backed up, restored by revert).",
+        check=lambda v: None if v in ("stay-out", "take-over") else "must be stay-out or take-over",
+    )
 
 
 @dataclass(frozen=True)
