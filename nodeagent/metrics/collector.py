@@ -9,6 +9,7 @@ handler can hold it without locks or copies.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections import Counter as Tally
 from collections import deque
@@ -20,7 +21,20 @@ from typing import Any
 from nodeagent.backends.gpu.protocols import GpuBackend
 from nodeagent.metrics.fields import CLOCK_EVENT_NAMES, Counter, Source
 from nodeagent.metrics.tiers import Tier
-from nodeagent.model.gpu import GpuHealthState, Inventory, MigKey, Reading, Sample, SampleRequest, XidEvent
+from nodeagent.model.gpu import (
+    GPM_READINGS,
+    GpuHealthState,
+    Inventory,
+    MigKey,
+    Reading,
+    Sample,
+    SampleRequest,
+    XidEvent,
+)
+
+GPM_PRIME_INTERVAL_S = 0.5
+"""GPM metrics are rates between two samples: the first sweep takes one sample this long before its
+own, so profiling fields are in the first snapshot rather than one slow interval later."""
 
 Values = Mapping[Reading, float]
 _EMPTY: Values = MappingProxyType({})
@@ -84,6 +98,7 @@ class Collector:
         clock: Callable[[], float] = time.monotonic,
         xid_window_ms: int = 300_000,
         clock_events_window_ms: int = 300_000,
+        gpm_prime_interval_s: float | None = None,
     ) -> None:
         self.gpus = gpus
         self.fast, self.slow = split_tiers(counters)
@@ -97,6 +112,9 @@ class Collector:
         # dcgm-exporter's windows (its --xid-count-window-size / --clock-events-count-window-size, 5 min).
         self.xid_window_ms = xid_window_ms
         self.clock_events_window_ms = clock_events_window_ms
+        # None: no priming (the first sweep has no GPM values); the metrics subsystem primes.
+        self._gpm_unprimed = gpm_prime_interval_s is not None and bool(self.slow & GPM_READINGS)
+        self.gpm_prime_interval_s = gpm_prime_interval_s or 0.0
         self._count_clock_events = any(c.spec.source is Source.CLOCK_EVENTS_COUNT for c in counters)
         self._xid_log: deque[tuple[float, int, int]] = deque()
         self._clock_log: deque[tuple[float, int, int]] = deque()
@@ -111,12 +129,20 @@ class Collector:
         # MIG-capable, not MIG-enabled: instances created behind our back must show up in the sample.
         include_mig = any(g.mig_capable for g in inventory.gpus)
         request, slow = self.request(include_mig=include_mig)
+        if slow and self._gpm_unprimed:
+            await self._prime_gpm(include_mig)
         started = time.perf_counter()
         sample = await self.gpus.sample(request)
         duration = time.perf_counter() - started
         if slow:
             self._slow_due = self.clock() + self.slow_interval_s
         return self.merge(inventory, sample, slow=slow, duration_s=duration)
+
+    async def _prime_gpm(self, include_mig: bool) -> None:
+        """Take the first GPM sample now, so the sweep that follows has a rate (its values are dropped)."""
+        self._gpm_unprimed = False
+        await self.gpus.sample(SampleRequest(readings=self.slow & GPM_READINGS, include_mig=include_mig))
+        await asyncio.sleep(self.gpm_prime_interval_s)
 
     def merge(self, inventory: Inventory, sample: Sample, *, slow: bool, duration_s: float) -> Snapshot:
         """Fold one sample into a new snapshot (pure apart from the carried state it updates)."""

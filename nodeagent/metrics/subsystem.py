@@ -22,7 +22,7 @@ from nodeagent import aio, events
 from nodeagent.errors import BackendUnavailable, ConfigError, NodeAgentError, TemporaryError
 from nodeagent.metrics import attribution, exposition
 from nodeagent.metrics.agent_metrics import AgentMetrics, AgentState
-from nodeagent.metrics.collector import Collector, Snapshot
+from nodeagent.metrics.collector import GPM_PRIME_INTERVAL_S, Collector, Snapshot
 from nodeagent.metrics.counters_csv import CounterSet, parse
 from nodeagent.metrics.fields import default_counters
 from nodeagent.metrics.series_labels import EntityKey, PodRef, entities
@@ -114,6 +114,7 @@ class MetricsSubsystem(BaseSubsystem):
             slow_interval_s=settings.slow_interval_s,
             xid_window_ms=settings.xid_count_window_ms,
             clock_events_window_ms=settings.clock_events_count_window_ms,
+            gpm_prime_interval_s=GPM_PRIME_INTERVAL_S,
         )
         if not self._registered:
             try:
