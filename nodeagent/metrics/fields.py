@@ -69,7 +69,8 @@ class FieldSpec:
     source: Source
     reading: Reading | None = None
     scale: float = 1.0
-    """Multiplier from the Reading's unit to dcgm-exporter's (e.g. ns → us is 1e-3)."""
+    """Multiplier from the Reading's unit to dcgm-exporter's (1.0 for every field today: the violation
+    counters are in ns in both NVML and DCGM 4.x)."""
     scope: Scope = Scope.DEVICE
     static: StaticValue | None = None
 
@@ -162,42 +163,36 @@ FIELDS: dict[str, FieldSpec] = {
             C,
             "Throttling duration due to power constraints (in ns).",
             Reading.POWER_VIOLATION_NS,
-            scale=1e-3,
         ),
         _r(
             "DCGM_FI_DEV_THERMAL_VIOLATION",
             C,
             "Throttling duration due to thermal constraints (in ns).",
             Reading.THERMAL_VIOLATION_NS,
-            scale=1e-3,
         ),
         _r(
             "DCGM_FI_DEV_SYNC_BOOST_VIOLATION",
             C,
             "Throttling duration due to sync-boost constraints (in ns).",
             Reading.SYNC_BOOST_VIOLATION_NS,
-            scale=1e-3,
         ),
         _r(
             "DCGM_FI_DEV_BOARD_LIMIT_VIOLATION",
             C,
             "Throttling duration due to board limit constraints (in ns).",
             Reading.BOARD_LIMIT_VIOLATION_NS,
-            scale=1e-3,
         ),
         _r(
             "DCGM_FI_DEV_LOW_UTIL_VIOLATION",
             C,
             "Throttling duration due to low utilization (in ns).",
             Reading.LOW_UTIL_VIOLATION_NS,
-            scale=1e-3,
         ),
         _r(
             "DCGM_FI_DEV_RELIABILITY_VIOLATION",
             C,
             "Throttling duration due to reliability constraints (in ns).",
             Reading.RELIABILITY_VIOLATION_NS,
-            scale=1e-3,
         ),
         _r("DCGM_FI_DEV_FB_FREE", G, "Framebuffer memory free (in MiB).", Reading.FB_FREE_MIB, scope=INST),
         _r("DCGM_FI_DEV_FB_USED", G, "Framebuffer memory used (in MiB).", Reading.FB_USED_MIB, scope=INST),

@@ -69,13 +69,14 @@ def test_gpm_fields_come_from_gpm_readings() -> None:
 
 
 def test_units_follow_dcgm() -> None:
-    # NVML reports violation time in ns; DCGM's *_VIOLATION fields are in us.
-    assert FIELDS["DCGM_FI_DEV_POWER_VIOLATION"].scale == 1e-3
+    # DCGM maps *_VIOLATION onto NVML's perf policy counters, in ns (dcgm_fields.h since DCGM 4.1 says so;
+    # dcgm-exporter's CSV: "Throttling duration due to power constraints (in ns)"): no conversion.
+    violations = [f for f in FIELDS.values() if f.name.endswith("_VIOLATION")]
+    assert len(violations) == 6 and all(f.reading is not None and f.reading.endswith("_ns") for f in violations)
     assert FIELDS["DCGM_FI_DEV_POWER_USAGE"].reading is Reading.POWER_W
     assert FIELDS["DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION"].reading is Reading.TOTAL_ENERGY_MJ
     assert FIELDS["DCGM_FI_DEV_FB_USED"].reading is Reading.FB_USED_MIB
-    others = [f for f in FIELDS.values() if not f.name.endswith("_VIOLATION")]
-    assert all(f.scale == 1.0 for f in others)
+    assert all(f.scale == 1.0 for f in FIELDS.values())
 
 
 def test_tiers_put_expensive_fields_on_the_slow_tier() -> None:
