@@ -205,6 +205,12 @@ class CdiSettings:
         "The driver root as the runtime sees it; empty: the driver root with the host root prefix removed.",
         check=_absolute,
     )
+    other_specs: str = opt(
+        "stay-out",
+        "Another generator's spec for the same kind (nvidia-cdi-refresh): stay-out writes none of ours and says "
+        "why; take-over removes it (backed up, restored by revert).",
+        check=lambda v: None if v in ("stay-out", "take-over") else "must be stay-out or take-over",
+    )
 
 
 @dataclass(frozen=True)
@@ -220,6 +226,21 @@ class MetricsSettings:
         "/var/lib/kubelet/pod-resources/kubelet.sock", "Kubelet PodResources socket.", check=_absolute
     )
     pod_refresh_s: float = opt(10.0, "How often pod attribution is refreshed.", check=at_least(1))
+    hostname_label: str = opt(
+        "Hostname",
+        "Name of the node-name label: Hostname (released dcgm-exporter 4.x) or hostname (its main branch).",
+        check=lambda v: None if v in ("Hostname", "hostname") else "must be Hostname or hostname",
+    )
+    mig_whole_gpu_fields: str = opt(
+        "every-instance",
+        "Whole-GPU fields (power, temperatures, clocks) on MIG GPUs: every-instance repeats the GPU's value on "
+        "each instance series as dcgm-exporter does; first-instance puts it on the first one only (sums right).",
+        check=lambda v: (
+            None if v in ("every-instance", "first-instance") else "must be every-instance or first-instance"
+        ),
+    )
+    xid_count_window_ms: int = opt(300_000, "Window of DCGM_EXP_XID_ERRORS_COUNT (ms).", check=at_least(1))
+    clock_events_count_window_ms: int = opt(300_000, "Window of DCGM_EXP_CLOCK_EVENTS_COUNT (ms).", check=at_least(1))
 
 
 @dataclass(frozen=True)

@@ -94,7 +94,7 @@ def test_prometheus_scrapes_every_gpu_with_dcgm_labels(prometheus: tuple[Agent, 
             labels, gpu = r["metric"], gpus[r["metric"]["gpu"]]
             assert labels["UUID"] == gpu["uuid"]
             assert labels["pci_bus_id"] == gpu["pci_bus_id"]
-            assert labels["device"] == f"nvidia{gpu['minor_number']}"
+            assert labels["device"] == f"nvidia{gpu['index']}"  # dcgm-exporter: the index, not the minor
             assert labels["modelName"] == gpu["name"] == "NVIDIA H100 80GB HBM3"
             assert labels["Hostname"] == NODE_NAME
             assert labels["DCGM_FI_DRIVER_VERSION"] == inventory["driver_version"]

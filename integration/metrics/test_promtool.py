@@ -35,6 +35,8 @@ def test_promtool_check_metrics(tmp_path: Path, mig_layout: str) -> None:
     assert not problems, problems
     text = body.decode()
     assert "process_resident_memory_bytes" in text and "nodeagent_subsystem_up" in text
+    # The first scrape after ready already has the profiling (GPM) fields: no wait for a second slow sweep.
+    assert text.count("DCGM_FI_PROF_GR_ENGINE_ACTIVE{") == (56 if mig_layout else 8)
     if mig_layout:
         assert text.count("DCGM_FI_DEV_FB_USED{") == 56
         assert 'GPU_I_PROFILE="1g.10gb"' in text

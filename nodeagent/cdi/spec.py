@@ -1,10 +1,15 @@
 """CDI spec generation (pure): driver facts + GPU inventory → a spec the runtime can load.
 
 Devices: every GPU by index and by UUID, every MIG device as ``<gpu>:<mig index>`` and by MIG UUID, and
-``all``. The shared ``containerEdits`` carry the control device nodes, the driver's libraries, binaries,
-GSP firmware and IPC sockets as read-only bind mounts, and two hooks (create-symlinks, update-ldcache)
-whose path is the configured hook binary only. Host paths are mapped from the driver root the agent
-reads to the driver root the runtime sees; ``cdiVersion`` is the lowest version the content needs.
+``all``. A GPU with DRM nodes also gets them (``/dev/dri/cardN``, ``renderDN``) and a create-symlinks hook
+for their ``/dev/dri/by-path`` links. The shared ``containerEdits`` carry the control device nodes, the
+driver's libraries, binaries, GSP firmware, IPC sockets and graphics files as read-only bind mounts, and
+the hooks nvidia-ctk's spec has, in its order: create-symlinks, enable-cuda-compat
+(``--host-driver-version``, for CUDA forward-compatibility images), update-ldcache and
+disable-device-node-modification; every hook's path is the configured hook binary only. Libraries go
+to the container's library directory for the node's architecture (``/usr/lib/aarch64-linux-gnu`` on
+Grace). Host paths are mapped from the driver root the agent reads to the driver root the runtime
+sees; ``cdiVersion`` is the lowest version the content needs.
 """
 
 from __future__ import annotations
@@ -18,10 +23,14 @@ from typing import Any
 import yaml
 
 from nodeagent.backends.chardevs import mig_cap_minor
+from nodeagent.cdi.graphics import GraphicsFiles
 from nodeagent.model.driver import DriverFacts
 from nodeagent.model.gpu import GpuInfo, Inventory, MigDevice
 
 CONTAINER_LIB_DIR = "/usr/lib/x86_64-linux-gnu"
+"""The x86_64 default; ``container_lib_dir(arch)`` for others."""
+ARCHES = {"x86_64": "x86_64", "amd64": "x86_64", "aarch64": "aarch64", "arm64": "aarch64", "ppc64le": "powerpc64le"}
+"""Machine names (uname -m, Go's GOARCH) → the Debian multiarch triplet's first part."""
 CONTAINER_BIN_DIR = "/usr/bin"
 MOUNT_OPTIONS = ("ro", "nosuid", "nodev", "rbind", "rprivate")
 CONTROL_NODES = ("/dev/nvidiactl", "/dev/nvidia-uvm", "/dev/nvidia-uvm-tools", "/dev/nvidia-modeset")
@@ -37,6 +46,22 @@ class CdiOptions:
     hook_path: str = "/usr/bin/nvidia-cdi-hook"
     root_in_runtime: str = ""
     """The driver root as the runtime sees it; empty: the driver root itself."""
+    arch: str = "x86_64"
+    """The node's architecture (``arch_of``): where libraries go in the container."""
+
+
+def container_lib_dir(arch: str) -> str:
+    return f"/usr/lib/{ARCHES.get(arch, arch)}-linux-gnu"
+
+
+def arch_of(facts: DriverFacts, machine: str) -> str:
+    """The architecture of the driver's libraries (their multiarch directory), else the machine's."""
+    for lib in facts.files.libraries:
+        for part in PurePosixPath(lib.directory).parts:
+            head, sep, _ = part.partition("-linux-gnu")
+            if sep and head in ARCHES:
+                return ARCHES[head]
+    return ARCHES.get(machine, machine)
 
 
 def map_path(path: str, agent_root: str, runtime_root: str) -> str:
@@ -101,13 +126,23 @@ def device_node_paths(inventory: Inventory) -> list[str]:
     return out
 
 
-def _devices(facts: DriverFacts, inventory: Inventory) -> list[dict[str, Any]]:
+def _devices(
+    facts: DriverFacts, inventory: Inventory, opts: CdiOptions, graphics: GraphicsFiles
+) -> list[dict[str, Any]]:
     devices: list[dict[str, Any]] = []
     all_nodes: list[dict[str, Any]] = []
+    all_links: list[str] = []
     for gpu in sorted(inventory.gpus, key=lambda g: g.index):
         nodes = _gpu_nodes(facts, gpu)
+        edits: dict[str, Any] = {"deviceNodes": nodes}
+        drm = graphics.drm.get(gpu.index)
+        if drm is not None:
+            nodes += [_dev(facts, n) for n in drm.nodes]
+            if drm.by_path:
+                edits["hooks"] = [_hook(opts, "create-symlinks", _link_args(drm.by_path))]
+                all_links.extend(drm.by_path)
         for name in (str(gpu.index), gpu.uuid):
-            devices.append({"name": name, "containerEdits": {"deviceNodes": nodes}})
+            devices.append({"name": name, "containerEdits": edits})
         all_nodes.extend(nodes)
     for gpu in sorted(inventory.gpus, key=lambda g: g.index):
         for mig in sorted(gpu.mig_devices, key=lambda m: m.mig_index):
@@ -115,13 +150,21 @@ def _devices(facts: DriverFacts, inventory: Inventory) -> list[dict[str, Any]]:
             for name in (f"{gpu.index}:{mig.mig_index}", mig.uuid):
                 devices.append({"name": name, "containerEdits": {"deviceNodes": nodes}})
             all_nodes.extend(n for n in nodes if n not in all_nodes)
-    devices.append({"name": "all", "containerEdits": {"deviceNodes": all_nodes}})
+    all_edits: dict[str, Any] = {"deviceNodes": all_nodes}
+    if all_links:
+        all_edits["hooks"] = [_hook(opts, "create-symlinks", _link_args(all_links))]
+    devices.append({"name": "all", "containerEdits": all_edits})
     return devices
 
 
-def _common(facts: DriverFacts, opts: CdiOptions, ipc: Sequence[str]) -> dict[str, Any]:
+def _link_args(links: Sequence[str]) -> list[str]:
+    return [a for link in links for a in ("--link", link)]
+
+
+def _common(facts: DriverFacts, opts: CdiOptions, ipc: Sequence[str], graphics: GraphicsFiles) -> dict[str, Any]:
     files = facts.files
     runtime_root = opts.root_in_runtime or facts.root_in_runtime or files.root
+    lib_dir = container_lib_dir(opts.arch)
 
     def host(path: str) -> str:
         return map_path(path, files.root, runtime_root)
@@ -131,7 +174,7 @@ def _common(facts: DriverFacts, opts: CdiOptions, ipc: Sequence[str]) -> dict[st
     lib_dirs: list[str] = []
     for lib in sorted(files.libraries, key=lambda x: x.path):
         sub = "/vdpau" if lib.directory.endswith("/vdpau") else ""
-        cdir = CONTAINER_LIB_DIR + sub
+        cdir = lib_dir + sub
         mounts.append(_mount(host(lib.path), f"{cdir}/{lib.name}"))
         links.extend(f"{lib.name}::{cdir}/{link}" for link in lib.links)
         if cdir not in lib_dirs:
@@ -143,17 +186,50 @@ def _common(facts: DriverFacts, opts: CdiOptions, ipc: Sequence[str]) -> dict[st
         mounts.append(_mount(host(fw), f"/lib/firmware/nvidia/{name.parent.name}/{name.name}"))
     for path in ipc:
         mounts.append(_mount(host(path), path))
+    mounts += _graphics_mounts(graphics, files.root, lib_dir, host)
+    links += _graphics_links(graphics, files.root, lib_dir, files.library_version)
     hooks = []
     if links:
-        hooks.append(_hook(opts, "create-symlinks", [a for link in links for a in ("--link", link)]))
-    hooks.append(_hook(opts, "update-ldcache", [a for d in lib_dirs or [CONTAINER_LIB_DIR] for a in ("--folder", d)]))
+        hooks.append(_hook(opts, "create-symlinks", _link_args(links)))
+    version = files.library_version
+    if version and "*" not in version:
+        hooks.append(_hook(opts, "enable-cuda-compat", [f"--host-driver-version={version}"]))
+    hooks.append(_hook(opts, "update-ldcache", [a for d in lib_dirs or [lib_dir] for a in ("--folder", d)]))
+    hooks.append(_hook(opts, "disable-device-node-modification", []))
     nodes = [_dev(facts, p) for p in CONTROL_NODES if p in facts.device_nodes]
     return {
-        "env": ["NVIDIA_VISIBLE_DEVICES=void", f"NVIDIA_CTK_LIBCUDA_DIR={CONTAINER_LIB_DIR}"],
+        "env": ["NVIDIA_VISIBLE_DEVICES=void", f"NVIDIA_CTK_LIBCUDA_DIR={lib_dir}"],
         "deviceNodes": nodes,
         "mounts": mounts,
         "hooks": hooks,
     }
+
+
+def _below_root(path: str, driver_root: str) -> str:
+    """``path`` as it is below the driver root: the container path of a file mounted where it lies."""
+    return "/" + str(PurePosixPath(path).relative_to(driver_root)) if driver_root != "/" else path
+
+
+def _graphics_mounts(graphics: GraphicsFiles, driver_root: str, lib_dir: str, host: Any) -> list[dict[str, Any]]:
+    mounts = [_mount(host(h), c) for h, c in graphics.configs]
+    mounts += [_mount(host(p), f"{lib_dir}/{PurePosixPath(p).name}") for p in graphics.libraries]
+    mounts += [_mount(host(p), _below_root(p, driver_root)) for p in graphics.xorg]
+    return mounts
+
+
+def _graphics_links(graphics: GraphicsFiles, driver_root: str, lib_dir: str, version: str) -> list[str]:
+    links = []
+    if graphics.allocator:  # GBM finds the NVIDIA backend through this link
+        links.append(f"../libnvidia-allocator.so.1::{lib_dir}/gbm/nvidia-drm_gbm.so")
+    for p in graphics.libraries:
+        name = PurePosixPath(p).name
+        if name == f"libnvidia-vulkan-producer.so.{version}":
+            links.append(f"{name}::{lib_dir}/libnvidia-vulkan-producer.so")
+    for p in graphics.xorg:
+        name = PurePosixPath(p).name
+        if name == f"libglxserver_nvidia.so.{version}":
+            links.append(f"{name}::{PurePosixPath(_below_root(p, driver_root)).parent}/libglxserver_nvidia.so")
+    return links
 
 
 def required_version(spec: Mapping[str, Any]) -> str:
@@ -181,12 +257,20 @@ def required_version(spec: Mapping[str, Any]) -> str:
     return need
 
 
-def generate(facts: DriverFacts, inventory: Inventory, opts: CdiOptions, *, ipc: Sequence[str] = ()) -> dict[str, Any]:
+def generate(
+    facts: DriverFacts,
+    inventory: Inventory,
+    opts: CdiOptions,
+    *,
+    ipc: Sequence[str] = (),
+    graphics: GraphicsFiles | None = None,
+) -> dict[str, Any]:
+    graphics = graphics or GraphicsFiles()
     spec: dict[str, Any] = {
         "cdiVersion": "",
         "kind": opts.kind,
-        "devices": _devices(facts, inventory),
-        "containerEdits": _common(facts, opts, ipc),
+        "devices": _devices(facts, inventory, opts, graphics),
+        "containerEdits": _common(facts, opts, ipc, graphics),
     }
     spec["cdiVersion"] = required_version(spec)
     return spec

@@ -9,12 +9,15 @@ command the driver facts come from the driver's public API (``nodeagent.driver.a
 from __future__ import annotations
 
 import asyncio
+import platform
 from dataclasses import dataclass, field
 from typing import Any
 
 from nodeagent import aio, events
 from nodeagent.aio import run_blocking
 from nodeagent.backends.hostfs import Root
+from nodeagent.cdi import coexist
+from nodeagent.cdi import graphics as cdigraphics
 from nodeagent.cdi import spec as cdispec
 from nodeagent.driver import api as driver_api
 from nodeagent.errors import NodeAgentError
@@ -35,6 +38,10 @@ class CdiObservation:
     missing_nodes: tuple[str, ...] = ()
     hook_present: bool = True
     problems: list[str] = field(default_factory=list)
+    graphics: cdigraphics.GraphicsFiles = field(default_factory=cdigraphics.GraphicsFiles)
+    others: list[coexist.OtherSpec] = field(default_factory=list)
+    """Other generators' specs for our kind (nvidia-cdi-refresh's, a manual nvidia-ctk one)."""
+    other_bytes: dict[str, bytes | None] = field(default_factory=dict)
 
 
 def _existing_ipc(root: Root, facts: DriverFacts) -> tuple[str, ...]:
@@ -80,7 +87,15 @@ class CdiSubsystem(BaseSubsystem):
         if facts is not None and inventory is not None:
             obs.ipc = await run_blocking(_existing_ipc, self.ctx.root, facts)
             obs.missing_nodes = await run_blocking(_missing_nodes, self.ctx.root, facts, inventory)
+            arch = self.options(facts).arch
+            obs.graphics = await run_blocking(cdigraphics.discover, self.ctx.root, facts, inventory, arch=arch)
         obs.hook_present = await run_blocking(self.ctx.root.is_file, settings.hook_path)
+        journaled = set(await run_blocking(self.ctx.journal.entries))
+        obs.others = await run_blocking(
+            coexist.find_others, self.ctx.root, settings.vendor_class, settings.spec_path, journaled
+        )
+        for other in obs.others:
+            obs.other_bytes[other.path] = await run_blocking(self._read_existing, other.path)
         return obs
 
     def _read_existing(self, path: str) -> bytes | None:
@@ -102,13 +117,20 @@ class CdiSubsystem(BaseSubsystem):
             kind=s.vendor_class,
             hook_path=s.hook_path,
             root_in_runtime=s.driver_root_in_runtime or facts.root_in_runtime,
+            arch=cdispec.arch_of(facts, platform.machine()),
         )
 
     def spec_for(self, observed: CdiObservation) -> dict[str, Any] | None:
         """The spec for what was observed (pure); None without driver facts or inventory."""
         if observed.facts is None or observed.inventory is None:
             return None
-        return cdispec.generate(observed.facts, observed.inventory, self.options(observed.facts), ipc=observed.ipc)
+        return cdispec.generate(
+            observed.facts,
+            observed.inventory,
+            self.options(observed.facts),
+            ipc=observed.ipc,
+            graphics=observed.graphics,
+        )
 
     def plan(self, observed: CdiObservation) -> Plan:
         """Pure: the spec for the observation, and a write step when it differs from the file."""
@@ -136,10 +158,16 @@ class CdiSubsystem(BaseSubsystem):
             warnings.append(
                 f"hook binary {s.hook_path} not found: install nvidia-container-toolkit or set cdi.hook_path"
             )
-        steps: tuple[Step, ...] = ()
-        if observed.existing != data:
+        ours_present = observed.existing is not None and not any(o.path == s.spec_path for o in observed.others)
+        decision = coexist.decide(observed.others, s.other_specs, s.spec_path, ours_present=ours_present)
+        warnings += [decision.blocked] if decision.blocked else []
+        warnings += list(decision.warnings)
+        steps: tuple[Step, ...] = coexist.removal_steps(
+            decision, {**observed.other_bytes, s.spec_path: observed.existing}
+        )
+        if decision.write_ours and observed.existing != data:
             summary = "write CDI spec" if observed.existing is None else "update CDI spec"
-            steps = (
+            steps += (
                 Step(
                     "write-file",
                     s.spec_path,
@@ -160,15 +188,23 @@ class CdiSubsystem(BaseSubsystem):
                 if wrote:
                     changed.append(step.target)
                     self.log.info("cdi_spec_written", path=step.target, bytes=len(step.payload))
+            elif step.action == "remove-file" and await run_blocking(
+                self.ctx.root.remove, step.target, journal=self.ctx.journal
+            ):
+                changed.append(step.target)
+                self.log.warning("cdi_spec_removed", path=step.target, reason=step.summary)
         return ApplyResult(changed=tuple(changed))
 
     async def revert(self) -> ApplyResult:
-        path = self.ctx.settings.cdi.spec_path
+        spec_path = self.ctx.settings.cdi.spec_path
         entries = await run_blocking(self.ctx.journal.entries)
-        if path not in entries:
-            return ApplyResult()
-        changed = await run_blocking(self.ctx.journal.restore, self.ctx.root, path)
-        return ApplyResult(changed=(path,) if changed else ())
+        # Our spec, and any other generator's spec we took over (kept in the journal).
+        paths = [p for p in entries if p == spec_path or p.startswith(tuple(d + "/" for d in coexist.SPEC_DIRS))]
+        changed = []
+        for path in paths:
+            if await run_blocking(self.ctx.journal.restore, self.ctx.root, path):
+                changed.append(path)
+        return ApplyResult(changed=tuple(changed))
 
     # ------------------------------------------------------------------------------------ daemon life
 

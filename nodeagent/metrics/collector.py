@@ -9,15 +9,32 @@ handler can hold it without locks or copies.
 
 from __future__ import annotations
 
+import asyncio
 import time
+from collections import Counter as Tally
+from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
+from typing import Any
 
 from nodeagent.backends.gpu.protocols import Sampler
-from nodeagent.metrics.fields import Counter, Source
+from nodeagent.metrics.fields import CLOCK_EVENT_NAMES, Counter, Source
 from nodeagent.metrics.tiers import Tier
-from nodeagent.model.gpu import GpuHealthState, Inventory, MigKey, Reading, Sample, SampleRequest, XidEvent
+from nodeagent.model.gpu import (
+    GPM_READINGS,
+    GpuHealthState,
+    Inventory,
+    MigKey,
+    Reading,
+    Sample,
+    SampleRequest,
+    XidEvent,
+)
+
+GPM_PRIME_INTERVAL_S = 0.5
+"""GPM metrics are rates between two samples: the first sweep takes one sample this long before its
+own, so profiling fields are in the first snapshot rather than one slow interval later."""
 
 Values = Mapping[Reading, float]
 _EMPTY: Values = MappingProxyType({})
@@ -41,6 +58,12 @@ class Snapshot:
     """Whether this sweep read the slow tier."""
     xids: tuple[XidEvent, ...] = ()
     """XIDs first seen in this sweep."""
+    xid_window: Mapping[int, Mapping[int, int]] = field(default_factory=dict)
+    """GPU index → XID → how many were seen in the last ``xid_window_ms`` (DCGM_EXP_XID_ERRORS_COUNT)."""
+    clock_event_window: Mapping[int, Mapping[str, int]] = field(default_factory=dict)
+    """GPU index → clock event name → sweeps in the last ``clock_events_window_ms`` that had it set."""
+    xid_window_ms: int = 300_000
+    clock_events_window_ms: int = 300_000
 
 
 @dataclass
@@ -73,6 +96,9 @@ class Collector:
         *,
         slow_interval_s: float,
         clock: Callable[[], float] = time.monotonic,
+        xid_window_ms: int = 300_000,
+        clock_events_window_ms: int = 300_000,
+        gpm_prime_interval_s: float | None = None,
     ) -> None:
         self.gpus = gpus
         self.fast, self.slow = split_tiers(counters)
@@ -83,6 +109,15 @@ class Collector:
         self._slow_gpu: dict[int, Values] = {}
         self._slow_mig: dict[MigKey, Values] = {}
         self._last_xid: dict[int, int] = {}
+        # dcgm-exporter's windows (its --xid-count-window-size / --clock-events-count-window-size, 5 min).
+        self.xid_window_ms = xid_window_ms
+        self.clock_events_window_ms = clock_events_window_ms
+        # None: no priming (the first sweep has no GPM values); the metrics subsystem primes.
+        self._gpm_unprimed = gpm_prime_interval_s is not None and bool(self.slow & GPM_READINGS)
+        self.gpm_prime_interval_s = gpm_prime_interval_s or 0.0
+        self._count_clock_events = any(c.spec.source is Source.CLOCK_EVENTS_COUNT for c in counters)
+        self._xid_log: deque[tuple[float, int, int]] = deque()
+        self._clock_log: deque[tuple[float, int, int]] = deque()
 
     def request(self, *, include_mig: bool) -> tuple[SampleRequest, bool]:
         """What the next sweep reads, and whether that includes the slow tier."""
@@ -94,12 +129,20 @@ class Collector:
         # MIG-capable, not MIG-enabled: instances created behind our back must show up in the sample.
         include_mig = any(g.mig_capable for g in inventory.gpus)
         request, slow = self.request(include_mig=include_mig)
+        if slow and self._gpm_unprimed:
+            await self._prime_gpm(include_mig)
         started = time.perf_counter()
         sample = await self.gpus.sample(request)
         duration = time.perf_counter() - started
         if slow:
             self._slow_due = self.clock() + self.slow_interval_s
         return self.merge(inventory, sample, slow=slow, duration_s=duration)
+
+    async def _prime_gpm(self, include_mig: bool) -> None:
+        """Take the first GPM sample now, so the sweep that follows has a rate (its values are dropped)."""
+        self._gpm_unprimed = False
+        await self.gpus.sample(SampleRequest(readings=self.slow & GPM_READINGS, include_mig=include_mig))
+        await asyncio.sleep(self.gpm_prime_interval_s)
 
     def merge(self, inventory: Inventory, sample: Sample, *, slow: bool, duration_s: float) -> Snapshot:
         """Fold one sample into a new snapshot (pure apart from the carried state it updates)."""
@@ -111,6 +154,12 @@ class Collector:
         for event in sample.xids:
             self._last_xid[event.gpu_index] = event.xid
             self.totals.xids[event.xid] = self.totals.xids.get(event.xid, 0) + 1
+            self._xid_log.append((sample.taken_at, event.gpu_index, event.xid))
+        if self._count_clock_events:
+            for index, values in gpus.items():
+                reasons = values.get(Reading.CLOCK_EVENT_REASONS)
+                if reasons is not None:
+                    self._clock_log.append((sample.taken_at, index, int(reasons)))
         for call, n in sample.failures.items():
             self.totals.call_failures[call] = self.totals.call_failures.get(call, 0) + n
         self.totals.sweeps += 1
@@ -124,6 +173,12 @@ class Collector:
             duration_s=duration_s,
             slow=slow,
             xids=tuple(sample.xids),
+            xid_window=_tally(self._xid_log, sample.taken_at - self.xid_window_ms / 1000, _one),
+            clock_event_window=_tally(
+                self._clock_log, sample.taken_at - self.clock_events_window_ms / 1000, _clock_event_names
+            ),
+            xid_window_ms=self.xid_window_ms,
+            clock_events_window_ms=self.clock_events_window_ms,
         )
 
 
@@ -135,3 +190,24 @@ def _frozen(fast: dict[Reading, float], slow: Values) -> Values:
     if slow:
         fast.update(slow)
     return MappingProxyType(fast)
+
+
+def _one(xid: int) -> tuple[int, ...]:
+    return (xid,)
+
+
+def _clock_event_names(mask: int) -> tuple[str, ...]:
+    return tuple(name for bit, name in CLOCK_EVENT_NAMES if mask & bit)
+
+
+def _tally(
+    log: deque[tuple[float, int, int]], since: float, keys: Callable[[int], tuple[Any, ...]]
+) -> Mapping[int, Mapping[Any, int]]:
+    """Drop entries older than ``since``, then count the rest per GPU by ``keys(value)`` (dcgm-exporter
+    counts the samples DCGM kept in its window, one per value and per set bit)."""
+    while log and log[0][0] < since:
+        log.popleft()
+    out: dict[int, Tally[Any]] = {}
+    for _t, index, value in log:
+        out.setdefault(index, Tally()).update(keys(value))
+    return MappingProxyType({i: MappingProxyType(dict(t)) for i, t in out.items()})

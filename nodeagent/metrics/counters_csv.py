@@ -1,9 +1,12 @@
 """Parser for dcgm-exporter's counters file: ``field, type, help`` per line, ``#`` comments.
 
-Users bring the CSV they already run dcgm-exporter with. Every problem is a ConfigError naming the file
-and line. A real DCGM field this agent does not produce is accepted with a warning (it is absent, as a
-field the GPU does not support would be); a name that is not a DCGM field at all is an error, with the
-closest valid name when there is one.
+Users bring the CSV they already run dcgm-exporter with; its own files (default-counters.csv,
+dcp-metrics-included.csv, 1.x-compatibility-metrics.csv) load unchanged. Every problem is a ConfigError
+naming the file and line. Any name DCGM resolves is accepted: a legacy alias (``dcgm_sm_clock``) serves
+the field with the same id under the CSV's name, as dcgm-exporter does; a real field this agent does not
+produce is a warning (it is absent, as a field the GPU does not support would be). A name listed twice
+is a warning too (dcgm-exporter's 1.x file lists one twice); the first line wins. A name that is not a
+DCGM field at all is an error, with the closest valid name when there is one.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from nodeagent.errors import ConfigError
-from nodeagent.metrics.fields import FIELDS, KNOWN_UNSUPPORTED, Counter, Kind
+from nodeagent.metrics.fields import Counter, Kind, known_names, resolve, unserved_reason
 
 _TYPES = {k.value: k for k in Kind}
 _REJECTED_TYPES = {"histogram", "summary"}
@@ -24,7 +27,8 @@ _REJECTED_TYPES = {"histogram", "summary"}
 class CounterSet:
     counters: tuple[Counter, ...]
     skipped: tuple[str, ...] = ()
-    """Known DCGM fields this agent cannot read (each with its line), for status details and logs."""
+    """Known DCGM fields this agent cannot read and repeated lines (each with its line and why), for
+    status details and logs."""
 
 
 def parse(text: str, *, source: str = "<counters>") -> CounterSet:
@@ -42,20 +46,23 @@ def parse(text: str, *, source: str = "<counters>") -> CounterSet:
         name, type_text, help_text = row
         if not name:
             raise ConfigError("empty field name", source=source, line=lineno)
-        if name in seen:
-            raise ConfigError(f"{name} is listed twice (first on line {seen[name]})", source=source, line=lineno)
-        seen[name] = lineno
         kind = _kind(type_text, name, source, lineno)
-        spec = FIELDS.get(name)
+        if name in seen:
+            skipped.append(f"{name} (line {lineno}): listed again, line {seen[name]} is used")
+            continue
+        seen[name] = lineno
+        spec = resolve(name)
         if spec is None:
-            if name in KNOWN_UNSUPPORTED:
-                skipped.append(f"{name} (line {lineno})")
+            reason = unserved_reason(name)
+            if reason is not None:
+                skipped.append(f"{name} (line {lineno}): {reason}")
                 continue
             raise ConfigError(_unknown(name), source=source, line=lineno)
         if (kind is Kind.LABEL) != (spec.kind is Kind.LABEL):
             expected = "label" if spec.kind is Kind.LABEL else "gauge or counter"
             raise ConfigError(f"{name} must have type {expected}, not {type_text}", source=source, line=lineno)
-        counters.append(Counter(spec, kind, help_text or spec.help))
+        alias = name if name != spec.name else ""
+        counters.append(Counter(spec, kind, help_text or spec.help, alias))
     return CounterSet(tuple(counters), tuple(skipped))
 
 
@@ -89,6 +96,6 @@ def _kind(text: str, name: str, source: str, lineno: int) -> Kind:
 
 
 def _unknown(name: str) -> str:
-    close = difflib.get_close_matches(name, [*FIELDS, *KNOWN_UNSUPPORTED], n=1, cutoff=0.8)
+    close = difflib.get_close_matches(name, known_names(), n=1, cutoff=0.8)
     hint = f"; did you mean {close[0]}?" if close else ""
     return f"unknown DCGM field {name}{hint}"

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import TYPE_CHECKING
 
+from nodeagent.metrics.exporter_series import LABELLED_SOURCES, labelled_values
 from nodeagent.metrics.fields import Counter, Kind, Scope, Source
 from nodeagent.metrics.series_labels import Entity
 
@@ -96,6 +97,8 @@ def value_of(counter: Counter, entity: Entity, snap: Snapshot) -> float | None:
     if spec.reading is None:
         return None
     if entity.mig is None or spec.scope is Scope.DEVICE:
+        if not entity.whole_gpu:
+            return None
         values = snap.gpus.get(index)
     elif spec.scope is Scope.INSTANCE:
         values = snap.mig.get((index, entity.mig.gpu_instance_id))
@@ -126,7 +129,14 @@ def series_chunks(snap: Snapshot, layout: Layout) -> list[tuple[Family, str]]:
     chunks = []
     for fam in layout.families:
         lines = []
+        labelled = fam.counter.spec.source in LABELLED_SOURCES
         for prefix, entity in zip(fam.prefixes, layout.entities, strict=True):
+            if labelled:  # series with labels of their own: NAME{entity labels,extra} value
+                head = prefix[:-2]
+                lines += [
+                    f"{head},{extra}}} {format_value(v)}\n" for extra, v in labelled_values(fam.counter, entity, snap)
+                ]
+                continue
             value = value_of(fam.counter, entity, snap)
             if value is not None:
                 lines.append(prefix + format_value(value) + "\n")

@@ -1,9 +1,11 @@
 """Series identity: which entities a snapshot has (GPUs, or MIG instances) and their label strings.
 
-dcgm-exporter's label layout, in its order: gpu, UUID, pci_bus_id, device, modelName, then
-GPU_I_PROFILE and GPU_I_ID for MIG instances, Hostname, the label-type fields (DCGM_FI_DRIVER_VERSION
-...), then pod, namespace, container when the entity is attributed to a pod. A MIG instance carries its
-parent's UUID, as in dcgm-exporter; GPU_I_ID tells the instances apart.
+dcgm-exporter's label layout, in its order: gpu, UUID, pci_bus_id, device (``nvidia<gpu index>``, as
+its collectors write it), modelName, then GPU_I_PROFILE and GPU_I_ID for MIG instances, Hostname, the
+label-type fields (DCGM_FI_DRIVER_VERSION ...), then pod, namespace, container when the entity is
+attributed to a pod. A MIG instance carries its parent's UUID, as in dcgm-exporter; GPU_I_ID tells the
+instances apart. Released dcgm-exporter (4.x) writes ``Hostname``; its main branch renamed it to
+``hostname``: the label name is a setting (``metrics.hostname_label``), the released one by default.
 
 Like dcgm-exporter's default ("flex") mode, a GPU with MIG enabled and instances present is exposed
 through its instances only; a GPU without instances is exposed as a whole.
@@ -16,6 +18,19 @@ from dataclasses import dataclass
 
 from nodeagent.metrics.fields import Counter, Kind
 from nodeagent.model.gpu import GpuInfo, Inventory, MigDevice, MigKey
+
+HOSTNAME_LABELS = ("Hostname", "hostname")
+
+
+class MigWholeGpu:
+    """Where whole-GPU fields (power, temperatures, clocks, energy) go on a GPU exposed through its instances."""
+
+    EVERY_INSTANCE = "every-instance"
+    """dcgm-exporter's behaviour: every instance series repeats its GPU's value (sum() counts it N times)."""
+    FIRST_INSTANCE = "first-instance"
+    """Only the GPU's first instance (lowest GPU_I_ID) carries them: sums over a node are right."""
+    CHOICES = (EVERY_INSTANCE, FIRST_INSTANCE)
+
 
 MAX_LABELS = 19
 """Fewer than 20 labels on any series."""
@@ -38,6 +53,8 @@ class Entity:
     pairs: tuple[tuple[str, str], ...]
     labels: str
     """``pairs`` rendered without braces, e.g. ``gpu="0",UUID="GPU-..."``."""
+    whole_gpu: bool = True
+    """Whether whole-GPU (device-scope) values are emitted on this entity's series."""
 
     @property
     def key(self) -> EntityKey:
@@ -57,13 +74,15 @@ def entities(
     *,
     hostname: str,
     pods: Mapping[EntityKey, PodRef],
+    hostname_label: str = HOSTNAME_LABELS[0],
+    mig_whole_gpu: str = MigWholeGpu.EVERY_INSTANCE,
 ) -> tuple[Entity, ...]:
     label_fields = [c for c in counters if c.kind is Kind.LABEL]
     out: list[Entity] = []
     for gpu in sorted(inventory.gpus, key=lambda g: g.index):
         migs = sorted(gpu.mig_devices, key=_gi_id) if gpu.mig_enabled else []
         instances: Sequence[MigDevice | None] = migs or [None]
-        for mig in instances:
+        for position, mig in enumerate(instances):
             pairs = [
                 ("gpu", str(gpu.index)),
                 ("UUID", gpu.uuid),
@@ -73,7 +92,7 @@ def entities(
             ]
             if mig is not None:
                 pairs += [("GPU_I_PROFILE", mig.profile), ("GPU_I_ID", str(mig.gpu_instance_id))]
-            pairs.append(("Hostname", hostname))
+            pairs.append((hostname_label, hostname))
             for c in label_fields:
                 assert c.spec.static is not None
                 pairs.append((c.name, c.spec.static(inventory, gpu)))
@@ -84,7 +103,9 @@ def entities(
                 pairs += [("pod", ref.pod), ("namespace", ref.namespace), ("container", ref.container)]
             if len(pairs) > MAX_LABELS:
                 raise ValueError(f"{len(pairs)} labels on a series; at most {MAX_LABELS} are allowed")
-            out.append(Entity(gpu, mig, tuple(pairs), ",".join(f'{k}="{escape(v)}"' for k, v in pairs)))
+            whole_gpu = mig is None or position == 0 or mig_whole_gpu == MigWholeGpu.EVERY_INSTANCE
+            labels = ",".join(f'{k}="{escape(v)}"' for k, v in pairs)
+            out.append(Entity(gpu, mig, tuple(pairs), labels, whole_gpu))
     return tuple(out)
 
 

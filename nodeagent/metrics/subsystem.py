@@ -24,7 +24,7 @@ from nodeagent.events import Event
 from nodeagent.loops import reconcile_loop
 from nodeagent.metrics import attribution, exposition
 from nodeagent.metrics.agent_metrics import AgentMetrics, AgentState
-from nodeagent.metrics.collector import Collector, Snapshot
+from nodeagent.metrics.collector import GPM_PRIME_INTERVAL_S, Collector, Snapshot
 from nodeagent.metrics.counters_csv import CounterSet, parse
 from nodeagent.metrics.fields import default_counters
 from nodeagent.metrics.series_labels import EntityKey, PodRef, entities
@@ -110,7 +110,12 @@ class MetricsSubsystem(BaseSubsystem):
         except NodeAgentError as err:
             raise TemporaryError(f"no GPU inventory: {err}") from err
         self._collector = Collector(
-            self.ctx.gpu_state, self._counters.counters, slow_interval_s=settings.slow_interval_s
+            self.ctx.gpu_state,
+            self._counters.counters,
+            slow_interval_s=settings.slow_interval_s,
+            xid_window_ms=settings.xid_count_window_ms,
+            clock_events_window_ms=settings.clock_events_count_window_ms,
+            gpm_prime_interval_s=GPM_PRIME_INTERVAL_S,
         )
         if not self._registered:
             try:
@@ -205,7 +210,15 @@ class MetricsSubsystem(BaseSubsystem):
         if self._layout and all(a is b for a, b in zip(self._layout[0], key, strict=True)):
             layout: exposition.Layout = self._layout[1]
             return layout
-        ents = entities(inventory, self._counters.counters, hostname=self.ctx.node_name, pods=self._pods)
+        settings = self.ctx.settings.metrics
+        ents = entities(
+            inventory,
+            self._counters.counters,
+            hostname=self.ctx.node_name,
+            pods=self._pods,
+            hostname_label=settings.hostname_label,
+            mig_whole_gpu=settings.mig_whole_gpu_fields,
+        )
         layout = exposition.build_layout(ents, self._counters.counters)
         self._layout = (key, layout)
         return layout

@@ -57,6 +57,12 @@ class Reading(StrEnum):
     PSTATE = "pstate"
     PCIE_TX_THROUGHPUT_KBS = "pcie_tx_throughput_kbs"
     PCIE_RX_THROUGHPUT_KBS = "pcie_rx_throughput_kbs"
+    CLOCK_EVENT_REASONS = "clock_event_reasons"
+    """Bitmask of why the clocks are held down now (NVML clocks event reasons, DCGM's bit values)."""
+    NVLINK_CRC_FLIT_ERRORS = "nvlink_crc_flit_errors"
+    NVLINK_CRC_DATA_ERRORS = "nvlink_crc_data_errors"
+    NVLINK_REPLAY_ERRORS = "nvlink_replay_errors"
+    NVLINK_RECOVERY_ERRORS = "nvlink_recovery_errors"
     # GPM (Hopper and later): ratios 0..1 and byte rates, per GPU and per MIG instance.
     GR_ENGINE_ACTIVE = "gr_engine_active"
     SM_ACTIVE = "sm_active"
@@ -85,6 +91,16 @@ GPM_READINGS: frozenset[Reading] = frozenset(
     }
 )
 """Readings that come from GPM samples (two samples one interval apart)."""
+
+NVLINK_ERROR_READINGS: frozenset[Reading] = frozenset(
+    {
+        Reading.NVLINK_CRC_FLIT_ERRORS,
+        Reading.NVLINK_CRC_DATA_ERRORS,
+        Reading.NVLINK_REPLAY_ERRORS,
+        Reading.NVLINK_RECOVERY_ERRORS,
+    }
+)
+"""NVLink error counters summed over all links (NVML field values *_ERROR_COUNT_TOTAL)."""
 
 MIG_READINGS: frozenset[Reading] = GPM_READINGS - {Reading.PCIE_TX_BYTES, Reading.PCIE_RX_BYTES} | {
     Reading.FB_FREE_MIB,
@@ -164,8 +180,8 @@ class GpuInfo:
 
     @property
     def device_name(self) -> str:
-        """dcgm-exporter's ``device`` label: nvidia<minor>."""
-        return f"nvidia{self.minor_number}"
+        """dcgm-exporter's ``device`` label: nvidia<GPU index> (its collectors use the index, not the minor)."""
+        return f"nvidia{self.index}"
 
 
 @dataclass(frozen=True)

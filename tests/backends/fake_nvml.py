@@ -429,6 +429,10 @@ class FakeNvml:
         self._enter("nvmlDeviceGetViolationStatus", h)
         return SimpleNamespace(referenceTime=1, violationTime=1000 * (policy + 1))
 
+    def nvmlDeviceGetCurrentClocksEventReasons(self, h: Any) -> int:
+        self._enter("nvmlDeviceGetCurrentClocksEventReasons", h)
+        return 0x1  # GPU idle
+
     def nvmlDeviceGetFanSpeed(self, h: Any) -> int:
         self._enter("nvmlDeviceGetFanSpeed", h)
         return 30

@@ -132,3 +132,28 @@ async def test_snapshot_is_immutable() -> None:
     await collector.sweep(inv)
     assert snap.gpus[0][Reading.GPU_TEMP_C] == 50, "a later sweep does not change an earlier snapshot"
     assert snap.last_xid[0] == 0
+
+
+async def test_profiling_fields_are_in_the_first_snapshot() -> None:
+    """GPM needs two samples: the collector takes the first one before its first sweep (issue point 4)."""
+    from nodeagent.backends.gpu.sim.backend import SimGpuBackend
+    from nodeagent.model.gpu import Reading as R
+
+    sim = SimGpuBackend(count=2, mig_layout="3g.40gb*2")
+    await sim.open()
+    try:
+        collector = Collector(sim, default_counters(), slow_interval_s=30.0, gpm_prime_interval_s=0.01)
+        snap = await collector.sweep(await sim.inventory())
+        assert all(R.GR_ENGINE_ACTIVE in v and R.PIPE_TENSOR_ACTIVE in v for v in snap.gpus.values())
+        assert snap.mig and all(R.GR_ENGINE_ACTIVE in v for v in snap.mig.values()), "MIG instances too"
+        unprimed = Collector(sim, default_counters(), slow_interval_s=30.0)  # no priming: as before
+        fresh = SimGpuBackend(count=1)
+        await fresh.open()
+        try:
+            unprimed.gpus = fresh
+            first = await unprimed.sweep(await fresh.inventory())
+            assert R.GR_ENGINE_ACTIVE not in first.gpus[0], "the backend really needs two samples"
+        finally:
+            await fresh.close()
+    finally:
+        await sim.close()

@@ -59,9 +59,68 @@ def test_the_type_column_is_honoured() -> None:
 
 
 def test_known_dcgm_field_without_nvml_source_is_skipped_with_its_line() -> None:
-    result = parse("DCGM_FI_DEV_GPU_TEMP, gauge, t\n\nDCGM_FI_DEV_NVLINK_CRC_FLIT_ERROR_COUNT_TOTAL, counter, x\n")
+    result = parse("DCGM_FI_DEV_GPU_TEMP, gauge, t\n\nDCGM_FI_DEV_OEM_INFOROM_VER, label, OEM inforom version\n")
     assert [c.name for c in result.counters] == ["DCGM_FI_DEV_GPU_TEMP"]
-    assert result.skipped == ("DCGM_FI_DEV_NVLINK_CRC_FLIT_ERROR_COUNT_TOTAL (line 3)",)
+    (skipped,) = result.skipped
+    assert skipped.startswith("DCGM_FI_DEV_OEM_INFOROM_VER (line 3): DCGM field 56 is not read")
+
+
+def test_a_repeated_name_is_a_warning_and_the_first_line_wins() -> None:
+    result = parse("DCGM_FI_DEV_GPU_TEMP, gauge, first\nDCGM_FI_DEV_GPU_TEMP, counter, second\n")
+    assert [(c.name, c.kind, c.help) for c in result.counters] == [("DCGM_FI_DEV_GPU_TEMP", Kind.GAUGE, "first")]
+    assert result.skipped == ("DCGM_FI_DEV_GPU_TEMP (line 2): listed again, line 1 is used",)
+
+
+EXPORTER_CSVS = Path(__file__).parent / "data" / "dcgm-exporter"
+
+
+def _enabled_names(text: str) -> list[str]:
+    return [ln.split(",")[0].strip() for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
+
+
+@pytest.mark.parametrize("name", ["default-counters.csv", "dcp-metrics-included.csv"])
+def test_dcgm_exporters_own_files_load_with_every_field_served(name: str) -> None:
+    text = (EXPORTER_CSVS / name).read_text()
+    result = parse(text, source=name)
+    assert [c.name for c in result.counters] == _enabled_names(text)
+    assert result.skipped == ()
+    by_name = {c.name: c for c in result.counters}
+    assert by_name["DCGM_FI_DEV_POWER_USAGE"].help == "Power draw (in W)."
+
+
+@pytest.mark.parametrize("name", ["default-counters.csv", "dcp-metrics-included.csv"])
+def test_every_commented_out_line_of_the_exporters_files_loads_when_uncommented(name: str) -> None:
+    """Uncommenting any field (the InfoROM labels included) is accepted; what NVML cannot serve is a warning."""
+    lines = (EXPORTER_CSVS / name).read_text().splitlines()
+    uncommented = [ln.lstrip("# ") for ln in lines if ln.startswith("# DCGM_")]
+    result = parse("\n".join(uncommented), source=name)
+    served = {c.name for c in result.counters}
+    skipped = {s.split(" ")[0] for s in result.skipped}
+    assert served | skipped == {ln.split(",")[0].strip() for ln in uncommented}
+    assert skipped == {
+        "DCGM_FI_DEV_OEM_INFOROM_VER",
+        "DCGM_FI_DEV_ECC_INFOROM_VER",
+        "DCGM_FI_DEV_POWER_INFOROM_VER",
+        "DCGM_FI_DEV_INFOROM_IMAGE_VER",
+        "DCGM_FI_DEV_NVLINK_BANDWIDTH_L0",
+        "DCGM_EXP_GPU_HEALTH_STATUS",
+        "DCGM_EXP_P2P_STATUS",
+    } - ({"DCGM_EXP_GPU_HEALTH_STATUS", "DCGM_EXP_P2P_STATUS"} if name != "default-counters.csv" else set())
+    assert {"DCGM_EXP_XID_ERRORS_COUNT", "DCGM_EXP_CLOCK_EVENTS_COUNT"} <= served or name != "default-counters.csv"
+
+
+def test_the_1x_compatibility_file_loads_under_its_legacy_names() -> None:
+    """dcgm-exporter resolves the 1.x names through DCGM's legacy table and names series as the file does."""
+    text = (EXPORTER_CSVS / "1.x-compatibility-metrics.csv").read_text()
+    result = parse(text, source="1.x-compatibility-metrics.csv")
+    names = [c.name for c in result.counters]
+    assert names == list(dict.fromkeys(_enabled_names(text)))
+    by_name = {c.name: c for c in result.counters}
+    assert by_name["dcgm_sm_clock"].spec.name == "DCGM_FI_DEV_SM_CLOCK"
+    assert by_name["dcgm_fi_prof_pcie_tx_bytes"].spec.name == "DCGM_FI_PROF_PCIE_TX_BYTES"
+    assert by_name["dcgm_fi_prof_pcie_tx_bytes"].kind is Kind.COUNTER
+    # The file lists dcgm_fi_prof_pcie_{tx,rx}_bytes twice: warnings naming the repeated lines.
+    assert [s.split(" ")[0] for s in result.skipped] == ["dcgm_fi_prof_pcie_tx_bytes", "dcgm_fi_prof_pcie_rx_bytes"]
 
 
 @pytest.mark.parametrize(
@@ -79,7 +138,6 @@ def test_known_dcgm_field_without_nvml_source_is_skipped_with_its_line() -> None
         ("DCGM_FI_DEV_GPU_TEMP, histogram, t\n", 1, "type histogram is not supported"),
         ("DCGM_FI_DEV_GPU_TEMP, label, t\n", 1, "must have type gauge or counter, not label"),
         ("DCGM_FI_DRIVER_VERSION, gauge, t\n", 1, "must have type label, not gauge"),
-        ("DCGM_FI_DEV_GPU_TEMP, gauge, t\nDCGM_FI_DEV_GPU_TEMP, gauge, t\n", 2, "listed twice (first on line 1)"),
         (", gauge, t\n", 1, "empty field name"),
         ('DCGM_FI_DEV_GPU_TEMP, gauge, "unterminated\n', 1, "malformed CSV"),
     ],

@@ -2,7 +2,18 @@
 
 from __future__ import annotations
 
-from nodeagent.metrics.fields import DEFAULT_FIELDS, FIELDS, KNOWN_UNSUPPORTED, Kind, Scope, Source, default_counters
+from nodeagent.metrics.fields import (
+    BY_ID,
+    DEFAULT_FIELDS,
+    FIELDS,
+    Kind,
+    Scope,
+    Source,
+    dcgm_names,
+    default_counters,
+    resolve,
+    unserved_reason,
+)
 from nodeagent.metrics.tiers import SLOW_READINGS, Tier
 from nodeagent.model.gpu import GPM_READINGS, Reading
 from tests.metrics.fakes import gpu_info
@@ -58,13 +69,14 @@ def test_gpm_fields_come_from_gpm_readings() -> None:
 
 
 def test_units_follow_dcgm() -> None:
-    # NVML reports violation time in ns; DCGM's *_VIOLATION fields are in us.
-    assert FIELDS["DCGM_FI_DEV_POWER_VIOLATION"].scale == 1e-3
+    # DCGM maps *_VIOLATION onto NVML's perf policy counters, in ns (dcgm_fields.h since DCGM 4.1 says so;
+    # dcgm-exporter's CSV: "Throttling duration due to power constraints (in ns)"): no conversion.
+    violations = [f for f in FIELDS.values() if f.name.endswith("_VIOLATION")]
+    assert len(violations) == 6 and all(f.reading is not None and f.reading.endswith("_ns") for f in violations)
     assert FIELDS["DCGM_FI_DEV_POWER_USAGE"].reading is Reading.POWER_W
     assert FIELDS["DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION"].reading is Reading.TOTAL_ENERGY_MJ
     assert FIELDS["DCGM_FI_DEV_FB_USED"].reading is Reading.FB_USED_MIB
-    others = [f for f in FIELDS.values() if not f.name.endswith("_VIOLATION")]
-    assert all(f.scale == 1.0 for f in others)
+    assert all(f.scale == 1.0 for f in FIELDS.values())
 
 
 def test_tiers_put_expensive_fields_on_the_slow_tier() -> None:
@@ -101,5 +113,25 @@ def test_label_fields_read_static_facts() -> None:
     }
 
 
-def test_unsupported_names_do_not_overlap_the_table() -> None:
-    assert not KNOWN_UNSUPPORTED & set(FIELDS)
+def test_every_dcgm_field_has_its_real_dcgm_id() -> None:
+    """Ids from DCGM's field table: a legacy alias and the current name share one id."""
+    names = dcgm_names()
+    for spec in FIELDS.values():
+        if spec.name.startswith("DCGM_FI_"):
+            assert names[spec.name] == spec.field_id, spec.name
+    assert len(BY_ID) == len(FIELDS)
+    assert (FIELDS["DCGM_FI_DEV_POWER_USAGE"].field_id, FIELDS["DCGM_FI_DEV_XID_ERRORS"].field_id) == (155, 230)
+    assert names["DCGM_FI_DEV_OEM_INFOROM_VER"] == names["DCGM_FI_DEV_INFOROM_OEM_VERSION"] == 56
+
+
+def test_legacy_names_resolve_to_the_field_with_their_id() -> None:
+    assert resolve("dcgm_sm_clock") is FIELDS["DCGM_FI_DEV_SM_CLOCK"]
+    assert resolve("DCGM_FI_DEV_CLOCK_THROTTLE_REASONS") is FIELDS["DCGM_FI_DEV_CLOCKS_EVENT_REASONS"]
+    assert resolve("DCGM_FI_DEV_NOT_A_FIELD") is None
+
+
+def test_unserved_fields_say_why() -> None:
+    assert "56" in (unserved_reason("DCGM_FI_DEV_OEM_INFOROM_VER") or "")
+    assert "health" in (unserved_reason("DCGM_EXP_GPU_HEALTH_STATUS") or "")
+    assert unserved_reason("DCGM_FI_DEV_SM_CLOCK") is None  # served
+    assert unserved_reason("DCGM_FI_DEV_NOT_A_FIELD") is None  # not a field at all

@@ -254,6 +254,10 @@ def _fields(c: Calls, nv: Any, h: Any, want: frozenset[Reading], out: dict[Readi
     ids = {
         Reading.MEMORY_TEMP_C: nv.NVML_FI_DEV_MEMORY_TEMP,
         Reading.NVLINK_BANDWIDTH_TOTAL: nv.NVML_FI_DEV_NVLINK_BANDWIDTH_C0_TOTAL,
+        Reading.NVLINK_CRC_FLIT_ERRORS: nv.NVML_FI_DEV_NVLINK_CRC_FLIT_ERROR_COUNT_TOTAL,
+        Reading.NVLINK_CRC_DATA_ERRORS: nv.NVML_FI_DEV_NVLINK_CRC_DATA_ERROR_COUNT_TOTAL,
+        Reading.NVLINK_REPLAY_ERRORS: nv.NVML_FI_DEV_NVLINK_REPLAY_ERROR_COUNT_TOTAL,
+        Reading.NVLINK_RECOVERY_ERRORS: nv.NVML_FI_DEV_NVLINK_RECOVERY_ERROR_COUNT_TOTAL,
     }
     asked = [r for r in ids if r in want]
     values = c.get(asked, "nvmlDeviceGetFieldValues", nv.nvmlDeviceGetFieldValues, h, [ids[r] for r in asked])
@@ -329,6 +333,14 @@ def _violations(c: Calls, nv: Any, h: Any, want: frozenset[Reading], out: dict[R
                 out[r] = float(v.violationTime)
 
 
+def _clock_events(c: Calls, nv: Any, h: Any, want: frozenset[Reading], out: dict[Reading, float]) -> None:
+    """NVML's clocks event reasons use the same bit values as DCGM_FI_DEV_CLOCKS_EVENT_REASONS."""
+    r = Reading.CLOCK_EVENT_REASONS
+    v = c.get((r,), "nvmlDeviceGetCurrentClocksEventReasons", nv.nvmlDeviceGetCurrentClocksEventReasons, h)
+    if v is not None:
+        out[r] = float(v)
+
+
 def _fan(c: Calls, nv: Any, h: Any, want: frozenset[Reading], out: dict[Reading, float]) -> None:
     v = c.get((Reading.FAN_SPEED_PCT,), "nvmlDeviceGetFanSpeed", nv.nvmlDeviceGetFanSpeed, h)
     if v is not None:
@@ -382,7 +394,20 @@ READERS: tuple[tuple[frozenset[Reading], Reader], ...] = (
     (frozenset(_REMAP), _remapped_rows),
     (frozenset({Reading.RETIRED_SBE, Reading.RETIRED_DBE, Reading.RETIRED_PENDING}), _retired_pages),
     (frozenset({Reading.VGPU_LICENSE_STATUS}), _vgpu_license),
-    (frozenset({Reading.MEMORY_TEMP_C, Reading.NVLINK_BANDWIDTH_TOTAL}), _fields),
+    (frozenset({Reading.CLOCK_EVENT_REASONS}), _clock_events),
+    (
+        frozenset(
+            {
+                Reading.MEMORY_TEMP_C,
+                Reading.NVLINK_BANDWIDTH_TOTAL,
+                Reading.NVLINK_CRC_FLIT_ERRORS,
+                Reading.NVLINK_CRC_DATA_ERRORS,
+                Reading.NVLINK_REPLAY_ERRORS,
+                Reading.NVLINK_RECOVERY_ERRORS,
+            }
+        ),
+        _fields,
+    ),
     (frozenset({Reading.TOTAL_ENERGY_MJ}), _energy),
     (
         frozenset(

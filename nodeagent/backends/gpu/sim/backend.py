@@ -35,6 +35,7 @@ from nodeagent.errors import ConfigError, MigOperationError
 from nodeagent.model.gpu import (
     GPM_READINGS,
     MIG_READINGS,
+    NVLINK_ERROR_READINGS,
     GpuHealthState,
     GpuInfo,
     Inventory,
@@ -309,7 +310,10 @@ class _SimGpu:
             Reading.DRAM_ACTIVE: mem_util / 100.0 * 0.9,
             Reading.PCIE_TX_BYTES: tx_kbs * 1000.0,
             Reading.PCIE_RX_BYTES: rx_kbs * 1000.0,
+            # NVML clocks event bits: 0x1 GPU idle, 0x4 software power cap.
+            Reading.CLOCK_EVENT_REASONS: 0.0 if busy else 1.0 + (4.0 if self.power >= p.power_limit_w else 0.0),
         }
+        v.update(dict.fromkeys(NVLINK_ERROR_READINGS, 0.0))  # healthy links; the profile says if it has any
         v.update(self.violation)
         return v
 

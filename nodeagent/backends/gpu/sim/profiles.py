@@ -21,7 +21,7 @@ from typing import Any
 
 from nodeagent.errors import ConfigError
 from nodeagent.model import catalog
-from nodeagent.model.gpu import MigProfile, Reading
+from nodeagent.model.gpu import NVLINK_ERROR_READINGS, MigProfile, Reading
 from nodeagent.model.mig import find_placement
 
 PROFILE_FORMAT = "nodeagent.gpu-profile/v1"
@@ -324,6 +324,8 @@ def profile_from_json(doc: Any, *, source: str, key: str) -> GpuProfile:
             hint = f"; did you mean {close[0]!r}?" if close else ""
             raise root.error(f"unknown reading {item!r}{hint}", f"not_supported[{i}]")
         not_supported.add(Reading(item))
+    if Reading.NVLINK_BANDWIDTH_TOTAL in not_supported:  # no NVLink (PCIe boards): no NVLink error counters
+        not_supported |= NVLINK_ERROR_READINGS
 
     mig = root.obj("mig", optional=True)
     mig_fields: dict[str, Any] = {}
