@@ -173,7 +173,7 @@ def misfit_reason(
     kw = {"memory_slices": memory_slices, "compute_slices": compute_slices}
     totals = totals_problem(wanted, fixed, **kw)
     if totals:
-        return f"{describe([p for p, _ in fixed] + list(wanted))} {totals}"
+        return totals
     # Drop instances while the rest still conflicts: what is left is the conflict.
     core = list(wanted)
     i = 0

@@ -62,60 +62,62 @@ def test_only_config_is_selected_without_a_name() -> None:
     assert f.select(None).name == "one"
 
 
+A0 = "version: v1\nmig-configs:\n  a:\n    - devices: all\n"
+
 BAD = [
     ("version: v2\nmig-configs: {}\n", "version", "unknown version 'v2'"),
     ("mig-configs: {}\n", "version", "missing"),
     ("version: v1\nmig-config: {}\n", "mig-config", "did you mean 'mig-configs'"),
     ("version: v1\nmig-configs: {}\n", "mig-configs", "non-empty"),
     ("version: v1\nmig-configs:\n  a: []\n", "mig-configs.a", "non-empty list"),
-    ("version: v1\nmig-configs:\n  a:\n    - devices: all\n", "mig-configs.a[0].mig-enabled", "missing"),
+    (A0, "mig-configs.a[0].mig-enabled", "missing"),
     (
         "version: v1\nmig-configs:\n  a:\n    - devices: some\n      mig-enabled: false\n",
         "mig-configs.a[0].devices",
         "expected `all` or a list",
     ),
     (
-        "version: v1\nmig-configs:\n  a:\n    - devices: all\n      mig-enabled: false\n      mig-device: {}\n",
+        A0 + "      mig-enabled: false\n      mig-device: {}\n",
         "mig-configs.a[0].mig-device",
         "did you mean 'mig-devices'",
     ),
     (
-        "version: v1\nmig-configs:\n  a:\n    - devices: all\n      mig-enabled: true\n",
+        A0 + "      mig-enabled: true\n",
         "mig-configs.a[0].mig-devices",
         "required when mig-enabled is true",
     ),
     (
-        'version: v1\nmig-configs:\n  a:\n    - devices: all\n      mig-enabled: false\n      mig-devices: {"1g.10gb": 1}\n',
+        A0 + '      mig-enabled: false\n      mig-devices: {"1g.10gb": 1}\n',
         "mig-configs.a[0].mig-devices",
         "mig-enabled is false",
     ),
     (
-        'version: v1\nmig-configs:\n  a:\n    - devices: all\n      mig-enabled: true\n      mig-devices: {"1g.10gb": -1}\n',
+        A0 + '      mig-enabled: true\n      mig-devices: {"1g.10gb": -1}\n',
         "mig-configs.a[0].mig-devices.1g.10gb",
         "count >= 0",
     ),
     (
-        'version: v1\nmig-configs:\n  a:\n    - devices: all\n      mig-enabled: true\n      mig-devices: {"1g.10gb": 0}\n',
+        A0 + '      mig-enabled: true\n      mig-devices: {"1g.10gb": 0}\n',
         "mig-configs.a[0].mig-devices",
         "all counts are 0",
     ),
     (
-        'version: v1\nmig-configs:\n  a:\n    - devices: all\n      mig-enabled: true\n      mig-devices: {"big": 1}\n',
+        A0 + '      mig-enabled: true\n      mig-devices: {"big": 1}\n',
         "mig-configs.a[0].mig-devices.big",
         "not a MIG profile name",
     ),
     (
-        "version: v1\nmig-configs:\n  a:\n    - devices: all\n      device-filter: 0xZZ\n      mig-enabled: false\n",
+        A0 + "      device-filter: 0xZZ\n      mig-enabled: false\n",
         "mig-configs.a[0].device-filter",
         "not a number",
     ),
     (
-        "version: v1\nmig-configs:\n  a:\n    - devices: all\n      device-filter: 0x233010DE\n      mig-enabled: false\n",
+        A0 + "      device-filter: 0x233010DE\n      mig-enabled: false\n",
         "mig-configs.a[0].device-filter",
         "quote it",
     ),
     (
-        "version: v1\nmig-configs:\n  a:\n    - devices: all\n      mig-enabled: yes please\n",
+        A0 + "      mig-enabled: yes please\n",
         "mig-configs.a[0].mig-enabled",
         "expected true or false",
     ),
