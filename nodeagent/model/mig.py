@@ -14,6 +14,18 @@ from dataclasses import dataclass
 
 from nodeagent.model.gpu import MigProfile
 
+@dataclass(frozen=True)
+class GpuProcess:
+    """A process using a GPU (NVML's process lists, or a /dev/nvidia* file it holds open)."""
+
+    pid: int
+    name: str
+    gpu_index: int
+    gpu_instance_id: int | None = None
+    """The GPU instance it runs on (MIG), when known."""
+    used_memory_mib: int = 0
+
+
 Placement = tuple[int, int]
 """(start, size) in memory slices."""
 
