@@ -91,26 +91,28 @@ def test_environment_variables_like_mig_parted(
     }
 
 
+C0 = "version: v1\nmig-configs:\n  c:\n    - devices: all\n"
+
 BAD_INPUTS = [
     ("version: v2\nmig-configs: {}\n", "c", "version: unknown version"),
     (
-        'version: v1\nmig-configs:\n  c:\n    - devices: all\n      mig-enabled: true\n      mig-devices: {"1g.5gb": 7}\n',
+        C0 + '      mig-enabled: true\n      mig-devices: {"1g.5gb": 7}\n',
         "c",
         "mig-configs.c[0].mig-devices.1g.5gb: GPU 0 (NVIDIA H100 80GB HBM3) has no MIG profile '1g.5gb'",
     ),
     (
-        'version: v1\nmig-configs:\n  c:\n    - devices: all\n      mig-enabled: true\n      mig-devices: {"3g.40gb": 3}\n',
+        C0 + '      mig-enabled: true\n      mig-devices: {"3g.40gb": 3}\n',
         "c",
         "mig-configs.c[0].mig-devices.3g.40gb: 3 exceeds the maximum of 2",
     ),
     (
-        'version: v1\nmig-configs:\n  c:\n    - devices: all\n      mig-enabled: true\n      mig-devices: {"4g.40gb": 1, "2g.20gb": 2}\n',
+        C0 + '      mig-enabled: true\n      mig-devices: {"4g.40gb": 1, "2g.20gb": 2}\n',
         "c",
         "mig-configs.c[0].mig-devices: GPU 0: 4g.40gb + 2x2g.20gb does not fit on a NVIDIA H100 80GB HBM3: needs 8",
     ),
-    ("version: v1\nmig-configs:\n  c:\n    - devices: all\n      mig-enabled: false\n", "d", "no config named 'd'"),
+    (C0 + "      mig-enabled: false\n", "d", "no config named 'd'"),
     (
-        "version: v1\nmig-configs:\n  c:\n    - devices: all\n      mig-enable: false\n",
+        C0 + "      mig-enable: false\n",
         "c",
         "mig-configs.c[0].mig-enable: unknown key",
     ),
@@ -147,7 +149,7 @@ def test_holders_refuse_unless_forced(tmp_path: Path, capsys: pytest.CaptureFixt
     (root / "proc/4242/cgroup").write_text(
         "0::/kubepods.slice/kubepods-pod8a2f1c3e_1b2c_4d5e_8f90_123456789abc.slice/cri-containerd-1.scope\n"
     )
-    code, out, err = run(capsys, root, "apply", "-f", str(OPERATOR_CONFIG), "-c", "all-1g.10gb")
+    code, out, _ = run(capsys, root, "apply", "-f", str(OPERATOR_CONFIG), "-c", "all-1g.10gb")
     assert code == 1
     assert "GPU 2: refused: in use by pid 4242 (python) in pod uid 8a2f1c3e-1b2c-4d5e-8f90-123456789abc" in out
     after = json.loads(state_of(root))
@@ -171,7 +173,7 @@ def test_hooks_run_in_order_with_mig_parted_variables(tmp_path: Path, capsys: py
             "      envs: {EXTRA: x}",
         ]
     hooks.write_text("\n".join(lines) + "\n")
-    code, out, err = run(capsys, root, "apply", "-f", str(OPERATOR_CONFIG), "-c", "all-balanced", "-k", str(hooks))
+    code, _, err = run(capsys, root, "apply", "-f", str(OPERATOR_CONFIG), "-c", "all-balanced", "-k", str(hooks))
     assert code == 0, err
     assert log.read_text().splitlines() == [
         "apply-start all-balanced x",
