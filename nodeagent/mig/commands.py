@@ -151,10 +151,11 @@ async def _apply(
     settings: Settings,
     hooks: Any,
 ) -> int:
-    from nodeagent.backends.gpu.protocols import MigControl
     from nodeagent.mig import service
+    from nodeagent.mig.control import control_for
 
-    if not isinstance(gpus, MigControl):
+    control = control_for(gpus, driver_root=settings.driver.root or None)
+    if control is None:
         print(f"nodeagent mig: the {gpus.kind} GPU backend cannot change MIG layouts", file=sys.stderr)
         return EXIT_NOT_APPLIED
     mode_only = bool(_flag(args, "mode_only", env, "MIG_PARTED_MODE_CHANGE_ONLY", False))
@@ -170,7 +171,7 @@ async def _apply(
     }
     outcome = await service.apply_config(
         config,
-        gpus,
+        control,
         root=root,
         inventory=inventory,
         mode_only=mode_only,
