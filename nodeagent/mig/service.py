@@ -112,10 +112,39 @@ async def apply_config(
     kubelet_socket: str = "",
     sampling: SamplingPause | None = None,
 ) -> ApplyOutcome:
+    """Plan (ConfigError before anything is touched) and carry the plan out."""
     plan = plan_or_raise(config, inventory, mode_only=mode_only)
     pending: tuple[int, ...] = ()
     if skip_reset:
         plan, pending = without_reset(plan)
+    outcome = await execute_plan(
+        plan,
+        control,
+        root=root,
+        inventory=inventory,
+        force=force,
+        hooks=hooks,
+        hook_env=hook_env,
+        kubelet_socket=kubelet_socket,
+        sampling=sampling,
+    )
+    outcome.pending_reset = pending
+    return outcome
+
+
+async def execute_plan(
+    plan: NodePlan,
+    control: MigControl,
+    *,
+    root: Root,
+    inventory: Inventory,
+    force: bool = False,
+    hooks: Hooks | None = None,
+    hook_env: Mapping[str, str] | None = None,
+    kubelet_socket: str = "",
+    sampling: SamplingPause | None = None,
+) -> ApplyOutcome:
+    """Find the holders of the GPUs that change, then execute."""
     changing = [g for g in inventory.gpus if any(gp.gpu == g.index and gp.steps for gp in plan.gpus)]
     holders = {}
     if changing:
@@ -143,7 +172,7 @@ async def apply_config(
         hook_env=hook_env,
         reset_blocked_hint=drm_hint,
     )
-    return ApplyOutcome(plan, report, pending)
+    return ApplyOutcome(plan, report)
 
 
 def changed_gpus(outcome: ApplyOutcome) -> Sequence[int]:

@@ -797,3 +797,13 @@ class SimGpuBackend:
         }
         self._state_file.parent.mkdir(parents=True, exist_ok=True)
         atomic_write(self._state_file, (json.dumps(doc, indent=1) + "\n").encode())
+
+    def reboot(self) -> None:
+        """What a node reboot does to the GPUs: pending MIG modes become current, every instance is gone
+        (the MIG mode itself survives), holders and reset blockers are gone."""
+        for g in self._gpus:
+            g.mig_enabled = g.mig_pending
+            g.instances.clear()
+            g.holders = ()
+        self._reset_blocker = None
+        self._save()
