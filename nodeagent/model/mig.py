@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from nodeagent.model.gpu import MigProfile
 
+
 @dataclass(frozen=True)
 class GpuProcess:
     """A process using a GPU (NVML's process lists, or a /dev/nvidia* file it holds open)."""
