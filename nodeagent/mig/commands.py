@@ -94,7 +94,13 @@ async def run_mig(args: argparse.Namespace, settings: Settings, env: Mapping[str
         from nodeagent.mig.hooks import load_hooks
 
         hooks = load_hooks(_flag(args, "hooks_file", env, "MIG_PARTED_HOOKS_FILE"))
-    root, gpus = await open_gpus(settings)
+    from nodeagent.errors import BackendUnavailable
+
+    try:
+        root, gpus = await open_gpus(settings)
+    except BackendUnavailable as err:
+        print(f"nodeagent mig: {err}", file=sys.stderr)
+        return EXIT_USAGE
     try:
         if command == "apply":
             assert parsed is not None
@@ -120,7 +126,10 @@ async def open_gpus(settings: Settings) -> tuple[Root, GpuBackend]:
         root.path.mkdir(parents=True, exist_ok=True)
     else:
         root = Root(settings.agent.root)
-    gpus = await open_gpu_backend(settings)
+    driver_root = None
+    if not settings.simulation.enabled and settings.driver.root:
+        driver_root = str(root.resolve(settings.driver.root))
+    gpus = await open_gpu_backend(settings, driver_root=driver_root)
     attach_sim_state(gpus, root, settings)
     return root, gpus
 

@@ -213,3 +213,14 @@ def test_reset_that_needs_a_reboot_is_reported(tmp_path: Path) -> None:
         await sim.close()
 
     asyncio.run(go())
+
+
+def test_no_driver_is_a_clear_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "no-driver").mkdir()
+    monkeypatch.setenv("NODEAGENT_DRIVER__ROOT", "/no-driver")
+    code = main(["mig", "export", "--root", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "nodeagent mig: " in err and ("NVIDIA driver not found" in err or "NVML" in err)

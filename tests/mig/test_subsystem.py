@@ -153,3 +153,36 @@ def test_plan_and_apply_commands_include_mig(
     assert "mig: changed GPU 0, GPU 1" in capsys.readouterr().out
     assert main(["apply", "--simulate", "h100-80gb-hbm3:2", "--root", root, "--only", "mig"]) == 0
     assert "mig: already in the desired state" in capsys.readouterr().out
+
+
+async def test_cdi_follows_a_mig_change(tmp_path: Path) -> None:
+    """The CDI subsystem (running) regenerates its spec from the MIG_CHANGED the mig subsystem publishes."""
+    import asyncio
+    import contextlib
+
+    from nodeagent.backends.sim.sandbox import populate_sandbox
+    from nodeagent.cdi.subsystem import CdiSubsystem
+
+    sim = SimGpuBackend("h100-80gb-hbm3", 2, 0)
+    populate_sandbox(Root(tmp_path), await sim.inventory())
+    mig, _ = make(tmp_path, sim, config="all-3g.40gb")
+    cdi = CdiSubsystem(mig.ctx)
+    await cdi.start()
+    assert cdi.spec is not None and not any(":" in d["name"] for d in cdi.spec["devices"])
+    stop = asyncio.Event()
+    task = asyncio.create_task(cdi.run(stop))
+    await asyncio.sleep(0)
+    await mig.start()
+    assert mig.state == "success"
+    for _ in range(200):
+        if cdi.spec is not None and any(d["name"] == "1:1" for d in cdi.spec["devices"]):
+            break
+        await asyncio.sleep(0.01)
+    names = {d["name"] for d in cdi.spec["devices"]}
+    assert {"0:0", "0:1", "1:0", "1:1"} <= names
+    uuids = {d.uuid for g in (await sim.inventory()).gpus for d in g.mig_devices}
+    assert uuids <= names
+    stop.set()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    await sim.close()
