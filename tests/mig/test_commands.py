@@ -224,3 +224,18 @@ def test_no_driver_is_a_clear_error(
     err = capsys.readouterr().err
     assert code == 2
     assert "nodeagent mig: " in err and ("NVIDIA driver not found" in err or "NVML" in err)
+
+
+def test_skip_reset_and_valid_config(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    root = tmp_path / "node"
+    op = str(OPERATOR_CONFIG)
+    assert run(capsys, root, "assert", "-f", op, "-c", "all-balanced", "--valid-config")[0] == 0
+    code, _, err = run(capsys, root, "assert", "-f", op, "-c", "all-1g.5gb", "--valid-config")
+    assert code == 1 and "has no MIG profile '1g.5gb'" in err
+    code, out, _ = run(capsys, root, "apply", "-f", op, "-c", "all-7g.80gb", "--skip-reset")
+    assert code == 0 and "MIG mode change pending until the GPU is reset" in out
+    state = json.loads(state_of(root))
+    assert all(g["mig_pending"] and not g["mig_enabled"] and not g["instances"] for g in state["gpus"])
+    assert run(capsys, root, "assert", "-f", op, "-c", "all-7g.80gb", "--mode-only")[0] == 1
+    assert run(capsys, root, "apply", "-f", op, "-c", "all-7g.80gb")[0] == 0
+    assert run(capsys, root, "assert", "-f", op, "-c", "all-7g.80gb")[0] == 0
