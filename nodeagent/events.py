@@ -22,7 +22,7 @@ RUNTIME_HEALTHY = "runtime.healthy"
 MIG_CHANGED = "mig.changed"
 """Payload: the new ``Inventory`` after a MIG layout change."""
 MIG_READY = "mig.ready"
-"""Payload: ``mig.subsystem.MigReadiness`` (desired config, state pending|rebooting|success|failed, reason)
+"""Payload: ``model.mig.MigReadiness`` (desired config, state pending|rebooting|success|failed, reason)
 after every MIG reconcile; the validation file ``mig-ready`` follows it."""
 XID = "gpu.xid"
 """Payload: a ``model.gpu.XidEvent``."""

@@ -30,25 +30,13 @@ from nodeagent.mig.observe import gpu_states
 from nodeagent.mig.planner import Action, NodePlan, applied
 from nodeagent.mig.service import execute_plan, plan_or_raise
 from nodeagent.model.gpu import Inventory
+from nodeagent.model.mig import MigReadiness
 from nodeagent.plan import Disruption, Plan, Step
 from nodeagent.subsystem import ApplyResult, BaseSubsystem, Context, Phase
 
 STATES = ("pending", "rebooting", "success", "failed")
 DESIRED_FILE = "mig-desired.json"
 GENERATED = "<generated from the GPUs' profiles>"
-
-
-@dataclass(frozen=True)
-class MigReadiness:
-    """Payload of ``events.MIG_READY``."""
-
-    config: str
-    state: str
-    reason: str = ""
-
-    @property
-    def ready(self) -> bool:
-        return self.state == "success"
 
 
 @dataclass

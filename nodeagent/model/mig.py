@@ -27,6 +27,20 @@ class GpuProcess:
     used_memory_mib: int = 0
 
 
+@dataclass(frozen=True)
+class MigReadiness:
+    """Payload of ``events.MIG_READY``: the desired MIG config and its state, as mig-manager's
+    ``nvidia.com/mig.config.state`` (pending, rebooting, success, failed), with the reason."""
+
+    config: str
+    state: str
+    reason: str = ""
+
+    @property
+    def ready(self) -> bool:
+        return self.state == "success"
+
+
 Placement = tuple[int, int]
 """(start, size) in memory slices."""
 

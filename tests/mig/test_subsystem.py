@@ -13,8 +13,8 @@ from nodeagent import settings as S
 from nodeagent.backends.gpu.sim.backend import SimGpuBackend
 from nodeagent.backends.hostfs import Root
 from nodeagent.cli import main
-from nodeagent.mig.subsystem import MigReadiness, MigSubsystem
-from nodeagent.model.mig import GpuProcess
+from nodeagent.mig.subsystem import MigSubsystem
+from nodeagent.model.mig import GpuProcess, MigReadiness
 from nodeagent.subsystem import Context, Phase
 
 
