@@ -186,3 +186,23 @@ async def test_cdi_follows_a_mig_change(tmp_path: Path) -> None:
     with contextlib.suppress(asyncio.CancelledError):
         await task
     await sim.close()
+
+
+async def test_a_failure_midway_leaves_the_other_gpus_done(tmp_path: Path) -> None:
+    """A lost GPU and a hung one fail with a reason; the others are changed; no traceback."""
+    sim = SimGpuBackend("h100-80gb-hbm3", 4, 0)
+    sim.lose_gpu(1)
+    sub, _ = make(tmp_path, sim, config="all-3g.40gb")
+    sim_timeout = SimGpuBackend("h100-80gb-hbm3", 4, 0, call_timeout_s=0.2)
+    await sub.start()
+    assert sub.state == "failed"
+    assert sub.reason.startswith("GPU 1: ") and "GPU is lost" in sub.reason
+    inv = await sim.inventory()
+    assert [len(inv.gpu(i).mig_devices) for i in (0, 2, 3)] == [2, 2, 2]
+    await sim.close()
+    sim_timeout.hang_calls(2, 5.0)
+    sub, _ = make(tmp_path / "two", sim_timeout, config="all-3g.40gb")
+    await sub.start()
+    assert sub.state == "failed" and "GPU 2: " in sub.reason and "did not return within" in sub.reason
+    sim_timeout.hang_calls(2, 0)
+    await sim_timeout.close()

@@ -636,7 +636,10 @@ class SimGpuBackend:
 
     def _mig_gpu(self, hop: Hop, gpu_index: int) -> _SimGpu:
         g = self._gpu(gpu_index)
-        self._gate(g, hop)
+        try:
+            self._gate(g, hop)
+        except GpuLost as err:
+            raise MigOperationError(f"GPU {gpu_index}: {err.reason}") from None
         if not self.profile.mig_capable:
             raise MigOperationError(f"GPU {gpu_index} ({self.profile.name}) is not MIG-capable")
         return g
@@ -711,9 +714,7 @@ class SimGpuBackend:
         return await self._sweeper.call_in_hop("nvmlDeviceGetComputeRunningProcesses", self._processes, gpu_index)
 
     def _processes(self, hop: Hop, gpu_index: int) -> tuple[GpuProcess, ...]:
-        g = self._gpu(gpu_index)
-        self._gate(g, hop)
-        return g.holders
+        return self._mig_gpu(hop, gpu_index).holders
 
     # ---- MIG fault injection and persistence
 
