@@ -69,6 +69,9 @@ def make_parser() -> argparse.ArgumentParser:
     p = sim.add_parser("record", help="capture this node's GPUs through NVML into a simulation profile")
     _common(p)
     p.add_argument("--output", metavar="FILE", required=True, help="profile JSON to write")
+    from nodeagent.mig.commands import add_mig_parser
+
+    add_mig_parser(sub, _common)
     return parser
 
 
@@ -140,6 +143,11 @@ async def _dispatch(args: argparse.Namespace, settings: settings_mod.Settings, e
             return _print_status(remote, as_json=args.json)
     if args.command == "sim":
         return await _sim_record(args, settings)
+    if args.command == "mig":
+        from nodeagent.compose import open_gpus
+        from nodeagent.mig.commands import run_mig
+
+        return await run_mig(args, settings, env, open_gpus)
     from nodeagent.compose import compose
 
     try:

@@ -23,7 +23,7 @@ from prometheus_client import CollectorRegistry, PlatformCollector, ProcessColle
 
 from nodeagent import subsystem_table
 from nodeagent.backends import chardevs
-from nodeagent.backends.gpu.protocols import GpuBackend
+from nodeagent.backends.gpu.protocols import GpuBackend, MigControl
 from nodeagent.backends.hostfs import BackupJournal, Root
 from nodeagent.backends.kmod import Modprobe, ModuleLoader
 from nodeagent.backends.runtimectl import HostRuntimeControl, RuntimeControl, SimRuntimeControl
@@ -34,6 +34,8 @@ from nodeagent.selfmetrics import SelfMetrics
 from nodeagent.settings import Settings
 from nodeagent.subsystem import Backends, Context, DeviceNodeMaker, Service, StatusBoard
 
+SIM_STATE_FILE = "sim-mig-state.json"
+"""The simulated GPUs' MIG state, under ``agent.state_dir`` in the sandbox: it outlives the process."""
 SIM_DRIVER_VERSION = "580.159.04"
 SIM_RUNTIME_VERSION = "1.6.20"
 """The containerd version the simulated runtime reports unless ``runtime.containerd_version`` says."""
@@ -87,6 +89,37 @@ async def open_gpu_backend(settings: Settings, *, driver_root: str | None = None
     return backend
 
 
+def mig_control_for(gpus: GpuBackend, settings: Settings) -> MigControl | None:
+    """What changes MIG layouts: the simulator itself, NVML's control beside the NVML backend, or nothing."""
+    if isinstance(gpus, MigControl):
+        return gpus
+    from nodeagent.backends.gpu.nvml.backend import NvmlBackend
+
+    if not isinstance(gpus, NvmlBackend):
+        return None
+    from nodeagent.backends.gpu.nvml.mig import NvmlMigControl
+
+    driver_root = settings.driver.root
+    smi = "nvidia-smi" if not driver_root or driver_root == "/" else driver_root.rstrip("/") + "/usr/bin/nvidia-smi"
+    return NvmlMigControl(gpus, nvidia_smi=smi)
+
+
+def keep_sim_state(gpus: GpuBackend, root: Root, settings: Settings) -> None:
+    """Give the simulator its MIG state file in the sandbox, so two commands on one sandbox see the same GPUs."""
+    from nodeagent.backends.gpu.sim.backend import SimGpuBackend
+
+    if isinstance(gpus, SimGpuBackend):
+        gpus.use_state_file(root.resolve(settings.agent.state_dir) / SIM_STATE_FILE)
+
+
+async def open_gpus(settings: Settings) -> tuple[Root, GpuBackend, MigControl | None]:
+    """For the one-shot ``nodeagent mig`` commands: the host root, the opened GPU backend and its MIG control."""
+    root = choose_root(settings)
+    gpus = await open_gpu_backend(settings, driver_root=driver_root_for_nvml(settings, root))
+    keep_sim_state(gpus, root, settings)
+    return root, gpus, mig_control_for(gpus, settings)
+
+
 def choose_root(settings: Settings) -> Root:
     """The host root; in simulation a sandbox directory (``agent.root`` when set, else ``simulation.sandbox``)."""
     if not settings.simulation.enabled:
@@ -121,7 +154,11 @@ def host_backends(settings: Settings, root: Root, gpus: GpuBackend) -> Backends:
     device_nodes: DeviceNodeMaker = _device_node_maker(placeholder=False)
     loader: ModuleLoader = Modprobe(root, timeout_s=settings.driver.modprobe_timeout_s)
     return Backends(
-        gpus=gpus, runtime_control=HostRuntimeControl(root), module_loader=loader, device_nodes=device_nodes
+        gpus=gpus,
+        runtime_control=HostRuntimeControl(root),
+        module_loader=loader,
+        device_nodes=device_nodes,
+        mig_control=mig_control_for(gpus, settings),
     )
 
 
@@ -132,8 +169,13 @@ def simulated_backends(settings: Settings, root: Root, gpus: GpuBackend, invento
     version = inventory.driver_version if inventory is not None else SIM_DRIVER_VERSION
     control: RuntimeControl = SimRuntimeControl(version_text=settings.runtime.containerd_version or SIM_RUNTIME_VERSION)
     loader = SimModprobe(root, version=version, inventory=inventory)
+    keep_sim_state(gpus, root, settings)
     return Backends(
-        gpus=gpus, runtime_control=control, module_loader=loader, device_nodes=_device_node_maker(placeholder=True)
+        gpus=gpus,
+        runtime_control=control,
+        module_loader=loader,
+        device_nodes=_device_node_maker(placeholder=True),
+        mig_control=mig_control_for(gpus, settings),
     )
 
 
@@ -191,13 +233,14 @@ async def compose(settings: Settings, env: Mapping[str, str], *, only: list[str]
         gpus = await open_gpu_backend(settings, driver_root=driver_root_for_nvml(settings, root))
     else:
         gpus = NoGpuBackend()
-    inventory = await gpus.inventory()
     if simulate:
         from nodeagent.backends.sim.sandbox import populate_sandbox
 
-        populate_sandbox(root, inventory)
-        backends = simulated_backends(settings, root, gpus, inventory)
+        populate_sandbox(root, await gpus.inventory())  # lays out an empty root only
+        backends = simulated_backends(settings, root, gpus, await gpus.inventory())
+        inventory = await gpus.inventory()  # with the MIG state kept in the sandbox by an earlier run
     else:
+        inventory = await gpus.inventory()
         backends = host_backends(settings, root, gpus)
     ctx = build_context(settings, root=root, backends=backends, node_name=node_name(settings, env))
     ctx.gpu_state.seed(inventory)

@@ -244,6 +244,19 @@ class MetricsSettings:
 
 
 @dataclass(frozen=True)
+class MigSettings:
+    enabled: bool = opt(True, "Run the MIG subsystem (it changes nothing while `config` is empty).")
+    config: str = opt(
+        "", "mig-parted config to apply, as the nvidia.com/mig.config label names it; empty: MIG is left as it is."
+    )
+    config_file: str = opt(
+        "",
+        "mig-parted v1 config file (a path in the agent's filesystem); empty: the configs generated from the "
+        "GPUs' own profiles, as `nodeagent mig generate-config` writes them.",
+    )
+
+
+@dataclass(frozen=True)
 class Settings:
     version: int = opt(SETTINGS_VERSION, "Settings format version; must be 1.")
     agent: AgentSettings = field(default_factory=AgentSettings)
@@ -253,6 +266,7 @@ class Settings:
     runtime: RuntimeSettings = field(default_factory=RuntimeSettings)
     cdi: CdiSettings = field(default_factory=CdiSettings)
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
+    mig: MigSettings = field(default_factory=MigSettings)
 
     def with_sections(self, sections: dict[str, Any]) -> Settings:
         """A copy with whole sections replaced (the reload rule keeps the agent's own sections)."""

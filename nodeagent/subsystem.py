@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from aiohttp import web
     from prometheus_client import CollectorRegistry
 
-    from nodeagent.backends.gpu.protocols import GpuBackend
+    from nodeagent.backends.gpu.protocols import GpuBackend, MigControl
     from nodeagent.backends.hostfs import BackupJournal, Root
     from nodeagent.backends.kmod import ModuleLoader
     from nodeagent.backends.runtimectl import RuntimeControl
@@ -99,6 +99,8 @@ class Backends:
     runtime_control: RuntimeControl
     module_loader: ModuleLoader
     device_nodes: DeviceNodeMaker
+    mig_control: MigControl | None = None
+    """What changes MIG layouts (None: this backend cannot)."""
 
 
 class StatusBoard:

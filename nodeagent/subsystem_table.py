@@ -1,4 +1,4 @@
-"""The explicit list of subsystems, in dependency order (driver → runtime/CDI → metrics; validation files).
+"""The explicit list of subsystems, in dependency order (driver → MIG → runtime/CDI → metrics; validation files).
 
 Each entry is imported lazily by dotted path, so a subsystem's dependencies are loaded only when it is
 enabled (design.md: keep imports lazy). The agent orders them by ``requires`` again at start, so this
@@ -34,6 +34,7 @@ class Entry:
 
 SUBSYSTEMS: tuple[Entry, ...] = (
     Entry("driver", "nodeagent.driver.subsystem:DriverSubsystem", ()),
+    Entry("mig", "nodeagent.mig.subsystem:MigSubsystem", ("driver",)),
     Entry("runtime", "nodeagent.runtime.subsystem:RuntimeSubsystem", ("driver",), needs_gpu=False),
     Entry("cdi", "nodeagent.cdi.subsystem:CdiSubsystem", ("driver",)),
     Entry("metrics", "nodeagent.metrics.subsystem:MetricsSubsystem", ("driver",)),

@@ -10,8 +10,36 @@ MIG planner plans with them.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 
 from nodeagent.model.gpu import MigProfile
+
+
+@dataclass(frozen=True)
+class GpuProcess:
+    """A process using a GPU (NVML's process lists, or a /dev/nvidia* file it holds open)."""
+
+    pid: int
+    name: str
+    gpu_index: int
+    gpu_instance_id: int | None = None
+    """The GPU instance it runs on (MIG), when known."""
+    used_memory_mib: int = 0
+
+
+@dataclass(frozen=True)
+class MigReadiness:
+    """Payload of ``events.MIG_READY``: the desired MIG config and its state, as mig-manager's
+    ``nvidia.com/mig.config.state`` (pending, rebooting, success, failed), with the reason."""
+
+    config: str
+    state: str
+    reason: str = ""
+
+    @property
+    def ready(self) -> bool:
+        return self.state == "success"
+
 
 Placement = tuple[int, int]
 """(start, size) in memory slices."""
@@ -74,29 +102,143 @@ def find_placement(
     memory_slices: int,
     compute_slices: int,
 ) -> list[int] | None:
-    """Start slices for ``profiles`` (same order) that fit beside ``existing``, or None.
+    """Start slices for ``profiles`` (same order) that fit beside ``existing``, or None (see search_placement)."""
+    return search_placement(profiles, existing, memory_slices=memory_slices, compute_slices=compute_slices)
 
-    Larger instances are placed first, each at the lowest start that still lets the rest fit
-    (a depth-first search: mig-parted tries permutations for the same reason)."""
-    order = sorted(range(len(profiles)), key=lambda i: (-profiles[i].slices, -profiles[i].compute_slices, i))
-    starts: dict[int, int] = {}
-    placed = list(existing)
 
-    def search(k: int) -> bool:
+def search_placement(
+    wanted: Sequence[MigProfile],
+    fixed: Sequence[tuple[MigProfile, int]] = (),
+    *,
+    memory_slices: int,
+    compute_slices: int,
+) -> list[int] | None:
+    """Start slices for ``wanted`` (same order) beside the ``fixed`` instances, or None when none exist.
+
+    Exact: every allowed start of every instance is tried (a depth-first search over memory-slice
+    bitmasks), so a layout is refused only when no placement exists at all. Larger instances go first and
+    instances of one profile take increasing starts (their order does not matter), which keeps the search
+    small. The answer is deterministic: the lowest starts in that order."""
+    if not wanted:
+        return []
+    if totals_problem(wanted, fixed, compute_slices=compute_slices, memory_slices=memory_slices):
+        return None
+    occupied = 0
+    for p, s in fixed:
+        occupied |= ((1 << p.slices) - 1) << s
+    order = sorted(range(len(wanted)), key=lambda i: (-wanted[i].slices, -wanted[i].compute_slices, wanted[i].name, i))
+    masks = [
+        [(s, ((1 << wanted[i].slices) - 1) << s) for s in wanted[i].starts if s + wanted[i].slices <= memory_slices]
+        for i in order
+    ]
+    same_as_previous = [k > 0 and wanted[order[k - 1]].name == wanted[order[k]].name for k in range(len(order))]
+    chosen: list[int] = [0] * len(order)
+
+    def search(k: int, used: int, min_start: int) -> bool:
         if k == len(order):
             return True
-        idx = order[k]
-        prof = profiles[idx]
-        for s in prof.starts:
-            if placement_problem(prof, s, placed, memory_slices=memory_slices, compute_slices=compute_slices):
+        for s, mask in masks[k]:
+            if s < min_start or used & mask:
                 continue
-            placed.append((prof, s))
-            starts[idx] = s
-            if search(k + 1):
+            chosen[k] = s
+            nxt = k + 1
+            if search(nxt, used | mask, s + 1 if nxt < len(order) and same_as_previous[nxt] else 0):
                 return True
-            placed.pop()
         return False
 
-    if not search(0):
+    if not search(0, occupied, 0):
         return None
-    return [starts[i] for i in range(len(profiles))]
+    starts = [0] * len(wanted)
+    for k, i in enumerate(order):
+        starts[i] = chosen[k]
+    return starts
+
+
+def totals_problem(
+    wanted: Sequence[MigProfile],
+    fixed: Sequence[tuple[MigProfile, int]] = (),
+    *,
+    compute_slices: int,
+    memory_slices: int,
+) -> str | None:
+    """Why ``wanted`` cannot join ``fixed`` whatever the placements (counts, media extensions, totals), or None."""
+    every = [p for p, _ in fixed] + list(wanted)
+    counts: dict[str, int] = {}
+    for p in every:
+        counts[p.name] = counts.get(p.name, 0) + 1
+    for p in every:
+        if counts[p.name] > p.max_count:
+            return f"{counts[p.name]}x {p.name}: at most {p.max_count} instance(s) per GPU"
+    media = [p.name for p in every if p.media_extensions]
+    if len(media) > 1:
+        return f"{' and '.join(media)}: only one instance with media extensions per GPU"
+    compute = sum(p.compute_slices for p in every)
+    if compute > compute_slices:
+        return f"needs {compute} compute slices; the GPU has {compute_slices}"
+    memory = sum(p.slices for p in every)
+    if memory > memory_slices:
+        return f"needs {memory} memory slices; the GPU has {memory_slices}"
+    return None
+
+
+def describe(profiles: Iterable[MigProfile]) -> str:
+    """``4g.40gb + 2x2g.20gb`` (in the order first seen)."""
+    counts: dict[str, int] = {}
+    for p in profiles:
+        counts[p.name] = counts.get(p.name, 0) + 1
+    return " + ".join(name if n == 1 else f"{n}x{name}" for name, n in counts.items()) or "nothing"
+
+
+def misfit_reason(
+    wanted: Sequence[MigProfile],
+    fixed: Sequence[tuple[MigProfile, int]] = (),
+    *,
+    memory_slices: int,
+    compute_slices: int,
+) -> str:
+    """Why ``wanted`` cannot be placed beside ``fixed``, naming the smallest conflicting set of instances."""
+    kw = {"memory_slices": memory_slices, "compute_slices": compute_slices}
+    totals = totals_problem(wanted, fixed, **kw)
+    if totals:
+        return totals
+    # Drop instances while the rest still conflicts: what is left is the conflict.
+    core = list(wanted)
+    i = 0
+    while i < len(core):
+        rest = core[:i] + core[i + 1 :]
+        if rest and search_placement(rest, fixed, **kw) is None:
+            core = rest
+        else:
+            i += 1
+    rules = "; ".join(
+        f"{p.name} only at {{{','.join(map(str, p.starts))}}}:{p.slices}" for p in {p.name: p for p in core}.values()
+    )
+    beside = f" beside {', '.join(f'{p.name} at {s}:{p.slices}' for p, s in fixed)}" if fixed else ""
+    return f"{describe(core)} cannot be placed without overlap{beside} ({rules})"
+
+
+@dataclass(frozen=True)
+class MigTable:
+    """A GPU model's GPU-instance profiles and its slice totals: everything placement needs."""
+
+    profiles: tuple[MigProfile, ...]
+    memory_slices: int
+    compute_slices: int
+
+    @classmethod
+    def from_profiles(cls, profiles: Iterable[MigProfile]) -> MigTable:
+        """Totals derived from the profiles themselves: the full-GPU profile spans them all."""
+        ps = tuple(profiles)
+        memory = max((s + p.slices for p in ps for s in p.starts), default=0)
+        compute = max((p.compute_slices for p in ps), default=0)
+        return cls(ps, memory, compute)
+
+    def profile(self, name: str) -> MigProfile | None:
+        for p in self.profiles:
+            if p.name == name:
+                return p
+        return None
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(p.name for p in self.profiles)

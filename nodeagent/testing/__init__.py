@@ -90,6 +90,7 @@ def context(
         runtime_control=runtime_control or base.runtime_control,
         module_loader=module_loader or base.module_loader,
         device_nodes=base.device_nodes,
+        mig_control=base.mig_control,
     )
     ctx = build_context(settings, root=root, backends=backends, node_name=node_name, registry=registry)
     if inventory is not None:

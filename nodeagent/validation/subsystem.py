@@ -50,7 +50,7 @@ class ValidationSubsystem(BaseSubsystem):
             conditions.driver,
             conditions.driver_known,
             runtime_healthy=bus.last(events.RUNTIME_HEALTHY),
-            mig_ready=bus.last(events.MIG_READY),
+            mig_ready=_mig_ready(bus.last(events.MIG_READY)),
         )
         existing = await run_blocking(self._read_all)
         return files.Observed(conditions, existing)
@@ -107,6 +107,13 @@ class ValidationSubsystem(BaseSubsystem):
             return
         present = [name for name in files.ALL if _present_after(observed, plan, name, self.directory)]
         self.set_status(Phase.RUNNING, "", directory=self.directory, present=present)
+
+
+def _mig_ready(payload: object) -> bool | None:
+    """``MIG_READY`` carries a ``MigReadiness`` (None before the MIG subsystem said anything)."""
+    if payload is None:
+        return None
+    return bool(getattr(payload, "ready", payload))
 
 
 def _present_after(observed: files.Observed, plan: Plan, name: str, directory: str) -> bool:

@@ -89,7 +89,7 @@ def test_h100_placements_are_those_of_the_hardware() -> None:
 
 
 def test_every_builtin_loads_and_round_trips() -> None:
-    assert builtin_names() == ["a100-sxm4-40gb", "a100-sxm4-80gb", "h100-80gb-hbm3", "l4", "t4"]
+    assert builtin_names() == ["a100-sxm4-40gb", "a100-sxm4-80gb", "h100-80gb-hbm3", "h200-141gb-hbm3e", "l4", "t4"]
     for name in builtin_names():
         p = load_profile(name)
         again = profile_from_json(json.loads(json.dumps(profile_to_json(p))), source="x", key=p.key)

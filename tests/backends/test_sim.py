@@ -6,13 +6,15 @@ import asyncio
 import re
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 
-from nodeagent.backends.gpu.protocols import GpuBackend
+from nodeagent.backends.gpu.protocols import GpuBackend, MigInUse, MigResetUnavailable
 from nodeagent.backends.gpu.sim.backend import SimGpuBackend
 from nodeagent.errors import ConfigError, MigOperationError
 from nodeagent.model.gpu import GPM_READINGS, MIG_READINGS, GpuHealthState, Reading, SampleRequest
+from nodeagent.model.mig import GpuProcess
 from tests.backends.test_nvml import Ticker
 
 ALL = SampleRequest(frozenset(Reading))
@@ -374,3 +376,52 @@ async def test_a_gpu_that_keeps_hanging_is_no_longer_retried_and_threads_are_giv
         await asyncio.sleep(0.01)
     assert worker.abandoned == 0
     await backend.close()
+
+
+async def test_mig_recreated_instance_gets_a_new_uuid(sim: SimGpuBackend) -> None:
+    await sim.set_mig_mode(2, True)
+    await sim.reset_gpu(2)
+    first = await sim.create_gpu_instance(2, "3g.40gb", start=4)
+    await sim.destroy_gpu_instance(2, first.gpu_instance_id)
+    again = await sim.create_gpu_instance(2, "3g.40gb", start=4)
+    assert again.gpu_instance_id == first.gpu_instance_id
+    assert again.uuid != first.uuid and again.uuid.startswith("MIG-")
+
+
+async def test_mig_state_persists_across_backends(tmp_path: Path) -> None:
+    state = tmp_path / "state" / "sim-mig.json"
+    one = SimGpuBackend("h100-80gb-hbm3", 2, 3)
+    one.use_state_file(state)
+    await one.set_mig_mode(1, True)
+    await one.reset_gpu(1)
+    made = await one.create_gpu_instance(1, "2g.20gb", start=2)
+    one.set_holders(1, [GpuProcess(4242, "python", 0, made.gpu_instance_id, 900)])
+    await one.close()
+    two = SimGpuBackend("h100-80gb-hbm3", 2, 3)
+    two.use_state_file(state)
+    await two.open()
+    inv = await two.inventory()
+    assert inv.gpu(1).mig_enabled and not inv.gpu(0).mig_enabled
+    assert [(d.profile, d.placement_start, d.uuid) for d in inv.gpu(1).mig_devices] == [("2g.20gb", 2, made.uuid)]
+    assert await two.gpu_processes(1) == (GpuProcess(4242, "python", 1, made.gpu_instance_id, 900),)
+    other = await two.create_gpu_instance(1, "2g.20gb", start=0)
+    assert other.uuid != made.uuid
+    await two.close()
+    # A different node (seed) ignores the file and starts from its own state.
+    three = SimGpuBackend("h100-80gb-hbm3", 2, 4)
+    three.use_state_file(state)
+    assert not (await three.inventory()).gpu(1).mig_enabled
+    await three.close()
+
+
+async def test_mig_reset_can_be_blocked(sim: SimGpuBackend) -> None:
+    await sim.set_mig_mode(0, True)
+    sim.block_reset("reboot")
+    with pytest.raises(MigResetUnavailable, match="RESET_REQUIRED"):
+        await sim.reset_gpu(0)
+    sim.block_reset("in-use", "nvidia_drm")
+    with pytest.raises(MigInUse, match="nvidia_drm"):
+        await sim.reset_gpu(0)
+    sim.block_reset(None)
+    await sim.reset_gpu(0)
+    assert (await sim.inventory()).gpu(0).mig_enabled

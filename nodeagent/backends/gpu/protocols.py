@@ -4,7 +4,18 @@ from __future__ import annotations
 
 from typing import Protocol, runtime_checkable
 
+from nodeagent.errors import MigOperationError
 from nodeagent.model.gpu import Inventory, MigDevice, Sample, SampleRequest
+from nodeagent.model.mig import GpuProcess
+
+
+class MigResetUnavailable(MigOperationError):
+    """The GPU cannot be reset here (NVML_ERROR_RESET_REQUIRED: passthrough VMs and the like); only a reboot
+    makes the pending MIG mode current."""
+
+
+class MigInUse(MigOperationError):
+    """The GPU (or the instance) is in use by another client (NVML_ERROR_IN_USE)."""
 
 
 @runtime_checkable
@@ -53,3 +64,6 @@ class MigControl(Protocol):
 
     async def destroy_gpu_instance(self, gpu_index: int, gpu_instance_id: int) -> None:
         """Destroy the GPU instance (and its compute instances)."""
+
+    async def gpu_processes(self, gpu_index: int) -> tuple[GpuProcess, ...]:
+        """Processes running on the GPU or its instances (NVML's compute and graphics process lists)."""

@@ -19,18 +19,23 @@ from __future__ import annotations
 
 import collections
 import hashlib
+import json
 import math
 import random
 import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
 
 import structlog
 
+from nodeagent.backends.gpu.protocols import MigInUse, MigResetUnavailable
 from nodeagent.backends.gpu.sim.profiles import DEFAULT_PROFILE, MAX_COUNT, GpuProfile, load_profile, parse_mig_layout
 from nodeagent.backends.gpu.sweep import GpuLost, GpuSweeper, Hop
 from nodeagent.backends.gpu.sweep import wanted_gpus as _wanted
+from nodeagent.backends.hostfs import atomic_write
 from nodeagent.errors import ConfigError, MigOperationError
 from nodeagent.model.gpu import (
     GPM_READINGS,
@@ -47,11 +52,12 @@ from nodeagent.model.gpu import (
     SampleRequest,
     XidEvent,
 )
-from nodeagent.model.mig import count_problem, find_placement, gpu_instance_id, placement_problem
+from nodeagent.model.mig import GpuProcess, count_problem, find_placement, gpu_instance_id, placement_problem
 
 log = structlog.get_logger(__name__)
 
 XID_FALLEN_OFF_BUS = 79
+STATE_FORMAT = "nodeagent.sim-mig-state/v1"
 _UTIL_ONLY_WITHOUT_MIG = frozenset({Reading.GPU_UTIL_PCT, Reading.MEM_COPY_UTIL_PCT})
 _MIG_GPM = MIG_READINGS & GPM_READINGS
 
@@ -163,6 +169,9 @@ class _SimGpu:
         self.mig_enabled = False
         self.mig_pending = False
         self.instances: dict[int, _Instance] = {}
+        self.created = 0
+        """GPU instances created so far: each creation gets a new MIG UUID, as on the hardware."""
+        self.holders: tuple[GpuProcess, ...] = ()
         usable = p.memory_total_mib - p.memory_reserved_mib
         self.work = _Workload(self.rng, usable)
         self.t = clock_now
@@ -357,16 +366,19 @@ class _SimGpu:
             for n, inst in enumerate(sorted(self.instances.values(), key=lambda i: (i.gi, i.ci)))
         )
 
-    def add_instance(self, mp: MigProfile, start: int) -> _Instance:
+    def add_instance(self, mp: MigProfile, start: int, *, uuid: str = "") -> _Instance:
         p = self.profile
         gi = gpu_instance_id(start, mp.slices, p.mig_memory_slices)
         rng = random.Random(f"{self.seed}/{p.key}/{self.index}/gi{gi}")
+        if not uuid:
+            uuid = _uuid("MIG", "mig", self.uuid, gi, 0, self.created)
+            self.created += 1
         inst = _Instance(
             gi=gi,
             ci=0,
             profile=mp,
             start=start,
-            uuid=_uuid("MIG", "mig", self.uuid, gi, 0),
+            uuid=uuid,
             work=_Workload(rng, mp.memory_mib * 0.97),
         )
         self.instances[gi] = inst
@@ -426,6 +438,8 @@ class SimGpuBackend:
                 for mp, start in zip(layout, starts, strict=True):
                     g.add_instance(mp, start)
         self._closed = False
+        self._state_file: Path | None = None
+        self._reset_blocker: tuple[str, str] | None = None
 
     # ---- GpuBackend
 
@@ -633,7 +647,10 @@ class SimGpuBackend:
 
     def _mig_gpu(self, hop: Hop, gpu_index: int) -> _SimGpu:
         g = self._gpu(gpu_index)
-        self._gate(g, hop)
+        try:
+            self._gate(g, hop)
+        except GpuLost as err:
+            raise MigOperationError(f"GPU {gpu_index}: {err.reason}") from None
         if not self.profile.mig_capable:
             raise MigOperationError(f"GPU {gpu_index} ({self.profile.name}) is not MIG-capable")
         return g
@@ -643,17 +660,25 @@ class SimGpuBackend:
         if not enabled and g.instances:
             raise MigOperationError(f"GPU {gpu_index}: destroy its {len(g.instances)} GPU instance(s) first (in use)")
         g.mig_pending = enabled
+        self._save()
         log.info("sim_mig_mode_set", gpu=gpu_index, pending=enabled, current=g.mig_enabled)
         return g.mig_pending != g.mig_enabled
 
     def _reset(self, gpu_index: int) -> None:
         g = self._gpu(gpu_index)
+        if self._reset_blocker is not None:
+            kind, reason = self._reset_blocker
+            why = f": {reason}" if reason else ""
+            if kind == "reboot":
+                raise MigResetUnavailable(f"GPU {gpu_index}: cannot be reset here (NVML_ERROR_RESET_REQUIRED){why}")
+            raise MigInUse(f"GPU {gpu_index}: reset refused: in use by another client{why}")
         g.mig_enabled = g.mig_pending
         g.instances.clear()
         g.lost = False
         g.hung_until = 0.0
         g.gpm_primed = False
         self._sweeper.health.clear(gpu_index)
+        self._save()
         log.info("sim_gpu_reset", gpu=gpu_index, mig_enabled=g.mig_enabled)
 
     def _create(self, hop: Hop, gpu_index: int, profile: str, start: int | None) -> MigDevice:
@@ -683,6 +708,7 @@ class SimGpuBackend:
             if problem:
                 raise MigOperationError(f"GPU {gpu_index}: {problem}")
         inst = g.add_instance(mp, start)
+        self._save()
         log.info("sim_gpu_instance_created", gpu=gpu_index, profile=mp.name, gi=inst.gi, start=start)
         return next(d for d in g.mig_devices() if d.gpu_instance_id == inst.gi)
 
@@ -691,4 +717,105 @@ class SimGpuBackend:
         if g.instances.pop(gpu_instance_id, None) is None:
             have = ", ".join(str(gi) for gi in sorted(g.instances)) or "none"
             raise MigOperationError(f"GPU {gpu_index}: no GPU instance {gpu_instance_id} (existing: {have})")
+        self._save()
         log.info("sim_gpu_instance_destroyed", gpu=gpu_index, gi=gpu_instance_id)
+
+    async def gpu_processes(self, gpu_index: int) -> tuple[GpuProcess, ...]:
+        """The injected holders of this GPU (``set_holders``), as NVML's process lists would show them."""
+        return await self._sweeper.call_in_hop("nvmlDeviceGetComputeRunningProcesses", self._processes, gpu_index)
+
+    def _processes(self, hop: Hop, gpu_index: int) -> tuple[GpuProcess, ...]:
+        return self._mig_gpu(hop, gpu_index).holders
+
+    # ---- MIG fault injection and persistence
+
+    def set_holders(self, gpu_index: int, processes: Iterable[GpuProcess]) -> None:
+        """Processes that use this GPU from now on (empty: none). They block nothing in the simulator itself;
+        the MIG executor finds them and refuses destructive steps without --force."""
+        g = self._gpu(gpu_index)
+        g.holders = tuple(replace(p, gpu_index=gpu_index) for p in processes)
+        self._save()
+
+    def block_reset(self, kind: str | None, reason: str = "") -> None:
+        """Make GPU resets fail: ``reboot`` as in a passthrough VM (NVML_ERROR_RESET_REQUIRED), ``in-use`` as
+        when nvidia_drm or another client holds the GPU; None lets resets work again."""
+        if kind not in (None, "reboot", "in-use"):
+            raise ValueError(f"unknown reset blocker {kind!r}; expected reboot or in-use")
+        self._reset_blocker = None if kind is None else (kind, reason)
+
+    def use_state_file(self, path: Path) -> None:
+        """Keep the MIG state (modes, instances with their UUIDs, holders) in ``path``: read it now when it
+        describes this node (same profile, count and seed), write it after every change. Two separate
+        commands on one sandbox then see the same GPUs, as on a real node."""
+        self._state_file = path
+        try:
+            doc = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            self._save()
+            return
+        except (OSError, ValueError) as err:
+            log.warning("sim_mig_state_unreadable", path=str(path), error=str(err))
+            self._save()
+            return
+        if not self._load(doc):
+            log.warning("sim_mig_state_other_node", path=str(path))
+            self._save()
+
+    def _identity(self) -> dict[str, Any]:
+        return {"format": STATE_FORMAT, "profile": self.profile.key, "count": self.count, "seed": self.seed}
+
+    def _load(self, doc: Any) -> bool:
+        if not isinstance(doc, dict) or {k: doc.get(k) for k in self._identity()} != self._identity():
+            return False
+        try:
+            for raw in doc["gpus"]:
+                g = self._gpu(int(raw["index"]))
+                g.mig_enabled, g.mig_pending = bool(raw["mig_enabled"]), bool(raw["mig_pending"])
+                g.created = int(raw["created"])
+                g.instances.clear()
+                for inst in raw["instances"]:
+                    g.add_instance(self.profile.mig_profile(inst["profile"]), int(inst["start"]), uuid=inst["uuid"])
+                g.holders = tuple(
+                    GpuProcess(int(h["pid"]), str(h["name"]), g.index, h.get("gpu_instance_id"), int(h.get("mib", 0)))
+                    for h in raw.get("holders", [])
+                )
+        except (KeyError, TypeError, ValueError, IndexError, ConfigError) as err:
+            log.warning("sim_mig_state_bad", error=str(err))
+            return False
+        return True
+
+    def _save(self) -> None:
+        if self._state_file is None:
+            return
+        doc = {
+            **self._identity(),
+            "gpus": [
+                {
+                    "index": g.index,
+                    "mig_enabled": g.mig_enabled,
+                    "mig_pending": g.mig_pending,
+                    "created": g.created,
+                    "instances": [
+                        {"profile": i.profile.name, "start": i.start, "uuid": i.uuid}
+                        for i in sorted(g.instances.values(), key=lambda i: i.gi)
+                    ],
+                    "holders": [
+                        {"pid": h.pid, "name": h.name, "gpu_instance_id": h.gpu_instance_id, "mib": h.used_memory_mib}
+                        for h in g.holders
+                    ],
+                }
+                for g in self._gpus
+            ],
+        }
+        self._state_file.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(self._state_file, (json.dumps(doc, indent=1) + "\n").encode())
+
+    def reboot(self) -> None:
+        """What a node reboot does to the GPUs: pending MIG modes become current, every instance is gone
+        (the MIG mode itself survives), holders and reset blockers are gone."""
+        for g in self._gpus:
+            g.mig_enabled = g.mig_pending
+            g.instances.clear()
+            g.holders = ()
+        self._reset_blocker = None
+        self._save()

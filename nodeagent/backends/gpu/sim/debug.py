@@ -1,7 +1,9 @@
 """The simulator's HTTP routes, mounted by the composition root only in simulation.
 
 ``POST /debug/sim/{fault}`` injects a fault into a simulated GPU: ``xid`` (query ``gpu``, ``xid``), ``lose``
-(``gpu``) or ``hang`` (``gpu``, ``seconds``). A real node has no such routes at all.
+(``gpu``), ``hang`` (``gpu``, ``seconds``), ``holders`` (``gpu``, ``pid``, ``name``; no ``pid`` clears them: a
+process that keeps MIG from changing the GPU), ``reset`` (``block`` = ``reboot`` | ``in-use`` | empty: how GPU
+resets fail) and ``reboot`` (what a node reboot does to the GPUs). A real node has no such routes at all.
 """
 
 from __future__ import annotations
@@ -10,6 +12,8 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 from aiohttp import web
+
+from nodeagent.model.mig import GpuProcess
 
 if TYPE_CHECKING:
     from nodeagent.backends.gpu.sim.backend import SimGpuBackend
@@ -41,8 +45,17 @@ def _inject(sim: SimGpuBackend, request: web.Request) -> web.Response:
             sim.lose_gpu(gpu)
         elif fault == "hang":
             sim.hang_calls(gpu, float(request.query.get("seconds", "10")))
+        elif fault == "holders":
+            pid = request.query.get("pid", "")
+            name = request.query.get("name", "app")
+            sim.set_holders(gpu, [GpuProcess(int(pid), name, gpu)] if pid else [])
+        elif fault == "reset":
+            sim.block_reset(request.query.get("block") or None, request.query.get("reason", ""))
+        elif fault == "reboot":
+            sim.reboot()
         else:
-            return web.json_response({"error": f"unknown fault {fault!r}; use xid, lose or hang"}, status=404)
+            known = "xid, lose, hang, holders, reset or reboot"
+            return web.json_response({"error": f"unknown fault {fault!r}; use {known}"}, status=404)
     except (ValueError, KeyError, IndexError) as err:
         return web.json_response({"error": str(err)}, status=400)
     return web.json_response({"injected": fault, "gpu": gpu})

@@ -1,0 +1,1 @@
+"""MIG partitioning: mig-parted-compatible configs, a pure placement-aware planner, its executor, commands."""

@@ -1,0 +1,237 @@
+"""``nodeagent mig apply|assert|export|generate-config``: nvidia-mig-parted's commands, flags and environment.
+
+Flags and their ``MIG_PARTED_*`` variables are mig-parted's (a flag wins over its variable):
+
+- ``apply -f FILE -c NAME [--mode-only] [--skip-reset] [-k HOOKS] [--force]``
+  (MIG_PARTED_CONFIG_FILE, MIG_PARTED_SELECTED_CONFIG, MIG_PARTED_MODE_CHANGE_ONLY, MIG_PARTED_SKIP_RESET,
+  MIG_PARTED_HOOKS_FILE);
+- ``assert -f FILE -c NAME [--mode-only | --valid-config]`` (MIG_PARTED_VALID_CONFIG): exit 0 when applied
+  (or valid), 1 when not;
+- ``export [--config-label current] [-o yaml|json]`` (MIG_PARTED_CONFIG_LABEL, MIG_PARTED_OUTPUT_FORMAT);
+- ``generate-config [-f OUT] [-o yaml|json]`` (MIG_PARTED_OUTPUT_FILE, MIG_PARTED_OUTPUT_FORMAT).
+
+Exit codes: 0 done / applied; 1 not applied, or a GPU failed or needs a reboot; 2 bad input (the config
+file, a config that does not fit the GPUs), and then nothing was touched. With ``--simulate`` the GPUs'
+MIG state lives in the sandbox (under ``agent.state_dir``), so separate commands see the same GPUs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Awaitable, Callable, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from nodeagent.backends.gpu.protocols import GpuBackend, MigControl
+    from nodeagent.backends.hostfs import Root
+    from nodeagent.settings import Settings
+
+EXIT_OK, EXIT_NOT_APPLIED, EXIT_USAGE = 0, 1, 2
+_TRUE = ("1", "true", "yes", "on")
+
+
+def add_mig_parser(sub: Any, common: Callable[[argparse.ArgumentParser], None]) -> None:
+    """Add ``mig`` and its subcommands to the top-level subparsers (``common`` adds --simulate, --root...)."""
+    mig = sub.add_parser("mig", help="MIG partitioning, compatible with nvidia-mig-parted")
+    cmds = mig.add_subparsers(dest="mig_command", required=True, metavar="MIG_COMMAND")
+    p = cmds.add_parser("apply", help="apply a MIG config (least disruption: only the difference is changed)")
+    common(p)
+    _config_flags(p)
+    p.add_argument("-m", "--mode-only", action="store_true", default=None, help="only change MIG modes")
+    p.add_argument("-s", "--skip-reset", action="store_true", default=None, help="leave mode changes pending")
+    p.add_argument("-k", "--hooks-file", metavar="FILE", help="mig-parted hooks file")
+    p.add_argument("--force", action="store_true", help="go on even when processes or pods use a changed GPU")
+    p = cmds.add_parser("assert", help="exit 0 when the config is applied, 1 when not")
+    common(p)
+    _config_flags(p)
+    only = p.add_mutually_exclusive_group()
+    only.add_argument("-m", "--mode-only", action="store_true", default=None, help="compare MIG modes only")
+    only.add_argument("-a", "--valid-config", action="store_true", default=None, help="only check that it is valid")
+    p = cmds.add_parser("export", help="the current MIG layout as a mig-parted config")
+    common(p)
+    p.add_argument("-l", "--config-label", metavar="NAME", help="name of the config (default current)")
+    p.add_argument("-o", "--output-format", choices=["yaml", "json"], help="default yaml")
+    p = cmds.add_parser("generate-config", help="a mig-parted config with every layout these GPUs allow")
+    common(p)
+    p.add_argument("-f", "--output-file", metavar="FILE", help="write here instead of stdout")
+    p.add_argument("-o", "--output-format", choices=["yaml", "json"], help="default yaml")
+
+
+def _config_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-f", "--config-file", metavar="FILE", help="mig-parted config file ('-' for stdin)")
+    p.add_argument("-c", "--selected-config", metavar="NAME", help="config to use from the file")
+
+
+def _flag(args: argparse.Namespace, name: str, env: Mapping[str, str], var: str, default: Any = None) -> Any:
+    value = getattr(args, name, None)
+    if value is not None:
+        return value
+    if var in env:
+        raw = env[var]
+        return raw.strip().lower() in _TRUE if isinstance(default, bool) else raw
+    return default
+
+
+OpenGpus = Callable[["Settings"], Awaitable[tuple["Root", "GpuBackend", "MigControl | None"]]]
+"""Opens the host root, the GPU backend and its MIG control (the composition root's ``open_gpus``)."""
+
+
+async def run_mig(args: argparse.Namespace, settings: Settings, env: Mapping[str, str], open_gpus: OpenGpus) -> int:
+    """Dispatch one ``nodeagent mig`` command. ConfigError propagates (the CLI prints it and exits 2).
+
+    The CLI passes the composition root's ``open_gpus``: this package never chooses simulated or real parts."""
+    from nodeagent.mig import config as cfg
+
+    command = args.mig_command
+    parsed = None
+    if command in ("apply", "assert"):
+        path = _flag(args, "config_file", env, "MIG_PARTED_CONFIG_FILE")
+        if not path:
+            print("nodeagent mig: missing -f/--config-file (or MIG_PARTED_CONFIG_FILE)", file=sys.stderr)
+            return EXIT_USAGE
+        parsed = (cfg.parse_text(sys.stdin.read(), source="<stdin>") if path == "-" else cfg.load_file(path)).select(
+            _flag(args, "selected_config", env, "MIG_PARTED_SELECTED_CONFIG")
+        )
+    hooks = None
+    if command == "apply" and _flag(args, "hooks_file", env, "MIG_PARTED_HOOKS_FILE"):
+        from nodeagent.mig.hooks import load_hooks
+
+        hooks = load_hooks(_flag(args, "hooks_file", env, "MIG_PARTED_HOOKS_FILE"))
+    from nodeagent.errors import BackendUnavailable
+
+    try:
+        root, gpus, control = await open_gpus(settings)
+    except BackendUnavailable as err:
+        print(f"nodeagent mig: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        if command == "apply":
+            assert parsed is not None
+            return await _apply(
+                args, env, parsed, root=root, gpus=gpus, control=control, settings=settings, hooks=hooks
+            )
+        if command == "assert":
+            assert parsed is not None
+            return await _assert(args, env, parsed, gpus)
+        if command == "export":
+            return await _export(args, env, gpus)
+        return await _generate(args, env, gpus)
+    finally:
+        await gpus.close()
+
+
+async def _states(gpus: GpuBackend) -> tuple[Any, list[Any]]:
+    from nodeagent.mig.observe import gpu_states
+
+    inventory = await gpus.inventory()
+    return inventory, gpu_states(inventory)
+
+
+async def _apply(
+    args: argparse.Namespace,
+    env: Mapping[str, str],
+    config: Any,
+    *,
+    root: Root,
+    gpus: GpuBackend,
+    control: MigControl | None,
+    settings: Settings,
+    hooks: Any,
+) -> int:
+    from nodeagent.mig import service
+
+    if control is None:
+        print(f"nodeagent mig: the {gpus.kind} GPU backend cannot change MIG layouts", file=sys.stderr)
+        return EXIT_NOT_APPLIED
+    mode_only = bool(_flag(args, "mode_only", env, "MIG_PARTED_MODE_CHANGE_ONLY", False))
+    skip_reset = bool(_flag(args, "skip_reset", env, "MIG_PARTED_SKIP_RESET", False))
+    inventory, states = await _states(gpus)
+    config.validate([s.gpu for s in states])
+    hook_env = {
+        "MIG_PARTED_CONFIG_FILE": str(_flag(args, "config_file", env, "MIG_PARTED_CONFIG_FILE", "")),
+        "MIG_PARTED_SELECTED_CONFIG": config.name,
+        "MIG_PARTED_HOOKS_FILE": str(_flag(args, "hooks_file", env, "MIG_PARTED_HOOKS_FILE", "")),
+        "MIG_PARTED_SKIP_RESET": str(skip_reset).lower(),
+        "MIG_PARTED_MODE_CHANGE_ONLY": str(mode_only).lower(),
+    }
+    outcome = await service.apply_config(
+        config,
+        control,
+        root=root,
+        inventory=inventory,
+        mode_only=mode_only,
+        skip_reset=skip_reset,
+        force=bool(args.force),
+        hooks=hooks,
+        hook_env=hook_env,
+        kubelet_socket=settings.metrics.kubelet_socket,
+    )
+    for line in outcome.lines():
+        print(line)
+    if outcome.ok:
+        print("MIG configuration applied successfully")
+        return EXIT_OK
+    for reason in outcome.reasons():
+        print(f"nodeagent mig: {reason}", file=sys.stderr)
+    return EXIT_NOT_APPLIED
+
+
+async def _assert(args: argparse.Namespace, env: Mapping[str, str], config: Any, gpus: GpuBackend) -> int:
+    from nodeagent.errors import ConfigError
+    from nodeagent.mig.planner import applied, plan_node
+
+    _, states = await _states(gpus)
+    if _flag(args, "valid_config", env, "MIG_PARTED_VALID_CONFIG", False):
+        try:
+            config.validate([s.gpu for s in states])
+        except ConfigError as err:
+            print(f"nodeagent mig: {err}", file=sys.stderr)
+            return EXIT_NOT_APPLIED
+        errors = plan_node(config, states).errors
+        for e in errors:
+            print(f"nodeagent mig: {e}", file=sys.stderr)
+        if errors:
+            return EXIT_NOT_APPLIED
+        print("Selected MIG configuration is valid")
+        return EXIT_OK
+    mode_only = bool(_flag(args, "mode_only", env, "MIG_PARTED_MODE_CHANGE_ONLY", False))
+    ok, differences = applied(config, states, mode_only=mode_only)
+    if ok:
+        print(
+            "Selected MIG mode settings currently applied"
+            if mode_only
+            else "Selected MIG configuration currently applied"
+        )
+        return EXIT_OK
+    for d in differences:
+        print(f"nodeagent mig: {d}", file=sys.stderr)
+    print("Assertion failure: selected configuration not currently applied", file=sys.stderr)
+    return EXIT_NOT_APPLIED
+
+
+async def _export(args: argparse.Namespace, env: Mapping[str, str], gpus: GpuBackend) -> int:
+    from nodeagent.mig.generate import export, to_text
+
+    _, states = await _states(gpus)
+    label = _flag(args, "config_label", env, "MIG_PARTED_CONFIG_LABEL", "current")
+    fmt = _flag(args, "output_format", env, "MIG_PARTED_OUTPUT_FORMAT", "yaml")
+    sys.stdout.write(to_text(export(states, label), fmt))
+    return EXIT_OK
+
+
+async def _generate(args: argparse.Namespace, env: Mapping[str, str], gpus: GpuBackend) -> int:
+    from nodeagent.backends.hostfs import atomic_write
+    from nodeagent.mig.generate import generate, to_text
+
+    _, states = await _states(gpus)
+    fmt = _flag(args, "output_format", env, "MIG_PARTED_OUTPUT_FORMAT", "yaml")
+    text = to_text(generate([s.gpu for s in states]), fmt)
+    out = _flag(args, "output_file", env, "MIG_PARTED_OUTPUT_FILE", "")
+    if out:
+        atomic_write(Path(out).absolute(), text.encode())
+        print(f"wrote {out}", file=sys.stderr)
+    else:
+        sys.stdout.write(text)
+    return EXIT_OK

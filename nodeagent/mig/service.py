@@ -1,0 +1,179 @@
+"""One MIG apply, shared by ``nodeagent mig apply`` and the ``mig`` subsystem: plan, check holders, execute.
+
+A target that does not fit (or asks for what a GPU lacks) is a ConfigError naming the file, the config and
+the entry, raised before anything is touched.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+
+from nodeagent.backends.gpu.protocols import MigControl
+from nodeagent.backends.hostfs import Root
+from nodeagent.backends.podresources import PodResourcesClient
+from nodeagent.errors import ConfigError, HostPathError
+from nodeagent.mig.config import MigConfig
+from nodeagent.mig.executor import (
+    NVIDIA_DRM_HINT,
+    ApplyReport,
+    Outcome,
+    SamplingPause,
+    execute,
+    nvidia_drm_loaded,
+)
+from nodeagent.mig.holders import find_holders
+from nodeagent.mig.hooks import Hooks
+from nodeagent.mig.observe import gpu_states
+from nodeagent.mig.planner import Action, GpuPlan, NodePlan, plan_node
+from nodeagent.model.gpu import Inventory
+
+
+@dataclass
+class ApplyOutcome:
+    plan: NodePlan
+    report: ApplyReport
+    pending_reset: tuple[int, ...] = ()
+    """GPUs left with a pending mode (--skip-reset)."""
+
+    @property
+    def ok(self) -> bool:
+        return self.report.ok
+
+    @property
+    def reboot_required(self) -> bool:
+        return bool(self.report.reboot_required)
+
+    def reasons(self) -> list[str]:
+        return self.report.reasons()
+
+    def lines(self) -> list[str]:
+        """What happened, per GPU, for people."""
+        out = []
+        for gp in self.plan.gpus:
+            r = self.report.results[gp.gpu]
+            kept = f"; kept {', '.join(i.label() for i in gp.kept)}" if gp.kept and r.done else ""
+            if r.outcome == Outcome.UNCHANGED and not gp.steps:
+                out.append(f"GPU {gp.gpu}: already as configured")
+            elif r.done:
+                out.append(f"GPU {gp.gpu}: {len(r.done)} step(s) done{kept}")
+                out.extend(f"  {d}" for d in r.done)
+            if r.reason:
+                out.append(f"GPU {gp.gpu}: {r.outcome}: {r.reason}")
+        out.extend(f"GPU {i}: MIG mode change pending until the GPU is reset" for i in self.pending_reset)
+        out.extend(f"GPU {i}: no entry matches it; left as it is" for i in self.plan.unmatched)
+        return out
+
+
+def plan_or_raise(config: MigConfig, inventory: Inventory, *, mode_only: bool = False) -> NodePlan:
+    """The node's plan; ConfigError (file, config, entry) when a GPU cannot take its entry."""
+    states = gpu_states(inventory)
+    config.validate([s.gpu for s in states])
+    plan = plan_node(config, states, mode_only=mode_only)
+    if states and not plan.gpus:
+        ids = ", ".join(sorted({str(s.gpu.device_id).split(":")[0] for s in states}))
+        raise ConfigError(
+            f"no entry matches any GPU of this node (device ids {ids}): check devices and device-filter",
+            source=config.source,
+            key=f"mig-configs.{config.name}",
+        )
+    for gp in plan.gpus:
+        if gp.error:
+            where = gp.entry.where if gp.entry is not None else f"mig-configs.{config.name}"
+            raise ConfigError(f"GPU {gp.gpu}: {gp.error}", source=config.source, key=f"{where}.mig-devices")
+    return plan
+
+
+def without_reset(plan: NodePlan) -> tuple[NodePlan, tuple[int, ...]]:
+    """--skip-reset: each GPU stops before its reset (its mode stays pending, nothing is created on it)."""
+    gpus: list[GpuPlan] = []
+    pending = []
+    for gp in plan.gpus:
+        cut = next((i for i, s in enumerate(gp.steps) if s.action == Action.RESET), None)
+        if cut is None:
+            gpus.append(gp)
+            continue
+        pending.append(gp.gpu)
+        gpus.append(replace(gp, steps=gp.steps[:cut]))
+    return replace(plan, gpus=tuple(gpus)), tuple(pending)
+
+
+async def apply_config(
+    config: MigConfig,
+    control: MigControl,
+    *,
+    root: Root,
+    inventory: Inventory,
+    mode_only: bool = False,
+    skip_reset: bool = False,
+    force: bool = False,
+    hooks: Hooks | None = None,
+    hook_env: Mapping[str, str] | None = None,
+    kubelet_socket: str = "",
+    sampling: SamplingPause | None = None,
+) -> ApplyOutcome:
+    """Plan (ConfigError before anything is touched) and carry the plan out."""
+    plan = plan_or_raise(config, inventory, mode_only=mode_only)
+    pending: tuple[int, ...] = ()
+    if skip_reset:
+        plan, pending = without_reset(plan)
+    outcome = await execute_plan(
+        plan,
+        control,
+        root=root,
+        inventory=inventory,
+        force=force,
+        hooks=hooks,
+        hook_env=hook_env,
+        kubelet_socket=kubelet_socket,
+        sampling=sampling,
+    )
+    outcome.pending_reset = pending
+    return outcome
+
+
+async def execute_plan(
+    plan: NodePlan,
+    control: MigControl,
+    *,
+    root: Root,
+    inventory: Inventory,
+    force: bool = False,
+    hooks: Hooks | None = None,
+    hook_env: Mapping[str, str] | None = None,
+    kubelet_socket: str = "",
+    sampling: SamplingPause | None = None,
+) -> ApplyOutcome:
+    """Find the holders of the GPUs that change, then execute."""
+    changing = [g for g in inventory.gpus if any(gp.gpu == g.index and gp.steps for gp in plan.gpus)]
+    holders = {}
+    if changing:
+        pods = PodResourcesClient(root, kubelet_socket) if kubelet_socket else None
+        try:
+            holders = await find_holders(changing, root=root, processes=control, pods=pods)
+        finally:
+            if pods is not None:
+                await pods.close()
+
+    async def drm_hint() -> str:
+        try:
+            modules = root.read_text("/proc/modules")
+        except HostPathError:
+            return ""
+        return NVIDIA_DRM_HINT if nvidia_drm_loaded(modules) else ""
+
+    report = await execute(
+        plan,
+        control,
+        holders=holders,
+        force=force,
+        sampling=sampling,
+        hooks=hooks,
+        hook_env=hook_env,
+        reset_blocked_hint=drm_hint,
+    )
+    return ApplyOutcome(plan, report)
+
+
+def changed_gpus(outcome: ApplyOutcome) -> Sequence[int]:
+    return [r.gpu for r in outcome.report.results.values() if r.done]

@@ -1,0 +1,259 @@
+"""The ``mig`` subsystem: keep the GPUs' MIG layout at ``mig.config`` (from ``mig.config_file``, or the configs
+generated from the GPUs' own profiles), with the least disruption.
+
+State, as mig-manager's ``nvidia.com/mig.config.state``: ``pending`` while a change runs, ``success``,
+``failed`` (with the reason), ``rebooting`` when a GPU cannot be reset here: the desired config is then kept
+in ``<state_dir>/mig-desired.json`` and applied at the next start, where a mode that still did not change is
+``failed`` ("did not take effect after rebooting"). The state is in ``status``, in /status and in metrics.
+After a change the new inventory is published (``events.MIG_CHANGED``; CDI and metrics follow) and every
+reconcile publishes ``events.MIG_READY`` (the validation file ``mig-ready`` follows it). The agent's own
+sampling of a changing GPU is paused through the GPU-state owner (``Context.gpu_state``), which is also
+asked for the inventory and refreshes it once after a change.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import weakref
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Gauge
+
+from nodeagent import events
+from nodeagent.aio import run_blocking
+from nodeagent.errors import ConfigError, HostPathError, NodeAgentError
+from nodeagent.gpustate import GpuState
+from nodeagent.mig import config as cfg
+from nodeagent.mig.executor import SamplingPause
+from nodeagent.mig.generate import generate, to_text
+from nodeagent.mig.observe import gpu_states
+from nodeagent.mig.planner import Action, NodePlan, applied
+from nodeagent.mig.service import execute_plan, plan_or_raise
+from nodeagent.model.gpu import Inventory
+from nodeagent.model.mig import MigReadiness
+from nodeagent.plan import Disruption, Plan, Step
+from nodeagent.subsystem import ApplyResult, BaseSubsystem, Context, Phase
+
+STATES = ("pending", "rebooting", "success", "failed")
+DESIRED_FILE = "mig-desired.json"
+GENERATED = "<generated from the GPUs' profiles>"
+
+
+@dataclass
+class MigObservation:
+    inventory: Inventory | None
+    config: cfg.MigConfig | None
+    source: str = ""
+    """Where the desired config came from: settings, or the file persisted before a reboot."""
+    error: str = ""
+    after_reboot: bool = False
+
+
+_DISRUPTION = {
+    Action.SET_MODE: Disruption.GPU_RESET,
+    Action.RESET: Disruption.GPU_RESET,
+    Action.DESTROY: Disruption.RESTART,
+    Action.CREATE: Disruption.NONE,
+}
+
+
+class OwnerPause:
+    """``SamplingPause`` over the GPU-state owner: the agent's own NVML use of a GPU stops during its change."""
+
+    def __init__(self, state: GpuState) -> None:
+        self.state = state
+
+    async def pause(self, indexes: Sequence[int]) -> None:
+        self.state.pause(indexes)
+
+    async def resume(self, indexes: Sequence[int]) -> None:
+        self.state.resume(indexes)
+
+
+_GAUGES: weakref.WeakKeyDictionary[CollectorRegistry, Gauge] = weakref.WeakKeyDictionary()
+
+
+def _state_gauge(registry: CollectorRegistry) -> Gauge:
+    # A subsystem restarted by a settings reload gets a new instance but the same registry.
+    if registry not in _GAUGES:
+        _GAUGES[registry] = Gauge(
+            "nodeagent_mig_config_state",
+            "MIG config state (1 for the current one): pending, rebooting, success, failed.",
+            ["config", "state"],
+            registry=registry,
+        )
+    return _GAUGES[registry]
+
+
+class MigSubsystem(BaseSubsystem):
+    name = "mig"
+    requires = ("driver",)
+    settings_sections = ("mig",)
+
+    def __init__(self, ctx: Context, sampling: SamplingPause | None = None) -> None:
+        super().__init__(ctx)
+        self.sampling = sampling or OwnerPause(ctx.gpu_state)
+        self.state = ""
+        self.reason = ""
+        self.config_name = ""
+        self._state_gauge = _state_gauge(ctx.registry)
+
+    # ------------------------------------------------------------------------------ desired config
+
+    @property
+    def _desired_path(self) -> str:
+        return self.ctx.settings.agent.state_dir.rstrip("/") + "/" + DESIRED_FILE
+
+    def _persisted(self) -> dict[str, Any] | None:
+        try:
+            text = self.ctx.root.read_text(self._desired_path)
+            doc = json.loads(text) if text else None
+        except (HostPathError, ValueError):
+            return None
+        return doc if isinstance(doc, dict) and isinstance(doc.get("config"), str) else None
+
+    def _load_config(self, name: str, path: str, gpus: list[cfg.GpuIdentity]) -> cfg.MigConfig:
+        if path:
+            return cfg.load_file(path).select(name)
+        return cfg.parse_text(to_text(generate(gpus)), source=GENERATED).select(name)
+
+    async def observe(self) -> MigObservation:
+        settings = self.ctx.settings.mig
+        try:
+            inventory = await self.ctx.gpu_state.refresh(raise_errors=True)
+        except NodeAgentError as err:
+            return MigObservation(None, None, error=f"no GPU inventory: {err}")
+        assert inventory is not None
+        gpus = [s.gpu for s in gpu_states(inventory)]
+        persisted = await run_blocking(self._persisted)
+        name, path, source = settings.config, settings.config_file, "settings"
+        if not name and persisted is not None:
+            name, path, source = persisted["config"], str(persisted.get("file", "")), "persisted before a reboot"
+        if not name:
+            return MigObservation(inventory, None)
+        after_reboot = persisted is not None and persisted.get("config") == name and bool(persisted.get("rebooting"))
+        try:
+            config = await run_blocking(self._load_config, name, path, gpus)
+        except ConfigError as err:
+            return MigObservation(inventory, None, source, error=str(err), after_reboot=after_reboot)
+        return MigObservation(inventory, config, source, after_reboot=after_reboot)
+
+    def plan(self, observed: MigObservation) -> Plan:
+        if observed.error:
+            return Plan(self.name, error=observed.error)
+        if observed.config is None or observed.inventory is None:
+            return Plan(self.name, evidence=("mig.config is not set: MIG layouts are left as they are",))
+        config = observed.config
+        try:
+            node_plan = plan_or_raise(config, observed.inventory)
+        except ConfigError as err:
+            return Plan(self.name, error=str(err))
+        evidence = [f"config {config.name!r} from {config.source} ({observed.source})"]
+        for gp in node_plan.gpus:
+            if not gp.steps:
+                evidence.append(f"GPU {gp.gpu}: as configured")
+            elif gp.kept:
+                evidence.append(f"GPU {gp.gpu}: keeps {', '.join(i.label() for i in gp.kept)}")
+            elif gp.rebuild:
+                evidence.append(f"GPU {gp.gpu}: no instance can stay; rebuilt")
+        evidence.extend(f"GPU {i}: no entry matches it; left as it is" for i in node_plan.unmatched)
+        steps = tuple(
+            Step(
+                f"mig-{s.action}",
+                f"GPU {s.gpu}",
+                s.summary,
+                disruption=_DISRUPTION[s.action],
+                disrupts=s.uuid or (f"GPU {s.gpu}" if _DISRUPTION[s.action] == Disruption.GPU_RESET else ""),
+                payload=node_plan,
+            )
+            for s in node_plan.steps
+        )
+        return Plan(self.name, steps=steps, evidence=tuple(evidence))
+
+    async def apply(self, plan: Plan) -> ApplyResult:
+        node_plan = plan.steps[0].payload if plan.steps else None
+        if not isinstance(node_plan, NodePlan):
+            return ApplyResult()
+        control = self.ctx.backends.mig_control
+        if control is None:
+            raise NodeAgentError(f"the {self.ctx.gpus.kind} GPU backend cannot change MIG layouts")
+        self._set_state(node_plan.config, "pending", "applying")
+        inventory = await self.ctx.gpu_state.current()
+        outcome = await execute_plan(
+            node_plan,
+            control,
+            root=self.ctx.root,
+            inventory=inventory,
+            kubelet_socket=self.ctx.settings.metrics.kubelet_socket,
+            sampling=self.sampling,
+        )
+        if outcome.report.changed:
+            new = await self.ctx.gpu_state.refresh()  # publishes INVENTORY_CHANGED: CDI, metrics, driver follow
+            self.ctx.bus.publish(events.MIG_CHANGED, new)
+        if outcome.reboot_required:
+            await self._persist(node_plan.config, rebooting=True)
+            self._set_state(node_plan.config, "rebooting", "; ".join(outcome.reasons()))
+        elif not outcome.ok:
+            self._set_state(node_plan.config, "failed", "; ".join(outcome.reasons()))
+        else:
+            await self._forget()
+            self._set_state(node_plan.config, "success")
+        changed = tuple(f"GPU {r.gpu}" for r in outcome.report.results.values() if r.done)
+        return ApplyResult(changed=changed, messages=tuple(outcome.lines()))
+
+    async def _persist(self, name: str, *, rebooting: bool) -> None:
+        doc = {"config": name, "file": self.ctx.settings.mig.config_file, "rebooting": rebooting}
+        data = (json.dumps(doc) + "\n").encode()
+        await run_blocking(self.ctx.root.write_atomic, self._desired_path, data, mode=0o644)
+
+    async def _forget(self) -> None:
+        if await run_blocking(self.ctx.root.exists, self._desired_path):
+            await run_blocking(self.ctx.root.remove, self._desired_path)
+
+    # ------------------------------------------------------------------------------------ status
+
+    def _set_state(self, config: str, state: str, reason: str = "") -> None:
+        self.config_name, self.state, self.reason = config, state, reason
+        for s in STATES:
+            self._state_gauge.labels(config=config, state=s).set(1 if s == state else 0)
+        phase = {"failed": Phase.FAILED, "rebooting": Phase.DEGRADED}.get(state, Phase.RUNNING)
+        self.set_status(phase, reason if state != "success" else "", config=config, state=state)
+        self.ctx.bus.publish(events.MIG_READY, MigReadiness(config, state, reason))
+
+    async def reconcile(self) -> None:
+        """observe → plan → apply once; every outcome ends in a state, never in a traceback."""
+        try:
+            observed = await self.observe()
+            plan = self.plan(observed)
+            if plan.error:
+                self._set_state(self.ctx.settings.mig.config, "failed", plan.error)
+                return
+            if observed.config is None:
+                self.set_status(Phase.RUNNING, "mig.config is not set", state="")
+                return
+            name = observed.config.name
+            if plan.empty:
+                await self._forget()
+                self._set_state(name, "success")
+                return
+            if observed.after_reboot and observed.inventory is not None:
+                mode_ok, _ = applied(observed.config, gpu_states(observed.inventory), mode_only=True)
+                if not mode_ok:
+                    await self._forget()
+                    self._set_state(name, "failed", "the MIG mode change did not take effect after rebooting")
+                    return
+            await self.apply(plan)
+        except NodeAgentError as err:
+            self._set_state(self.ctx.settings.mig.config, "failed", str(err))
+
+    async def start(self) -> None:
+        self.set_status(Phase.STARTING)
+        await self.reconcile()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """A settings reload that changes ``mig`` restarts this subsystem, which reconciles at start; here it
+        only waits. (``labels`` will call ``reconcile`` when the node's mig.config label changes.)"""
+        await stop.wait()
