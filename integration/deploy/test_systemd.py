@@ -34,8 +34,8 @@ MAX_EXPOSURE = 4.0
 def directives(text: str) -> dict[str, list[str]]:
     """Every `Key=value` of the unit, values of repeated keys in order (systemd appends them)."""
     out: dict[str, list[str]] = defaultdict(list)
-    for line in text.splitlines():
-        line = line.strip()
+    for raw in text.splitlines():
+        line = raw.strip()
         if line and not line.startswith(("#", ";", "[")) and "=" in line:
             key, value = line.split("=", 1)
             out[key].append(value)
