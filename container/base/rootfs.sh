@@ -51,7 +51,9 @@ find "$root/usr/share/doc" -type f ! -name copyright -delete
 find "$root/usr/share/doc" -type l -delete
 rm -rf "$root"/usr/share/{man,info,locale,lintian,linda}/* "$root"/var/cache/apt "$root"/var/lib/apt \
   "$root"/var/cache/debconf/*-old "$root"/var/lib/dpkg/*-old "$root"/var/log/* "$root"/tmp/*
-chroot "$root" python3 -c 'import asyncio, ssl, json, sqlite3' # the stdlib parts the agent's deps need
+# glibc's iconv modules (nothing here calls iconv; Python has its own codecs) and pydoc's topic index.
+rm -rf "$root"/usr/lib/*-linux-gnu/gconv "$root"/usr/lib/python3.*/pydoc_data
+chroot "$root" python3 -c 'import asyncio, ssl, json, sqlite3, ctypes' # the stdlib parts the agent's deps need
 
 # Reproducible member order; numeric owners so the tar does not depend on this host's user names.
 tar --numeric-owner --sort=name -C "$root" -cf "$out" .
