@@ -42,12 +42,17 @@ started=$SECONDS
 rm "$stage/rootfs.tar"
 echo "build: base $base after $((SECONDS - started)) s"
 
-# nodeagent's wheel, its runtime dependencies' wheels and pip's own (stage 1 runs pip from it).
-if ! "$python" -m pip wheel --quiet --disable-pip-version-check -w "$stage/wheels" "$repo" pip > "$stage/pip.log" 2>&1; then
+# nodeagent's wheel, its runtime dependencies' wheels and pip's own (stage 1 runs pip from it). The wheel
+# is built from a clean copy of the sources: a build/ left in the checkout could carry deleted modules.
+mkdir "$stage/src"
+(cd "$repo" && tar --exclude=__pycache__ -cf - pyproject.toml README.md nodeagent $(ls LICENSE* 2>/dev/null)) |
+  tar -xf - -C "$stage/src"
+if ! "$python" -m pip wheel --quiet --disable-pip-version-check -w "$stage/wheels" "$stage/src" pip > "$stage/pip.log" 2>&1; then
   cat "$stage/pip.log" >&2
   echo "build: pip wheel failed (log above)" >&2
   exit 1
 fi
+rm -rf "$stage/src"
 "${build[@]}" -f "$repo/container/Containerfile" --build-arg "BASE=$base" -t "$tag" "$stage" > /dev/null
 echo "build: image $tag after $((SECONDS - started)) s"
 

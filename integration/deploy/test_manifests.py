@@ -153,8 +153,10 @@ def test_daemonset_args_and_env_are_settings_the_agent_accepts(overlay: tuple[st
     assert settings.agent.listen == "0.0.0.0:9400"
     assert settings.runtime.distribution == DISTRIBUTION[name]
     assert settings.metrics.kubelet_socket == KUBELET_SOCKET.get(name, "/var/lib/kubelet/pod-resources/kubelet.sock")
-    if name == "gke":
+    if name == "gke":  # COS: /usr is read-only, everything NVIDIA lives under the driver's install dir
         assert settings.driver.root == "/home/kubernetes/bin/nvidia"
+        for path in (settings.runtime.runtime_path, settings.cdi.hook_path):
+            assert path.startswith("/home/kubernetes/bin/nvidia/"), path
     mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
     assert mounts["/host"]["mountPropagation"] == "HostToContainer"
     volumes = {v["name"]: v for v in find(docs, "DaemonSet")["spec"]["template"]["spec"]["volumes"]}
