@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-test
 
-.PHONY: run test unit integration bench lint docs clean
+.PHONY: run test unit integration bench lint docs clean image deploy-check
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -42,6 +42,14 @@ lint: $(STAMP)
 
 docs: $(STAMP)
 	$(BIN)/python -m nodeagent.settings > docs/configuration.md
+
+# The container image (buildah, a debootstrapped Debian base; root) and the deployment checks with their
+# figures: image size, memory, systemd-analyze security (integration/deploy).
+image: $(STAMP)
+	PYTHON=$(BIN)/python container/build.sh
+
+deploy-check: $(STAMP)
+	$(BIN)/python -m pytest integration/deploy -q -s
 
 clean:
 	rm -rf $(VENV) .nodeagent .pytest_cache .mypy_cache .ruff_cache
