@@ -15,7 +15,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from nodeagent.errors import NodeAgentError
-from nodeagent.labels import validation
+from nodeagent.kube import validation
 from nodeagent.labels.facts import (
     GpuFacts,
     MigFacts,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from nodeagent.labels.validation import key_problems, value_problems
+from nodeagent.kube.validation import key_problems, value_problems
 
 
 @pytest.mark.parametrize(
