@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 
 from nodeagent.testing.apiserver import TestApiServer
-
 from tests.kube.kube_support import RBAC, TOKENS
 
 
