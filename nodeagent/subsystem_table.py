@@ -35,6 +35,7 @@ SUBSYSTEMS: tuple[Entry, ...] = (
     Entry("runtime", "nodeagent.runtime.subsystem:RuntimeSubsystem", ("driver",), needs_gpu=False),
     Entry("cdi", "nodeagent.cdi.subsystem:CdiSubsystem", ("driver",)),
     Entry("metrics", "nodeagent.metrics.subsystem:MetricsSubsystem", ("driver",)),
+    Entry("labels", "nodeagent.labels.subsystem:LabelsSubsystem", ("driver",)),
 )
 
 BY_NAME = {e.name: e for e in SUBSYSTEMS}

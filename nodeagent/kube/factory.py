@@ -18,12 +18,20 @@ from nodeagent.kube.client import FunnelSettings, KubeClient
 
 
 class KubeSettingsLike(Protocol):
-    mode: str
-    kubeconfig: str
-    context: str
-    namespace: str
-    timeout_s: float
-    max_attempts: int
+    """The ``kube`` settings section, as far as the client needs it."""
+
+    @property
+    def mode(self) -> str: ...
+    @property
+    def kubeconfig(self) -> str: ...
+    @property
+    def context(self) -> str: ...
+    @property
+    def namespace(self) -> str: ...
+    @property
+    def timeout_s(self) -> float: ...
+    @property
+    def max_attempts(self) -> int: ...
 
 
 def make_client(
