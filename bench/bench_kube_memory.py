@@ -35,7 +35,9 @@ gc.collect()
 before = rss()
 """
 
-THIN = PRELUDE + """
+THIN = (
+    PRELUDE
+    + """
 from nodeagent.kube.client import KubeClient
 from nodeagent.kube.credentials import Credentials
 from nodeagent.kube.resources import NODES
@@ -50,8 +52,11 @@ asyncio.run(main())
 gc.collect()
 print(json.dumps({'before': before, 'after': rss()}))
 """
+)
 
-LIGHTKUBE = PRELUDE + """
+LIGHTKUBE = (
+    PRELUDE
+    + """
 from lightkube import AsyncClient, KubeConfig
 from lightkube.resources.core_v1 import Node
 from lightkube.types import PatchType
@@ -69,11 +74,14 @@ asyncio.run(main())
 gc.collect()
 print(json.dumps({'before': before, 'after': rss()}))
 """
+)
 
 
 def _run(python: str, code: str, server: str, token: str) -> dict[str, float] | str:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.run([python, "-c", code, server, token], capture_output=True, text=True, env=env, timeout=60)
+    proc = subprocess.run(
+        [python, "-c", code, server, token], check=False, capture_output=True, text=True, env=env, timeout=60
+    )
     if proc.returncode != 0:
         return proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else f"exit {proc.returncode}"
     result: dict[str, float] = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -86,8 +94,17 @@ def main(lightkube_python: str = "", repeats: int = 3) -> list[str]:
         tokens.write_text('tok,admin,u1,"system:masters"\n')
         port = free_port()
         server = subprocess.Popen(
-            [PYTHON, "-m", "nodeagent.testing.apiserver", "--port", str(port), "--token-file", str(tokens),
-             "--node", "n1"],
+            [
+                PYTHON,
+                "-m",
+                "nodeagent.testing.apiserver",
+                "--port",
+                str(port),
+                "--token-file",
+                str(tokens),
+                "--node",
+                "n1",
+            ],
             stdout=subprocess.PIPE,
             text=True,
             cwd=REPO,

@@ -1,30 +1,5 @@
-"""A test API server per test, with the project's RBAC manifest and a token file in tmp_path."""
+"""Fixtures for the Kubernetes tests."""
 
-from __future__ import annotations
+from tests.kube.kube_support import apiserver, token_file
 
-from collections.abc import AsyncIterator
-from pathlib import Path
-
-import pytest
-
-from nodeagent.testing.apiserver import TestApiServer
-from tests.kube.kube_support import RBAC, TOKENS
-
-
-@pytest.fixture
-def token_file(tmp_path: Path) -> Path:
-    path = tmp_path / "tokens.csv"
-    path.write_text(TOKENS)
-    return path
-
-
-@pytest.fixture
-async def apiserver(token_file: Path) -> AsyncIterator[TestApiServer]:
-    server = TestApiServer(token_file=token_file, rbac=RBAC, bookmark_interval_s=0.2, history=50)
-    server.add_node("node-a")
-    server.add_node("node-b")
-    await server.start()
-    try:
-        yield server
-    finally:
-        await server.stop()
+__all__ = ["apiserver", "token_file"]
