@@ -387,7 +387,9 @@ class KubeClient:
         self, resource: Resource, name: str, namespace: str = "", *, timeout_s: int = 300
     ) -> AsyncIterator[dict[str, Any] | None]:
         """The object's state now, then every change (None while it does not exist). Relists on 410,
-        resumes from the last bookmark otherwise; errors other than Gone end the iteration."""
+        resumes from the last bookmark otherwise; errors other than Gone end the iteration. Each watch
+        lasts between ``timeout_s`` and twice that (random, as client-go's reflector does), so a fleet's
+        watches do not all end together."""
         resource_version = ""
         while True:
             if not resource_version:
@@ -397,7 +399,11 @@ class KubeClient:
                 resource_version = str(listed.get("metadata", {}).get("resourceVersion", ""))
             try:
                 async for event in self.watch(
-                    resource, resource_version=resource_version, namespace=namespace, name=name, timeout_s=timeout_s
+                    resource,
+                    resource_version=resource_version,
+                    namespace=namespace,
+                    name=name,
+                    timeout_s=int(self._rng.uniform(timeout_s, 2 * timeout_s)),
                 ):
                     resource_version = event.resource_version or resource_version
                     if event.type == "BOOKMARK":
