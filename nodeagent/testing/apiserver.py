@@ -24,8 +24,9 @@ Rules enforced, each as the real API server answers them:
   gets 410 itself);
 - a per-user token-bucket rate limit answering 429 with ``Retry-After``.
 
-Not reproduced: TLS and client-certificate authentication, server-side apply (415), generateName,
-admission plugins other than the validation above. For tests it also counts requests and writes per user
+HTTPS with a server certificate is optional (``--tls-cert``; kubectl sends a token only over HTTPS). Not
+reproduced: client-certificate authentication, server-side apply (415), generateName, admission plugins
+other than the validation above. For tests it also counts requests and writes per user
 and can be made unavailable (503 with Retry-After) or compacted on demand.
 
 Standalone: ``python -m nodeagent.testing.apiserver --port 6443 --token-file tokens.csv --node NAME``.
@@ -35,10 +36,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import contextlib
 import copy
 import csv
 import json
+import ssl
 import time
 import uuid
 from collections import Counter, deque
@@ -160,7 +163,7 @@ def _invalid(rt: ResourceType, name: str, causes: list[tuple[str, str]]) -> ApiE
         details={
             "name": name,
             "group": rt.group,
-            "kind": rt.plural,
+            "kind": rt.kind,
             "causes": [{"reason": "FieldValueInvalid", "message": m, "field": f} for f, m in causes],
         },
     )
@@ -368,21 +371,24 @@ class TestApiServer:
         self.app.router.add_route("*", "/{tail:.*}", self._handle)
         self._runner: web.AppRunner | None = None
         self.port = 0
+        self._scheme = "http"
         self._stopping = asyncio.Event()
 
     # ---- lifecycle
 
-    async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
+    async def start(self, host: str = "127.0.0.1", port: int = 0, *, tls: ssl.SSLContext | None = None) -> str:
+        """Listen (HTTPS with ``tls``; kubectl sends a bearer token only over HTTPS) and return the URL."""
         self._runner = web.AppRunner(self.app, handle_signals=False, shutdown_timeout=1.0)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, host, port)
+        self._scheme = "https" if tls is not None else "http"
+        site = web.TCPSite(self._runner, host, port, ssl_context=tls)
         await site.start()
         self.port = self._runner.addresses[0][1]
         return self.url
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{self._scheme}://127.0.0.1:{self.port}"
 
     async def stop(self) -> None:
         self._stopping.set()
@@ -843,11 +849,16 @@ class TestApiServer:
 # ------------------------------------------------------------------------------------- standalone
 
 
-def write_kubeconfig(path: str | Path, server: str, token: str, namespace: str = "nodeagent") -> None:
+def write_kubeconfig(
+    path: str | Path, server: str, token: str, namespace: str = "nodeagent", ca_pem: bytes | None = None
+) -> None:
+    cluster: dict[str, Any] = {"server": server}
+    if ca_pem is not None:
+        cluster["certificate-authority-data"] = base64.b64encode(ca_pem).decode()
     doc = {
         "apiVersion": "v1",
         "kind": "Config",
-        "clusters": [{"name": "test", "cluster": {"server": server}}],
+        "clusters": [{"name": "test", "cluster": cluster}],
         "users": [{"name": "nodeagent", "user": {"token": token}}],
         "contexts": [{"name": "test", "context": {"cluster": "test", "user": "nodeagent", "namespace": namespace}}],
         "current-context": "test",
@@ -872,11 +883,16 @@ async def run_standalone(args: argparse.Namespace) -> None:
     )
     for node in args.node:
         server.add_node(node)
-    url = await server.start(args.host, args.port)
+    tls = None
+    if args.tls_cert:
+        tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        tls.load_cert_chain(args.tls_cert, args.tls_key or None)
+    url = await server.start(args.host, args.port, tls=tls)
     if args.kubeconfig_out:
         users = parse_token_file(Path(args.token_file).read_text(encoding="utf-8"), args.token_file)
         token = next(iter(users), "")
-        write_kubeconfig(args.kubeconfig_out, url, token)
+        ca = Path(args.tls_cert).read_bytes() if args.tls_cert else None
+        write_kubeconfig(args.kubeconfig_out, url, token, ca_pem=ca)
     print(f"test API server on {url} (rbac {rbac or 'none'}, nodes {', '.join(args.node) or 'none'})", flush=True)
     try:
         await asyncio.Event().wait()
@@ -894,6 +910,8 @@ def main(argv: Iterable[str] | None = None) -> None:
     parser.add_argument("--qps", type=float, default=0.0, help="per-user rate limit (0: none)")
     parser.add_argument("--burst", type=int, default=100)
     parser.add_argument("--bookmark-interval", type=float, default=60.0)
+    parser.add_argument("--tls-cert", default="", help="serve HTTPS with this certificate (PEM)")
+    parser.add_argument("--tls-key", default="", help="its private key (PEM)")
     parser.add_argument("--kubeconfig-out", default="", help="write a kubeconfig for the first token here")
     args = parser.parse_args(list(argv) if argv is not None else None)
     if not Path(args.token_file).exists():
