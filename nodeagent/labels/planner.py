@@ -41,7 +41,7 @@ class Observation:
     """Publisher (``node``, ``nodefeature``, ``runtimeclasses``, ``kube``) → why it cannot publish now."""
 
 
-def _node_steps(obs: Observation, targets: Targets, labels: Mapping[str, str]) -> list[Step]:
+def _node_steps(obs: Observation, targets: Targets, labels: Mapping[str, str], shown: Mapping[str, str]) -> list[Step]:
     if obs.node is None:
         return []
     patch = publish_node.node_patch(obs.node, labels)
@@ -49,7 +49,7 @@ def _node_steps(obs: Observation, targets: Targets, labels: Mapping[str, str]) -
         return []
     changes = patch["metadata"].get("labels", {})
     removed = sum(1 for v in changes.values() if v is None)
-    before, after = publish_node.label_lines(obs.node, labels)
+    before, after = publish_node.label_lines(obs.node, shown)
     summary = f"merge-patch {len(changes) - removed} label(s), remove {removed} stale owned label(s)"
     return [
         Step(
@@ -62,7 +62,9 @@ def _node_steps(obs: Observation, targets: Targets, labels: Mapping[str, str]) -
     ]
 
 
-def _nodefeature_steps(obs: Observation, targets: Targets, labels: Mapping[str, str]) -> list[Step]:
+def _nodefeature_steps(
+    obs: Observation, targets: Targets, labels: Mapping[str, str], shown: Mapping[str, str]
+) -> list[Step]:
     name = publish_nodefeature.object_name(targets.node_name)
     target = f"NodeFeature/{targets.namespace}/{name}"
     if obs.nodefeature is None:
@@ -72,7 +74,7 @@ def _nodefeature_steps(obs: Observation, targets: Targets, labels: Mapping[str, 
     if updated is None:
         return []
     old = (obs.nodefeature.get("spec") or {}).get("labels") or {}
-    diff = file_diff(f"/{target}/spec.labels", publish_nfd.render(old), publish_nfd.render(labels))
+    diff = file_diff(f"/{target}/spec.labels", publish_nfd.render(old), publish_nfd.render(shown))
     return [Step("update-nodefeature", target, f"update to {len(labels)} labels", diff=diff, payload=updated)]
 
 
@@ -95,6 +97,8 @@ def _runtimeclass_steps(obs: Observation, targets: Targets) -> list[Step]:
 
 
 TIMESTAMP = "nvidia.com/gfd.timestamp"
+FRESH_TIMESTAMP = "<publication time>"
+"""How a plan's diff shows a timestamp that is not published yet (its value is the time of applying)."""
 
 
 def _published(obs: Observation, targets: Targets) -> list[Mapping[str, str]]:
@@ -126,16 +130,20 @@ def keep_published_timestamp(labels: dict[str, str], obs: Observation, targets: 
 def plan(obs: Observation, targets: Targets, subsystem: str = "labels") -> Plan:
     if obs.label_set is None:
         return Plan(subsystem, error="; ".join(obs.problems) or "no labels computed")
-    labels = keep_published_timestamp(dict(obs.label_set.labels), obs, targets)
+    computed = dict(obs.label_set.labels)
+    labels = keep_published_timestamp(computed, obs, targets)
+    shown = dict(labels)
+    if TIMESTAMP in labels and not any(p.get(TIMESTAMP) == labels[TIMESTAMP] for p in _published(obs, targets)):
+        shown[TIMESTAMP] = FRESH_TIMESTAMP
     steps: list[Step] = []
     if targets.nfd_file:
-        step = publish_nfd.plan_step(targets.nfd_file, obs.nfd_existing, labels)
+        step = publish_nfd.plan_step(targets.nfd_file, obs.nfd_existing, labels, shown)
         if step is not None:
             steps.append(step)
     if targets.node_patch:
-        steps += _node_steps(obs, targets, labels)
+        steps += _node_steps(obs, targets, labels, shown)
     if targets.node_feature:
-        steps += _nodefeature_steps(obs, targets, labels)
+        steps += _nodefeature_steps(obs, targets, labels, shown)
     steps += _runtimeclass_steps(obs, targets)
     warnings = [f"{publisher}: {why}" for publisher, why in sorted(obs.kube_problems.items())]
     warnings += [f"label {key}={value!r} not published: {why}" for key, value, why in obs.label_set.dropped]

@@ -30,7 +30,11 @@ def parse(data: bytes) -> dict[str, str]:
     return labels
 
 
-def plan_step(path: str, existing: bytes | None, labels: Mapping[str, str]) -> Step | None:
+def plan_step(
+    path: str, existing: bytes | None, labels: Mapping[str, str], shown: Mapping[str, str] | None = None
+) -> Step | None:
+    """The write, if the file differs; ``shown`` are the labels as the diff shows them (a fresh
+    timestamp as a placeholder, so the same node always gives the same plan)."""
     data = render(labels)
     if existing == data:
         return None
@@ -39,6 +43,6 @@ def plan_step(path: str, existing: bytes | None, labels: Mapping[str, str]) -> S
         "write-nfd-file",
         path,
         f"{summary} ({len(labels)} labels)",
-        diff=file_diff(path, existing, data),
+        diff=file_diff(path, existing, render(shown if shown is not None else labels)),
         payload=data,
     )
