@@ -108,3 +108,5 @@ class NodeFacts:
     sharing: Sharing = field(default_factory=Sharing)
     timestamp: int | None = None
     """``nvidia.com/gfd.timestamp``: Unix seconds of the agent's start; ``None`` drops the label."""
+    pci_configs: tuple[bytes, ...] | None = None
+    """PCI configuration space of every NVIDIA PCI device (for the vGPU labels); None: not readable."""

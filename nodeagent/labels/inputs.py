@@ -77,6 +77,7 @@ def node_facts(
     mig_strategy: MigStrategy,
     sharing: Sharing,
     timestamp: int | None,
+    pci_configs: tuple[bytes, ...] | None = None,
 ) -> NodeFacts:
     """``pci_classes``: GPU index → PCI class read from sysfs (missing or None: unreadable)."""
     gpus = tuple(
@@ -90,4 +91,5 @@ def node_facts(
         mig_strategy=mig_strategy,
         sharing=sharing,
         timestamp=timestamp,
+        pci_configs=pci_configs,
     )

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 from nodeagent.errors import NodeAgentError
 from nodeagent.kube import validation
+from nodeagent.labels import vgpu
 from nodeagent.labels.facts import (
     GpuFacts,
     MigFacts,
@@ -320,7 +321,9 @@ def compute(facts: NodeFacts, *, gpu_present: bool = True) -> LabelSet:
     """GFD's full label set for ``facts``, plus ``nvidia.com/gpu.present=true`` (the GPU Operator's
     gating label) when GPUs exist and ``gpu_present`` is set; invalid labels dropped with their reason."""
     devices, warnings = device_labels(facts)
-    labels = merge(timestamp_labels(facts), devices)
+    vgpus, vgpu_warnings = vgpu.vgpu_labels(facts.pci_configs)
+    warnings += vgpu_warnings
+    labels = merge(timestamp_labels(facts), devices, vgpus)
     if gpu_present and facts.gpus:
         labels["nvidia.com/gpu.present"] = "true"
     kept: Labels = {}

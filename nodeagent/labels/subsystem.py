@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import random
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from nodeagent import events
@@ -32,7 +33,16 @@ from nodeagent.plan import Plan
 from nodeagent.subsystem import ApplyResult, BaseSubsystem, Context, Phase
 
 PCI_3D_CONTROLLER = 0x030200
+PCI_DEVICES = "/sys/bus/pci/devices"
+NVIDIA_VENDOR = "0x10de"
 CONFLICT_RETRIES = 3
+
+
+@dataclass(frozen=True)
+class HostFacts:
+    pci_classes: dict[int, int | None]
+    machine_type: str | None
+    pci_configs: tuple[bytes, ...] | None
 
 
 def sysfs_pci_address(nvml_bus_id: str) -> str:
@@ -103,18 +113,36 @@ class LabelsSubsystem(BaseSubsystem):
 
     # ----------------------------------------------------------------------------------- observing
 
-    def _read_host(self, inventory: Inventory) -> tuple[dict[int, int | None], str | None]:
+    def _read_text(self, path: str) -> str | None:
+        try:
+            return self.ctx.root.read_text(path)
+        except NodeAgentError:
+            return None
+
+    def _read_host(self, inventory: Inventory) -> HostFacts:
+        """PCI classes of the GPUs, the machine type and the NVIDIA PCI configuration spaces (sysfs)."""
         classes: dict[int, int | None] = {}
         for gpu in inventory.gpus:
-            text = self.ctx.root.read_text(f"/sys/bus/pci/devices/{sysfs_pci_address(gpu.pci_bus_id)}/class")
+            text = self._read_text(f"{PCI_DEVICES}/{sysfs_pci_address(gpu.pci_bus_id)}/class")
             try:
                 classes[gpu.index] = int(text.strip(), 16) if text else None
             except ValueError:
                 classes[gpu.index] = None
             if classes[gpu.index] is None and inventory.backend == "sim":
                 classes[gpu.index] = PCI_3D_CONTROLLER  # the simulated models are all 3D controllers
-        machine = self.ctx.root.read_text(self.ctx.settings.labels.machine_type_file)
-        return classes, machine.strip() if machine is not None else None
+        machine = self._read_text(self.ctx.settings.labels.machine_type_file)
+        configs: list[bytes] = []
+        addresses = self.ctx.root.listdir(PCI_DEVICES)
+        for address in addresses:
+            if (self._read_text(f"{PCI_DEVICES}/{address}/vendor") or "").strip() != NVIDIA_VENDOR:
+                continue
+            try:
+                configs.append(self.ctx.root.read_bytes(f"{PCI_DEVICES}/{address}/config") or b"")
+            except NodeAgentError:
+                configs.append(b"")
+        return HostFacts(
+            classes, machine.strip() if machine is not None else None, tuple(configs) if addresses else None
+        )
 
     async def _current_inventory(self, problems: list[str]) -> Inventory | None:
         inventory = self._inventory or self.ctx.bus.last(events.MIG_CHANGED) or self.ctx.inventory()
@@ -132,18 +160,19 @@ class LabelsSubsystem(BaseSubsystem):
         if inventory is None:
             return None
         s = self.ctx.settings.labels
-        classes, machine = await run_blocking(self._read_host, inventory)
+        host = await run_blocking(self._read_host, inventory)
         strategy = SharingStrategy(s.sharing_strategy)
         resources = {}
         if strategy != SharingStrategy.NONE:
             resources = {"nvidia.com/gpu": Replication(s.replicas)}
         facts = inputs.node_facts(
             inventory,
-            pci_classes=classes,
-            machine_type=machine,
+            pci_classes=host.pci_classes,
+            machine_type=host.machine_type,
             mig_strategy=MigStrategy(s.mig_strategy),
             sharing=Sharing(strategy, resources),
             timestamp=self._timestamp if s.timestamp else None,
+            pci_configs=host.pci_configs,
         )
         try:
             result = labelers.compute(facts)

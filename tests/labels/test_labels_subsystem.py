@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ from nodeagent.backends.hostfs import Root
 from nodeagent.kube.client import FunnelSettings, KubeClient
 from nodeagent.kube.credentials import Credentials
 from nodeagent.labels.publish_node import OWNED_ANNOTATION
-from nodeagent.labels.subsystem import LabelsSubsystem
+from nodeagent.labels.subsystem import LabelsSubsystem, sysfs_pci_address
 from nodeagent.settings import Settings, replace
 from nodeagent.subsystem import Context, Phase
 from nodeagent.testing.apiserver import TestApiServer
@@ -276,3 +277,26 @@ async def test_missing_node_degrades_until_it_appears(
         await asyncio.wait_for(_run_until(sub, Phase.RUNNING, 3), 3)
     node = apiserver.object("nodes", "node-a")
     assert node is not None and "nvidia.com/gpu.present" in node["metadata"]["labels"]
+
+
+async def test_reads_pci_class_machine_type_and_vgpu_from_sysfs(tmp_path: Path, backend: SimGpuBackend) -> None:
+    inventory = await backend.inventory()
+    configs = json.loads((Path(__file__).parent / "fixtures" / "gfd" / "vgpu_pci_configs.json").read_text())
+    passthrough = bytes(configs["passthrough"]["config"])
+    for gpu in inventory.gpus:
+        device = tmp_path / "sys/bus/pci/devices" / sysfs_pci_address(gpu.pci_bus_id)
+        device.mkdir(parents=True)
+        (device / "vendor").write_text("0x10de\n")
+        (device / "class").write_text("0x030000\n")  # a VGA controller: graphics mode
+        (device / "config").write_bytes(passthrough)
+    bridge = tmp_path / "sys/bus/pci/devices/0000:00:01.0"
+    bridge.mkdir()
+    (bridge / "vendor").write_text("0x8086\n")
+    (tmp_path / "sys/class/dmi/id").mkdir(parents=True)
+    (tmp_path / "sys/class/dmi/id/product_name").write_text("PowerEdge XE9680\n")
+    sub = make_sub(tmp_path, settings(), backend, None)
+    await sub.start()
+    await sub.stop()
+    assert sub.labels["nvidia.com/gpu.mode"] == "graphics"
+    assert sub.labels["nvidia.com/gpu.machine"] == "PowerEdge-XE9680"
+    assert sub.labels["nvidia.com/vgpu.present"] == "false"
