@@ -68,7 +68,8 @@ class LabelsSubsystem(BaseSubsystem):
         self._dirty = asyncio.Event()
         self._failures = 0
         self._rng = random.Random()
-        self._first_kube_write = True
+        self._kube_not_before = 0.0
+        """monotonic() before which no API write is made (the start jitter of a fleet restarting at once)."""
         self.labels: dict[str, str] = {}
         """The last computed label set (for status and tests)."""
         self._logged_drops: set[tuple[str, str]] = set()
@@ -353,6 +354,8 @@ class LabelsSubsystem(BaseSubsystem):
         self.set_status(Phase.STARTING)
         if self._kube_wanted():
             self.client()
+            jitter = self.ctx.settings.labels.start_jitter_s
+            self._kube_not_before = time.monotonic() + (self._rng.uniform(0, jitter) if jitter > 0 else 0.0)
         await self.refresh()
 
     async def refresh(self) -> bool:
@@ -363,16 +366,14 @@ class LabelsSubsystem(BaseSubsystem):
             if plan.error:
                 self.set_status(Phase.DEGRADED, plan.error)
                 return False
-            kube_steps = [s for s in plan.steps if s.action != "write-nfd-file"]
-            jitter = self.ctx.settings.labels.start_jitter_s
-            if kube_steps and self._first_kube_write and jitter > 0 and self._daemon:
-                # A fleet that restarts at once spreads its first writes; the file is written at once.
-                self._first_kube_write = False
-                nfd_steps = tuple(s for s in plan.steps if s.action == "write-nfd-file")
-                if nfd_steps:
-                    await self.apply(Plan(plan.subsystem, steps=nfd_steps))
-                await asyncio.sleep(self._rng.uniform(0, jitter))
-                plan = self.plan(await self.observe())
+            deferred = self._deferred_s()
+            if deferred > 0:  # the file now, the API writes after the start jitter
+                plan = Plan(
+                    plan.subsystem,
+                    tuple(s for s in plan.steps if s.action == "write-nfd-file"),
+                    plan.evidence,
+                    plan.warnings,
+                )
             result = await self.apply(plan)
         except (NodeAgentError, OSError) as err:
             self._failures += 1
@@ -380,7 +381,12 @@ class LabelsSubsystem(BaseSubsystem):
             return False
         problems = [w for w in plan.warnings if w.split(":", 1)[0] in ("kube", "node", "nodefeature", "runtimeclasses")]
         problems += list(result.messages)
-        details = {"labels": len(self.labels), "published_to": list(plan.evidence[1:]), "changed": list(result.changed)}
+        details: dict[str, Any] = {
+            "labels": len(self.labels),
+            "published_to": list(plan.evidence[1:]),
+            "changed": list(result.changed),
+            "first_api_writes_in_s": round(deferred, 1),
+        }
         if problems:
             self._failures += 1
             self.set_status(Phase.DEGRADED, "; ".join(problems), **details)
@@ -388,6 +394,9 @@ class LabelsSubsystem(BaseSubsystem):
         self._failures = 0
         self.set_status(Phase.RUNNING, "", **details)
         return True
+
+    def _deferred_s(self) -> float:
+        return max(0.0, self._kube_not_before - time.monotonic())
 
     def _retry_delay(self) -> float:
         cap = min(self.ctx.settings.labels.retry_max_s, 2.0 * 2 ** min(self._failures, 10))
@@ -402,6 +411,8 @@ class LabelsSubsystem(BaseSubsystem):
                 while not stop.is_set():
                     degraded = self.status().phase != Phase.RUNNING
                     timeout = self._retry_delay() if degraded else self.ctx.settings.labels.resync_s
+                    if self._deferred_s() > 0:
+                        timeout = min(timeout, self._deferred_s())
                     dirty = asyncio.ensure_future(self._dirty.wait())
                     stopper = asyncio.ensure_future(stop.wait())
                     await asyncio.wait({dirty, stopper}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)

@@ -300,3 +300,23 @@ async def test_reads_pci_class_machine_type_and_vgpu_from_sysfs(tmp_path: Path, 
     assert sub.labels["nvidia.com/gpu.mode"] == "graphics"
     assert sub.labels["nvidia.com/gpu.machine"] == "PowerEdge-XE9680"
     assert sub.labels["nvidia.com/vgpu.present"] == "false"
+
+
+async def test_first_api_writes_wait_for_the_start_jitter(
+    tmp_path: Path, apiserver: TestApiServer, backend: SimGpuBackend
+) -> None:
+    sub = make_sub(tmp_path, settings(node_patch=True, start_jitter_s=0.5), backend, kube_client(apiserver))
+    sub._rng.seed(7)  # a draw well above zero
+    await sub.start()
+    assert sub.status().phase == Phase.RUNNING
+    assert sub.status().details["first_api_writes_in_s"] > 0
+    assert (tmp_path / NFD.lstrip("/")).exists(), "the file does not wait"
+    node = apiserver.object("nodes", "node-a")
+    assert node is not None and "nvidia.com/gpu.count" not in node["metadata"]["labels"]
+    async with running(sub):
+
+        async def published() -> None:
+            while "nvidia.com/gpu.count" not in (apiserver.object("nodes", "node-a") or {})["metadata"]["labels"]:
+                await asyncio.sleep(0.02)
+
+        await asyncio.wait_for(published(), 2)
