@@ -130,7 +130,12 @@ async def _measure(
     rows: list[list[object]] = []
     t0 = time.monotonic()
     await asyncio.gather(*(a.start(inventory) for a in agents))
-    while any(a.sub.status().phase != Phase.RUNNING for a in agents):
+
+    def converged(a: Agent) -> bool:  # running, and the refresh after the start jitter has happened
+        status = a.sub.status()
+        return status.phase == Phase.RUNNING and status.details.get("first_api_writes_in_s") == 0
+
+    while not all(converged(a) for a in agents):
         await asyncio.sleep(0.1)
     converged_s = time.monotonic() - t0
     writes = [t - t0 for t, _ in server.counters.write_times]
