@@ -97,11 +97,12 @@ class LabelsSubsystem(BaseSubsystem):
         return s.node_patch or s.node_feature or s.runtime_classes
 
     def client(self) -> KubeClient | None:
-        """The Kubernetes client, made once from the ``kube`` settings (None, with a reason, if it cannot be)."""
+        """The Kubernetes client from the ``kube`` settings, or None with the reason in ``_client_problem``.
+        A client that cannot be built (kubeconfig not there yet, bad file) is tried again on the next call."""
         if not self._client_made:
-            self._client_made = True
             try:
                 self._client = factory.make_client(self.ctx.settings.kube, resolve=self.ctx.root.resolve)
+                self._client_made = True
                 if self._client is None:
                     self._client_problem = "no API server configured (kube.mode is off, or auto outside a pod)"
             except (ConfigError, OSError) as err:
@@ -110,7 +111,8 @@ class LabelsSubsystem(BaseSubsystem):
 
     def set_client(self, client: KubeClient | None) -> None:
         """Use this client (the composition root or a test wires a real or a test API server)."""
-        self._client, self._client_made, self._client_problem = client, True, ""
+        self._client, self._client_made = client, True
+        self._client_problem = "" if client is not None else "no Kubernetes client given"
 
     # ----------------------------------------------------------------------------------- observing
 
@@ -443,7 +445,10 @@ class LabelsSubsystem(BaseSubsystem):
         while not stop.is_set():
             client = self._client
             if client is None:
-                return
+                if self._client_made:
+                    return  # Kubernetes is off
+                await asyncio.sleep(self._retry_delay())  # a refresh is trying to build the client
+                continue
             try:
                 async for node in client.watch_object(NODES, self.ctx.node_name, timeout_s=self.watch_timeout_s):
                     failures = 0

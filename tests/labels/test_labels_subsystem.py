@@ -21,7 +21,7 @@ from nodeagent.labels.publish_node import OWNED_ANNOTATION
 from nodeagent.labels.subsystem import LabelsSubsystem, sysfs_pci_address
 from nodeagent.settings import Settings, replace
 from nodeagent.subsystem import Context, Phase
-from nodeagent.testing.apiserver import TestApiServer
+from nodeagent.testing.apiserver import TestApiServer, write_kubeconfig
 from tests.kube.kube_support import AGENT_TOKEN, RBAC, TOKENS
 
 NFD = "/etc/kubernetes/node-feature-discovery/features.d/nodeagent"
@@ -320,3 +320,20 @@ async def test_first_api_writes_wait_for_the_start_jitter(
                 await asyncio.sleep(0.02)
 
         await asyncio.wait_for(published(), 2)
+
+
+async def test_kubeconfig_that_appears_later_is_picked_up(
+    tmp_path: Path, apiserver: TestApiServer, backend: SimGpuBackend
+) -> None:
+    s = replace(settings(node_patch=True), "kube", mode="kubeconfig", kubeconfig="/etc/nodeagent/kubeconfig")
+    ctx = Context.create(settings=s, root=Root(tmp_path), gpus=backend, simulate=True, node_name="node-a")
+    sub = LabelsSubsystem(ctx)
+    await sub.start()
+    assert sub.status().phase == Phase.DEGRADED
+    assert "kube: cannot build the Kubernetes client: /etc/nodeagent/kubeconfig: cannot read" in sub.status().reason
+    async with running(sub):
+        (tmp_path / "etc/nodeagent").mkdir(parents=True)
+        write_kubeconfig(tmp_path / "etc/nodeagent/kubeconfig", apiserver.url, AGENT_TOKEN)
+        await asyncio.wait_for(_run_until(sub, Phase.RUNNING, 5), 5)
+    node = apiserver.object("nodes", "node-a")
+    assert node is not None and node["metadata"]["labels"]["nvidia.com/gpu.count"] == "2"
