@@ -318,12 +318,12 @@ class LabelsSubsystem(BaseSubsystem):
     async def revert(self) -> ApplyResult:
         changed: list[str] = []
         messages: list[str] = []
-        targets = self._targets()
+        client = self.client() if self._kube_wanted() else None
+        targets = self._targets()  # after the client: the NodeFeature's namespace is the client's
         path = self.ctx.settings.labels.nfd_file_path
         entries = await run_blocking(self.ctx.journal.entries)
         if path in entries and await run_blocking(self.ctx.journal.restore, self.ctx.root, path):
             changed.append(path)
-        client = self.client() if self._kube_wanted() else None
         if client is not None:
             try:
                 await self._revert_kube(client, targets, changed)

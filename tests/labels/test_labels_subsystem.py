@@ -337,3 +337,25 @@ async def test_kubeconfig_that_appears_later_is_picked_up(
         await asyncio.wait_for(_run_until(sub, Phase.RUNNING, 5), 5)
     node = apiserver.object("nodes", "node-a")
     assert node is not None and node["metadata"]["labels"]["nvidia.com/gpu.count"] == "2"
+
+
+async def test_one_shot_apply_and_revert_with_a_kubeconfig(
+    tmp_path: Path, apiserver: TestApiServer, backend: SimGpuBackend
+) -> None:
+    (tmp_path / "etc/nodeagent").mkdir(parents=True)
+    write_kubeconfig(tmp_path / "etc/nodeagent/kubeconfig", apiserver.url, AGENT_TOKEN, namespace="nodeagent")
+    s = replace(settings(**ALL), "kube", mode="kubeconfig", kubeconfig="/etc/nodeagent/kubeconfig")
+
+    def one_shot() -> LabelsSubsystem:  # what `nodeagent apply` / `revert` build: no start(), no run()
+        ctx = Context.create(settings=s, root=Root(tmp_path), gpus=backend, simulate=True, node_name="node-a")
+        return LabelsSubsystem(ctx)
+
+    applier = one_shot()
+    result = await applier.apply(applier.plan(await applier.observe()))
+    assert f"NodeFeature/nodeagent/{NF_NAME}" in result.changed and "Node/node-a" in result.changed
+    await applier.stop()
+    reverter = one_shot()
+    reverted = await reverter.revert()
+    await reverter.stop()
+    assert f"NodeFeature/nodeagent/{NF_NAME}" in reverted.changed
+    assert apiserver.object("nodefeatures", NF_NAME, "nodeagent") is None
