@@ -25,6 +25,7 @@ from nodeagent.aio import run_blocking
 from nodeagent.errors import ConfigError, NodeAgentError
 from nodeagent.kube import factory
 from nodeagent.kube.client import KubeClient, KubeError, NotFound
+from nodeagent.kube.events import EventRecorder
 from nodeagent.kube.resources import NODEFEATURES, NODES, RUNTIMECLASSES
 from nodeagent.labels import inputs, labelers, planner, publish_node, publish_nodefeature, publish_runtimeclass
 from nodeagent.labels.facts import MigStrategy, Replication, Sharing, SharingStrategy
@@ -73,6 +74,8 @@ class LabelsSubsystem(BaseSubsystem):
         self.labels: dict[str, str] = {}
         """The last computed label set (for status and tests)."""
         self._logged_drops: set[tuple[str, str]] = set()
+        self._recorder: EventRecorder | None = None
+        self._node_uid = ""
 
     # ------------------------------------------------------------------------------------ settings
 
@@ -204,6 +207,7 @@ class LabelsSubsystem(BaseSubsystem):
         if targets.node_patch:
             try:
                 obs.node = await client.get(NODES, targets.node_name)
+                self._node_uid = str(obs.node.get("metadata", {}).get("uid", ""))
             except NotFound:
                 obs.kube_problems["node"] = f"Node {targets.node_name} does not exist (yet)"
             except KubeError as err:
@@ -389,13 +393,29 @@ class LabelsSubsystem(BaseSubsystem):
             "changed": list(result.changed),
             "first_api_writes_in_s": round(deferred, 1),
         }
+        published = [c for c in result.changed if c.startswith(("Node/", "NodeFeature/"))]
+        if published:
+            await self._event("Normal", "GpuLabelsPublished", f"{len(self.labels)} labels: {', '.join(published)}")
         if problems:
             self._failures += 1
-            self.set_status(Phase.DEGRADED, "; ".join(problems), **details)
+            reason = "; ".join(problems)
+            if self.status().reason != reason:
+                await self._event("Warning", "GpuLabelsNotPublished", reason)
+            self.set_status(Phase.DEGRADED, reason, **details)
             return False
         self._failures = 0
         self.set_status(Phase.RUNNING, "", **details)
         return True
+
+    async def _event(self, kind: str, reason: str, message: str) -> None:
+        """A Kubernetes Event about the Node, best effort (no client, no event; a failure is logged)."""
+        if self._client is None or not self._daemon:
+            return
+        if self._recorder is None or self._recorder.client is not self._client:
+            self._recorder = EventRecorder(self._client, self.ctx.node_name)
+        problem = await self._recorder.record(kind, reason, message, node_uid=self._node_uid)
+        if problem:
+            self.log.debug("event_not_recorded", reason=reason, problem=problem)
 
     def _deferred_s(self) -> float:
         return max(0.0, self._kube_not_before - time.monotonic())

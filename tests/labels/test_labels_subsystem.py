@@ -93,6 +93,9 @@ async def test_publishes_everywhere_then_writes_nothing(
     assert nf["metadata"]["labels"] == {"nfd.node.kubernetes.io/node-name": "node-a"}
     rc = apiserver.object("runtimeclasses", "nvidia")
     assert rc is not None and rc["handler"] == "nvidia"
+    (event,) = [o for (plural, _, _), o in apiserver.store.objects.items() if plural == "events"]
+    assert event["reason"] == "GpuLabelsPublished" and event["involvedObject"]["uid"] == node["metadata"]["uid"]
+    assert event["message"] == f"{len(sub.labels)} labels: Node/node-a, NodeFeature/nodeagent/{NF_NAME}"
     writes = sum(apiserver.counters.writes.values())
     for _ in range(3):
         assert await sub.refresh()
@@ -271,6 +274,8 @@ async def test_missing_node_degrades_until_it_appears(
     await sub.start()
     assert sub.status().phase == Phase.DEGRADED
     assert "Node node-a does not exist (yet)" in sub.status().reason
+    (warning,) = [o for (plural, _, _), o in apiserver.store.objects.items() if plural == "events"]
+    assert (warning["type"], warning["reason"]) == ("Warning", "GpuLabelsNotPublished")
     async with running(sub):
         await asyncio.sleep(0.1)
         apiserver.add_node("node-a")  # the watch sees it at once; no retry timer needed (300 s here)
