@@ -19,8 +19,32 @@ $(VENV)/.installed-run: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q -e .
 	touch $@
 
+# `make run KUBE=test`: also start the test API server (nodeagent/testing/apiserver.py) with a Node for the
+# simulated node, and have the agent publish its labels to that Node, a NodeFeature and RuntimeClasses.
+KUBE ?=
+KUBE_PORT ?= 16443
+KUBE_NODE ?= sim-node
+KUBE_DIR := .nodeagent/kube
+SIM_ROOT := .nodeagent/sim
+KUBE_ENV := NODE_NAME=$(KUBE_NODE) NODEAGENT_KUBE__MODE=kubeconfig NODEAGENT_KUBE__KUBECONFIG=/etc/nodeagent/kubeconfig \
+	NODEAGENT_LABELS__NODE_PATCH=true NODEAGENT_LABELS__NODE_FEATURE=true NODEAGENT_LABELS__RUNTIME_CLASSES=true
+
 run: $(VENV)/.installed-run
+ifeq ($(KUBE),test)
+	@mkdir -p $(KUBE_DIR)
+	@test -f $(KUBE_DIR)/tokens.csv || printf '%s\n' \
+		'sim-agent-token,system:serviceaccount:nodeagent:nodeagent,agent,"system:serviceaccounts"' \
+		'sim-admin-token,admin,admin,"system:masters"' > $(KUBE_DIR)/tokens.csv
+	@$(BIN)/nodeagent plan --simulate --only labels > /dev/null 2>&1 || true  # lays out the sandbox first
+	@mkdir -p $(SIM_ROOT)/etc/nodeagent
+	$(BIN)/python -m nodeagent.testing.apiserver --port $(KUBE_PORT) --token-file $(KUBE_DIR)/tokens.csv \
+		--node $(KUBE_NODE) --kubeconfig-out $(SIM_ROOT)/etc/nodeagent/kubeconfig & echo $$! > $(KUBE_DIR)/apiserver.pid; \
+	trap 'kill $$(cat $(KUBE_DIR)/apiserver.pid)' EXIT INT TERM; \
+	sleep 1; echo "Node labels: curl -H 'Authorization: Bearer sim-admin-token' http://127.0.0.1:$(KUBE_PORT)/api/v1/nodes/$(KUBE_NODE)"; \
+	$(KUBE_ENV) $(BIN)/nodeagent run --simulate
+else
 	$(BIN)/nodeagent run --simulate
+endif
 
 test: $(STAMP)
 	$(BIN)/python -m pytest tests integration -q

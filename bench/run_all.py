@@ -1,7 +1,9 @@
 """Run every benchmark and print its table (``make bench``). Keeps the whole run under ~5 minutes.
 
 Benchmarks: scrape throughput and latency against two baselines, event-loop lag under 50 scrapes/s,
-whole-agent footprint, (real GPU only) sweep cost against NVML and nvidia-smi, and MIG planning time.
+whole-agent footprint, (real GPU only) sweep cost against NVML and nvidia-smi, MIG planning time, and a
+200-agent fleet against the test API server (label writes at startup and when converged, requests per agent
+per hour).
 """
 
 from __future__ import annotations
@@ -12,9 +14,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench import bench_footprint, bench_gpu_sweep, bench_loop_lag, bench_mig_plan, bench_scrape
+from bench import bench_fleet, bench_footprint, bench_gpu_sweep, bench_loop_lag, bench_mig_plan, bench_scrape
 
-BENCHMARKS = (bench_scrape, bench_loop_lag, bench_footprint, bench_gpu_sweep, bench_mig_plan)
+BENCHMARKS = (bench_scrape, bench_loop_lag, bench_footprint, bench_gpu_sweep, bench_mig_plan, bench_fleet)
 
 
 def main() -> int:

@@ -18,6 +18,7 @@ import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector
 
@@ -31,8 +32,11 @@ from nodeagent.events import EventBus
 from nodeagent.gpustate import GpuState
 from nodeagent.model.gpu import Inventory
 from nodeagent.selfmetrics import SelfMetrics
-from nodeagent.settings import Settings
-from nodeagent.subsystem import Backends, Context, DeviceNodeMaker, Service, StatusBoard
+from nodeagent.settings import KubeSettings, Settings
+from nodeagent.subsystem import Backends, Context, DeviceNodeMaker, KubeConnector, Service, StatusBoard
+
+if TYPE_CHECKING:
+    from nodeagent.kube.client import KubeClient
 
 SIM_STATE_FILE = "sim-mig-state.json"
 """The simulated GPUs' MIG state, under ``agent.state_dir`` in the sandbox: it outlives the process."""
@@ -159,6 +163,7 @@ def host_backends(settings: Settings, root: Root, gpus: GpuBackend) -> Backends:
         module_loader=loader,
         device_nodes=device_nodes,
         mig_control=mig_control_for(gpus, settings),
+        kube=kube_connector(root),
     )
 
 
@@ -176,7 +181,20 @@ def simulated_backends(settings: Settings, root: Root, gpus: GpuBackend, invento
         module_loader=loader,
         device_nodes=_device_node_maker(placeholder=True),
         mig_control=mig_control_for(gpus, settings),
+        kube=kube_connector(root),
     )
+
+
+def kube_connector(root: Root) -> KubeConnector:
+    """The real Kubernetes client (in-cluster, or a kubeconfig read through the host root), as settings say.
+    With ``kube.server`` pointing at ``nodeagent.testing.apiserver`` it talks to the test API server."""
+
+    def connect(settings: KubeSettings) -> KubeClient | None:
+        from nodeagent.kube import factory
+
+        return factory.make_client(settings, resolve=root.resolve)
+
+    return connect
 
 
 def _device_node_maker(*, placeholder: bool) -> DeviceNodeMaker:

@@ -257,6 +257,53 @@ class MigSettings:
 
 
 @dataclass(frozen=True)
+class LabelsSettings:
+    enabled: bool = opt(True, "Compute GFD-compatible node labels and publish them.")
+    mig_strategy: Literal["none", "single", "mixed"] = opt("none", "GFD's MIG strategy for the labels.")
+    nfd_file: bool = opt(True, "Write the labels to the NFD local feature file.")
+    nfd_file_path: str = opt(
+        "/etc/kubernetes/node-feature-discovery/features.d/nodeagent",
+        "Host path of the NFD local feature file.",
+        check=_absolute,
+    )
+    node_patch: bool = opt(False, "Merge-patch the labels onto the agent's own Node (needs the `kube` section).")
+    node_feature: bool = opt(False, "Publish a NodeFeature object for nfd-master (needs the `kube` section).")
+    runtime_classes: bool = opt(False, "Create the RuntimeClasses of the configured runtime handlers.")
+    runtime_handlers: list[str] = opt(
+        [], "RuntimeClass handlers to publish; empty: `runtime.runtime_class` (and what the runtime reports)."
+    )
+    timestamp: bool = opt(True, "Publish `nvidia.com/gfd.timestamp` (the agent's start time).")
+    sharing_strategy: Literal["none", "time-slicing", "mps"] = opt(
+        "none", "The device plugin's GPU sharing, for the replicas and sharing labels."
+    )
+    replicas: int = opt(1, "Replicas per GPU under time-slicing or MPS.", check=at_least(1))
+    machine_type_file: str = opt(
+        "/sys/class/dmi/id/product_name", "Host file with the machine type (`gpu.machine`).", check=_absolute
+    )
+    start_jitter_s: float = opt(
+        10.0, "Spread the first API writes after a start over this many seconds (a fleet restarting at once)."
+    )
+    retry_max_s: float = opt(
+        300.0, "Longest wait between attempts while the API server is unhealthy.", check=at_least(1)
+    )
+    resync_s: float = opt(
+        3600.0, "Re-check NodeFeature and RuntimeClasses this often (the Node is watched).", check=at_least(10)
+    )
+
+
+@dataclass(frozen=True)
+class KubeSettings:
+    mode: Literal["auto", "in-cluster", "kubeconfig", "off"] = opt(
+        "auto", "`auto`: the pod's service account in a pod, else `kubeconfig` when set, else no API server."
+    )
+    kubeconfig: str = opt("", "Host path of a kubeconfig (the kubelet's on bare metal).", check=_absolute)
+    context: str = opt("", "Kubeconfig context; empty: its current context.")
+    namespace: str = opt("", "Namespace for NodeFeature and Events; empty: the service account's.")
+    timeout_s: float = opt(10.0, "Timeout of one API request.", check=at_least(0.1))
+    max_attempts: int = opt(5, "Attempts per request before it is reported as failed.", check=at_least(1))
+
+
+@dataclass(frozen=True)
 class Settings:
     version: int = opt(SETTINGS_VERSION, "Settings format version; must be 1.")
     agent: AgentSettings = field(default_factory=AgentSettings)
@@ -267,6 +314,8 @@ class Settings:
     cdi: CdiSettings = field(default_factory=CdiSettings)
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
     mig: MigSettings = field(default_factory=MigSettings)
+    labels: LabelsSettings = field(default_factory=LabelsSettings)
+    kube: KubeSettings = field(default_factory=KubeSettings)
 
     def with_sections(self, sections: dict[str, Any]) -> Settings:
         """A copy with whole sections replaced (the reload rule keeps the agent's own sections)."""

@@ -38,8 +38,9 @@ if TYPE_CHECKING:
     from nodeagent.backends.runtimectl import RuntimeControl
     from nodeagent.events import EventBus
     from nodeagent.gpustate import GpuState
+    from nodeagent.kube.client import KubeClient
     from nodeagent.selfmetrics import SelfMetrics
-    from nodeagent.settings import Settings
+    from nodeagent.settings import KubeSettings, Settings
 
 
 class Phase(StrEnum):
@@ -85,6 +86,10 @@ class ApplyResult:
 Handler = Callable[["web.Request"], Awaitable["web.StreamResponse"]]
 
 
+KubeConnector = Callable[["KubeSettings"], "KubeClient | None"]
+"""Raises ConfigError or OSError when the client cannot be built yet (a kubeconfig not there)."""
+
+
 class DeviceNodeMaker(Protocol):
     """Creates one character device node under a dev root (mknod on a node, a placeholder in simulation)."""
 
@@ -101,6 +106,8 @@ class Backends:
     device_nodes: DeviceNodeMaker
     mig_control: MigControl | None = None
     """What changes MIG layouts (None: this backend cannot)."""
+    kube: KubeConnector = field(default=lambda settings: None)
+    """Builds the Kubernetes API client from the ``kube`` settings (None: no API server)."""
 
 
 class StatusBoard:

@@ -38,6 +38,7 @@ SUBSYSTEMS: tuple[Entry, ...] = (
     Entry("runtime", "nodeagent.runtime.subsystem:RuntimeSubsystem", ("driver",), needs_gpu=False),
     Entry("cdi", "nodeagent.cdi.subsystem:CdiSubsystem", ("driver",)),
     Entry("metrics", "nodeagent.metrics.subsystem:MetricsSubsystem", ("driver",)),
+    Entry("labels", "nodeagent.labels.subsystem:LabelsSubsystem", ("driver",)),
     Entry(
         "validation",
         "nodeagent.validation.subsystem:ValidationSubsystem",

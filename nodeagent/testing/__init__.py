@@ -91,6 +91,7 @@ def context(
         module_loader=module_loader or base.module_loader,
         device_nodes=base.device_nodes,
         mig_control=base.mig_control,
+        kube=base.kube,
     )
     ctx = build_context(settings, root=root, backends=backends, node_name=node_name, registry=registry)
     if inventory is not None:

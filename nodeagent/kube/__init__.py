@@ -1,0 +1,1 @@
+"""The Kubernetes API client: credentials, one request funnel, watches; and the API's validation rules."""

@@ -1,0 +1,95 @@
+"""Build the labelers' ``NodeFacts`` from the agent's ``Inventory``.
+
+The MIG attributes NVML reports per MIG device (multiprocessors, shared engines) are not part of
+``model.gpu.MigProfile``; they come from the built-in GPU model files (the same table the simulator uses).
+Slice counts follow from the profile: the GPU instance's compute slices, with one compute instance
+spanning all of them (the layout the agent creates). Pure apart from reading the packaged model files.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from nodeagent.labels.facts import GpuFacts, MigAttributes, MigFacts, MigStrategy, NodeFacts, Sharing
+from nodeagent.model import catalog
+from nodeagent.model.gpu import GpuInfo, Inventory, MigDevice
+
+
+@functools.lru_cache(maxsize=1)
+def _catalog_attributes() -> dict[tuple[str, str], dict[str, Any]]:
+    """(GPU name, profile name) → {compute_slices, multiprocessors, engines} from the model files."""
+    table: dict[tuple[str, str], dict[str, Any]] = {}
+    for key in catalog.builtin_keys():
+        doc: Any = json.loads(catalog.builtin_text(key))
+        gpu_name = doc.get("gpu", {}).get("name", "")
+        for profile in (doc.get("mig") or {}).get("profiles", []):
+            table[(gpu_name, profile["name"])] = profile
+    return table
+
+
+def mig_attributes(gpu: GpuInfo, mig: MigDevice, inventory: Inventory) -> MigAttributes:
+    known = _catalog_attributes().get((gpu.name, mig.profile), {})
+    slices: int | None = known.get("compute_slices")
+    if slices is None:
+        for profile in inventory.mig_profiles.get(gpu.name, ()):
+            if profile.name == mig.profile:
+                slices = profile.compute_slices
+    if slices is None and mig.profile[:1].isdigit() and mig.profile.split(".")[0].endswith("g"):
+        slices = int(mig.profile.split(".")[0][:-1])
+    engines: Mapping[str, int] = known.get("engines", {})
+    return MigAttributes(
+        memory_mb=mig.memory_total_mib,
+        slices_gi=slices,
+        slices_ci=slices,
+        multiprocessors=known.get("multiprocessors"),
+        engines_copy=engines.get("copy"),
+        engines_decoder=engines.get("decoder"),
+        engines_encoder=engines.get("encoder"),
+        engines_jpeg=engines.get("jpeg"),
+        engines_ofa=engines.get("ofa"),
+    )
+
+
+def gpu_facts(gpu: GpuInfo, inventory: Inventory, pci_class: int | None) -> GpuFacts:
+    migs = tuple(
+        MigFacts(m.profile, mig_attributes(gpu, m, inventory))
+        for m in sorted(gpu.mig_devices, key=lambda m: m.mig_index)
+    )
+    return GpuFacts(
+        name=gpu.name,
+        compute_capability=gpu.compute_capability,
+        memory_mib=gpu.memory_total_mib,
+        mig_capable=gpu.mig_capable,
+        mig_enabled=gpu.mig_enabled,
+        pci_class=pci_class,
+        migs=migs,
+    )
+
+
+def node_facts(
+    inventory: Inventory,
+    *,
+    pci_classes: Mapping[int, int | None],
+    machine_type: str | None,
+    mig_strategy: MigStrategy,
+    sharing: Sharing,
+    timestamp: int | None,
+    pci_configs: tuple[bytes, ...] | None = None,
+) -> NodeFacts:
+    """``pci_classes``: GPU index → PCI class read from sysfs (missing or None: unreadable)."""
+    gpus = tuple(
+        gpu_facts(g, inventory, pci_classes.get(g.index)) for g in sorted(inventory.gpus, key=lambda g: g.index)
+    )
+    return NodeFacts(
+        gpus=gpus,
+        driver_version=inventory.driver_version,
+        cuda_driver_version=inventory.cuda_driver_version,
+        machine_type=machine_type,
+        mig_strategy=mig_strategy,
+        sharing=sharing,
+        timestamp=timestamp,
+        pci_configs=pci_configs,
+    )
