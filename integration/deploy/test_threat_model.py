@@ -55,9 +55,12 @@ def test_cdi_spec_selects_devices_by_name_and_no_hook_reads_the_container_enviro
     container_env = [v for e in edits for v in e.get("env", []) if v.startswith("NVIDIA_VISIBLE_DEVICES=")]
     assert container_env == ["NVIDIA_VISIBLE_DEVICES=void"]
     hooks = [h for e in edits for h in e.get("hooks", [])]
-    assert hooks, "the spec is expected to carry the ldcache/symlink hooks"
+    assert hooks, "the spec is expected to carry nvidia-ctk's hooks"
+    # nvidia-ctk's own subcommands, none of which reads the container's environment, each with an
+    # environment fixed in the spec
+    allowed = {"create-symlinks", "enable-cuda-compat", "update-ldcache", "disable-device-node-modification"}
+    assert {h["args"][1] for h in hooks} == allowed
     for hook in hooks:
         assert hook["path"] == Settings().cdi.hook_path
-        assert {"create-symlinks", "update-ldcache"} & set(hook["args"][1:3]), hook
-        # only the symlink and ldcache subcommands, with an environment fixed in the spec
+        assert hook["args"][0] == "nvidia-cdi-hook" and hook["args"][1] in allowed, hook
         assert hook.get("env", []) == ["NVIDIA_CTK_DEBUG=false"], hook
