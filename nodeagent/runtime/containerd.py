@@ -386,9 +386,12 @@ class Containerd:
             edit.evidence.append(f"runtime {spec.name!r} already in containerd's effective config")
             return
         doc = self._parse(main) if self.files.get(main) is not None else tomlkit.document()
-        if self.files.get(main) is None:
+        if not docs.get(main) and version >= 2:
+            # absent, empty or comment-only: without a `version` line containerd reads the file as
+            # version 1 and ignores every table keyed by the version 2/3 plugin name
             doc.add("version", version)
             doc.add(tomlkit.nl())
+            edit.evidence.append(f"{main} has no settings: `version = {version}` is written so containerd reads it")
         if not deep and tomldoc.get_in(doc, runtimes_keys(version)) is None and not _runtimes_of(before):
             tomldoc.append(
                 tomldoc.ensure_table(doc, runtimes_keys(version), holder=True), "runc", tomldoc.copy_table(DEFAULT_RUNC)

@@ -55,6 +55,15 @@ RUNTIME_DIRS = (
 
 
 @dataclass(frozen=True)
+class FileChange:
+    """Payload of a write-file / remove-file step: the bytes planned against, the new bytes (None: remove)."""
+
+    old: bytes | None
+    new: bytes | None
+    target: Target
+
+
+@dataclass(frozen=True)
 class Observed:
     detected: det.Detected | None = None
     files: Mapping[str, bytes | None] = field(default_factory=dict)
@@ -236,6 +245,8 @@ class RuntimeSubsystem(BaseSubsystem):
             restart_command=tuple(self.settings.restart_command),
             log_path=self.settings.log_path,
             validate=not d.template,
+            handler=self.spec.name if d.engine == "containerd" else "",
+            handler_binary=self.spec.path,
         )
 
     def engine_for(self, observed: Observed) -> Engine:
@@ -275,7 +286,7 @@ class RuntimeSubsystem(BaseSubsystem):
                 path,
                 edit.summaries[path],
                 diff=file_diff(path, observed.files.get(path), new),
-                payload=(observed.files.get(path), new, target),
+                payload=FileChange(observed.files.get(path), new, target),
             )
             for path, new in edit.writes.items()
         ]
@@ -335,12 +346,12 @@ class RuntimeSubsystem(BaseSubsystem):
             self.set_status(Phase.FAILED, plan.error)
             self._publish(False)
             raise PermanentError(plan.error)
-        writes = {s.target: s.payload[1] for s in plan.steps if s.action in ("write-file", "remove-file")}
-        old = {s.target: s.payload[0] for s in plan.steps if s.action in ("write-file", "remove-file")}
-        targets = [s.payload[2] for s in plan.steps if s.action in ("write-file", "remove-file")]
+        changes = {s.target: s.payload for s in plan.steps if isinstance(s.payload, FileChange)}
+        writes = {path: c.new for path, c in changes.items()}
+        old = {path: c.old for path, c in changes.items()}
         if not writes:
             return ApplyResult()
-        target: Target = targets[0]
+        target: Target = next(iter(changes.values())).target
         stale = await run_blocking(self._stale, old)
         if stale:
             reason = f"{stale} changed since the plan was made; plan again"

@@ -291,7 +291,7 @@ async def test_config_source_command_copies_options_from_the_dump(node_factory: 
     node.sub.control = Dumping()
     plan = await plan_of(node)
     assert any("config dump" in e for e in plan.evidence)
-    new = plan.steps[0].payload[1].decode()
+    new = plan.steps[0].payload.new.decode()
     nvidia = new[new.index("runtimes.nvidia.options]") :]
     assert "SystemdCgroup = true" in nvidia.split("\n\n")[0]
     # the file's own runc is untouched, and the file's version (2) decides where the runtime goes
