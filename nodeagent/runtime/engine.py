@@ -25,6 +25,38 @@ class RuntimeSpec:
     set_as_default: bool = False
     enable_cdi: bool = False
 
+    def handlers(self) -> tuple[tuple[str, str], ...]:
+        """(handler, binary) pairs, as nvidia-ctk configures them so each GPU Operator RuntimeClass works."""
+        return (
+            (self.name, self.path),
+            (f"{self.name}-cdi", f"{self.path}.cdi"),
+            (f"{self.name}-legacy", f"{self.path}.legacy"),
+        )
+
+    def handler_names(self) -> frozenset[str]:
+        return frozenset(name for name, _ in self.handlers())
+
+
+CDI_ANNOTATIONS = ("cdi.k8s.io/*",)
+"""container_annotations on every handler: CDI devices requested by pod annotation reach the runtime."""
+
+
+@dataclass(frozen=True)
+class Effect:
+    """One change of an effective setting, e.g. ``default runtime 'runc' -> 'nvidia'``."""
+
+    setting: str
+    """``default-runtime`` or ``cdi``."""
+    before: object
+    after: object
+    path: str
+    """The file whose write causes it."""
+
+    @property
+    def summary(self) -> str:
+        what = {"default-runtime": "default runtime", "cdi": "CDI (enable_cdi)"}.get(self.setting, self.setting)
+        return f"{what} {self.before!r} -> {self.after!r} (every new container is affected; revert restores it)"
+
 
 @dataclass
 class Edit:
@@ -35,6 +67,9 @@ class Edit:
     warnings: list[str] = field(default_factory=list)
     summaries: dict[str, str] = field(default_factory=dict)
     """Host path → one sentence for the plan step."""
+    effects: list[Effect] = field(default_factory=list)
+    """Changes of the runtime's effective behaviour (default runtime, CDI) the writes cause: each one is
+    shown as a plan step of its own, never hidden in a file diff."""
 
     def put(self, path: str, old: bytes | None, new: bytes | None, summary: str) -> None:
         if old != new:

@@ -290,6 +290,17 @@ class RuntimeSubsystem(BaseSubsystem):
             )
             for path, new in edit.writes.items()
         ]
+        steps += [
+            Step(
+                f"change-{effect.setting}",
+                effect.path,
+                effect.summary,
+                disruption=Disruption.RESTART,
+                disrupts=f"every container {d.engine} starts from now on",
+                payload=effect,
+            )
+            for effect in edit.effects
+        ]
         if steps:
             steps.append(self._restart_step(d, target, warnings))
         if self.settings.restart == "signal" and d.engine == "containerd":
@@ -531,6 +542,7 @@ class RuntimeSubsystem(BaseSubsystem):
             "version": observed.version.version if observed.version else "",
             "restarts": self.restarts,
             "evidence": list(self.last_plan.evidence) if self.last_plan else [],
+            "warnings": list(self.last_plan.warnings) if self.last_plan else [],
         }
         if health.ok:
             self.set_status(Phase.RUNNING, "", **details)

@@ -125,8 +125,23 @@ def append(node: Node, key: str, value: Any) -> None:
         return
     if indent is not None:
         item.trivia.indent = indent
+        if is_tbl and isinstance(item, Table):
+            _indent_fresh(item, indent.lstrip("\n"))
     if is_tbl and rendered.strip() and not rendered.endswith("\n\n"):
         item.trivia.indent = "\n" + item.trivia.indent  # a blank line before the new header
+
+
+def _indent_fresh(table: Table, header_indent: str) -> None:
+    """Keys and sub-tables built from plain values get the layout of the file (one level deeper)."""
+    step = "  " if " " in header_indent or not header_indent else "\t"
+    for key, child in table.value.body:
+        if key is None or not isinstance(child, Item) or child.trivia.indent.strip("\n"):
+            continue
+        if isinstance(child, Table):
+            child.trivia.indent = "\n" + header_indent + step
+            _indent_fresh(child, header_indent + step)
+        else:
+            child.trivia.indent = header_indent + step
 
 
 def set_value(node: Node, key: str, value: Any) -> bool:

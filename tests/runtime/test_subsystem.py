@@ -162,18 +162,6 @@ async def test_restart_command_is_used(node_factory: Any) -> None:
 # ------------------------------------------------------------------------------------- CRI-O and docker
 
 
-async def test_crio_leftover_default_runtime_warns_and_is_not_touched(node_factory: Any) -> None:
-    node = node_factory(
-        {
-            "/etc/crio/crio.conf": fixture("crio/crio.conf"),
-            "/etc/crio/crio.conf.d/50-leftover-default.conf": fixture("crio/50-leftover-default.conf"),
-        }
-    )
-    plan = await plan_of(node)
-    assert any('default_runtime = "nvidia"' in w and "Terminating" in w for w in plan.warnings)
-    assert plan.empty  # the handler is already there with the right path
-
-
 async def test_crio_set_as_default_only_when_asked(node_factory: Any) -> None:
     node = node_factory({"/etc/crio/crio.conf": fixture("crio/crio.conf")}, set_as_default=True)
     plan = await plan_of(node)
