@@ -42,7 +42,12 @@ async def plan(parts: Parts, *, as_json: bool, color: bool) -> int:
         print(json.dumps([p.to_json() for p in plans], indent=2))
     else:
         sys.stdout.write(render_plans(plans, color=color))
-    return 1 if any(p.error for p in plans) else 0
+    return _failed(parts) if any(p.error for p in plans) else 0
+
+
+def _failed(parts: Parts) -> int:
+    """2 when a subsystem failed on a bad input file or setting, else 1."""
+    return 2 if any(getattr(sub, "bad_input", False) for sub in parts.subsystems) else 1
 
 
 async def apply(parts: Parts) -> int:
@@ -67,7 +72,7 @@ async def apply(parts: Parts) -> int:
         print(f"{sub.name}: changed {changed}{restarted}")
         for message in result.messages:
             print(f"  {message}")
-    return 1 if failed else 0
+    return _failed(parts) if failed else 0
 
 
 async def revert(parts: Parts) -> int:

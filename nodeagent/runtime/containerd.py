@@ -31,7 +31,7 @@ from tomlkit.toml_document import TOMLDocument
 
 from nodeagent.errors import ConfigError
 from nodeagent.runtime import tomldoc
-from nodeagent.runtime.engine import CDI_ANNOTATIONS, Edit, Effect, Files, RuntimeSpec, decode
+from nodeagent.runtime.engine import CDI_ANNOTATIONS, Edit, Effect, Files, RuntimeSpec, decode, want_type
 
 CRI_PLUGIN = {1: "cri", 2: "io.containerd.grpc.v1.cri", 3: "io.containerd.cri.v1.runtime"}
 DEFAULT_RUNC: dict[str, Any] = {"runtime_type": "io.containerd.runc.v2"}
@@ -48,12 +48,58 @@ _MERGED_TABLES = ("plugins", "proxy_plugins", "stream_processors", "timeouts")
 _UNION_LISTS = ("imports", "required_plugins", "disabled_plugins")
 
 
+KNOWN_VERSIONS = (1, 2, 3, 4)
+
+
 def config_version(doc: Mapping[str, Any]) -> int:
     """1 when ``version`` is absent; 3 stands for 3 and 4 (same runtime path)."""
     v = tomldoc.plain(doc.get("version", 1))
     if not isinstance(v, int) or isinstance(v, bool) or v < 1:
         raise ValueError(f"version must be a positive integer, got {v!r}")
+    if v not in KNOWN_VERSIONS:
+        raise ValueError(f"version {v} is not a containerd config version (containerd knows 1, 2, 3 and 4)")
     return min(v, 3)
+
+
+def check_shape(path: str, doc: Mapping[str, Any]) -> None:
+    """Refuse, naming file and key, a value of the wrong type anywhere the agent reads or writes."""
+
+    def want(value: Any, expected: type | tuple[type, ...], key: str, what: str) -> None:
+        want_type(path, value, expected, key, what)
+
+    if "version" in doc:
+        want(doc["version"], int, "version", "a number")
+    if "imports" in doc:
+        want(doc["imports"], list, "imports", "an array of strings")
+    if "plugins" not in doc:
+        return
+    want(doc["plugins"], Mapping, "plugins", "a table")
+    for plugin in ("cri", "io.containerd.grpc.v1.cri", "io.containerd.cri.v1.runtime"):
+        if plugin not in doc["plugins"]:
+            continue
+        base = f'plugins."{plugin}"'
+        cri = doc["plugins"][plugin]
+        want(cri, Mapping, base, "a table")
+        if "enable_cdi" in cri:
+            want(cri["enable_cdi"], bool, f"{base}.enable_cdi", "true or false")
+        if "containerd" not in cri:
+            continue
+        ctd = cri["containerd"]
+        want(ctd, Mapping, f"{base}.containerd", "a table")
+        if "default_runtime_name" in ctd:
+            want(ctd["default_runtime_name"], str, f"{base}.containerd.default_runtime_name", "a string")
+        if "runtimes" not in ctd:
+            continue
+        want(ctd["runtimes"], Mapping, f"{base}.containerd.runtimes", "a table")
+        for name, entry in ctd["runtimes"].items():
+            key = f"{base}.containerd.runtimes.{name}"
+            want(entry, Mapping, key, "a table")
+            if "runtime_type" in entry:
+                want(entry["runtime_type"], str, f"{key}.runtime_type", "a string")
+            if "options" in entry:
+                want(entry["options"], Mapping, f"{key}.options", "a table")
+            if "container_annotations" in entry:
+                want(entry["container_annotations"], list, f"{key}.container_annotations", "an array")
 
 
 def cri_keys(version: int) -> tuple[str, ...]:
@@ -346,6 +392,7 @@ class Containerd:
                 docs[path] = tomldoc.parse(path, text.encode()).unwrap()
             else:
                 docs[path] = tomldoc.parse(path, data).unwrap()
+            check_shape(path, docs[path])
         return docs
 
     def _dropin_target(self, docs: Mapping[str, Mapping[str, Any]], *, quiet: bool = False) -> str:
@@ -540,6 +587,7 @@ class Containerd:
     def _template(self, spec: RuntimeSpec, edit: Edit) -> Edit:
         path, generated = self.layout.main, self.layout.generated
         gen_doc = tomldoc.parse(generated, self.files.get(generated)).unwrap() if generated else {}
+        check_shape(generated, gen_doc)
         data = self.files.get(path)
         text, kept = split_template(path, decode(path, data)) if data is not None else ("", {})
         version = self._version_of(gen_doc or tomldoc.parse(path, text.encode()).unwrap(), generated or path)
@@ -556,6 +604,7 @@ class Containerd:
             )
             spec = replace(spec, set_as_default=False, enable_cdi=False)
         doc = tomldoc.parse(path, text.encode())
+        check_shape(path, doc.unwrap())
         in_template = tomldoc.get_in(doc.unwrap(), (*runtimes_keys(version), spec.name)) is not None
         if base and not in_template and tomldoc.get_in(before, ("containerd", "runtimes", spec.name)) is not None:
             raise ConfigError(

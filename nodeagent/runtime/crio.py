@@ -18,7 +18,36 @@ import tomlkit
 
 from nodeagent.errors import ConfigError
 from nodeagent.runtime import tomldoc
-from nodeagent.runtime.engine import Edit, Effect, Files, RuntimeSpec
+from nodeagent.runtime.engine import Edit, Effect, Files, RuntimeSpec, want_type
+
+
+def check_shape(path: str, doc: Mapping[str, Any]) -> None:
+    """Refuse, naming file and key, a value of the wrong type where the agent reads or writes."""
+    crio = doc.get("crio")
+    if crio is None:
+        return
+    want_type(path, crio, Mapping, "crio", "a table")
+    runtime = crio.get("runtime")
+    if runtime is None:
+        return
+    want_type(path, runtime, Mapping, "crio.runtime", "a table")
+    if "default_runtime" in runtime:
+        want_type(path, runtime["default_runtime"], str, "crio.runtime.default_runtime", "a string")
+    runtimes = runtime.get("runtimes")
+    if runtimes is None:
+        return
+    want_type(path, runtimes, Mapping, "crio.runtime.runtimes", "a table")
+    for name, entry in runtimes.items():
+        want_type(path, entry, Mapping, f"crio.runtime.runtimes.{name}", "a table")
+        for key in ("runtime_path", "runtime_type"):
+            if key in entry:
+                want_type(path, entry[key], str, f"crio.runtime.runtimes.{name}.{key}", "a string")
+
+
+def _parse(path: str, data: bytes) -> dict[str, Any]:
+    doc: dict[str, Any] = tomldoc.parse(path, data).unwrap()
+    check_shape(path, doc)
+    return doc
 
 
 def _handlers_ok(eff: Mapping[str, Any], spec: RuntimeSpec) -> bool:
@@ -94,7 +123,7 @@ class Crio:
                 continue
             data = self.files.get(path)
             if data is not None:
-                docs.append(tomldoc.parse(path, data).unwrap())
+                docs.append(_parse(path, data))
         return effective(docs)
 
     def _docs(self, overrides: Files) -> list[tuple[str, dict[str, Any]]]:
@@ -106,7 +135,7 @@ class Crio:
         for path in [self.config_path, *(posixpath.join(self.dropin_dir, n) for n in sorted(names))]:
             data = overrides[path] if path in overrides else self.files.get(path)
             if data is not None:
-                out.append((path, tomldoc.parse(path, data).unwrap()))
+                out.append((path, _parse(path, data)))
         return out
 
     def desired(self, spec: RuntimeSpec) -> Edit:

@@ -72,6 +72,8 @@ class Edit:
     shown as a plan step of its own, never hidden in a file diff."""
 
     def put(self, path: str, old: bytes | None, new: bytes | None, summary: str) -> None:
+        if old is not None and old.startswith(BOM) and new is not None and not new.startswith(BOM):
+            new = BOM + new  # parsed without it (decode), written back with it
         if old != new:
             self.writes[path] = new
             self.summaries[path] = summary
@@ -92,9 +94,13 @@ class Engine(Protocol):
         """Take the runtime out again (files the agent created are removed)."""
 
 
+BOM = b"\xef\xbb\xbf"
+
+
 def decode(path: str, data: bytes) -> str:
+    """UTF-8 text without a leading byte order mark (which containerd and dockerd accept)."""
     try:
-        return data.decode("utf-8")
+        return data.removeprefix(BOM).decode("utf-8")
     except UnicodeDecodeError as err:
         line = data[: err.start].count(b"\n") + 1
         raise ConfigError(f"not UTF-8 text (byte {err.start})", source=path, line=line) from None
@@ -112,3 +118,15 @@ def toml_error(path: str, err: Exception, line_offset: int = 0) -> ConfigError:
         source=path,
         line=line + line_offset if isinstance(line, int) else None,
     )
+
+
+def kind_of(value: object) -> str:
+    names = {str: "a string", bool: "a boolean", int: "a number", float: "a number", list: "an array"}
+    return names.get(type(value), "a table" if isinstance(value, Mapping) else type(value).__name__)
+
+
+def want_type(path: str, value: object, expected: type | tuple[type, ...], key: str, what: str) -> None:
+    """ConfigError naming the file and key when ``value`` is not of the ``expected`` type."""
+    ok = isinstance(value, expected) and not (expected is int and isinstance(value, bool))
+    if not ok:
+        raise ConfigError(f"must be {what}, got {kind_of(value)} ({value!r:.40})", source=path, key=key)

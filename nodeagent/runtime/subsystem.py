@@ -36,12 +36,13 @@ from nodeagent.runtime import containerd as ctd
 from nodeagent.runtime import detect as det
 from nodeagent.runtime.crio import Crio
 from nodeagent.runtime.docker import Docker
-from nodeagent.runtime.engine import Edit, Engine, RuntimeSpec
+from nodeagent.runtime.engine import BOM, Edit, Engine, RuntimeSpec
 from nodeagent.runtime.restart import transact, wait_healthy
 from nodeagent.subsystem import ApplyResult, BaseSubsystem, Context, Phase
 
 HEALTH_EVERY_S = 15.0
-MAX_IMPORT_FILES = 256
+MAX_IMPORT_FILES = 4096
+"""containerd files read through imports before the agent refuses (by name) instead of checking less."""
 RUNTIME_DIRS = (
     "/etc/containerd/",
     "/etc/k0s/",
@@ -72,6 +73,8 @@ class Observed:
     dump: bytes | None = None
     error: str = ""
     evidence: tuple[str, ...] = ()
+    bad_input: bool = False
+    """The error is a bad file or setting (the CLI exits 2), not a host failure."""
 
 
 def _kind(root: Any, host_path: str) -> det.Kind | None:
@@ -91,7 +94,7 @@ def _imports_of(path: str, data: bytes, template: bool) -> list[str]:
     if template:
         return []
     try:
-        doc = tomllib.loads(data.decode("utf-8"))
+        doc = tomllib.loads(data.removeprefix(BOM).decode("utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError):
         return []
     try:
@@ -126,6 +129,8 @@ class RuntimeSubsystem(BaseSubsystem):
         self._observed: Observed | None = None
         self.restarts = 0
         self.reconciles = 0
+        self.bad_input = False
+        """The last plan failed on a bad file or setting (the CLI exits 2)."""
 
     # ------------------------------------------------------------------------------------- observe
 
@@ -146,10 +151,12 @@ class RuntimeSubsystem(BaseSubsystem):
         try:
             detected = det.detect(probe, self.settings)
         except ConfigError as err:
-            return Observed(error=str(err))
+            return Observed(error=str(err), bad_input=True)
         try:
             files, listings = await run_blocking(self._gather, detected)
-        except (HostPathError, ConfigError) as err:
+        except ConfigError as err:
+            return Observed(detected, error=str(err), evidence=detected.evidence, bad_input=True)
+        except HostPathError as err:
             return Observed(detected, error=str(err), evidence=detected.evidence)
         version: VersionInfo | None = None
         dump: bytes | None = None
@@ -190,10 +197,17 @@ class RuntimeSubsystem(BaseSubsystem):
                 read(posixpath.join(dropins, name))
         else:
             pending = [d.config_path]
-            while pending and len(files) < MAX_IMPORT_FILES:
+            while pending:
                 path = pending.pop(0)
                 if path in files:
                     continue
+                if len(files) >= MAX_IMPORT_FILES:
+                    raise ConfigError(
+                        f"imports load more than {MAX_IMPORT_FILES} files (next: {path}); the agent refuses "
+                        "rather than check containerd's effective config on part of it",
+                        source=d.config_path,
+                        key="imports",
+                    )
                 data = read(path)
                 if data is None:
                     continue
@@ -264,6 +278,7 @@ class RuntimeSubsystem(BaseSubsystem):
     def plan(self, observed: Observed) -> Plan:
         d = observed.detected
         evidence = list(observed.evidence)
+        self.bad_input = observed.bad_input
         if d is None or observed.error:
             return Plan(self.name, evidence=tuple(evidence), error=observed.error or "nothing detected")
         evidence.append(f"engine {d.engine}, config {d.config_path}, socket {d.socket}")
@@ -276,6 +291,7 @@ class RuntimeSubsystem(BaseSubsystem):
         try:
             edit: Edit = self.engine_for(observed).desired(self.spec)
         except ConfigError as err:
+            self.bad_input = True
             return Plan(self.name, evidence=tuple(evidence), error=str(err))
         evidence += edit.evidence
         warnings = list(edit.warnings)
