@@ -59,6 +59,7 @@ def make_parser() -> argparse.ArgumentParser:
     _common(p)
     p = sub.add_parser("revert", help="restore every file the agent changed to its original bytes")
     _common(p)
+    p.add_argument("--force", action="store_true", help="restore even files someone else changed since")
     p = sub.add_parser("status", help="GPU inventory and each subsystem's phase and reason")
     _common(p)
     p.add_argument("--json", action="store_true", help="machine-readable output")
@@ -161,7 +162,7 @@ async def _dispatch(args: argparse.Namespace, settings: settings_mod.Settings, e
         if args.command == "apply":
             return await commands.apply(parts)
         if args.command == "revert":
-            return await commands.revert(parts)
+            return await commands.revert(parts, force=args.force)
         if args.command == "status":
             doc = await commands.local_status(parts)
             return _print_status(doc, as_json=args.json)

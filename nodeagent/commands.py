@@ -75,11 +75,13 @@ async def apply(parts: Parts) -> int:
     return _failed(parts) if failed else 0
 
 
-async def revert(parts: Parts) -> int:
+async def revert(parts: Parts, *, force: bool = False) -> int:
     failed = False
     for sub in reversed(parts.subsystems):
         if not isinstance(sub, Revertible):
             continue
+        if hasattr(sub, "force_revert"):
+            sub.force_revert = force
         try:
             result = await sub.revert()
         except NodeAgentError as err:

@@ -21,6 +21,7 @@ from typing import Any
 
 from nodeagent import events
 from nodeagent.aio import run_blocking, wait_or_stop
+from nodeagent.backends.hostfs import RevertConflict
 from nodeagent.backends.runtimectl import (
     HostRuntimeControl,
     RestartHow,
@@ -131,6 +132,8 @@ class RuntimeSubsystem(BaseSubsystem):
         self.reconciles = 0
         self.bad_input = False
         """The last plan failed on a bad file or setting (the CLI exits 2)."""
+        self.force_revert = False
+        """`nodeagent revert --force`: restore originals even over files someone else changed since."""
 
     # ------------------------------------------------------------------------------------- observe
 
@@ -426,14 +429,21 @@ class RuntimeSubsystem(BaseSubsystem):
         journal = self.ctx.journal
 
         def _restore() -> list[str]:
-            changed = []
-            for path in list(journal.paths()):
-                mine = path in managed or path.startswith(prefixes)
-                if mine and journal.restore(self.ctx.root, path):
-                    changed.append(path)
-            return changed
+            mine = [p for p in journal.paths(required=True) if p in managed or p.startswith(prefixes)]
+            if not self.force_revert:
+                # every file checked before any is touched: a refusal leaves the node as it was
+                conflicts = [c for c in (journal.conflict(self.ctx.root, p) for p in mine) if c]
+                if conflicts:
+                    raise RevertConflict(
+                        ", ".join(p for p in mine if journal.conflict(self.ctx.root, p)), "\n".join(conflicts)
+                    )
+            return [p for p in mine if journal.restore(self.ctx.root, p, force=self.force_revert)]
 
-        changed = await run_blocking(_restore)
+        try:
+            changed = await run_blocking(_restore)
+        except HostPathError as err:  # JournalError, RevertConflict, or a host error: named, nothing guessed
+            self.set_status(Phase.FAILED, f"revert refused: {err}")
+            raise PermanentError(str(err)) from err
         restarted: tuple[str, ...] = ()
         d = observed.detected
         if changed and d is not None:

@@ -197,8 +197,13 @@ async def test_reconcile_publishes_health_and_is_idempotent(node_factory: Any) -
 
 async def test_revert_without_changes_does_not_restart(node_factory: Any) -> None:
     node = node_factory({CONFIG: V16})
+    with pytest.raises(PermanentError, match="no backup journal"):
+        await node.sub.revert()  # never applied: a named error, not "restored nothing"
+    await node.sub.apply(await plan_of(node))
+    await node.sub.revert()
+    restarts = len(node.control.restarts)
     result = await node.sub.revert()
-    assert result.changed == () and not node.control.restarts
+    assert result.changed == () and len(node.control.restarts) == restarts
 
 
 async def test_revert_after_agent_restart_uses_the_journal(node_factory: Any, tmp_path: Any) -> None:
