@@ -21,6 +21,7 @@ import json
 import os
 import posixpath
 import re
+import secrets
 import stat
 import tempfile
 from collections.abc import Callable, Iterator
@@ -118,17 +119,119 @@ class Root:
         except HostPathError:
             return False
 
-    def read_bytes(self, host_path: str) -> bytes | None:
-        """The file's bytes, or None when it does not exist. A directory or unreadable file raises."""
-        local = self.resolve(host_path)
+    # --------------------------------------------------------- I/O through directory descriptors
+    #
+    # Resolution and use are one operation: every component is opened relative to the descriptor of its
+    # parent with O_NOFOLLOW, and a symlink met on the way is read (readlinkat) and followed inside the
+    # root, as the kernel's openat2(RESOLVE_IN_ROOT) does. A directory swapped for a link between two
+    # steps cannot redirect anything: the descriptors held are of the directories really walked.
+
+    def _walk(self, host_path: str, *, create: bool = False, follow_last: bool = True) -> tuple[int, str]:
+        """(descriptor of the parent directory, last name) of ``host_path``; the caller closes the fd.
+
+        Raises FileNotFoundError when a directory on the way is missing (and ``create`` is false).
+        """
+        pending = [p for p in str(host_path).split("/") if p and p != "."]
+        pending.reverse()
+        stack = [os.open(self.path, _DIR_FLAGS)]
+        links = 0
         try:
-            return local.read_bytes()
+            while True:
+                if not pending:
+                    raise HostPathError(f"{host_path}: names a directory, not a file")
+                name = pending.pop()
+                if name == "..":
+                    if len(stack) == 1:
+                        raise HostPathError(f"{host_path}: climbs above the root {self.path}")
+                    os.close(stack.pop())
+                    continue
+                last = not pending
+                target = self._link_at(stack[-1], name) if (not last or follow_last) else None
+                if target is not None:
+                    links += 1
+                    if links > _MAX_LINKS:
+                        raise HostPathError(f"{host_path}: too many levels of symbolic links")
+                    if target.startswith("/"):
+                        for fd in stack[1:]:
+                            os.close(fd)
+                        del stack[1:]
+                    pending.extend(reversed([p for p in target.split("/") if p and p != "."]))
+                    continue
+                if last:
+                    parent = stack.pop()
+                    return parent, name
+                stack.append(self._open_dir_at(stack[-1], name, host_path, create=create))
+        finally:
+            for fd in stack:
+                os.close(fd)
+
+    @staticmethod
+    def _link_at(dir_fd: int, name: str) -> str | None:
+        try:
+            st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
         except FileNotFoundError:
             return None
-        except IsADirectoryError as err:
-            raise HostPathError(f"{host_path}: is a directory, expected a file") from err
+        return os.readlink(name, dir_fd=dir_fd) if stat.S_ISLNK(st.st_mode) else None
+
+    @staticmethod
+    def _open_dir_at(dir_fd: int, name: str, host_path: str, *, create: bool) -> int:
+        for attempt in range(2):
+            try:
+                return os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
+            except FileNotFoundError:
+                if not create or attempt:
+                    raise
+                with contextlib.suppress(FileExistsError):
+                    os.mkdir(name, 0o755, dir_fd=dir_fd)
+            except OSError as err:
+                if err.errno in (errno.ELOOP, errno.ENOTDIR):
+                    # a link appeared after it was checked (a race), or a file is in the way: never follow
+                    raise HostPathError(f"{host_path}: {name} is not a directory (or changed while walked)") from err
+                raise
+        raise FileNotFoundError(name)  # pragma: no cover - the loop returns or raises
+
+    def read_bytes(self, host_path: str, *, max_bytes: int | None = None) -> bytes | None:
+        """The file's bytes, or None when it does not exist. A directory, FIFO or unreadable file raises.
+
+        ``max_bytes``: a larger file is refused by name before it is read.
+        """
+        try:
+            dir_fd, name = self._walk(host_path)
+        except FileNotFoundError:
+            return None
         except OSError as err:
             raise HostPathError(f"{host_path}: cannot read: {err.strerror}") from err
+        try:
+            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dir_fd)
+        except FileNotFoundError:
+            return None
+        except OSError as err:
+            if err.errno == errno.ELOOP:
+                raise HostPathError(f"{host_path}: became a symbolic link while being read") from err
+            raise HostPathError(f"{host_path}: cannot read: {err.strerror}") from err
+        finally:
+            os.close(dir_fd)
+        try:
+            st = os.fstat(fd)
+            if stat.S_ISDIR(st.st_mode):
+                raise HostPathError(f"{host_path}: is a directory, expected a file")
+            if not stat.S_ISREG(st.st_mode):
+                raise HostPathError(f"{host_path}: not a regular file (a FIFO, socket or device); refusing to read it")
+            if max_bytes is not None and st.st_size > max_bytes:
+                raise HostPathError(
+                    f"{host_path}: {st.st_size} bytes, larger than the {max_bytes // 1024} KiB the agent reads; "
+                    "refusing"
+                )
+            chunks = []
+            while chunk := os.read(fd, 1 << 20):
+                chunks.append(chunk)
+                if max_bytes is not None and sum(map(len, chunks)) > max_bytes:
+                    raise HostPathError(f"{host_path}: grew past {max_bytes // 1024} KiB while being read")
+            return b"".join(chunks)
+        except OSError as err:
+            raise HostPathError(f"{host_path}: cannot read: {err.strerror}") from err
+        finally:
+            os.close(fd)
 
     def read_text(self, host_path: str) -> str | None:
         data = self.read_bytes(host_path)
@@ -139,13 +242,48 @@ class Root:
         except UnicodeDecodeError as err:
             raise HostPathError(f"{host_path}: not UTF-8 text (byte {err.start})") from err
 
+    def _open_dir(self, host_path: str) -> int | None:
+        if not [p for p in host_path.split("/") if p and p != "."]:
+            return os.open(self.path, _DIR_FLAGS)
+        try:
+            dir_fd, name = self._walk(host_path)
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        try:
+            return self._open_dir_at(dir_fd, name, host_path, create=False)
+        except FileNotFoundError:
+            return None
+        finally:
+            os.close(dir_fd)
+
     def listdir(self, host_path: str) -> list[str]:
         """Sorted entry names of a directory; empty when it does not exist."""
-        local = self.resolve(host_path)
-        try:
-            return sorted(p.name for p in local.iterdir())
-        except (FileNotFoundError, NotADirectoryError):
+        fd = self._open_dir(host_path)
+        if fd is None:
             return []
+        try:
+            return sorted(os.listdir(fd))  # noqa: PTH208 - a descriptor, which pathlib cannot take
+        finally:
+            os.close(fd)
+
+    def list_files(self, host_path: str) -> list[str]:
+        """Sorted names of the regular files (or links to them) directly in a directory; hidden ones skipped."""
+        names = []
+        for name in self.listdir(host_path):
+            if name.startswith("."):
+                continue
+            try:
+                dir_fd, last = self._walk(f"{host_path.rstrip('/')}/{name}")
+            except (FileNotFoundError, HostPathError, OSError):
+                continue
+            try:
+                if stat.S_ISREG(os.stat(last, dir_fd=dir_fd, follow_symlinks=False).st_mode):
+                    names.append(name)
+            except OSError:
+                pass
+            finally:
+                os.close(dir_fd)
+        return names
 
     def walk_files(self, host_dir: str) -> Iterator[tuple[str, Path]]:
         """Every file below a directory as (host path, local path), resolving the directory once.
@@ -186,33 +324,143 @@ class Root:
         fault: FaultHook = _no_fault,
     ) -> bool:
         """Write atomically; record the original in ``journal`` first. Returns False when unchanged."""
-        local = self.resolve(host_path)
-        if local.is_dir():
-            raise HostPathError(f"{host_path}: is a directory, expected a file")
-        try:
-            if local.read_bytes() == data and (mode is None or stat.S_IMODE(local.stat().st_mode) == mode):
-                return False
-        except FileNotFoundError:
-            pass
+        current = self.read_bytes(host_path)
+        if current == data and (mode is None or self._mode(host_path) == mode):
+            return False
         if journal is not None:
             journal.record(self, host_path)
-        atomic_write(local, data, mode=mode, fault=fault)
+        self.write_file(host_path, data, mode=mode, fault=fault)
         if journal is not None:
             journal.wrote(host_path, data)
         return True
 
+    def _mode(self, host_path: str) -> int | None:
+        try:
+            dir_fd, name = self._walk(host_path)
+        except FileNotFoundError:
+            return None
+        try:
+            return stat.S_IMODE(os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode)
+        except FileNotFoundError:
+            return None
+        finally:
+            os.close(dir_fd)
+
+    def write_file(self, host_path: str, data: bytes, *, mode: int | None = None, fault: FaultHook = _no_fault) -> None:
+        """Temp file, fsync, rename over the target, fsync the directory: all relative to one directory fd."""
+        try:
+            dir_fd, name = self._walk(host_path, create=True)
+        except OSError as err:
+            raise HostPathError(f"{host_path}: cannot write: {err.strerror}") from err
+        try:
+            _write_at(dir_fd, name, data, mode=mode, fault=fault, host_path=host_path)
+        finally:
+            os.close(dir_fd)
+
     def remove(self, host_path: str, *, journal: BackupJournal | None = None) -> bool:
         """Remove a file (recording it first). Returns False when it was already absent."""
-        local = self.resolve(host_path, follow_last=False)
-        if not local.exists() and not local.is_symlink():
+        try:
+            dir_fd, name = self._walk(host_path, follow_last=False)
+        except FileNotFoundError:
             return False
-        if journal is not None:
-            journal.record(self, host_path)
-        local.unlink()
-        fsync_dir(local.parent)
+        try:
+            try:
+                st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+            except FileNotFoundError:
+                return False
+            if stat.S_ISDIR(st.st_mode):
+                raise HostPathError(f"{host_path}: is a directory, expected a file")
+            if journal is not None:
+                journal.record(self, host_path)
+            os.unlink(name, dir_fd=dir_fd)
+            os.fsync(dir_fd)
+        except OSError as err:
+            raise HostPathError(f"{host_path}: cannot remove: {err.strerror}") from err
+        finally:
+            os.close(dir_fd)
         if journal is not None:
             journal.wrote(host_path, None)
         return True
+
+    def sweep_temp_files(self, host_dir: str) -> list[str]:
+        """Remove temp files a killed writer left in ``host_dir`` (only those of processes no longer alive)."""
+        removed: list[str] = []
+        fd = self._open_dir(host_dir)
+        if fd is None:
+            return removed
+        try:
+            for name in os.listdir(fd):  # noqa: PTH208 - a descriptor
+                found = _TEMP_NAME.match(name)
+                if not found or _alive(int(found.group(1))):
+                    continue
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(name, dir_fd=fd)
+                    removed.append(f"{host_dir.rstrip('/')}/{name}")
+        finally:
+            os.close(fd)
+        return removed
+
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_TEMP_NAME = re.compile(r"^\..*\.(\d+)\.[0-9a-f]{12}\.nodeagent-tmp$")
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _temp_name(name: str) -> str:
+    return f".{name[:100]}.{os.getpid()}.{secrets.token_hex(6)}.nodeagent-tmp"
+
+
+def _write_at(dir_fd: int, name: str, data: bytes, *, mode: int | None, fault: FaultHook, host_path: str) -> None:
+    try:
+        old: os.stat_result | None = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        old = None
+    if old is not None and stat.S_ISDIR(old.st_mode):
+        raise HostPathError(f"{host_path}: is a directory, expected a file")
+    tmp = _temp_name(name)
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=dir_fd)
+    except OSError as err:
+        raise HostPathError(f"{host_path}: cannot write: {err.strerror}") from err
+    try:
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            fault("written")
+            os.fsync(fd)
+            fault("synced")
+            keep = stat.S_IMODE(old.st_mode) if old is not None and stat.S_ISREG(old.st_mode) else 0o644
+            os.fchmod(fd, mode if mode is not None else keep)
+            if old is not None and os.geteuid() == 0:
+                with contextlib.suppress(OSError):
+                    os.fchown(fd, old.st_uid, old.st_gid)
+        finally:
+            os.close(fd)
+        os.rename(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+        fault("renamed")
+    except BaseException as err:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp, dir_fd=dir_fd)
+        if isinstance(err, OSError) and not isinstance(err, HostPathError) and err.errno is not None:
+            raise HostPathError(f"{host_path}: cannot write: {err.strerror}") from err
+        raise
+    try:
+        os.fsync(dir_fd)
+    except OSError as err:
+        if err.errno not in (errno.EINVAL, errno.EBADF):
+            raise
 
 
 def atomic_write(path: Path, data: bytes, *, mode: int | None = None, fault: FaultHook = _no_fault) -> None:
@@ -357,17 +605,15 @@ class BackupJournal:
         self.host_dir = str(PurePosixPath(state_dir, "backups"))
 
     @property
-    def _dir(self) -> Path:
-        return self.root.resolve(self.host_dir)
-
-    @property
     def _index_host(self) -> str:
         return f"{self.host_dir}/{self.INDEX}"
 
     def _load(self, *, required: bool = False) -> dict[str, JournalEntry]:
-        index = self._dir / self.INDEX
         try:
-            raw = json.loads(index.read_text())
+            text = self.root.read_bytes(self._index_host, max_bytes=64 << 20)
+            if text is None:
+                raise FileNotFoundError(self._index_host)
+            raw = json.loads(text)
         except FileNotFoundError:
             if required:
                 raise JournalError(
@@ -375,7 +621,7 @@ class BackupJournal:
                     "this agent.state_dir (nothing to revert), or the journal was removed"
                 ) from None
             return {}
-        except (OSError, ValueError) as err:
+        except (HostPathError, ValueError) as err:
             raise JournalError(f"{self._index_host}: backup journal unreadable: {err}") from err
         if not isinstance(raw, dict):
             raise JournalError(f"{self._index_host}: backup journal unreadable: not a JSON object")
@@ -383,16 +629,18 @@ class BackupJournal:
 
     def _save(self, entries: dict[str, JournalEntry]) -> None:
         body = json.dumps({k: vars(v) for k, v in sorted(entries.items())}, indent=2).encode() + b"\n"
-        atomic_write(self._dir / self.INDEX, body, mode=0o600)
+        self.root.write_file(self._index_host, body, mode=0o600)
 
     def _blob(self, sha: str, host_path: str) -> bytes:
         """A kept blob, checked against its digest before anything is restored from it."""
         if not _SHA256.match(sha):  # validated on load; kept here so no caller can pass a path
             raise JournalError(f"{self._index_host}: {sha[:80]!r} is not a blob name")
         try:
-            data = (self._dir / sha).read_bytes()
-        except OSError as err:
-            raise JournalError(f"{self.host_dir}/{sha}: backup of {host_path} unreadable: {err.strerror}") from err
+            data = self.root.read_bytes(f"{self.host_dir}/{sha}")
+        except HostPathError as err:
+            raise JournalError(f"{self.host_dir}/{sha}: backup of {host_path} unreadable: {err}") from err
+        if data is None:
+            raise JournalError(f"{self.host_dir}/{sha}: backup of {host_path} is missing; nothing restored")
         if hashlib.sha256(data).hexdigest() != sha:
             raise JournalError(
                 f"{self.host_dir}/{sha}: backup of {host_path} does not match its sha256 (corrupted or tampered "
@@ -409,12 +657,11 @@ class BackupJournal:
         key = str(PurePosixPath("/", host_path))
         if key in entries:
             return
-        local = root.resolve(key)
-        try:
-            data = local.read_bytes()
-            entry = JournalEntry(key, True, stat.S_IMODE(local.stat().st_mode), hashlib.sha256(data).hexdigest())
-            atomic_write(self._dir / entry.sha256, data, mode=0o600)
-        except FileNotFoundError:
+        data = root.read_bytes(key)
+        if data is not None:
+            entry = JournalEntry(key, True, root._mode(key), hashlib.sha256(data).hexdigest())
+            self.root.write_file(f"{self.host_dir}/{entry.sha256}", data, mode=0o600)
+        else:
             entry = JournalEntry(key, False, None, "")
         entries[key] = entry
         self._save(entries)
@@ -426,8 +673,8 @@ class BackupJournal:
         if key not in entries:
             return
         digest = _digest(data)
-        if data is not None and not (self._dir / digest).exists():
-            atomic_write(self._dir / digest, data, mode=0o600)
+        if data is not None and self.root.read_bytes(f"{self.host_dir}/{digest}") != data:
+            self.root.write_file(f"{self.host_dir}/{digest}", data, mode=0o600)
         old = entries[key].written
         entries[key] = replace(entries[key], written=digest)
         self._save(entries)
@@ -436,8 +683,7 @@ class BackupJournal:
 
     def _drop_unused(self, entries: dict[str, JournalEntry], sha: str) -> None:
         if sha and not any(sha in (e.sha256, e.written) for e in entries.values()):
-            with contextlib.suppress(FileNotFoundError):
-                (self._dir / sha).unlink()
+            self.root.remove(f"{self.host_dir}/{sha}")
 
     def original(self, host_path: str) -> bytes | None:
         """The kept original bytes, or None if the file did not exist. KeyError if never recorded."""
@@ -454,11 +700,9 @@ class BackupJournal:
         if entry.written is None:
             return ""
         try:
-            current = root.resolve(key, follow_last=False).read_bytes()
-        except FileNotFoundError:
-            current = None
-        except IsADirectoryError:
-            return f"{key} is now a directory"
+            current = root.read_bytes(key)
+        except HostPathError as err:
+            return str(err)
         if _digest(current) == entry.written:
             return ""
         ours = self._blob(entry.written, key) if entry.written else None
@@ -473,21 +717,14 @@ class BackupJournal:
             diff = self.conflict(root, key)
             if diff:
                 raise RevertConflict(key, diff)
-        local = root.resolve(key, follow_last=entry.existed)
         changed: bool
         if entry.existed:
             data = self._blob(entry.sha256, key)
-            try:
-                changed = local.read_bytes() != data
-            except FileNotFoundError:
-                changed = True
+            changed = root.read_bytes(key) != data
             if changed:
-                atomic_write(local, data, mode=entry.mode)
+                root.write_file(key, data, mode=entry.mode)
         else:
-            changed = local.exists() or local.is_symlink()
-            if changed:
-                local.unlink()
-                fsync_dir(local.parent)
+            changed = root.remove(key)
         del entries[key]
         self._save(entries)
         for sha in (entry.sha256, entry.written or ""):

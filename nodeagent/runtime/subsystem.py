@@ -185,10 +185,7 @@ class RuntimeSubsystem(BaseSubsystem):
 
         def listdir(directory: str) -> tuple[str, ...]:
             if directory not in listings:
-                local = root.resolve(directory)
-                listings[directory] = tuple(
-                    n for n in root.listdir(directory) if not n.startswith(".") and (local / n).is_file()
-                )
+                listings[directory] = tuple(root.list_files(directory))
             return listings[directory]
 
         if d.engine == "docker":
@@ -382,6 +379,7 @@ class RuntimeSubsystem(BaseSubsystem):
         if not writes:
             return ApplyResult()
         target: Target = next(iter(changes.values())).target
+        await run_blocking(self._sweep_temp_files, list(writes))
         stale = await run_blocking(self._stale, old)
         if stale:
             reason = f"{stale} changed since the plan was made; plan again"
@@ -410,6 +408,14 @@ class RuntimeSubsystem(BaseSubsystem):
         if outcome.health is not None:
             self._publish(outcome.health.ok)
         return ApplyResult(changed=tuple(outcome.changed), restarted=restarted)
+
+    def _sweep_temp_files(self, paths: list[str]) -> None:
+        """Temp files a killed agent left next to the files it writes (and in its journal) go first."""
+        dirs = {posixpath.dirname(p) for p in paths} | {self.ctx.journal.host_dir}
+        for directory in sorted(dirs):
+            with contextlib.suppress(HostPathError, OSError):
+                for path in self.ctx.root.sweep_temp_files(directory):
+                    self.log.info("runtime_stale_temp_file_removed", path=path)
 
     def _stale(self, old: Mapping[str, bytes | None]) -> str:
         for path, data in old.items():
@@ -478,6 +484,8 @@ class RuntimeSubsystem(BaseSubsystem):
 
     async def start(self) -> None:
         self.set_status(Phase.STARTING)
+        observed = await self.observe()
+        await run_blocking(self._sweep_temp_files, list(observed.files))
 
     async def run(self, stop: asyncio.Event) -> None:
         self._watched = self._watch_list(await self.observe())
