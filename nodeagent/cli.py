@@ -106,7 +106,11 @@ def cli_overrides(args: argparse.Namespace) -> tuple[dict[tuple[str, str], Any],
 
 def load_settings(args: argparse.Namespace, env: Mapping[str, str]) -> settings_mod.Settings:
     values, names = cli_overrides(args)
-    return settings_mod.load(file=args.config, env=env, cli=values, cli_names=names)
+    settings = settings_mod.load(file=args.config, env=env, cli=values, cli_names=names)
+    from nodeagent.runtime.ownership import check_owned_paths
+
+    check_owned_paths(settings)  # two subsystems may never own one path
+    return settings
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -35,6 +35,7 @@ from nodeagent.errors import BackendUnavailable, CallTimeout, ConfigError, HostP
 from nodeagent.plan import Disruption, Plan, Step, file_diff
 from nodeagent.runtime import containerd as ctd
 from nodeagent.runtime import detect as det
+from nodeagent.runtime import ownership
 from nodeagent.runtime.crio import Crio
 from nodeagent.runtime.docker import Docker
 from nodeagent.runtime.engine import BOM, Edit, Engine, RuntimeSpec
@@ -44,15 +45,7 @@ from nodeagent.subsystem import ApplyResult, BaseSubsystem, Context, Phase
 HEALTH_EVERY_S = 15.0
 MAX_IMPORT_FILES = 4096
 """containerd files read through imports before the agent refuses (by name) instead of checking less."""
-RUNTIME_DIRS = (
-    "/etc/containerd/",
-    "/etc/k0s/",
-    det.K3S_DIR + "/",
-    det.RKE2_DIR + "/",
-    det.MICROK8S_ARGS + "/",
-    "/etc/crio/",
-    "/etc/docker/",
-)
+RUNTIME_DIRS = tuple(d + "/" for d in ownership.RUNTIME_DIRS)
 """Backed-up files under these directories belong to this subsystem (for revert)."""
 
 
