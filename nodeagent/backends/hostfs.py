@@ -200,7 +200,7 @@ class Root:
         except FileNotFoundError:
             return None
         except OSError as err:
-            raise HostPathError(f"{host_path}: cannot read: {err.strerror}") from err
+            raise host_error(host_path, "read", err) from err
         try:
             fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dir_fd)
         except FileNotFoundError:
@@ -208,7 +208,7 @@ class Root:
         except OSError as err:
             if err.errno == errno.ELOOP:
                 raise HostPathError(f"{host_path}: became a symbolic link while being read") from err
-            raise HostPathError(f"{host_path}: cannot read: {err.strerror}") from err
+            raise host_error(host_path, "read", err) from err
         finally:
             os.close(dir_fd)
         try:
@@ -229,7 +229,7 @@ class Root:
                     raise HostPathError(f"{host_path}: grew past {max_bytes // 1024} KiB while being read")
             return b"".join(chunks)
         except OSError as err:
-            raise HostPathError(f"{host_path}: cannot read: {err.strerror}") from err
+            raise host_error(host_path, "read", err) from err
         finally:
             os.close(fd)
 
@@ -351,7 +351,7 @@ class Root:
         try:
             dir_fd, name = self._walk(host_path, create=True)
         except OSError as err:
-            raise HostPathError(f"{host_path}: cannot write: {err.strerror}") from err
+            raise host_error(host_path, "write", err) from err
         try:
             _write_at(dir_fd, name, data, mode=mode, fault=fault, host_path=host_path)
         finally:
@@ -375,7 +375,7 @@ class Root:
             os.unlink(name, dir_fd=dir_fd)
             os.fsync(dir_fd)
         except OSError as err:
-            raise HostPathError(f"{host_path}: cannot remove: {err.strerror}") from err
+            raise host_error(host_path, "remove", err) from err
         finally:
             os.close(dir_fd)
         if journal is not None:
@@ -405,6 +405,22 @@ _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _TEMP_NAME = re.compile(r"^\..*\.(\d+)\.[0-9a-f]{12}\.nodeagent-tmp$")
 
 
+_WHAT_TO_DO = {
+    errno.EROFS: "the filesystem is mounted read-only: remount it read-write, or point the setting at a writable path",
+    errno.EPERM: "the file or its directory is immutable or the operation is not permitted (lsattr; chattr -i)",
+    errno.EACCES: "permission denied: run the agent as root (or give it write access to that path)",
+    errno.ENOSPC: "no space left on that filesystem: free some space and run again",
+    errno.EDQUOT: "disk quota exceeded on that filesystem: free some space and run again",
+    errno.EIO: "I/O error from the filesystem: check the disk (dmesg)",
+}
+
+
+def host_error(host_path: str, verb: str, err: OSError) -> HostPathError:
+    """A HostPathError naming the path, what failed, and what the operator can do about it."""
+    hint = _WHAT_TO_DO.get(err.errno or 0, "")
+    return HostPathError(f"{host_path}: cannot {verb}: {err.strerror}" + (f" ({hint})" if hint else ""))
+
+
 def _alive(pid: int) -> bool:
     if pid == os.getpid():
         return True
@@ -432,7 +448,7 @@ def _write_at(dir_fd: int, name: str, data: bytes, *, mode: int | None, fault: F
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=dir_fd)
     except OSError as err:
-        raise HostPathError(f"{host_path}: cannot write: {err.strerror}") from err
+        raise host_error(host_path, "write", err) from err
     try:
         try:
             view = memoryview(data)
@@ -454,7 +470,7 @@ def _write_at(dir_fd: int, name: str, data: bytes, *, mode: int | None, fault: F
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp, dir_fd=dir_fd)
         if isinstance(err, OSError) and not isinstance(err, HostPathError) and err.errno is not None:
-            raise HostPathError(f"{host_path}: cannot write: {err.strerror}") from err
+            raise host_error(host_path, "write", err) from err
         raise
     try:
         os.fsync(dir_fd)

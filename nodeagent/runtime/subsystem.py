@@ -373,7 +373,11 @@ class RuntimeSubsystem(BaseSubsystem):
             return ApplyResult()
         target: Target = next(iter(changes.values())).target
         await run_blocking(self._sweep_temp_files, list(writes))
-        stale = await run_blocking(self._stale, old)
+        try:
+            stale = await run_blocking(self._stale, old)
+        except HostPathError as err:
+            self.set_status(Phase.FAILED, str(err))
+            raise PermanentError(str(err)) from err
         if stale:
             reason = f"{stale} changed since the plan was made; plan again"
             self.set_status(Phase.FAILED, reason)
