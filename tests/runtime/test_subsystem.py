@@ -236,7 +236,8 @@ async def test_drift_is_repaired_within_two_seconds(node_factory: Any, inotify: 
     stop = asyncio.Event()
     task = asyncio.create_task(node.sub.run(stop))
     try:
-        await _wait_for(lambda: b"nvidia" in (node.read(CONFIG) or b""), 5)
+        # the first apply is done once its restart is recorded (the file is written before the restart)
+        await _wait_for(lambda: b"nvidia" in (node.read(CONFIG) or b"") and len(node.control.restarts) == 1, 5)
         writes_before = len(node.control.restarts)
         # something rewrites the file without the runtime (a package upgrade, a k8s upgrade)
         tmp = node.root.resolve(CONFIG + ".new")
