@@ -43,6 +43,10 @@ from nodeagent.runtime.restart import transact, wait_healthy
 from nodeagent.subsystem import ApplyResult, BaseSubsystem, Context, Phase
 
 HEALTH_EVERY_S = 15.0
+MAX_CONFIG_BYTES = 4 << 20
+"""A runtime config file larger than this is refused by name (real ones are a few KiB)."""
+READ_TIMEOUT_S = 20.0
+"""Reading the runtime's files longer than this (a hung filesystem) is a named error, not a stuck agent."""
 MAX_IMPORT_FILES = 4096
 """containerd files read through imports before the agent refuses (by name) instead of checking less."""
 RUNTIME_DIRS = tuple(d + "/" for d in ownership.RUNTIME_DIRS)
@@ -69,6 +73,13 @@ class Observed:
     evidence: tuple[str, ...] = ()
     bad_input: bool = False
     """The error is a bad file or setting (the CLI exits 2), not a host failure."""
+
+
+def _read_timeout(what: str) -> str:
+    return (
+        f"{what} took longer than {READ_TIMEOUT_S:g}s (a hung filesystem or a blocking special file?); "
+        "the read is abandoned and retried at the next reconcile"
+    )
 
 
 def _kind(root: Any, host_path: str) -> det.Kind | None:
@@ -140,16 +151,21 @@ class RuntimeSubsystem(BaseSubsystem):
             for p in det.READ:
                 if kinds.get(p) == "file":
                     with contextlib.suppress(HostPathError):
-                        texts[p] = root.read_bytes(p) or b""
+                        texts[p] = root.read_bytes(p, max_bytes=MAX_CONFIG_BYTES) or b""
             return det.Probe(kinds, texts)
 
-        probe = await run_blocking(_probe)
+        try:
+            probe = await asyncio.wait_for(run_blocking(_probe), READ_TIMEOUT_S)
+        except TimeoutError:
+            return Observed(error=_read_timeout("looking for the container runtime's files"))
         try:
             detected = det.detect(probe, self.settings)
         except ConfigError as err:
             return Observed(error=str(err), bad_input=True)
         try:
-            files, listings = await run_blocking(self._gather, detected)
+            files, listings = await asyncio.wait_for(run_blocking(self._gather, detected), READ_TIMEOUT_S)
+        except TimeoutError:
+            return Observed(detected, error=_read_timeout(f"reading {detected.config_path} and what it imports"))
         except ConfigError as err:
             return Observed(detected, error=str(err), evidence=detected.evidence, bad_input=True)
         except HostPathError as err:
@@ -173,7 +189,7 @@ class RuntimeSubsystem(BaseSubsystem):
 
         def read(path: str) -> bytes | None:
             if path not in files:
-                files[path] = root.read_bytes(path)
+                files[path] = root.read_bytes(path, max_bytes=MAX_CONFIG_BYTES)
             return files[path]
 
         def listdir(directory: str) -> tuple[str, ...]:
@@ -485,7 +501,7 @@ class RuntimeSubsystem(BaseSubsystem):
         await run_blocking(self._sweep_temp_files, list(observed.files))
 
     async def run(self, stop: asyncio.Event) -> None:
-        self._watched = self._watch_list(await self.observe())
+        self._watched = await run_blocking(self._watch_list, await self.observe())
         health_task = asyncio.create_task(self._health_loop(stop), name="runtime-health")
         first = True
         try:
@@ -523,10 +539,10 @@ class RuntimeSubsystem(BaseSubsystem):
         async with self._lock:
             self.reconciles += 1
             observed = await self.observe()
-            plan = self.plan(observed)
+            plan = await run_blocking(self.plan, observed)  # parsing a big file must not stall /healthz
             self.last_plan = plan
             self._observed = observed
-            self._watched = self._watch_list(observed)
+            self._watched = await run_blocking(self._watch_list, observed)
             if plan.error:
                 self.set_status(Phase.FAILED, plan.error)
                 self._publish(False)
@@ -549,7 +565,7 @@ class RuntimeSubsystem(BaseSubsystem):
                 self.log.info("runtime_drift_repaired", changed=list(result.changed), restarted=list(result.restarted))
             if not result.restarted:
                 await self._check_health(observed)
-            self._watched = self._watch_list(await self.observe())
+            self._watched = await run_blocking(self._watch_list, await self.observe())
             return plan
 
     def _watch_list(self, observed: Observed) -> tuple[str, ...]:

@@ -13,14 +13,14 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import tomlkit
-from tomlkit.container import Container
+from tomlkit.container import Container, OutOfOrderTableProxy
 from tomlkit.exceptions import TOMLKitError
 from tomlkit.items import AoT, InlineTable, Item, Table
 from tomlkit.toml_document import TOMLDocument
 
 from nodeagent.runtime.engine import decode, toml_error
 
-Node = TOMLDocument | Table | InlineTable | Container
+Node = TOMLDocument | Table | InlineTable | Container | OutOfOrderTableProxy
 
 
 def parse(path: str, data: bytes | None, line_offset: int = 0) -> TOMLDocument:
@@ -112,6 +112,9 @@ def _sibling_indent(node: Node, *, tables: bool) -> str | None:
 
 def append(node: Node, key: str, value: Any) -> None:
     """Add a new key (or sub-table) with the indentation its siblings use."""
+    if isinstance(node, OutOfOrderTableProxy):  # the table is split across the file: tomlkit places it
+        node[key] = value
+        return
     is_tbl = isinstance(value, Table)
     indent = _sibling_indent(node, tables=is_tbl)
     # tomlkit separates a sub-table from its parent's keys itself; siblings in a super table are not
