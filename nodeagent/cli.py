@@ -154,7 +154,14 @@ async def _dispatch(args: argparse.Namespace, settings: settings_mod.Settings, e
             print("nodeagent: hint: no NVIDIA driver here? try `nodeagent run --simulate`", file=sys.stderr)
         return EXIT_USAGE
     from nodeagent import commands
+    from nodeagent.agent_lock import acquire
 
+    try:  # one agent per root: run, apply and revert hold <state_dir>/agent.lock
+        lock = acquire(parts.ctx.root, settings.agent.state_dir, args.command) if args.command in _LOCKED else None
+    except NodeAgentError as err:
+        await parts.ctx.gpus.close()
+        print(f"nodeagent: {err}", file=sys.stderr)
+        return EXIT_FAILURE
     try:
         if args.command == "run":
             from nodeagent.app import Agent
@@ -177,7 +184,12 @@ async def _dispatch(args: argparse.Namespace, settings: settings_mod.Settings, e
     finally:
         if args.command != "run":
             await parts.ctx.gpus.close()
+        if lock is not None:
+            lock.release()
     return EXIT_USAGE
+
+
+_LOCKED = ("run", "apply", "revert")
 
 
 async def _build(settings: settings_mod.Settings, env: Mapping[str, str], *, only: list[str]) -> Parts:
