@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report Ctrl-C
 
 DEFAULT_SIMULATION = "h100-80gb-hbm3:8"
 
@@ -37,7 +38,7 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--simulate",
         nargs="?",
-        const=DEFAULT_SIMULATION,
+        const="",  # bare --simulate: profile and count from the settings (default h100-80gb-hbm3:8)
         metavar="PROFILE[:COUNT]",
         help=f"simulated GPUs and a sandbox host (default {DEFAULT_SIMULATION}); PROFILE may be a JSON profile",
     )
@@ -84,6 +85,8 @@ def cli_overrides(args: argparse.Namespace) -> tuple[dict[tuple[str, str], Any],
         names[(section, key)] = flag
 
     if args.root:
+        if args.simulate is not None and os.path.realpath(args.root) == "/":
+            raise ConfigError("simulation never runs on the real root; give a sandbox directory", source="--root")
         put("agent", "root", str(Path(args.root).absolute()), "--root")
     if args.listen:
         put("agent", "listen", args.listen, "--listen")
@@ -131,7 +134,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"nodeagent: {err}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
-        return EXIT_OK
+        print("nodeagent: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
 
 
 def _quiet(args: argparse.Namespace) -> bool:
@@ -203,6 +207,8 @@ async def _build(settings: settings_mod.Settings, env: Mapping[str, str], *, onl
     simulate = settings.simulation.enabled
     if simulate:
         root_dir = settings.agent.root if settings.agent.root != "/" else settings.simulation.sandbox
+        if os.path.realpath(root_dir) == "/":
+            raise ConfigError("simulation never runs on the real root; set a sandbox directory", key="agent.root")
         root = Root(Path(root_dir).absolute())
         root.path.mkdir(parents=True, exist_ok=True)
     else:

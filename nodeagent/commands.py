@@ -7,6 +7,7 @@ the driver root) works them out itself with the same pure functions.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sys
 from typing import TYPE_CHECKING, Any
@@ -51,6 +52,21 @@ def _failed(parts: Parts) -> int:
 
 
 async def apply(parts: Parts) -> int:
+    done: list[str] = []
+    try:
+        return await _apply_each(parts, done)
+    except asyncio.CancelledError:  # Ctrl-C: say what was applied and what was not, then exit 130
+        left = [s.name for s in parts.subsystems if s.name not in done]
+        print(
+            f"interrupted: applied {', '.join(done) or 'nothing'}; not applied: {', '.join(left)} "
+            "(the one in progress may be partly applied: `nodeagent plan` shows what remains, "
+            "`nodeagent revert` restores the originals)",
+            file=sys.stderr,
+        )
+        raise
+
+
+async def _apply_each(parts: Parts, done: list[str]) -> int:
     failed = False
     for sub in parts.subsystems:
         p = await make_plan(sub)
@@ -60,6 +76,7 @@ async def apply(parts: Parts) -> int:
             continue
         if p.empty:
             print(f"{sub.name}: already in the desired state")
+            done.append(sub.name)
             continue
         try:
             result = await sub.apply(p)
@@ -70,6 +87,7 @@ async def apply(parts: Parts) -> int:
         changed = ", ".join(result.changed) or "nothing"
         restarted = f"; restarted {', '.join(result.restarted)}" if result.restarted else ""
         print(f"{sub.name}: changed {changed}{restarted}")
+        done.append(sub.name)
         for message in result.messages:
             print(f"  {message}")
     return _failed(parts) if failed else 0
