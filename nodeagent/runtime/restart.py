@@ -18,12 +18,30 @@ import structlog
 
 from nodeagent.aio import run_blocking
 from nodeagent.backends.hostfs import BackupJournal, Root
-from nodeagent.backends.runtimectl import Health, RuntimeControl, Target
+from nodeagent.backends.runtimectl import Health, RestartHow, RuntimeControl, Target
 from nodeagent.errors import BackendUnavailable, CallTimeout, HostPathError
 
 log = structlog.get_logger("nodeagent.runtime")
 
 POLL_S = 0.2
+
+
+def restart_policy(mode: str, has_command: bool, *, distribution: str, reload: bool) -> RestartHow:
+    """How a config change reaches the daemon, from ``runtime.restart`` and the detected layout.
+
+    ``none``/``signal`` are taken as asked; an operator's restart command wins over systemd; ``auto``
+    leaves k0s alone (it restarts containerd itself when containerd.d changes) and reloads the daemons
+    that re-read their config on SIGHUP (CRI-O, dockerd); everything else is a systemd restart.
+    """
+    if mode in ("none", "signal"):
+        return "none" if mode == "none" else "signal"
+    if has_command:
+        return "command"
+    if mode == "auto" and distribution == "k0s":
+        return "none"
+    if mode == "auto" and reload:
+        return "signal"
+    return "systemd"
 
 
 @dataclass

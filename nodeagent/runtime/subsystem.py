@@ -39,7 +39,7 @@ from nodeagent.runtime import ownership
 from nodeagent.runtime.crio import Crio
 from nodeagent.runtime.docker import Docker
 from nodeagent.runtime.engine import BOM, Edit, Engine, RuntimeSpec
-from nodeagent.runtime.restart import transact, wait_healthy
+from nodeagent.runtime.restart import restart_policy, transact, wait_healthy
 from nodeagent.subsystem import ApplyResult, BaseSubsystem, Context, Phase
 
 HEALTH_EVERY_S = 15.0
@@ -245,16 +245,9 @@ class RuntimeSubsystem(BaseSubsystem):
     # ---------------------------------------------------------------------------------------- plan
 
     def _restart_how(self, d: det.Detected) -> RestartHow:
-        mode = self.settings.restart
-        if mode in ("none", "signal"):
-            return mode
-        if self.settings.restart_command:
-            return "command"
-        if mode == "auto" and d.distribution == "k0s":
-            return "none"  # k0s watches containerd.d and restarts containerd itself
-        if mode == "auto" and d.reload:
-            return "signal"
-        return "systemd"
+        return restart_policy(
+            self.settings.restart, bool(self.settings.restart_command), distribution=d.distribution, reload=d.reload
+        )
 
     def _target(self, d: det.Detected) -> Target:
         return Target(
