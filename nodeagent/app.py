@@ -207,7 +207,6 @@ class Agent:
         with contextlib.suppress(Exception):
             await self.ctx.gpus.close()
         timer.cancel()
-        aio.hard_exit_timer(5.0, code=0)  # a thread stuck in a hung read must not keep the process alive
         self.notifier.close()
         log.info("agent_stopped")
         return 0

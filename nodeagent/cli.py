@@ -171,7 +171,12 @@ async def _dispatch(args: argparse.Namespace, settings: settings_mod.Settings, e
             from nodeagent.app import Agent
 
             agent = Agent(parts, reload_settings=lambda: load_settings(args, dict(os.environ)))
-            return await agent.run()
+            code = await agent.run()
+            # the process, not the Agent: a thread stuck in a hung read would keep the interpreter alive
+            from nodeagent.aio import hard_exit_timer
+
+            hard_exit_timer(5.0, code=code)
+            return code
         if args.command == "plan":
             return await commands.plan(parts, as_json=args.json, color=sys.stdout.isatty())
         if args.command == "apply":

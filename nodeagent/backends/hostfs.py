@@ -327,11 +327,13 @@ class Root:
         current = self.read_bytes(host_path)
         if current == data and (mode is None or self._mode(host_path) == mode):
             return False
-        if journal is not None:
-            journal.record(self, host_path)
-        self.write_file(host_path, data, mode=mode, fault=fault)
-        if journal is not None:
-            journal.wrote(host_path, data)
+        prepared = journal.prepare(self, host_path, data) if journal is not None else None
+        try:
+            self.write_file(host_path, data, mode=mode, fault=fault)
+        except BaseException:
+            if journal is not None and prepared is not None:
+                journal.forget_prepare(host_path, prepared)
+            raise
         return True
 
     def _mode(self, host_path: str) -> int | None:
@@ -370,16 +372,18 @@ class Root:
                 return False
             if stat.S_ISDIR(st.st_mode):
                 raise HostPathError(f"{host_path}: is a directory, expected a file")
-            if journal is not None:
-                journal.record(self, host_path)
-            os.unlink(name, dir_fd=dir_fd)
+            prepared = journal.prepare(self, host_path, None) if journal is not None else None
+            try:
+                os.unlink(name, dir_fd=dir_fd)
+            except BaseException:
+                if journal is not None and prepared is not None:
+                    journal.forget_prepare(host_path, prepared)
+                raise
             os.fsync(dir_fd)
         except OSError as err:
             raise host_error(host_path, "remove", err) from err
         finally:
             os.close(dir_fd)
-        if journal is not None:
-            journal.wrote(host_path, None)
         return True
 
     def sweep_temp_files(self, host_dir: str) -> list[str]:
@@ -681,6 +685,49 @@ class BackupJournal:
             entry = JournalEntry(key, False, None, "")
         entries[key] = entry
         self._save(entries)
+
+    def prepare(self, root: Root, host_path: str, data: bytes | None) -> tuple[bool, str | None]:
+        """Before the agent writes ``data`` (None: removes): keep the original, note what it will write.
+
+        One index update, done before the file changes, so nothing is left to do after it appears.
+        Returns what ``forget_prepare`` needs if the write then fails.
+        """
+        entries = self._load()
+        key = str(PurePosixPath("/", host_path))
+        new_entry = key not in entries
+        if new_entry:
+            original = root.read_bytes(key)
+            if original is not None:
+                sha = hashlib.sha256(original).hexdigest()
+                self.root.write_file(f"{self.host_dir}/{sha}", original, mode=0o600)
+                entries[key] = JournalEntry(key, True, root._mode(key), sha)
+            else:
+                entries[key] = JournalEntry(key, False, None, "")
+        digest = _digest(data)
+        if data is not None and self.root.read_bytes(f"{self.host_dir}/{digest}") != data:
+            self.root.write_file(f"{self.host_dir}/{digest}", data, mode=0o600)
+        previous = entries[key].written
+        entries[key] = replace(entries[key], written=digest)
+        self._save(entries)
+        if previous:
+            self._drop_unused(entries, previous)  # an earlier write's bytes: no longer what the agent wrote
+        return new_entry, previous
+
+    def forget_prepare(self, host_path: str, prepared: tuple[bool, str | None]) -> None:
+        """The write announced by ``prepare`` failed: the journal goes back to what it said before."""
+        new_entry, previous = prepared
+        entries = self._load()
+        key = str(PurePosixPath("/", host_path))
+        if key not in entries:
+            return
+        entry = entries[key]
+        if new_entry:
+            del entries[key]
+        else:
+            entries[key] = replace(entry, written=previous)
+        self._save(entries)
+        for sha in {entry.written or "", entry.sha256 if new_entry else ""}:
+            self._drop_unused(entries, sha)
 
     def wrote(self, host_path: str, data: bytes | None) -> None:
         """Note what the agent just put at ``host_path`` (None: removed it); its bytes are kept for diffs."""
