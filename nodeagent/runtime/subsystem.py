@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import posixpath
 import stat
 import tomllib
@@ -73,6 +74,8 @@ class Observed:
     evidence: tuple[str, ...] = ()
     bad_input: bool = False
     """The error is a bad file or setting (the CLI exits 2), not a host failure."""
+    changed_since: tuple[str, ...] = ()
+    """Files changed by someone else after the agent wrote them."""
 
 
 def _read_timeout(what: str) -> str:
@@ -179,7 +182,23 @@ class RuntimeSubsystem(BaseSubsystem):
                     dump = await self.control.dump_config(self._target(detected))
                 except (BackendUnavailable, CallTimeout) as err:
                     return Observed(detected, files, listings, version, error=f"containerd config dump: {err}")
-        return Observed(detected, files, listings, version, dump, evidence=detected.evidence)
+        changed = await run_blocking(self._changed_since_written, files)
+        return Observed(detected, files, listings, version, dump, evidence=detected.evidence, changed_since=changed)
+
+    def _changed_since_written(self, files: Mapping[str, bytes | None]) -> tuple[str, ...]:
+        """Managed files someone else changed after the agent wrote them (revert will ask for --force)."""
+        try:
+            entries = self.ctx.journal.entries()
+        except HostPathError:
+            return ()
+        return tuple(
+            path
+            for path, entry in entries.items()
+            if path in files
+            and entry.written is not None
+            and hashlib.sha256(files[path] or b"").hexdigest() != (entry.written or hashlib.sha256(b"").hexdigest())
+            and not (entry.written == "" and files[path] is None)
+        )
 
     def _gather(self, d: det.Detected) -> tuple[dict[str, bytes | None], dict[str, tuple[str, ...]]]:
         """Read every file the engine needs (blocking; runs off the loop)."""
@@ -297,6 +316,11 @@ class RuntimeSubsystem(BaseSubsystem):
             return Plan(self.name, evidence=tuple(evidence), error=str(err))
         evidence += edit.evidence
         warnings = list(edit.warnings)
+        warnings += [
+            f"{path} was changed by someone else after nodeagent wrote it; `nodeagent revert` shows the "
+            "difference and asks for --force before overwriting it"
+            for path in observed.changed_since
+        ]
         target = self._target(d)
         steps = [
             Step(

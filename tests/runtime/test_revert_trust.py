@@ -157,3 +157,11 @@ def test_revert_cli_conflict_exits_1_and_force_restores(tmp_path: Path) -> None:
     forced = nodeagent("revert", "--force", *args)
     assert forced.returncode == 0, forced.stderr
     assert config.read_bytes() == V16
+
+
+async def test_plan_says_when_a_managed_file_was_changed_since_the_agent_wrote_it(node_factory: Any) -> None:
+    node = await applied(node_factory)
+    assert not (node.sub.plan(await node.sub.observe())).warnings
+    node.write(CONFIG, node.read(CONFIG) + b"\n# operator note\n")
+    plan = node.sub.plan(await node.sub.observe())
+    assert any(CONFIG in w and "changed by someone else" in w and "--force" in w for w in plan.warnings)
