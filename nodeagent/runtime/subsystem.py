@@ -191,13 +191,14 @@ class RuntimeSubsystem(BaseSubsystem):
             entries = self.ctx.journal.entries()
         except HostPathError:
             return ()
+
+        def digest(data: bytes | None) -> str:  # '' for an absent file, as the journal notes a removal
+            return "" if data is None else hashlib.sha256(data).hexdigest()
+
         return tuple(
             path
             for path, entry in entries.items()
-            if path in files
-            and entry.written is not None
-            and hashlib.sha256(files[path] or b"").hexdigest() != (entry.written or hashlib.sha256(b"").hexdigest())
-            and not (entry.written == "" and files[path] is None)
+            if path in files and entry.written is not None and digest(files[path]) != entry.written
         )
 
     def _gather(self, d: det.Detected) -> tuple[dict[str, bytes | None], dict[str, tuple[str, ...]]]:
