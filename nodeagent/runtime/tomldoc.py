@@ -106,7 +106,7 @@ def _sibling_indent(node: Node, *, tables: bool) -> str | None:
         if key is None:
             continue
         if isinstance(item, Table) == tables and not isinstance(item, AoT):
-            indent = item.trivia.indent
+            indent = item.trivia.indent.rsplit("\n", 1)[-1]  # the spaces; blank lines are decided below
     return indent
 
 
@@ -119,7 +119,7 @@ def append(node: Node, key: str, value: Any) -> None:
     indent = _sibling_indent(node, tables=is_tbl)
     # tomlkit separates a sub-table from its parent's keys itself; siblings in a super table are not
     parent_super = isinstance(node, TOMLDocument | Container) or (isinstance(node, Table) and node.is_super_table())
-    rendered = node.as_string() if is_tbl and parent_super else ""
+    rendered = node.as_string() if is_tbl else ""
     node.append(key, value)
     if isinstance(node, InlineTable):
         return
@@ -128,8 +128,8 @@ def append(node: Node, key: str, value: Any) -> None:
         return
     if indent is not None:
         item.trivia.indent = indent
-        if is_tbl and isinstance(item, Table):
-            _indent_fresh(item, indent.lstrip("\n"))
+        if is_tbl and isinstance(item, Table) and indent:  # the file indents its tables: so does the new one
+            _indent_fresh(item, indent)
     if is_tbl and rendered.strip() and not rendered.endswith("\n\n"):
         item.trivia.indent = "\n" + item.trivia.indent  # a blank line before the new header
 
