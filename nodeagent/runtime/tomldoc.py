@@ -117,9 +117,7 @@ def append(node: Node, key: str, value: Any) -> None:
         return
     is_tbl = isinstance(value, Table)
     indent = _sibling_indent(node, tables=is_tbl)
-    # tomlkit separates a sub-table from its parent's keys itself; siblings in a super table are not
-    parent_super = isinstance(node, TOMLDocument | Container) or (isinstance(node, Table) and node.is_super_table())
-    rendered = node.as_string() if is_tbl else ""
+    rendered = node.as_string() if is_tbl else ""  # what precedes the new table decides the blank line
     node.append(key, value)
     if isinstance(node, InlineTable):
         return
