@@ -194,9 +194,6 @@ class Agent:
         ]
         self.notifier.send("READY=1")
         await self.stop_event.wait()
-        for sig in (signal.SIGTERM, signal.SIGINT):  # a second signal must not turn exit 0 into 143
-            loop.remove_signal_handler(sig)
-            signal.signal(sig, signal.SIG_IGN)
 
         timer = aio.hard_exit_timer(self.ctx.settings.agent.hard_exit_timeout_s)
         self.notifier.send("STOPPING=1")

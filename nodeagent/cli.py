@@ -9,6 +9,7 @@ import argparse
 import asyncio
 import json
 import os
+import signal
 import sys
 import urllib.error
 import urllib.request
@@ -172,9 +173,13 @@ async def _dispatch(args: argparse.Namespace, settings: settings_mod.Settings, e
 
             agent = Agent(parts, reload_settings=lambda: load_settings(args, dict(os.environ)))
             code = await agent.run()
-            # the process, not the Agent: a thread stuck in a hung read would keep the interpreter alive
+            # the process, not the Agent (tests run Agents in-process): a later SIGTERM must not turn the
+            # exit code into 143, and a thread stuck in a hung read must not keep the interpreter alive
             from nodeagent.aio import hard_exit_timer
 
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                asyncio.get_running_loop().remove_signal_handler(sig)
+                signal.signal(sig, signal.SIG_IGN)
             hard_exit_timer(5.0, code=code)
             return code
         if args.command == "plan":
