@@ -90,7 +90,7 @@ async def test_parsing_a_large_config_does_not_stall_the_loop(node_factory: Any)
         await tick
     print(f"reconcile of a {len(V16) + len(runtimes)} byte config took {took:.2f}s; longest loop gap {max(gaps):.3f}s")
     assert b"runtimes.nvidia]" in node.read(CONFIG)
-    assert max(gaps) < 0.5, max(gaps)
+    assert max(gaps) < 2.0, max(gaps)  # parsed on the loop: 5.8 s; off it: ~0.2 s (more on a loaded machine)
 
 
 STUCK_AGENT = """
