@@ -9,6 +9,7 @@ import argparse
 import asyncio
 import json
 import os
+import signal
 import sys
 import urllib.error
 import urllib.request
@@ -26,6 +27,7 @@ if TYPE_CHECKING:
 EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report Ctrl-C
 
 DEFAULT_SIMULATION = "h100-80gb-hbm3:8"
 
@@ -36,7 +38,7 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--simulate",
         nargs="?",
-        const=DEFAULT_SIMULATION,
+        const="",  # bare --simulate: profile and count from the settings (default h100-80gb-hbm3:8)
         metavar="PROFILE[:COUNT]",
         help=f"simulated GPUs and a sandbox host (default {DEFAULT_SIMULATION}); PROFILE may be a JSON profile",
     )
@@ -58,6 +60,7 @@ def make_parser() -> argparse.ArgumentParser:
     _common(p)
     p = sub.add_parser("revert", help="restore every file the agent changed to its original bytes")
     _common(p)
+    p.add_argument("--force", action="store_true", help="restore even files someone else changed since")
     p = sub.add_parser("status", help="GPU inventory and each subsystem's phase and reason")
     _common(p)
     p.add_argument("--json", action="store_true", help="machine-readable output")
@@ -85,6 +88,8 @@ def cli_overrides(args: argparse.Namespace) -> tuple[dict[tuple[str, str], Any],
         names[(section, key)] = flag
 
     if args.root:
+        if args.simulate is not None and os.path.realpath(args.root) == "/":
+            raise ConfigError("simulation never runs on the real root; give a sandbox directory", source="--root")
         put("agent", "root", str(Path(args.root).absolute()), "--root")
     if args.listen:
         put("agent", "listen", args.listen, "--listen")
@@ -107,7 +112,11 @@ def cli_overrides(args: argparse.Namespace) -> tuple[dict[tuple[str, str], Any],
 
 def load_settings(args: argparse.Namespace, env: Mapping[str, str]) -> settings_mod.Settings:
     values, names = cli_overrides(args)
-    return settings_mod.load(file=args.config, env=env, cli=values, cli_names=names)
+    settings = settings_mod.load(file=args.config, env=env, cli=values, cli_names=names)
+    from nodeagent.runtime.ownership import check_owned_paths
+
+    check_owned_paths(settings)  # two subsystems may never own one path
+    return settings
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -128,7 +137,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"nodeagent: {err}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
-        return EXIT_OK
+        print("nodeagent: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
 
 
 def _quiet(args: argparse.Namespace) -> bool:
@@ -158,19 +168,35 @@ async def _dispatch(args: argparse.Namespace, settings: settings_mod.Settings, e
             print("nodeagent: hint: no NVIDIA driver here? try `nodeagent run --simulate`", file=sys.stderr)
         return EXIT_USAGE
     from nodeagent import commands
+    from nodeagent.agent_lock import acquire
 
+    try:  # one agent per root: run, apply and revert hold <state_dir>/agent.lock
+        lock = acquire(parts.ctx.root, settings.agent.state_dir, args.command) if args.command in _LOCKED else None
+    except NodeAgentError as err:
+        await parts.ctx.gpus.close()
+        print(f"nodeagent: {err}", file=sys.stderr)
+        return EXIT_FAILURE
     try:
         if args.command == "run":
             from nodeagent.app import Agent
 
             agent = Agent(parts, reload_settings=lambda: load_settings(args, dict(os.environ)))
-            return await agent.run()
+            code = await agent.run()
+            # the process, not the Agent (tests run Agents in-process): a later SIGTERM must not turn the
+            # exit code into 143, and a thread stuck in a hung read must not keep the interpreter alive
+            from nodeagent.aio import hard_exit_timer
+
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                asyncio.get_running_loop().remove_signal_handler(sig)
+                signal.signal(sig, signal.SIG_IGN)
+            hard_exit_timer(5.0, code=code)
+            return code
         if args.command == "plan":
             return await commands.plan(parts, as_json=args.json, color=sys.stdout.isatty())
         if args.command == "apply":
             return await commands.apply(parts)
         if args.command == "revert":
-            return await commands.revert(parts)
+            return await commands.revert(parts, force=args.force)
         if args.command == "status":
             doc = await commands.local_status(parts)
             return _print_status(doc, as_json=args.json)
@@ -181,7 +207,12 @@ async def _dispatch(args: argparse.Namespace, settings: settings_mod.Settings, e
     finally:
         if args.command != "run":
             await parts.ctx.gpus.close()
+        if lock is not None:
+            lock.release()
     return EXIT_USAGE
+
+
+_LOCKED = ("run", "apply", "revert")
 
 
 async def _sim_record(args: argparse.Namespace, settings: settings_mod.Settings) -> int:

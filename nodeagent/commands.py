@@ -7,6 +7,7 @@ the driver root) works them out itself with the same pure functions.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sys
 from typing import TYPE_CHECKING, Any
@@ -40,10 +41,30 @@ async def plan(parts: Parts, *, as_json: bool, color: bool) -> int:
         print(json.dumps([p.to_json() for p in plans], indent=2))
     else:
         sys.stdout.write(render_plans(plans, color=color))
-    return 1 if any(p.error for p in plans) else 0
+    return _failed(parts) if any(p.error for p in plans) else 0
+
+
+def _failed(parts: Parts) -> int:
+    """2 when a subsystem failed on a bad input file or setting, else 1."""
+    return 2 if any(getattr(sub, "bad_input", False) for sub in parts.subsystems) else 1
 
 
 async def apply(parts: Parts) -> int:
+    done: list[str] = []
+    try:
+        return await _apply_each(parts, done)
+    except asyncio.CancelledError:  # Ctrl-C: say what was applied and what was not, then exit 130
+        left = [s.name for s in parts.subsystems if s.name not in done]
+        print(
+            f"interrupted: applied {', '.join(done) or 'nothing'}; not applied: {', '.join(left)} "
+            "(the one in progress may be partly applied: `nodeagent plan` shows what remains, "
+            "`nodeagent revert` restores the originals)",
+            file=sys.stderr,
+        )
+        raise
+
+
+async def _apply_each(parts: Parts, done: list[str]) -> int:
     failed = False
     for sub in parts.subsystems:
         p = await make_plan(sub)
@@ -53,6 +74,7 @@ async def apply(parts: Parts) -> int:
             continue
         if p.empty or not isinstance(sub, Reconciler):
             print(f"{sub.name}: already in the desired state")
+            done.append(sub.name)
             continue
         try:
             result = await sub.apply(p)
@@ -63,16 +85,19 @@ async def apply(parts: Parts) -> int:
         changed = ", ".join(result.changed) or "nothing"
         restarted = f"; restarted {', '.join(result.restarted)}" if result.restarted else ""
         print(f"{sub.name}: changed {changed}{restarted}")
+        done.append(sub.name)
         for message in result.messages:
             print(f"  {message}")
-    return 1 if failed else 0
+    return _failed(parts) if failed else 0
 
 
-async def revert(parts: Parts) -> int:
+async def revert(parts: Parts, *, force: bool = False) -> int:
     failed = False
     for sub in reversed(parts.subsystems):
         if not isinstance(sub, Revertible):
             continue
+        if hasattr(sub, "force_revert"):
+            sub.force_revert = force
         try:
             result = await sub.revert()
         except NodeAgentError as err:

@@ -14,6 +14,7 @@ API client and the kubelet's pod-resources client, when added, are chosen here t
 
 from __future__ import annotations
 
+import os
 import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -28,6 +29,7 @@ from nodeagent.backends.gpu.protocols import GpuBackend, MigControl
 from nodeagent.backends.hostfs import BackupJournal, Root
 from nodeagent.backends.kmod import Modprobe, ModuleLoader
 from nodeagent.backends.runtimectl import HostRuntimeControl, RuntimeControl, SimRuntimeControl
+from nodeagent.errors import ConfigError
 from nodeagent.events import EventBus
 from nodeagent.gpustate import GpuState
 from nodeagent.model.gpu import Inventory
@@ -129,6 +131,8 @@ def choose_root(settings: Settings) -> Root:
     if not settings.simulation.enabled:
         return Root(settings.agent.root)
     root_dir = settings.agent.root if settings.agent.root != "/" else settings.simulation.sandbox
+    if os.path.realpath(root_dir) == "/":
+        raise ConfigError("simulation never runs on the real root; set a sandbox directory", key="agent.root")
     root = Root(Path(root_dir).absolute())
     root.path.mkdir(parents=True, exist_ok=True)
     return root

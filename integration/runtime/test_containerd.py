@@ -20,6 +20,7 @@ import subprocess
 import sys
 import time
 import uuid
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -39,6 +40,8 @@ pytestmark = [pytest.mark.integration, pytest.mark.root]
 NAIVE_DROPIN = b"""version = 2
 [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.nvidia]
   runtime_type = "io.containerd.runc.v2"
+[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.nvidia.options]
+  BinaryName = "/usr/bin/nvidia-container-runtime"
 """
 
 
@@ -210,9 +213,7 @@ async def test_c_rejected_change_is_rolled_back(containerd_factory: Any) -> None
     # Swap in the drop-in older tooling wrote: only runtimes.nvidia. containerd 1.6 accepts it in
     # `config dump` but its CRI plugin then fails to load (the whole CRI table is replaced).
     steps = tuple(
-        Step(
-            s.action, s.target, s.summary, s.diff, s.disruption, s.disrupts, (s.payload[0], NAIVE_DROPIN, s.payload[2])
-        )
+        Step(s.action, s.target, s.summary, s.diff, s.disruption, s.disrupts, replace(s.payload, new=NAIVE_DROPIN))
         if s.action == "write-file"
         else s
         for s in plan.steps

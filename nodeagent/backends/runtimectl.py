@@ -18,6 +18,7 @@ import signal
 import socket
 import struct
 import time
+import tomllib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,6 +58,9 @@ class Target:
     log_path: str = ""
     validate: bool = True
     """Run the daemon's own validation on ``config_path`` (not for templates the distribution renders)."""
+    handler: str = ""
+    """The runtime handler the change adds; validation checks it is in the daemon's effective config."""
+    handler_binary: str = ""
 
 
 @dataclass(frozen=True)
@@ -126,6 +130,33 @@ def cri_plugin_status(ctr_output: str) -> str | None:
         if len(cols) >= 4 and cols[0] == "io.containerd.grpc.v1" and cols[1] == "cri":
             return cols[-1]
     return None
+
+
+def dumped_handler_problem(dump: bytes, handler: str, binary: str) -> str:
+    """'' when ``containerd config dump`` output has runtime ``handler`` with BinaryName ``binary``.
+
+    Exit 0 alone proves little: a file read as the wrong config version is accepted and ignored.
+    """
+    if not handler:
+        return ""
+    try:
+        doc = tomllib.loads(dump.decode("utf-8", errors="replace"))
+    except tomllib.TOMLDecodeError as err:
+        return f"`config dump` printed no TOML: {err}"
+    plugins = doc.get("plugins") or {}
+    found: list[str] = []
+    for key in ("io.containerd.cri.v1.runtime", "io.containerd.grpc.v1.cri", "cri"):
+        entry = (((plugins.get(key) or {}).get("containerd") or {}).get("runtimes") or {}).get(handler)
+        if isinstance(entry, dict):
+            have = (entry.get("options") or {}).get("BinaryName")
+            if have == binary:
+                return ""
+            found.append(f"{key} has it with BinaryName {have!r}")
+    detail = "; ".join(found) if found else "no such runtime under any CRI plugin"
+    return (
+        f"containerd's effective config (`config dump`) lacks runtime {handler!r} with BinaryName {binary!r} "
+        f"({detail}): containerd would not use the file as written"
+    )
 
 
 def error_lines(text: str, limit: int = 5) -> str:
@@ -199,7 +230,9 @@ class HostRuntimeControl:
             done = await procs.run([*argv, "--config", config, "config", "dump"], timeout_s=self.call_timeout_s)
         except (BackendUnavailable, CallTimeout) as err:
             return str(err)
-        return "" if done.ok else done.describe_failure()
+        if not done.ok:
+            return done.describe_failure()
+        return dumped_handler_problem(done.stdout, target.handler, target.handler_binary)
 
     async def dump_config(self, target: Target) -> bytes:
         found = await self._binary(target)

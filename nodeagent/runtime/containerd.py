@@ -31,7 +31,7 @@ from tomlkit.toml_document import TOMLDocument
 
 from nodeagent.errors import ConfigError
 from nodeagent.runtime import tomldoc
-from nodeagent.runtime.engine import Edit, Files, RuntimeSpec, decode
+from nodeagent.runtime.engine import CDI_ANNOTATIONS, Edit, Effect, Files, RuntimeSpec, decode, want_type
 
 CRI_PLUGIN = {1: "cri", 2: "io.containerd.grpc.v1.cri", 3: "io.containerd.cri.v1.runtime"}
 DEFAULT_RUNC: dict[str, Any] = {"runtime_type": "io.containerd.runc.v2"}
@@ -48,12 +48,58 @@ _MERGED_TABLES = ("plugins", "proxy_plugins", "stream_processors", "timeouts")
 _UNION_LISTS = ("imports", "required_plugins", "disabled_plugins")
 
 
+KNOWN_VERSIONS = (1, 2, 3, 4)
+
+
 def config_version(doc: Mapping[str, Any]) -> int:
     """1 when ``version`` is absent; 3 stands for 3 and 4 (same runtime path)."""
     v = tomldoc.plain(doc.get("version", 1))
     if not isinstance(v, int) or isinstance(v, bool) or v < 1:
         raise ValueError(f"version must be a positive integer, got {v!r}")
+    if v not in KNOWN_VERSIONS:
+        raise ValueError(f"version {v} is not a containerd config version (containerd knows 1, 2, 3 and 4)")
     return min(v, 3)
+
+
+def check_shape(path: str, doc: Mapping[str, Any]) -> None:
+    """Refuse, naming file and key, a value of the wrong type anywhere the agent reads or writes."""
+
+    def want(value: Any, expected: type | tuple[type, ...], key: str, what: str) -> None:
+        want_type(path, value, expected, key, what)
+
+    if "version" in doc:
+        want(doc["version"], int, "version", "a number")
+    if "imports" in doc:
+        want(doc["imports"], list, "imports", "an array of strings")
+    if "plugins" not in doc:
+        return
+    want(doc["plugins"], Mapping, "plugins", "a table")
+    for plugin in ("cri", "io.containerd.grpc.v1.cri", "io.containerd.cri.v1.runtime"):
+        if plugin not in doc["plugins"]:
+            continue
+        base = f'plugins."{plugin}"'
+        cri = doc["plugins"][plugin]
+        want(cri, Mapping, base, "a table")
+        if "enable_cdi" in cri:
+            want(cri["enable_cdi"], bool, f"{base}.enable_cdi", "true or false")
+        if "containerd" not in cri:
+            continue
+        ctd = cri["containerd"]
+        want(ctd, Mapping, f"{base}.containerd", "a table")
+        if "default_runtime_name" in ctd:
+            want(ctd["default_runtime_name"], str, f"{base}.containerd.default_runtime_name", "a string")
+        if "runtimes" not in ctd:
+            continue
+        want(ctd["runtimes"], Mapping, f"{base}.containerd.runtimes", "a table")
+        for name, entry in ctd["runtimes"].items():
+            key = f"{base}.containerd.runtimes.{name}"
+            want(entry, Mapping, key, "a table")
+            if "runtime_type" in entry:
+                want(entry["runtime_type"], str, f"{key}.runtime_type", "a string")
+            if "options" in entry:
+                want(entry["options"], Mapping, f"{key}.options", "a table")
+            if "container_annotations" in entry:
+                want(entry["container_annotations"], list, f"{key}.container_annotations", "an array")
 
 
 def cri_keys(version: int) -> tuple[str, ...]:
@@ -79,33 +125,43 @@ def deep_merge(version: str) -> bool:
 # ----------------------------------------------------------------------------------- document edits
 
 
-def pick_template(cri: Mapping[str, Any] | None, name: str) -> tuple[str, Mapping[str, Any]] | None:
+def pick_template(
+    cri: Mapping[str, Any] | None, name: str, ours: frozenset[str] = frozenset()
+) -> tuple[str, Mapping[str, Any]] | None:
     """The runtime whose options the new one copies: the default (unless nvidia*), then runc, then crun."""
     if not cri:
         return None
     ctd = cri.get("containerd") or {}
     runtimes = ctd.get("runtimes") or {}
     for cand in (ctd.get("default_runtime_name") or "runc", "runc", "crun"):
-        if cand and cand != name and not cand.startswith("nvidia") and isinstance(runtimes.get(cand), Mapping):
+        if (
+            cand
+            and cand != name
+            and cand not in ours
+            and not cand.startswith("nvidia")
+            and isinstance(runtimes.get(cand), Mapping)
+        ):
             return cand, runtimes[cand]
     return None
 
 
-def add_runtime(
-    doc: TOMLDocument, version: int, spec: RuntimeSpec, effective_cri: Mapping[str, Any] | None = None
+def _runtime_type_of(table: Mapping[str, Any] | None) -> str:
+    """A template's runtime_type; empty or missing means containerd ignores BinaryName: use runc v2."""
+    rtype = tomldoc.plain((table or {}).get("runtime_type"))
+    return rtype if isinstance(rtype, str) and rtype else DEFAULT_RUNC["runtime_type"]
+
+
+def _add_handler(
+    doc: TOMLDocument, version: int, name: str, binary: str, *, cri: Mapping[str, Any] | None, ours: frozenset[str]
 ) -> str:
-    """Add or update the runtime in ``doc`` (in place); returns where its options came from."""
-    cri = effective_cri if effective_cri is not None else tomldoc.plain(tomldoc.get_in(doc, cri_keys(version)))
     runtimes = tomldoc.ensure_table(doc, runtimes_keys(version), holder=True)
     copied = "existing entry kept"
-    if spec.name in runtimes:
-        entry = runtimes[spec.name]
-        if "runtime_type" not in entry:
-            found = pick_template(cri, spec.name)
-            rtype = (found[1] if found else DEFAULT_RUNC).get("runtime_type", DEFAULT_RUNC["runtime_type"])
-            tomldoc.set_value(entry, "runtime_type", rtype)
+    found = pick_template(cri, name, ours)
+    if name in runtimes:
+        entry = runtimes[name]
+        if not tomldoc.plain(entry.get("runtime_type")):
+            tomldoc.set_value(entry, "runtime_type", _runtime_type_of(found[1] if found else None))
     else:
-        found = pick_template(cri, spec.name)
         if found is None:
             source: Any = DEFAULT_RUNC
             copied = "no runtime to copy options from: io.containerd.runc.v2 defaults"
@@ -115,14 +171,35 @@ def add_runtime(
             source = same_doc if same else found[1]
             copied = f"options copied from runtime {found[0]!r}"
         table = tomldoc.copy_table(source)
-        if "runtime_type" not in table:
-            table.add("runtime_type", DEFAULT_RUNC["runtime_type"])
-        tomldoc.append(runtimes, spec.name, table)
-        entry = runtimes[spec.name]
+        if not tomldoc.plain(table.get("runtime_type")):
+            if "runtime_type" in table:
+                copied += " (its empty runtime_type, which makes containerd ignore BinaryName, became runc v2)"
+                tomldoc.set_value(table, "runtime_type", DEFAULT_RUNC["runtime_type"])
+            else:
+                table.add("runtime_type", DEFAULT_RUNC["runtime_type"])
+        tomldoc.append(runtimes, name, table)
+        entry = runtimes[name]
+    annotations = tomldoc.plain(entry.get("container_annotations"))
+    if not isinstance(annotations, list) or any(a not in annotations for a in CDI_ANNOTATIONS):
+        have = [a for a in annotations if a not in CDI_ANNOTATIONS] if isinstance(annotations, list) else []
+        tomldoc.set_value(entry, "container_annotations", [*have, *CDI_ANNOTATIONS])
     options = tomldoc.ensure_table(entry, ("options",))
-    tomldoc.set_value(options, "BinaryName", spec.path)
+    tomldoc.set_value(options, "BinaryName", binary)
     if tomldoc.plain(entry.get("runtime_type")) == "io.containerd.runtime.v1.linux":
-        tomldoc.set_value(options, "Runtime", spec.path)
+        tomldoc.set_value(options, "Runtime", binary)
+    return copied
+
+
+def add_runtime(
+    doc: TOMLDocument, version: int, spec: RuntimeSpec, effective_cri: Mapping[str, Any] | None = None
+) -> str:
+    """Add or update the runtime's handlers in ``doc`` (in place); returns where their options came from."""
+    cri = effective_cri if effective_cri is not None else tomldoc.plain(tomldoc.get_in(doc, cri_keys(version)))
+    ours = spec.handler_names()
+    copied = ""
+    for name, binary in spec.handlers():
+        said = _add_handler(doc, version, name, binary, cri=cri, ours=ours)
+        copied = copied or f"handlers {', '.join(sorted(ours))}: {said}"
     if spec.set_as_default:
         previous = ((cri or {}).get("containerd") or {}).get("default_runtime_name") or "runc"
         ctd = tomldoc.ensure_table(doc, containerd_keys(version))
@@ -133,26 +210,32 @@ def add_runtime(
     return copied
 
 
-def remove_runtime(doc: TOMLDocument, version: int, name: str) -> bool:
-    """Take the runtime (and a default naming it) out of ``doc``; True when something changed."""
-    changed = tomldoc.delete(doc, (*runtimes_keys(version), name))
+def remove_runtime(doc: TOMLDocument, version: int, spec: RuntimeSpec) -> bool:
+    """Take the handlers (and a default naming one) out of ``doc``; True when something changed."""
+    changed = False
+    for name in sorted(spec.handler_names()):
+        changed = tomldoc.delete(doc, (*runtimes_keys(version), name)) or changed
     ctd = tomldoc.get_in(doc, containerd_keys(version))
-    if ctd is not None and tomldoc.plain(ctd.get("default_runtime_name")) == name:
+    if ctd is not None and tomldoc.plain(ctd.get("default_runtime_name")) in spec.handler_names():
         del ctd["default_runtime_name"]
         changed = True
     return changed
 
 
 def satisfied(cri: Mapping[str, Any] | None, spec: RuntimeSpec) -> bool:
-    """Whether an effective CRI table already has the runtime as asked."""
+    """Whether an effective CRI table already has every handler as asked."""
     if not cri:
         return False
     ctd = cri.get("containerd") or {}
-    entry = (ctd.get("runtimes") or {}).get(spec.name)
-    if not isinstance(entry, Mapping) or "runtime_type" not in entry:
-        return False
-    if (entry.get("options") or {}).get("BinaryName") != spec.path:
-        return False
+    for name, binary in spec.handlers():
+        entry = (ctd.get("runtimes") or {}).get(name)
+        if not isinstance(entry, Mapping) or not entry.get("runtime_type"):
+            return False
+        if (entry.get("options") or {}).get("BinaryName") != binary:
+            return False
+        annotations = entry.get("container_annotations")
+        if not isinstance(annotations, list) or any(a not in annotations for a in CDI_ANNOTATIONS):
+            return False
     if spec.set_as_default and ctd.get("default_runtime_name") != spec.name:
         return False
     return not (spec.enable_cdi and cri.get("enable_cdi") is not True)
@@ -309,6 +392,7 @@ class Containerd:
                 docs[path] = tomldoc.parse(path, text.encode()).unwrap()
             else:
                 docs[path] = tomldoc.parse(path, data).unwrap()
+            check_shape(path, docs[path])
         return docs
 
     def _dropin_target(self, docs: Mapping[str, Mapping[str, Any]], *, quiet: bool = False) -> str:
@@ -352,6 +436,13 @@ class Containerd:
             self._dropin(spec=spec, edit=edit, docs=docs, version=version, deep=deep, target=target)
         else:
             self._in_place(spec, edit, docs, version, deep)
+        if not spec.set_as_default:
+            extra = [self.layout.dropin_dir] if self.layout.dropin_dir else []
+            order = _with_dir(load_order(self.layout.main, docs, self.listings), extra, docs, self.listings)
+            now = self._effective_cri(docs, order, version, deep) or {}
+            default = (now.get("containerd") or {}).get("default_runtime_name")
+            if default in spec.handler_names():
+                edit.warnings.append(_DEFAULT_IS_OURS.format(name=default))
         return edit
 
     def _version_of(self, doc: Mapping[str, Any], path: str) -> int:
@@ -386,9 +477,12 @@ class Containerd:
             edit.evidence.append(f"runtime {spec.name!r} already in containerd's effective config")
             return
         doc = self._parse(main) if self.files.get(main) is not None else tomlkit.document()
-        if self.files.get(main) is None:
+        if not docs.get(main) and version >= 2:
+            # absent, empty or comment-only: without a `version` line containerd reads the file as
+            # version 1 and ignores every table keyed by the version 2/3 plugin name
             doc.add("version", version)
             doc.add(tomlkit.nl())
+            edit.evidence.append(f"{main} has no settings: `version = {version}` is written so containerd reads it")
         if not deep and tomldoc.get_in(doc, runtimes_keys(version)) is None and not _runtimes_of(before):
             tomldoc.append(
                 tomldoc.ensure_table(doc, runtimes_keys(version), holder=True), "runc", tomldoc.copy_table(DEFAULT_RUNC)
@@ -414,10 +508,19 @@ class Containerd:
         if satisfied(before, spec):
             edit.evidence.append(f"runtime {spec.name!r} already in containerd's effective config without the drop-in")
             return
-        if deep:
-            doc = (
-                self._parse(target) if self.files.get(target) is not None else _new_dropin(DROPIN_HEADER_MERGE, version)
+        existing = self.files.get(target)
+        foreign = existing is not None and not existing.startswith(DROPIN_HEADER_MERGE.encode())
+        options_from = before
+        if foreign:
+            # e.g. nvidia-ctk's conf.d/99-nvidia.toml: every setting in it stays, the handlers are added
+            doc = self._parse(target)
+            extra = [self.layout.dropin_dir] if self.layout.dropin_dir else []
+            options_from = self._effective_cri(
+                docs, _with_dir(load_order(main, docs, self.listings), extra, docs, self.listings), version, deep
             )
+            edit.evidence.append(f"{target} was not written by nodeagent: its settings are kept, handlers added")
+        elif deep:
+            doc = self._parse(target) if existing is not None else _new_dropin(DROPIN_HEADER_MERGE, version)
         else:
             source = next((p for p in reversed(order) if tomldoc.get_in(others[p], cri_keys(version)) is not None), "")
             doc = _new_dropin(DROPIN_HEADER.format(source=source or "containerd's defaults"), version)
@@ -434,7 +537,7 @@ class Containerd:
                     tomldoc.copy_table(DEFAULT_RUNC),
                 )
                 edit.evidence.append("no runtimes on disk: runc (containerd's default) is carried in the drop-in")
-        edit.evidence.append(add_runtime(doc, version, spec, self._options_cri(before, version)))
+        edit.evidence.append(add_runtime(doc, version, spec, self._options_cri(options_from, version)))
         new = tomldoc.dump(doc)
         self._check(spec=spec, edit=edit, docs=docs, new={target: new}, version=version, deep=deep, target=target)
         edit.put(target, self.files.get(target), new, f"write drop-in {target}: add runtime {spec.name!r}")
@@ -452,12 +555,14 @@ class Containerd:
     ) -> None:
         """Refuse an edit after which containerd's effective config lost something or lacks the runtime."""
         main = self.layout.main
-        before_docs = {p: d for p, d in docs.items() if p != target}
+        before_docs = dict(docs)  # as containerd reads the node now, the file about to be replaced included
         after_docs = dict(before_docs)
         for path, data in new.items():
             after_docs[path] = tomldoc.parse(path, data).unwrap()
         extra_dirs = [self.layout.dropin_dir] if self.layout.dropin_dir else []
-        order_b = _with_dir(load_order(main, before_docs, self.listings), extra_dirs, before_docs, self.listings)
+        order_b = _with_dir(
+            load_order(main, before_docs, self.listings), extra_dirs, before_docs, self.listings, target
+        )
         order_a = _with_dir(
             load_order(main, after_docs, self.listings, target), extra_dirs, after_docs, self.listings, target
         )
@@ -472,10 +577,17 @@ class Containerd:
             hint = f"; files loaded after it: {', '.join(after)}" if after else ""
             raise ConfigError("refusing to write: " + "; ".join(problems) + hint, source=where)
         edit.evidence.append(f"effective config checked: every runtime and CRI setting kept ({len(order_a)} files)")
+        default_b = (cri_b.get("containerd") or {}).get("default_runtime_name") or "runc"
+        default_a = (cri_a.get("containerd") or {}).get("default_runtime_name") or "runc"
+        if default_b != default_a:
+            edit.effects.append(Effect("default-runtime", default_b, default_a, where))
+        if cri_b.get("enable_cdi") != cri_a.get("enable_cdi"):
+            edit.effects.append(Effect("cdi", cri_b.get("enable_cdi"), cri_a.get("enable_cdi"), where))
 
     def _template(self, spec: RuntimeSpec, edit: Edit) -> Edit:
         path, generated = self.layout.main, self.layout.generated
         gen_doc = tomldoc.parse(generated, self.files.get(generated)).unwrap() if generated else {}
+        check_shape(generated, gen_doc)
         data = self.files.get(path)
         text, kept = split_template(path, decode(path, data)) if data is not None else ("", {})
         version = self._version_of(gen_doc or tomldoc.parse(path, text.encode()).unwrap(), generated or path)
@@ -492,6 +604,7 @@ class Containerd:
             )
             spec = replace(spec, set_as_default=False, enable_cdi=False)
         doc = tomldoc.parse(path, text.encode())
+        check_shape(path, doc.unwrap())
         in_template = tomldoc.get_in(doc.unwrap(), (*runtimes_keys(version), spec.name)) is not None
         if base and not in_template and tomldoc.get_in(before, ("containerd", "runtimes", spec.name)) is not None:
             raise ConfigError(
@@ -525,9 +638,16 @@ class Containerd:
             text, kept = split_template(path, text)
         doc = tomldoc.parse(path, text.encode())
         version = self._version_of(doc.unwrap(), path)
-        if remove_runtime(doc, version, spec.name):
+        if remove_runtime(doc, version, spec):
             edit.put(path, data, join_template(doc.as_string(), kept).encode(), f"remove runtime {spec.name!r}")
         return edit
+
+
+_DEFAULT_IS_OURS = (
+    "default_runtime_name = {name!r} in containerd's effective config while runtime.set_as_default = false "
+    "(left by nvidia-ctk or the GPU Operator?): every container, system ones too, runs through nvidia's "
+    "runtime; remove it unless that is intended"
+)
 
 
 def _runtimes_of(cri: Mapping[str, Any] | None) -> Mapping[str, Any]:
@@ -566,7 +686,7 @@ def effective_problems(
     if not rt_b and not deep:
         rt_b = {"runc": DEFAULT_RUNC}
     for name, table in rt_b.items():
-        if name == spec.name:
+        if name in spec.handler_names():
             continue
         if name not in rt_a:
             problems.append(f"runtime {name!r} would disappear")

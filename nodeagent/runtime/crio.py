@@ -10,21 +10,62 @@ nvidia as the default every pod runs through nvidia's runtime (pods stuck Termin
 from __future__ import annotations
 
 import posixpath
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import tomlkit
 
+from nodeagent.errors import ConfigError
 from nodeagent.runtime import tomldoc
-from nodeagent.runtime.engine import Edit, Files, RuntimeSpec
+from nodeagent.runtime.engine import Edit, Effect, Files, RuntimeSpec, want_type
+
+
+def check_shape(path: str, doc: Mapping[str, Any]) -> None:
+    """Refuse, naming file and key, a value of the wrong type where the agent reads or writes."""
+    crio = doc.get("crio")
+    if crio is None:
+        return
+    want_type(path, crio, Mapping, "crio", "a table")
+    runtime = crio.get("runtime")
+    if runtime is None:
+        return
+    want_type(path, runtime, Mapping, "crio.runtime", "a table")
+    if "default_runtime" in runtime:
+        want_type(path, runtime["default_runtime"], str, "crio.runtime.default_runtime", "a string")
+    runtimes = runtime.get("runtimes")
+    if runtimes is None:
+        return
+    want_type(path, runtimes, Mapping, "crio.runtime.runtimes", "a table")
+    for name, entry in runtimes.items():
+        want_type(path, entry, Mapping, f"crio.runtime.runtimes.{name}", "a table")
+        for key in ("runtime_path", "runtime_type"):
+            if key in entry:
+                want_type(path, entry[key], str, f"crio.runtime.runtimes.{name}.{key}", "a string")
+
+
+def _parse(path: str, data: bytes) -> dict[str, Any]:
+    doc: dict[str, Any] = tomldoc.parse(path, data).unwrap()
+    check_shape(path, doc)
+    return doc
+
+
+def _handlers_ok(eff: Mapping[str, Any], spec: RuntimeSpec) -> bool:
+    runtimes = tomldoc.get_in(eff, ("crio", "runtime", "runtimes")) or {}
+    return all((runtimes.get(name) or {}).get("runtime_path") == binary for name, binary in spec.handlers())
+
+
+def _last_setting(docs: Sequence[tuple[str, Mapping[str, Any]]], keys: Sequence[str]) -> str:
+    """The last file (in load order) that sets ``keys``: the one whose value CRI-O uses."""
+    return next((path for path, doc in reversed(docs) if tomldoc.get_in(doc, keys) is not None), "")
+
 
 DROPIN_NAME = "99-nvidia.conf"
 HEADER = "# Managed by nodeagent (runtime subsystem); `nodeagent revert` removes it.\n"
 _NOT_COPIED = frozenset({"runtime_path", "runtime_type", "inherit_default_runtime", "runtime_config_path"})
 
 
-def effective(docs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+def effective(docs: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
     merged: dict[str, Any] = {}
     for doc in docs:
         tomldoc.merge_deep(merged, doc)
@@ -40,10 +81,12 @@ def default_runtime(eff: Mapping[str, Any]) -> str:
     return "crun" if "crun" in runtimes or "runc" not in runtimes else "runc"
 
 
-def handler_table(eff: Mapping[str, Any], spec: RuntimeSpec) -> tuple[dict[str, Any], str]:
+def handler_table(
+    eff: Mapping[str, Any], spec: RuntimeSpec, ours: frozenset[str] = frozenset()
+) -> tuple[dict[str, Any], str]:
     """The new handler's keys, and the runtime they were copied from."""
     source = default_runtime(eff)
-    if source == spec.name or source.startswith("nvidia"):
+    if source == spec.name or source in ours or source.startswith("nvidia"):
         source = "crun" if tomldoc.get_in(eff, ("crio", "runtime", "runtimes", "crun")) else "runc"
     copied = tomldoc.get_in(eff, ("crio", "runtime", "runtimes", source)) or {}
     table: dict[str, Any] = {"runtime_path": spec.path, "runtime_type": "oci"}
@@ -80,51 +123,105 @@ class Crio:
                 continue
             data = self.files.get(path)
             if data is not None:
-                docs.append(tomldoc.parse(path, data).unwrap())
+                docs.append(_parse(path, data))
         return effective(docs)
+
+    def _docs(self, overrides: Files) -> list[tuple[str, dict[str, Any]]]:
+        """(path, plain doc) in CRI-O's load order, ``overrides`` replacing what is on disk."""
+        out = []
+        names = set(self.listing) | {
+            posixpath.basename(p) for p in overrides if posixpath.dirname(p) == self.dropin_dir
+        }
+        for path in [self.config_path, *(posixpath.join(self.dropin_dir, n) for n in sorted(names))]:
+            data = overrides[path] if path in overrides else self.files.get(path)
+            if data is not None:
+                out.append((path, _parse(path, data)))
+        return out
 
     def desired(self, spec: RuntimeSpec) -> Edit:
         edit = Edit()
         others = self._effective(without_target=True)
-        current_default = tomldoc.get_in(others, ("crio", "runtime", "default_runtime"))
         edit.evidence.append(f"CRI-O default runtime: {default_runtime(others)!r}")
         edit.evidence.append("CRI-O always has CDI (cdi_spec_dirs); enable_cdi needs no change")
-        if current_default == spec.name and not spec.set_as_default:
-            edit.warnings.append(
-                f'default_runtime = "{spec.name}" is set in CRI-O\'s config (left by older tooling?): every pod '
-                "then runs through nvidia's runtime, which leaves pods stuck Terminating and denies exec; "
-                "remove it unless that is intended"
-            )
+        writes: dict[str, bytes | None] = {}
         data = self.files.get(self.target)
-        have = tomldoc.get_in(others, ("crio", "runtime", "runtimes", spec.name)) or {}
+        now = effective(d for _, d in self._docs({}))
         if (
-            data is None
-            and have.get("runtime_path") == spec.path
-            and (not spec.set_as_default or current_default == spec.name)
+            data is not None
+            or not _handlers_ok(now, spec)
+            or (spec.set_as_default and default_runtime(now) != spec.name)
         ):
-            edit.evidence.append(f"handler {spec.name!r} already configured in CRI-O's config files")
-            return edit
+            writes[self.target] = self._dropin(spec, data, others, edit)
+        if not spec.set_as_default:
+            self._take_default_back(spec, writes, edit)
+        for path, new in writes.items():
+            old = self.files.get(path)
+            handlers = ", ".join(sorted(spec.handler_names()))
+            summary = (
+                f"{'create' if old is None else 'edit'} drop-in {path}: add handlers {handlers}"
+                if path == self.target
+                else f"edit {path}: remove default_runtime naming nvidia's runtime (the trap nvidia-ctk leaves)"
+            )
+            edit.put(path, old, new, summary)
+        after_docs = self._docs(edit.writes)
+        after = effective(d for _, d in after_docs)
+        for name, binary in spec.handlers():
+            have = tomldoc.get_in(after, ("crio", "runtime", "runtimes", name, "runtime_path"))
+            if have != binary:
+                setter = _last_setting(after_docs, ("crio", "runtime", "runtimes", name, "runtime_path"))
+                raise ConfigError(
+                    f"handler {name!r} would run {have!r}, not {binary!r}: {setter} is loaded after "
+                    f"{self.target} and overrides it (a leftover of nvidia-ctk?); remove that file, or set "
+                    f"runtime.runtime_path to the binary it names",
+                    source=setter or self.target,
+                    key=f"crio.runtime.runtimes.{name}.runtime_path",
+                )
+        before_default, after_default = default_runtime(now), default_runtime(after)
+        if before_default != after_default:
+            changed_in = next((p for p in edit.writes if p != self.target), self.target)
+            edit.effects.append(Effect("default-runtime", before_default, after_default, changed_in))
+        if not edit.writes:
+            edit.evidence.append("every handler already configured in CRI-O's effective config")
+        return edit
+
+    def _dropin(self, spec: RuntimeSpec, data: bytes | None, others: Mapping[str, Any], edit: Edit) -> bytes:
         doc = tomldoc.parse(self.target, data) if data is not None else tomlkit.parse(HEADER)
-        table, source = handler_table(others, spec)
         runtimes = tomldoc.ensure_table(doc, ("crio", "runtime", "runtimes"), holder=True)
-        if spec.name in runtimes:
-            entry = runtimes[spec.name]
-            tomldoc.set_value(entry, "runtime_path", spec.path)
-            if "runtime_type" not in entry:
-                tomldoc.set_value(entry, "runtime_type", "oci")
-            edit.evidence.append(f"handler {spec.name!r} already in {self.target}: binary path ensured")
-        else:
-            tomldoc.append(runtimes, spec.name, tomldoc.copy_table(table))
-            edit.evidence.append(f"handler {spec.name!r}: monitor settings copied from {source!r}")
+        for name, binary in spec.handlers():
+            if name in runtimes:
+                entry = runtimes[name]
+                tomldoc.set_value(entry, "runtime_path", binary)
+                if not tomldoc.plain(entry.get("runtime_type")):
+                    tomldoc.set_value(entry, "runtime_type", "oci")
+                continue
+            table, source = handler_table(others, replace(spec, name=name, path=binary), spec.handler_names())
+            tomldoc.append(runtimes, name, tomldoc.copy_table(table))
+            if name == spec.name:
+                edit.evidence.append(f"handlers: monitor settings copied from {source!r}")
         if spec.set_as_default:
             tomldoc.set_value(tomldoc.ensure_table(doc, ("crio", "runtime")), "default_runtime", spec.name)
             edit.evidence.append(
                 f"default runtime {default_runtime(others)!r} -> {spec.name!r} (removing the drop-in restores it)"
             )
-        new = tomldoc.dump(doc)
-        verb = "create" if data is None else "edit"
-        edit.put(self.target, data, new, f"{verb} drop-in {self.target}: add handler {spec.name!r}")
-        return edit
+        return tomldoc.dump(doc)
+
+    def _take_default_back(self, spec: RuntimeSpec, writes: dict[str, bytes | None], edit: Edit) -> None:
+        """With set_as_default = false, no file may leave nvidia's runtime as CRI-O's default."""
+        for _ in range(len(self.listing) + 1):
+            docs = self._docs(writes)
+            setter = _last_setting(docs, ("crio", "runtime", "default_runtime"))
+            value = tomldoc.get_in(dict(docs).get(setter, {}), ("crio", "runtime", "default_runtime"))
+            if not setter or value not in spec.handler_names():
+                return
+            edit.warnings.append(
+                f'default_runtime = "{value}" is set in {setter} (left by nvidia-ctk or the GPU Operator?): every '
+                "pod then runs through nvidia's runtime, which leaves pods stuck Terminating and denies exec; "
+                "with runtime.set_as_default = false the plan removes it (revert puts it back)"
+            )
+            current = writes[setter] if setter in writes else self.files.get(setter)
+            doc = tomldoc.parse(setter, current)
+            tomldoc.delete(doc, ("crio", "runtime", "default_runtime"))
+            writes[setter] = tomldoc.dump(doc)
 
     def removed(self, spec: RuntimeSpec) -> Edit:
         edit = Edit()

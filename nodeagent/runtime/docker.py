@@ -270,7 +270,7 @@ class Docker:
     def _render(self, data: bytes | None, old: dict[str, Any], new: dict[str, Any], style: Style) -> bytes:
         if data is None or not data.strip():
             return render(new, style)
-        text = edit_text(data.decode("utf-8"), old, new, style)
+        text = edit_text(decode(self.config_path, data), old, new, style)
         if json.loads(text) != new:  # the splice must give exactly the intended object
             return render(new, style)
         return text.encode("utf-8")

@@ -25,6 +25,38 @@ class RuntimeSpec:
     set_as_default: bool = False
     enable_cdi: bool = False
 
+    def handlers(self) -> tuple[tuple[str, str], ...]:
+        """(handler, binary) pairs, as nvidia-ctk configures them so each GPU Operator RuntimeClass works."""
+        return (
+            (self.name, self.path),
+            (f"{self.name}-cdi", f"{self.path}.cdi"),
+            (f"{self.name}-legacy", f"{self.path}.legacy"),
+        )
+
+    def handler_names(self) -> frozenset[str]:
+        return frozenset(name for name, _ in self.handlers())
+
+
+CDI_ANNOTATIONS = ("cdi.k8s.io/*",)
+"""container_annotations on every handler: CDI devices requested by pod annotation reach the runtime."""
+
+
+@dataclass(frozen=True)
+class Effect:
+    """One change of an effective setting, e.g. ``default runtime 'runc' -> 'nvidia'``."""
+
+    setting: str
+    """``default-runtime`` or ``cdi``."""
+    before: object
+    after: object
+    path: str
+    """The file whose write causes it."""
+
+    @property
+    def summary(self) -> str:
+        what = {"default-runtime": "default runtime", "cdi": "CDI (enable_cdi)"}.get(self.setting, self.setting)
+        return f"{what} {self.before!r} -> {self.after!r} (every new container is affected; revert restores it)"
+
 
 @dataclass
 class Edit:
@@ -35,8 +67,13 @@ class Edit:
     warnings: list[str] = field(default_factory=list)
     summaries: dict[str, str] = field(default_factory=dict)
     """Host path → one sentence for the plan step."""
+    effects: list[Effect] = field(default_factory=list)
+    """Changes of the runtime's effective behaviour (default runtime, CDI) the writes cause: each one is
+    shown as a plan step of its own, never hidden in a file diff."""
 
     def put(self, path: str, old: bytes | None, new: bytes | None, summary: str) -> None:
+        if old is not None and old.startswith(BOM) and new is not None and not new.startswith(BOM):
+            new = BOM + new  # parsed without it (decode), written back with it
         if old != new:
             self.writes[path] = new
             self.summaries[path] = summary
@@ -57,9 +94,13 @@ class Engine(Protocol):
         """Take the runtime out again (files the agent created are removed)."""
 
 
+BOM = b"\xef\xbb\xbf"
+
+
 def decode(path: str, data: bytes) -> str:
+    """UTF-8 text without a leading byte order mark (which containerd and dockerd accept)."""
     try:
-        return data.decode("utf-8")
+        return data.removeprefix(BOM).decode("utf-8")
     except UnicodeDecodeError as err:
         line = data[: err.start].count(b"\n") + 1
         raise ConfigError(f"not UTF-8 text (byte {err.start})", source=path, line=line) from None
@@ -77,3 +118,15 @@ def toml_error(path: str, err: Exception, line_offset: int = 0) -> ConfigError:
         source=path,
         line=line + line_offset if isinstance(line, int) else None,
     )
+
+
+def kind_of(value: object) -> str:
+    names = {str: "a string", bool: "a boolean", int: "a number", float: "a number", list: "an array"}
+    return names.get(type(value), "a table" if isinstance(value, Mapping) else type(value).__name__)
+
+
+def want_type(path: str, value: object, expected: type | tuple[type, ...], key: str, what: str) -> None:
+    """ConfigError naming the file and key when ``value`` is not of the ``expected`` type."""
+    ok = isinstance(value, expected) and not (expected is int and isinstance(value, bool))
+    if not ok:
+        raise ConfigError(f"must be {what}, got {kind_of(value)} ({value!r:.40})", source=path, key=key)

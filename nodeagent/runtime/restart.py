@@ -18,12 +18,30 @@ import structlog
 
 from nodeagent.aio import run_blocking
 from nodeagent.backends.hostfs import BackupJournal, Root
-from nodeagent.backends.runtimectl import Health, RuntimeControl, Target
-from nodeagent.errors import BackendUnavailable, CallTimeout
+from nodeagent.backends.runtimectl import Health, RestartHow, RuntimeControl, Target
+from nodeagent.errors import BackendUnavailable, CallTimeout, HostPathError
 
 log = structlog.get_logger("nodeagent.runtime")
 
 POLL_S = 0.2
+
+
+def restart_policy(mode: str, has_command: bool, *, distribution: str, reload: bool) -> RestartHow:
+    """How a config change reaches the daemon, from ``runtime.restart`` and the detected layout.
+
+    ``none``/``signal`` are taken as asked; an operator's restart command wins over systemd; ``auto``
+    leaves k0s alone (it restarts containerd itself when containerd.d changes) and reloads the daemons
+    that re-read their config on SIGHUP (CRI-O, dockerd); everything else is a systemd restart.
+    """
+    if mode in ("none", "signal"):
+        return "none" if mode == "none" else "signal"
+    if has_command:
+        return "command"
+    if mode == "auto" and distribution == "k0s":
+        return "none"
+    if mode == "auto" and reload:
+        return "signal"
+    return "systemd"
 
 
 @dataclass
@@ -40,16 +58,34 @@ async def write_files(root: Root, journal: BackupJournal, files: Mapping[str, by
     """Write (or remove, for None) each file atomically; return the paths that changed."""
 
     def _write() -> list[str]:
-        changed = []
-        for path, data in files.items():
-            done = (
-                root.remove(path, journal=journal) if data is None else root.write_atomic(path, data, journal=journal)
-            )
-            if done:
-                changed.append(path)
+        changed: list[str] = []
+        before = {path: root.read_bytes(path) for path in files}
+        try:
+            for path, data in files.items():
+                done = (
+                    root.remove(path, journal=journal)
+                    if data is None
+                    else root.write_atomic(path, data, journal=journal)
+                )
+                if done:
+                    changed.append(path)
+        except HostPathError:
+            _put_back(root, journal, {p: before[p] for p in changed})  # nothing half-applied
+            raise
         return changed
 
     return await run_blocking(_write)
+
+
+def _put_back(root: Root, journal: BackupJournal, files: Mapping[str, bytes | None]) -> None:
+    for path, data in files.items():
+        try:
+            if data is None:
+                root.remove(path, journal=journal)
+            else:
+                root.write_atomic(path, data, journal=journal)
+        except HostPathError as err:
+            log.error("runtime_put_back_failed", path=path, error=str(err))
 
 
 async def wait_healthy(
@@ -95,7 +131,11 @@ async def transact(
     validate: bool = True,
 ) -> Outcome:
     """Apply ``writes`` with rollback to ``old``; restart per ``target.restart`` only if a file changed."""
-    changed = await write_files(root, journal, writes)
+    try:
+        changed = await write_files(root, journal, writes)
+    except HostPathError as err:
+        log.error("runtime_files_not_written", error=str(err))
+        return Outcome(False, error=f"{err}; nothing was changed, the runtime was not restarted")
     if not changed:
         return Outcome(True)
     log.info("runtime_files_written", files=changed)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import posixpath
 import stat
 import tomllib
@@ -21,6 +22,7 @@ from typing import Any
 
 from nodeagent import events
 from nodeagent.aio import run_blocking, wait_or_stop
+from nodeagent.backends.hostfs import RevertConflict
 from nodeagent.backends.runtimectl import (
     RestartHow,
     RuntimeControl,
@@ -32,24 +34,31 @@ from nodeagent.errors import BackendUnavailable, CallTimeout, ConfigError, HostP
 from nodeagent.plan import Disruption, Plan, Step, file_diff
 from nodeagent.runtime import containerd as ctd
 from nodeagent.runtime import detect as det
+from nodeagent.runtime import ownership
 from nodeagent.runtime.crio import Crio
 from nodeagent.runtime.docker import Docker
-from nodeagent.runtime.engine import Edit, Engine, RuntimeSpec
-from nodeagent.runtime.restart import transact, wait_healthy
+from nodeagent.runtime.engine import BOM, Edit, Engine, RuntimeSpec
+from nodeagent.runtime.restart import restart_policy, transact, wait_healthy
 from nodeagent.subsystem import ApplyResult, BaseSubsystem, Context, Phase
 
 HEALTH_EVERY_S = 15.0
-MAX_IMPORT_FILES = 256
-RUNTIME_DIRS = (
-    "/etc/containerd/",
-    "/etc/k0s/",
-    det.K3S_DIR + "/",
-    det.RKE2_DIR + "/",
-    det.MICROK8S_ARGS + "/",
-    "/etc/crio/",
-    "/etc/docker/",
-)
+MAX_CONFIG_BYTES = 4 << 20
+"""A runtime config file larger than this is refused by name (real ones are a few KiB)."""
+READ_TIMEOUT_S = 20.0
+"""Reading the runtime's files longer than this (a hung filesystem) is a named error, not a stuck agent."""
+MAX_IMPORT_FILES = 4096
+"""containerd files read through imports before the agent refuses (by name) instead of checking less."""
+RUNTIME_DIRS = tuple(d + "/" for d in ownership.RUNTIME_DIRS)
 """Backed-up files under these directories belong to this subsystem (for revert)."""
+
+
+@dataclass(frozen=True)
+class FileChange:
+    """Payload of a write-file / remove-file step: the bytes planned against, the new bytes (None: remove)."""
+
+    old: bytes | None
+    new: bytes | None
+    target: Target
 
 
 @dataclass(frozen=True)
@@ -61,6 +70,17 @@ class Observed:
     dump: bytes | None = None
     error: str = ""
     evidence: tuple[str, ...] = ()
+    bad_input: bool = False
+    """The error is a bad file or setting (the CLI exits 2), not a host failure."""
+    changed_since: tuple[str, ...] = ()
+    """Files changed by someone else after the agent wrote them."""
+
+
+def _read_timeout(what: str) -> str:
+    return (
+        f"{what} took longer than {READ_TIMEOUT_S:g}s (a hung filesystem or a blocking special file?); "
+        "the read is abandoned and retried at the next reconcile"
+    )
 
 
 def _kind(root: Any, host_path: str) -> det.Kind | None:
@@ -80,7 +100,7 @@ def _imports_of(path: str, data: bytes, template: bool) -> list[str]:
     if template:
         return []
     try:
-        doc = tomllib.loads(data.decode("utf-8"))
+        doc = tomllib.loads(data.removeprefix(BOM).decode("utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError):
         return []
     try:
@@ -111,6 +131,10 @@ class RuntimeSubsystem(BaseSubsystem):
         self._observed: Observed | None = None
         self.restarts = 0
         self.reconciles = 0
+        self.bad_input = False
+        """The last plan failed on a bad file or setting (the CLI exits 2)."""
+        self.force_revert = False
+        """`nodeagent revert --force`: restore originals even over files someone else changed since."""
 
     # ------------------------------------------------------------------------------------- observe
 
@@ -124,17 +148,24 @@ class RuntimeSubsystem(BaseSubsystem):
             for p in det.READ:
                 if kinds.get(p) == "file":
                     with contextlib.suppress(HostPathError):
-                        texts[p] = root.read_bytes(p) or b""
+                        texts[p] = root.read_bytes(p, max_bytes=MAX_CONFIG_BYTES) or b""
             return det.Probe(kinds, texts)
 
-        probe = await run_blocking(_probe)
+        try:
+            probe = await asyncio.wait_for(run_blocking(_probe), READ_TIMEOUT_S)
+        except TimeoutError:
+            return Observed(error=_read_timeout("looking for the container runtime's files"))
         try:
             detected = det.detect(probe, self.settings)
         except ConfigError as err:
-            return Observed(error=str(err))
+            return Observed(error=str(err), bad_input=True)
         try:
-            files, listings = await run_blocking(self._gather, detected)
-        except (HostPathError, ConfigError) as err:
+            files, listings = await asyncio.wait_for(run_blocking(self._gather, detected), READ_TIMEOUT_S)
+        except TimeoutError:
+            return Observed(detected, error=_read_timeout(f"reading {detected.config_path} and what it imports"))
+        except ConfigError as err:
+            return Observed(detected, error=str(err), evidence=detected.evidence, bad_input=True)
+        except HostPathError as err:
             return Observed(detected, error=str(err), evidence=detected.evidence)
         version: VersionInfo | None = None
         dump: bytes | None = None
@@ -145,7 +176,24 @@ class RuntimeSubsystem(BaseSubsystem):
                     dump = await self.control.dump_config(self._target(detected))
                 except (BackendUnavailable, CallTimeout) as err:
                     return Observed(detected, files, listings, version, error=f"containerd config dump: {err}")
-        return Observed(detected, files, listings, version, dump, evidence=detected.evidence)
+        changed = await run_blocking(self._changed_since_written, files)
+        return Observed(detected, files, listings, version, dump, evidence=detected.evidence, changed_since=changed)
+
+    def _changed_since_written(self, files: Mapping[str, bytes | None]) -> tuple[str, ...]:
+        """Managed files someone else changed after the agent wrote them (revert will ask for --force)."""
+        try:
+            entries = self.ctx.journal.entries()
+        except HostPathError:
+            return ()
+
+        def digest(data: bytes | None) -> str:  # '' for an absent file, as the journal notes a removal
+            return "" if data is None else hashlib.sha256(data).hexdigest()
+
+        return tuple(
+            path
+            for path, entry in entries.items()
+            if path in files and entry.written is not None and digest(files[path]) != entry.written
+        )
 
     def _gather(self, d: det.Detected) -> tuple[dict[str, bytes | None], dict[str, tuple[str, ...]]]:
         """Read every file the engine needs (blocking; runs off the loop)."""
@@ -155,15 +203,12 @@ class RuntimeSubsystem(BaseSubsystem):
 
         def read(path: str) -> bytes | None:
             if path not in files:
-                files[path] = root.read_bytes(path)
+                files[path] = root.read_bytes(path, max_bytes=MAX_CONFIG_BYTES)
             return files[path]
 
         def listdir(directory: str) -> tuple[str, ...]:
             if directory not in listings:
-                local = root.resolve(directory)
-                listings[directory] = tuple(
-                    n for n in root.listdir(directory) if not n.startswith(".") and (local / n).is_file()
-                )
+                listings[directory] = tuple(root.list_files(directory))
             return listings[directory]
 
         if d.engine == "docker":
@@ -175,10 +220,17 @@ class RuntimeSubsystem(BaseSubsystem):
                 read(posixpath.join(dropins, name))
         else:
             pending = [d.config_path]
-            while pending and len(files) < MAX_IMPORT_FILES:
+            while pending:
                 path = pending.pop(0)
                 if path in files:
                     continue
+                if len(files) >= MAX_IMPORT_FILES:
+                    raise ConfigError(
+                        f"imports load more than {MAX_IMPORT_FILES} files (next: {path}); the agent refuses "
+                        "rather than check containerd's effective config on part of it",
+                        source=d.config_path,
+                        key="imports",
+                    )
                 data = read(path)
                 if data is None:
                     continue
@@ -207,16 +259,9 @@ class RuntimeSubsystem(BaseSubsystem):
     # ---------------------------------------------------------------------------------------- plan
 
     def _restart_how(self, d: det.Detected) -> RestartHow:
-        mode = self.settings.restart
-        if mode in ("none", "signal"):
-            return mode
-        if self.settings.restart_command:
-            return "command"
-        if mode == "auto" and d.distribution == "k0s":
-            return "none"  # k0s watches containerd.d and restarts containerd itself
-        if mode == "auto" and d.reload:
-            return "signal"
-        return "systemd"
+        return restart_policy(
+            self.settings.restart, bool(self.settings.restart_command), distribution=d.distribution, reload=d.reload
+        )
 
     def _target(self, d: det.Detected) -> Target:
         return Target(
@@ -230,6 +275,8 @@ class RuntimeSubsystem(BaseSubsystem):
             restart_command=tuple(self.settings.restart_command),
             log_path=self.settings.log_path,
             validate=not d.template,
+            handler=self.spec.name if d.engine == "containerd" else "",
+            handler_binary=self.spec.path,
         )
 
     def engine_for(self, observed: Observed) -> Engine:
@@ -247,6 +294,7 @@ class RuntimeSubsystem(BaseSubsystem):
     def plan(self, observed: Observed) -> Plan:
         d = observed.detected
         evidence = list(observed.evidence)
+        self.bad_input = observed.bad_input
         if d is None or observed.error:
             return Plan(self.name, evidence=tuple(evidence), error=observed.error or "nothing detected")
         evidence.append(f"engine {d.engine}, config {d.config_path}, socket {d.socket}")
@@ -259,9 +307,15 @@ class RuntimeSubsystem(BaseSubsystem):
         try:
             edit: Edit = self.engine_for(observed).desired(self.spec)
         except ConfigError as err:
+            self.bad_input = True
             return Plan(self.name, evidence=tuple(evidence), error=str(err))
         evidence += edit.evidence
         warnings = list(edit.warnings)
+        warnings += [
+            f"{path} was changed by someone else after nodeagent wrote it; `nodeagent revert` shows the "
+            "difference and asks for --force before overwriting it"
+            for path in observed.changed_since
+        ]
         target = self._target(d)
         steps = [
             Step(
@@ -269,9 +323,20 @@ class RuntimeSubsystem(BaseSubsystem):
                 path,
                 edit.summaries[path],
                 diff=file_diff(path, observed.files.get(path), new),
-                payload=(observed.files.get(path), new, target),
+                payload=FileChange(observed.files.get(path), new, target),
             )
             for path, new in edit.writes.items()
+        ]
+        steps += [
+            Step(
+                f"change-{effect.setting}",
+                effect.path,
+                effect.summary,
+                disruption=Disruption.RESTART,
+                disrupts=f"every container {d.engine} starts from now on",
+                payload=effect,
+            )
+            for effect in edit.effects
         ]
         if steps:
             steps.append(self._restart_step(d, target, warnings))
@@ -329,13 +394,18 @@ class RuntimeSubsystem(BaseSubsystem):
             self.set_status(Phase.FAILED, plan.error)
             self._publish(False)
             raise PermanentError(plan.error)
-        writes = {s.target: s.payload[1] for s in plan.steps if s.action in ("write-file", "remove-file")}
-        old = {s.target: s.payload[0] for s in plan.steps if s.action in ("write-file", "remove-file")}
-        targets = [s.payload[2] for s in plan.steps if s.action in ("write-file", "remove-file")]
+        changes = {s.target: s.payload for s in plan.steps if isinstance(s.payload, FileChange)}
+        writes = {path: c.new for path, c in changes.items()}
+        old = {path: c.old for path, c in changes.items()}
         if not writes:
             return ApplyResult()
-        target: Target = targets[0]
-        stale = await run_blocking(self._stale, old)
+        target: Target = next(iter(changes.values())).target
+        await run_blocking(self._sweep_temp_files, list(writes))
+        try:
+            stale = await run_blocking(self._stale, old)
+        except HostPathError as err:
+            self.set_status(Phase.FAILED, str(err))
+            raise PermanentError(str(err)) from err
         if stale:
             reason = f"{stale} changed since the plan was made; plan again"
             self.set_status(Phase.FAILED, reason)
@@ -364,6 +434,14 @@ class RuntimeSubsystem(BaseSubsystem):
             self._publish(outcome.health.ok)
         return ApplyResult(changed=tuple(outcome.changed), restarted=restarted)
 
+    def _sweep_temp_files(self, paths: list[str]) -> None:
+        """Temp files a killed agent left next to the files it writes (and in its journal) go first."""
+        dirs = {posixpath.dirname(p) for p in paths} | {self.ctx.journal.host_dir}
+        for directory in sorted(dirs):
+            with contextlib.suppress(HostPathError, OSError):
+                for path in self.ctx.root.sweep_temp_files(directory):
+                    self.log.info("runtime_stale_temp_file_removed", path=path)
+
     def _stale(self, old: Mapping[str, bytes | None]) -> str:
         for path, data in old.items():
             if self.ctx.root.read_bytes(path) != data:
@@ -382,14 +460,21 @@ class RuntimeSubsystem(BaseSubsystem):
         journal = self.ctx.journal
 
         def _restore() -> list[str]:
-            changed = []
-            for path in list(journal.paths()):
-                mine = path in managed or path.startswith(prefixes)
-                if mine and journal.restore(self.ctx.root, path):
-                    changed.append(path)
-            return changed
+            mine = [p for p in journal.paths(required=True) if p in managed or p.startswith(prefixes)]
+            if not self.force_revert:
+                # every file checked before any is touched: a refusal leaves the node as it was
+                conflicts = [c for c in (journal.conflict(self.ctx.root, p) for p in mine) if c]
+                if conflicts:
+                    raise RevertConflict(
+                        ", ".join(p for p in mine if journal.conflict(self.ctx.root, p)), "\n".join(conflicts)
+                    )
+            return [p for p in mine if journal.restore(self.ctx.root, p, force=self.force_revert)]
 
-        changed = await run_blocking(_restore)
+        try:
+            changed = await run_blocking(_restore)
+        except HostPathError as err:  # JournalError, RevertConflict, or a host error: named, nothing guessed
+            self.set_status(Phase.FAILED, f"revert refused: {err}")
+            raise PermanentError(str(err)) from err
         restarted: tuple[str, ...] = ()
         d = observed.detected
         if changed and d is not None:
@@ -424,9 +509,11 @@ class RuntimeSubsystem(BaseSubsystem):
 
     async def start(self) -> None:
         self.set_status(Phase.STARTING)
+        observed = await self.observe()
+        await run_blocking(self._sweep_temp_files, list(observed.files))
 
     async def run(self, stop: asyncio.Event) -> None:
-        self._watched = self._watch_list(await self.observe())
+        self._watched = await run_blocking(self._watch_list, await self.observe())
         health_task = asyncio.create_task(self._health_loop(stop), name="runtime-health")
         first = True
         try:
@@ -464,10 +551,10 @@ class RuntimeSubsystem(BaseSubsystem):
         async with self._lock:
             self.reconciles += 1
             observed = await self.observe()
-            plan = self.plan(observed)
+            plan = await run_blocking(self.plan, observed)  # parsing a big file must not stall /healthz
             self.last_plan = plan
             self._observed = observed
-            self._watched = self._watch_list(observed)
+            self._watched = await run_blocking(self._watch_list, observed)
             if plan.error:
                 self.set_status(Phase.FAILED, plan.error)
                 self._publish(False)
@@ -490,7 +577,7 @@ class RuntimeSubsystem(BaseSubsystem):
                 self.log.info("runtime_drift_repaired", changed=list(result.changed), restarted=list(result.restarted))
             if not result.restarted:
                 await self._check_health(observed)
-            self._watched = self._watch_list(await self.observe())
+            self._watched = await run_blocking(self._watch_list, await self.observe())
             return plan
 
     def _watch_list(self, observed: Observed) -> tuple[str, ...]:
@@ -514,6 +601,7 @@ class RuntimeSubsystem(BaseSubsystem):
             "version": observed.version.version if observed.version else "",
             "restarts": self.restarts,
             "evidence": list(self.last_plan.evidence) if self.last_plan else [],
+            "warnings": list(self.last_plan.warnings) if self.last_plan else [],
         }
         if health.ok:
             self.set_status(Phase.RUNNING, "", **details)

@@ -13,14 +13,14 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import tomlkit
-from tomlkit.container import Container
+from tomlkit.container import Container, OutOfOrderTableProxy
 from tomlkit.exceptions import TOMLKitError
 from tomlkit.items import AoT, InlineTable, Item, Table
 from tomlkit.toml_document import TOMLDocument
 
 from nodeagent.runtime.engine import decode, toml_error
 
-Node = TOMLDocument | Table | InlineTable | Container
+Node = TOMLDocument | Table | InlineTable | Container | OutOfOrderTableProxy
 
 
 def parse(path: str, data: bytes | None, line_offset: int = 0) -> TOMLDocument:
@@ -106,17 +106,18 @@ def _sibling_indent(node: Node, *, tables: bool) -> str | None:
         if key is None:
             continue
         if isinstance(item, Table) == tables and not isinstance(item, AoT):
-            indent = item.trivia.indent
+            indent = item.trivia.indent.rsplit("\n", 1)[-1]  # the spaces; blank lines are decided below
     return indent
 
 
 def append(node: Node, key: str, value: Any) -> None:
     """Add a new key (or sub-table) with the indentation its siblings use."""
+    if isinstance(node, OutOfOrderTableProxy):  # the table is split across the file: tomlkit places it
+        node[key] = value
+        return
     is_tbl = isinstance(value, Table)
     indent = _sibling_indent(node, tables=is_tbl)
-    # tomlkit separates a sub-table from its parent's keys itself; siblings in a super table are not
-    parent_super = isinstance(node, TOMLDocument | Container) or (isinstance(node, Table) and node.is_super_table())
-    rendered = node.as_string() if is_tbl and parent_super else ""
+    rendered = node.as_string() if is_tbl else ""  # what precedes the new table decides the blank line
     node.append(key, value)
     if isinstance(node, InlineTable):
         return
@@ -125,8 +126,23 @@ def append(node: Node, key: str, value: Any) -> None:
         return
     if indent is not None:
         item.trivia.indent = indent
+        if is_tbl and isinstance(item, Table) and indent:  # the file indents its tables: so does the new one
+            _indent_fresh(item, indent)
     if is_tbl and rendered.strip() and not rendered.endswith("\n\n"):
         item.trivia.indent = "\n" + item.trivia.indent  # a blank line before the new header
+
+
+def _indent_fresh(table: Table, header_indent: str) -> None:
+    """Keys and sub-tables built from plain values get the layout of the file (one level deeper)."""
+    step = "  " if " " in header_indent or not header_indent else "\t"
+    for key, child in table.value.body:
+        if key is None or not isinstance(child, Item) or child.trivia.indent.strip("\n"):
+            continue
+        if isinstance(child, Table):
+            child.trivia.indent = "\n" + header_indent + step
+            _indent_fresh(child, header_indent + step)
+        else:
+            child.trivia.indent = header_indent + step
 
 
 def set_value(node: Node, key: str, value: Any) -> bool:
