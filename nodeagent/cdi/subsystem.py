@@ -22,7 +22,7 @@ from nodeagent.cdi import spec as cdispec
 from nodeagent.driver import api as driver_api
 from nodeagent.errors import NodeAgentError
 from nodeagent.events import Event
-from nodeagent.loops import reconcile_loop
+from nodeagent.loops import reconcile_loop, watch_files
 from nodeagent.model.driver import DriverFacts
 from nodeagent.model.gpu import Inventory
 from nodeagent.plan import Plan, Step, file_diff
@@ -247,7 +247,25 @@ class CdiSubsystem(BaseSubsystem):
                 return
             await self.refresh()
         topics = (events.DRIVER_READY, events.INVENTORY_CHANGED, events.MIG_CHANGED)
-        await reconcile_loop(stop, self.ctx.bus, topics, self._on_event)
+        await aio.run_until_stopped(
+            stop,
+            {
+                "cdi:events": reconcile_loop(stop, self.ctx.bus, topics, self._on_event),
+                "cdi:drift": watch_files(
+                    stop,
+                    self.ctx.root,
+                    [self.ctx.settings.cdi.spec_path],
+                    self._on_drift,
+                    poll_s=self.ctx.settings.runtime.drift_poll_s,
+                ),
+            },
+        )
+
+    async def _on_drift(self) -> None:
+        """Someone changed or deleted the spec: write it again (when the driver is ready)."""
+        if self.ctx.bus.last(events.DRIVER_READY) is not None or not self._driver_subsystem_runs:
+            self.log.info("cdi_spec_drift", path=self.ctx.settings.cdi.spec_path)
+            await self.refresh()
 
     async def _on_event(self, event: Event | None) -> None:
         if event is not None and event.topic == events.DRIVER_READY and event.payload is None:

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import asyncio
 
-from nodeagent import events
+from nodeagent import aio, events
 from nodeagent.aio import run_blocking
 from nodeagent.driver import api as driver_api
 from nodeagent.errors import HostPathError, NodeAgentError
 from nodeagent.events import Event
-from nodeagent.loops import reconcile_loop
+from nodeagent.loops import reconcile_loop, watch_files
 from nodeagent.plan import Plan
 from nodeagent.subsystem import ApplyResult, BaseSubsystem, Context, Phase
 from nodeagent.validation import files
@@ -93,7 +93,19 @@ class ValidationSubsystem(BaseSubsystem):
 
     async def run(self, stop: asyncio.Event) -> None:
         topics = (events.DRIVER_READY, events.RUNTIME_HEALTHY, events.MIG_READY)
-        await reconcile_loop(stop, self.ctx.bus, topics, self.reconcile, initial=True)
+        paths = [files.path_of(self.directory, name) for name in files.ALL]
+        await aio.run_until_stopped(
+            stop,
+            {
+                "validation:events": reconcile_loop(stop, self.ctx.bus, topics, self.reconcile, initial=True),
+                "validation:drift": watch_files(
+                    stop, self.ctx.root, paths, self._on_drift, poll_s=self.ctx.settings.runtime.drift_poll_s
+                ),
+            },
+        )
+
+    async def _on_drift(self) -> None:
+        await self.reconcile(None)
 
     async def reconcile(self, event: Event | None) -> None:
         try:
