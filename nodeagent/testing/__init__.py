@@ -6,6 +6,8 @@ test exercises the same wiring as ``nodeagent run --simulate``:
 - ``sim_gpus``: an opened-on-demand simulated GPU backend (any built-in profile, count, MIG layout);
 - ``FixedInventory``: a backend that serves one given inventory and samples nothing (for planners that
   only need GPU facts);
+- ``ScriptedGpus`` (``nodeagent.testing.scripted``): exact readings set by the test, for checks of
+  rendered values, which the simulator's moving physical model cannot give;
 - ``context``: a complete ``Context`` on a root, with simulated runtime control, modprobe and device nodes;
 - ``parts``: a context and subsystems, ready for ``Agent`` or the one-shot commands.
 """
@@ -25,8 +27,9 @@ from nodeagent.compose import Parts, build_context, simulated_backends
 from nodeagent.model.gpu import Inventory, Sample, SampleRequest
 from nodeagent.settings import Settings
 from nodeagent.subsystem import Backends, Context, Service
+from nodeagent.testing.scripted import ScriptedGpus
 
-__all__ = ["FixedInventory", "context", "parts", "sim_gpus"]
+__all__ = ["FixedInventory", "ScriptedGpus", "context", "parts", "sim_gpus"]
 
 
 def sim_gpus(

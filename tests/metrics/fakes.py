@@ -1,164 +1,17 @@
-"""A small hand-written GPU backend for the metrics tests (a fake, not a mock).
-
-It behaves like a GpuBackend: inventory of H100-like GPUs, optional MIG instances, readings that the
-test sets per GPU (a reading left out is "not supported"), XID injection, per-call failures, and a log
-of every SampleRequest so tests can count hops and check the tiers.
-"""
+"""The metrics tests' context builder; their GPU double is ``nodeagent.testing.ScriptedGpus``."""
 
 from __future__ import annotations
 
-import time
-from dataclasses import replace
 from typing import Any
 
 from nodeagent import testing
 from nodeagent.backends.hostfs import Root
-from nodeagent.model.gpu import (
-    GpuHealthState,
-    GpuInfo,
-    Inventory,
-    MigDevice,
-    MigKey,
-    Reading,
-    Sample,
-    SampleRequest,
-    XidEvent,
-)
 from nodeagent.settings import load
 from nodeagent.subsystem import Context, Status
+from nodeagent.testing.scripted import DEFAULT_VALUES, H100, MIG_VALUES, ScriptedGpus, gpu_info
 
-H100 = "NVIDIA H100 80GB HBM3"
-
-DEFAULT_VALUES: dict[Reading, float] = {
-    Reading.SM_CLOCK_MHZ: 1980,
-    Reading.MEM_CLOCK_MHZ: 2619,
-    Reading.GPU_TEMP_C: 50,
-    Reading.MEMORY_TEMP_C: 45,
-    Reading.POWER_W: 78.452,
-    Reading.TOTAL_ENERGY_MJ: 2528108,
-    Reading.PCIE_REPLAY_COUNT: 0,
-    Reading.GPU_UTIL_PCT: 0,
-    Reading.MEM_COPY_UTIL_PCT: 0,
-    Reading.ENC_UTIL_PCT: 0,
-    Reading.DEC_UTIL_PCT: 0,
-    Reading.FB_FREE_MIB: 81079,
-    Reading.FB_USED_MIB: 0,
-    Reading.FB_RESERVED_MIB: 480,
-    Reading.UNCORRECTABLE_REMAPPED_ROWS: 0,
-    Reading.CORRECTABLE_REMAPPED_ROWS: 0,
-    Reading.ROW_REMAP_FAILURE: 0,
-    Reading.GR_ENGINE_ACTIVE: 0.25,
-    Reading.PIPE_TENSOR_ACTIVE: 0.125,
-    Reading.DRAM_ACTIVE: 0.5,
-    Reading.PCIE_TX_BYTES: 1439000,
-    Reading.PCIE_RX_BYTES: 2000000,
-    Reading.POWER_VIOLATION_NS: 5_000_000,
-}
-"""Like the H100 probe: no fan, NVLink, vGPU licence or retired pages (NotSupported there)."""
-
-MIG_VALUES: dict[Reading, float] = {
-    Reading.FB_FREE_MIB: 9000,
-    Reading.FB_USED_MIB: 984,
-    Reading.FB_TOTAL_MIB: 9984,
-    Reading.GR_ENGINE_ACTIVE: 0.75,
-    Reading.DRAM_ACTIVE: 0.1,
-}
-
-
-def gpu_info(index: int, *, migs: int = 0) -> GpuInfo:
-    uuid = f"GPU-07ad00dd-2cf1-3178-492d-1bffa49e50{index:02x}"
-    devices = tuple(
-        MigDevice(
-            uuid=f"MIG-{index:02x}{m:02x}0000-aaaa-bbbb-cccc-dddddddddddd",
-            gpu_index=index,
-            mig_index=m,
-            gpu_instance_id=7 + m,
-            compute_instance_id=0,
-            profile="1g.10gb",
-            placement_start=m,
-            placement_size=1,
-            memory_total_mib=9984,
-        )
-        for m in range(migs)
-    )
-    return GpuInfo(
-        index=index,
-        uuid=uuid,
-        name=H100,
-        pci_bus_id=f"00000000:{0x18 + index:02X}:00.0",
-        pci_device_id=0x2330,
-        pci_subsystem_id=0x16C110DE,
-        minor_number=index,
-        memory_total_mib=81559,
-        compute_capability=(9, 0),
-        architecture="hopper",
-        brand="NVIDIA",
-        serial=f"16515240587{index:02d}",
-        vbios_version="96.00.DA.00.0C",
-        mig_capable=True,
-        mig_enabled=migs > 0,
-        mig_pending=migs > 0,
-        mig_devices=devices,
-    )
-
-
-class FakeGpus:
-    kind = "fake"
-
-    def __init__(self, count: int = 2, *, migs: int = 0, driver: str = "580.159.04") -> None:
-        self.gpus = [gpu_info(i, migs=migs) for i in range(count)]
-        self.driver = driver
-        self.values: dict[int, dict[Reading, float]] = {i: dict(DEFAULT_VALUES) for i in range(count)}
-        self.mig_values: dict[MigKey, dict[Reading, float]] = {
-            (g.index, m.gpu_instance_id): dict(MIG_VALUES) for g in self.gpus for m in g.mig_devices
-        }
-        self.requests: list[SampleRequest] = []
-        self.inventory_calls = 0
-        self.pending_xids: list[XidEvent] = []
-        self.failures: dict[str, int] = {}
-        self.health: dict[int, GpuHealthState] = {}
-        self.now: float | None = None
-        """Fixed sample time for tests that need one; None: the wall clock."""
-
-    async def open(self) -> None:
-        return None
-
-    async def close(self) -> None:
-        return None
-
-    async def inventory(self) -> Inventory:
-        self.inventory_calls += 1
-        return Inventory("fake", self.driver, "13.580.159.04", 13000, tuple(self.gpus))
-
-    async def sample(self, request: SampleRequest) -> Sample:
-        self.requests.append(request)
-        gpus = {i: {r: v for r, v in vals.items() if r in request.readings} for i, vals in self.values.items()}
-        mig = (
-            {k: {r: v for r, v in vals.items() if r in request.readings} for k, vals in self.mig_values.items()}
-            if request.include_mig
-            else {}
-        )
-        xids, self.pending_xids = tuple(self.pending_xids), []
-        failures, self.failures = self.failures, {}
-        return Sample(
-            taken_at=time.time() if self.now is None else self.now,
-            gpus=gpus,
-            mig=mig,
-            xids=xids,
-            failures=failures,
-            health={i: self.health.get(i, GpuHealthState.OK) for i in self.values},
-            duration_s=0.001,
-        )
-
-    def inject_xid(self, gpu: int, xid: int) -> None:
-        self.pending_xids.append(XidEvent(gpu, self.gpus[gpu].uuid, xid, time.time()))
-
-    def set_migs(self, index: int, migs: int) -> None:
-        self.gpus[index] = replace(gpu_info(index, migs=migs))
-        for key in [k for k in self.mig_values if k[0] == index]:
-            del self.mig_values[key]
-        for m in self.gpus[index].mig_devices:
-            self.mig_values[(index, m.gpu_instance_id)] = dict(MIG_VALUES)
+FakeGpus = ScriptedGpus  # the name the metrics tests use
+__all__ = ["DEFAULT_VALUES", "H100", "MIG_VALUES", "FakeGpus", "ScriptedGpus", "gpu_info", "make_context"]
 
 
 def make_context(
