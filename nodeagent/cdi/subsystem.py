@@ -71,6 +71,8 @@ class CdiSubsystem(BaseSubsystem):
         self._daemon = False
         self.spec: dict[str, Any] | None = None
         """The spec last written or checked by ``refresh`` (for /status and tests)."""
+        self.force_revert = False
+        """`nodeagent revert --force`: restore the original even over a spec someone changed since."""
 
     # ------------------------------------------------------------------------------ one-shot contract
 
@@ -202,7 +204,7 @@ class CdiSubsystem(BaseSubsystem):
         paths = [p for p in entries if p == spec_path or p.startswith(tuple(d + "/" for d in coexist.SPEC_DIRS))]
         changed = []
         for path in paths:
-            if await run_blocking(self.ctx.journal.restore, self.ctx.root, path):
+            if await run_blocking(self.ctx.journal.restore, self.ctx.root, path, force=self.force_revert):
                 changed.append(path)
         return ApplyResult(changed=tuple(changed))
 

@@ -76,6 +76,8 @@ class LabelsSubsystem(BaseSubsystem):
         self._logged_drops: set[tuple[str, str]] = set()
         self._recorder: EventRecorder | None = None
         self._node_uid = ""
+        self.force_revert = False
+        """`nodeagent revert --force`: restore the NFD file even when someone changed it since."""
 
     # ------------------------------------------------------------------------------------ settings
 
@@ -324,7 +326,9 @@ class LabelsSubsystem(BaseSubsystem):
         targets = self._targets()  # after the client: the NodeFeature's namespace is the client's
         path = self.ctx.settings.labels.nfd_file_path
         entries = await run_blocking(self.ctx.journal.entries)
-        if path in entries and await run_blocking(self.ctx.journal.restore, self.ctx.root, path):
+        if path in entries and await run_blocking(
+            self.ctx.journal.restore, self.ctx.root, path, force=self.force_revert
+        ):
             changed.append(path)
         if client is not None:
             try:

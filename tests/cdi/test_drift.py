@@ -6,10 +6,13 @@ import asyncio
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
 from nodeagent import events
 from nodeagent.backends.sim import sandbox
 from nodeagent.cdi.subsystem import CdiSubsystem
 from nodeagent.driver import api as driver_api
+from nodeagent.errors import HostPathError
 from nodeagent.subsystem import Phase, Status
 from nodeagent.validation.subsystem import ValidationSubsystem
 from tests.driver.fakes import make_ctx
@@ -66,3 +69,21 @@ async def test_a_deleted_validation_file_is_written_again(tmp_path: Path) -> Non
     finally:
         stop.set()
         await asyncio.wait_for(task, 5)
+
+
+async def test_revert_refuses_a_spec_changed_since_and_force_restores(tmp_path: Path) -> None:
+    inv = sandbox.sandbox_inventory(1)
+    ctx = make_ctx(tmp_path, inv)
+    sandbox.populate_sandbox(ctx.root, inv)
+    ctx.root.write_atomic(SPEC, b"# hand-written\n")
+    cdi = CdiSubsystem(ctx)
+    await cdi.start()
+    assert ctx.root.read_bytes(SPEC) != b"# hand-written\n"
+    ctx.root.write_atomic(SPEC, b"# edited by someone after the agent\n")
+    with pytest.raises(HostPathError) as refused:
+        await cdi.revert()
+    assert "--force" in str(refused.value) and SPEC in str(refused.value)
+    assert ctx.root.read_bytes(SPEC) == b"# edited by someone after the agent\n", "nothing overwritten"
+    cdi.force_revert = True
+    assert (await cdi.revert()).changed == (SPEC,)
+    assert ctx.root.read_bytes(SPEC) == b"# hand-written\n"
