@@ -29,8 +29,9 @@ from typing import Any
 
 import pytest
 
-from integration.agent import Agent, answers, get, simulated_agent
-from tests.support import free_port, require, wait_until
+from integration.agent import Agent, get, simulated_agent
+from integration.metrics.prometheus import job, prometheus
+from tests.support import require, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -91,9 +92,6 @@ def expand(expr: str, instance: str, gpus: list[str]) -> str:
 
 @pytest.fixture
 def scraped(tmp_path: Path) -> Iterator[tuple[str, dict[str, Agent]]]:
-    binary = shutil.which("prometheus")
-    require(binary is not None, "prometheus is not installed (Debian package prometheus)")
-    assert binary is not None
     with contextlib.ExitStack() as stack:
         agents: dict[str, Agent] = {}
         for name, env in NODES.items():
@@ -101,38 +99,9 @@ def scraped(tmp_path: Path) -> Iterator[tuple[str, dict[str, Agent]]]:
             home.mkdir()
             settings = {"NODEAGENT_METRICS__SLOW_INTERVAL_S": "1", **env}
             agents[name] = stack.enter_context(simulated_agent(home, settings))
-        port = free_port()
-        jobs = "".join(
-            f"  - job_name: {name}\n    static_configs:\n      - targets: ['{a.url.removeprefix('http://')}']\n"
-            for name, a in agents.items()
-        )
-        config = tmp_path / "prometheus.yml"
-        config.write_text(f"global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\nscrape_configs:\n{jobs}")
-        log = stack.enter_context((tmp_path / "prometheus.log").open("wb"))
-        proc = subprocess.Popen(
-            [
-                binary,
-                f"--config.file={config}",
-                f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-                f"--web.listen-address=127.0.0.1:{port}",
-                "--log.level=warn",
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            cwd=tmp_path,
-        )
-        url = f"http://127.0.0.1:{port}"
-        try:
-            wait_until(lambda: proc.poll() is not None or answers(f"{url}/-/ready"), timeout_s=30, what="prometheus")
-            assert proc.poll() is None, (tmp_path / "prometheus.log").read_text()
-            yield url, agents
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        jobs = "".join(job(name, a.url.removeprefix("http://")) for name, a in agents.items())
+        url = stack.enter_context(prometheus(tmp_path, jobs))
+        yield url, agents
 
 
 def test_every_panel_of_dcgm_exporters_dashboard(scraped: tuple[str, dict[str, Agent]]) -> None:

@@ -4,9 +4,8 @@ with dcgm-exporter's labels, and the agent's own metrics."""
 
 from __future__ import annotations
 
+import contextlib
 import json
-import shutil
-import subprocess
 import time
 import urllib.parse
 from collections.abc import Iterator
@@ -15,8 +14,9 @@ from typing import Any
 
 import pytest
 
-from integration.agent import NODE_NAME, Agent, answers, get, simulated_agent
-from tests.support import free_port, require, wait_until
+from integration.agent import NODE_NAME, Agent, get, simulated_agent
+from integration.metrics.prometheus import job, prometheus
+from tests.support import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -24,44 +24,11 @@ SCRAPE_RUN_S = 20
 
 
 @pytest.fixture
-def prometheus(tmp_path: Path) -> Iterator[tuple[Agent, str]]:
-    binary = shutil.which("prometheus")
-    require(binary is not None, "prometheus is not installed (Debian package prometheus)")
-    assert binary is not None
-    with simulated_agent(tmp_path) as agent:
-        port = free_port()
-        target = agent.url.removeprefix("http://")
-        config = tmp_path / "prometheus.yml"
-        config.write_text(
-            "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  evaluation_interval: 1s\n"
-            f"scrape_configs:\n  - job_name: nodeagent\n    static_configs:\n      - targets: ['{target}']\n"
-        )
-        log = (tmp_path / "prometheus.log").open("wb")
-        proc = subprocess.Popen(
-            [
-                binary,
-                f"--config.file={config}",
-                f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-                f"--web.listen-address=127.0.0.1:{port}",
-                "--log.level=warn",
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            cwd=tmp_path,
-        )
-        url = f"http://127.0.0.1:{port}"
-        try:
-            wait_until(lambda: proc.poll() is not None or answers(f"{url}/-/ready"), timeout_s=30, what="prometheus")
-            assert proc.poll() is None, (tmp_path / "prometheus.log").read_text()
-            yield agent, url
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-            log.close()
+def scraped(tmp_path: Path) -> Iterator[tuple[Agent, str]]:
+    with contextlib.ExitStack() as stack:
+        agent = stack.enter_context(simulated_agent(tmp_path))
+        url = stack.enter_context(prometheus(tmp_path, job("nodeagent", agent.url.removeprefix("http://"))))
+        yield agent, url
 
 
 def query(url: str, promql: str) -> list[dict[str, Any]]:
@@ -73,8 +40,8 @@ def query(url: str, promql: str) -> list[dict[str, Any]]:
     return result
 
 
-def test_prometheus_scrapes_every_gpu_with_dcgm_labels(prometheus: tuple[Agent, str]) -> None:
-    agent, url = prometheus
+def test_prometheus_scrapes_every_gpu_with_dcgm_labels(scraped: tuple[Agent, str]) -> None:
+    agent, url = scraped
     started = time.monotonic()
     # ~20 s of 1 s scrapes: wait (with a deadline) until Prometheus holds that many samples per GPU
     wait_until(

@@ -26,12 +26,16 @@ import structlog
 from nodeagent.aio import Worker
 from nodeagent.backends.gpu.healthbook import HealthBook
 from nodeagent.errors import CallTimeout
-from nodeagent.model.gpu import SampleRequest
+from nodeagent.model.gpu import MigKey, Reading, Sample, SampleRequest
 
 T = TypeVar("T")
 R = TypeVar("R")
 
 log = structlog.get_logger(__name__)
+
+
+GpuValues = tuple[dict[Reading, float], dict[MigKey, dict[Reading, float]]]
+"""What a sample sweep reads from one GPU: its values and those of its MIG instances."""
 
 
 def wanted_gpus(count: int, request: SampleRequest) -> list[int]:
@@ -323,3 +327,24 @@ def _run_hop(hop: Hop, plan: _Plan) -> None:
                     hop.tail_result = result
     except _Abandoned:
         return
+
+
+def to_sample(
+    result: SweepResult[GpuValues], *, taken_at: float, health: HealthBook, gpus: Iterable[int], request: SampleRequest
+) -> Sample:
+    """The Sample of one sample sweep (shared by NVML and the simulator, so both report alike)."""
+    values: dict[int, dict[Reading, float]] = {}
+    mig: dict[MigKey, dict[Reading, float]] = {}
+    for index, (gpu_values, mig_values) in result.results.items():
+        values[index] = gpu_values
+        mig.update(mig_values)
+    return Sample(
+        taken_at=taken_at,
+        gpus=values,
+        mig=mig,
+        xids=tuple(result.tail or ()),
+        failures=result.failures,
+        health={i: health.state(i) for i in gpus if i not in request.skip_gpus},
+        duration_s=result.duration_s,
+        call_seconds=result.call_seconds,
+    )

@@ -20,7 +20,7 @@ from nodeagent.backends.gpu.nvml.gpm import NvmlGpm
 from nodeagent.backends.gpu.nvml.inventory import NvmlInventory
 from nodeagent.backends.gpu.nvml.lifecycle import NvmlLifecycle
 from nodeagent.backends.gpu.nvml.readers import MIB, MIG_FB, MIG_GPM, READERS, Calls, GpuState, MigState
-from nodeagent.backends.gpu.sweep import Hop
+from nodeagent.backends.gpu.sweep import Hop, to_sample
 from nodeagent.backends.gpu.sweep import wanted_gpus as _wanted
 from nodeagent.model.gpu import GPM_READINGS, MIG_READINGS, MigKey, Reading, Sample, SampleRequest
 
@@ -40,23 +40,8 @@ class NvmlBackend(NvmlLifecycle, NvmlInventory, NvmlGpm, NvmlEvents):
         result = await self._sweeper.sweep(
             _wanted(len(self._gpus), request), per_gpu, tail=self._poll_events, name="sample"
         )
-        gpus: dict[int, dict[Reading, float]] = {}
-        mig: dict[MigKey, dict[Reading, float]] = {}
-        for index, (values, mig_values) in result.results.items():
-            gpus[index] = values
-            mig.update(mig_values)
-        return Sample(
-            taken_at=taken_at,
-            gpus=gpus,
-            mig=mig,
-            xids=tuple(result.tail or ()),
-            failures=result.failures,
-            health={
-                g.index: self._sweeper.health.state(g.index) for g in self._gpus if g.index not in request.skip_gpus
-            },
-            duration_s=result.duration_s,
-            call_seconds=result.call_seconds,
-        )
+        indexes = [g.index for g in self._gpus]
+        return to_sample(result, taken_at=taken_at, health=self._sweeper.health, gpus=indexes, request=request)
 
     def read_gpu(
         self, hop: Hop, index: int, readings: frozenset[Reading], include_mig: bool

@@ -33,7 +33,7 @@ import structlog
 
 from nodeagent.backends.gpu.protocols import MigInUse, MigResetUnavailable
 from nodeagent.backends.gpu.sim.profiles import DEFAULT_PROFILE, MAX_COUNT, GpuProfile, load_profile, parse_mig_layout
-from nodeagent.backends.gpu.sweep import GpuLost, GpuSweeper, Hop
+from nodeagent.backends.gpu.sweep import GpuLost, GpuSweeper, Hop, to_sample
 from nodeagent.backends.gpu.sweep import wanted_gpus as _wanted
 from nodeagent.backends.hostfs import atomic_write
 from nodeagent.errors import ConfigError, MigOperationError
@@ -486,23 +486,8 @@ class SimGpuBackend:
             return hop.call("sim_read_gpu", self._read, hop, self._gpus[index], readings, include_mig, taken_at)
 
         result = await self._sweeper.sweep(_wanted(self.count, request), per_gpu, tail=self._drain_xids, name="sample")
-        gpus: dict[int, dict[Reading, float]] = {}
-        mig: dict[MigKey, dict[Reading, float]] = {}
-        for index, (values, mig_values) in result.results.items():
-            gpus[index] = values
-            mig.update(mig_values)
-        return Sample(
-            taken_at=taken_at,
-            gpus=gpus,
-            mig=mig,
-            xids=tuple(result.tail or ()),
-            failures=result.failures,
-            health={
-                g.index: self._sweeper.health.state(g.index) for g in self._gpus if g.index not in request.skip_gpus
-            },
-            duration_s=result.duration_s,
-            call_seconds=result.call_seconds,
-        )
+        indexes = [g.index for g in self._gpus]
+        return to_sample(result, taken_at=taken_at, health=self._sweeper.health, gpus=indexes, request=request)
 
     # ---- worker-thread side
 
