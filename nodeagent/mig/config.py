@@ -193,15 +193,19 @@ class MigConfigFile:
 # ------------------------------------------------------------------------------------------------ parsing
 
 
-def load_file(path: str | Path) -> MigConfigFile:
+def read_user_file(path: str | Path, what: str) -> str:
+    """The text of a file the user named (a MIG config, a hooks file); ConfigError naming it otherwise."""
     p = Path(path)
     try:
-        text = p.read_text(encoding="utf-8")
+        return p.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise ConfigError("MIG config file not found", source=str(p)) from None
+        raise ConfigError(f"{what} not found", source=str(p)) from None
     except (OSError, UnicodeDecodeError) as err:
-        raise ConfigError(f"cannot read MIG config file: {err}", source=str(p)) from None
-    return parse_text(text, source=str(p))
+        raise ConfigError(f"cannot read {what}: {err}", source=str(p)) from None
+
+
+def load_file(path: str | Path) -> MigConfigFile:
+    return parse_text(read_user_file(path, "MIG config file"), source=str(path))
 
 
 def parse_text(text: str, *, source: str) -> MigConfigFile:

@@ -27,6 +27,7 @@ import yaml
 
 from nodeagent.backends import procs
 from nodeagent.errors import ConfigError, NodeAgentError
+from nodeagent.mig.config import read_user_file
 
 HOOK_NAMES = ("apply-start", "pre-apply-mode", "pre-apply-config", "apply-exit")
 _HOOK_KEYS = ("command", "args", "envs", "workdir")
@@ -65,14 +66,7 @@ class Hooks:
 
 
 def load_hooks(path: str | Path) -> Hooks:
-    p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError("hooks file not found", source=str(p)) from None
-    except (OSError, UnicodeDecodeError) as err:
-        raise ConfigError(f"cannot read hooks file: {err}", source=str(p)) from None
-    return parse_hooks(text, source=str(p))
+    return parse_hooks(read_user_file(path, "hooks file"), source=str(path))
 
 
 def parse_hooks(text: str, *, source: str) -> Hooks:
