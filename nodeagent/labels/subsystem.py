@@ -6,6 +6,14 @@ subsystems. Each refresh observes (the files and objects it publishes to), plans
 applies only the differences, so a converged node makes no writes. The own Node is watched, so a label
 someone removes comes back and a Node that appears late gets its labels.
 
+The own Node is also the control surface of MIG and the place of the GPU health signal (``node_status``):
+its ``nvidia.com/mig.config`` label is published as ``events.MIG_CONFIG_REQUESTED`` (the mig subsystem
+applies it), every ``events.MIG_READY`` becomes the ``nvidia.com/mig.config.state`` label, the
+``NvidiaMigConfigured`` condition and an Event, every ``events.NODE_GPU_HEALTH`` the ``NvidiaGpuHealthy``
+condition (and, when asked, the ``nvidia.com/gpu.unhealthy:NoSchedule`` taint), and ``events.OPERANDS_PAUSE``
+requests pause or restore the GPU Operator's operand labels (answered with ``events.OPERANDS_STATE``).
+Conditions are patched through ``nodes/status`` only when they change.
+
 Trouble with the API server (unreachable, expired credentials, 403, no Node yet) never stops the agent:
 the NFD file is still written, the subsystem is degraded with the reason, and it retries with backoff
 until the cause goes away.
@@ -17,18 +25,29 @@ import asyncio
 import contextlib
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from nodeagent import events
 from nodeagent.aio import run_blocking
 from nodeagent.errors import ConfigError, NodeAgentError
-from nodeagent.kube.client import KubeClient, KubeError, NotFound
+from nodeagent.kube.client import STRATEGIC_MERGE_PATCH, Conflict, KubeClient, KubeError, NotFound
 from nodeagent.kube.events import EventRecorder
 from nodeagent.kube.resources import NODEFEATURES, NODES, RUNTIMECLASSES
-from nodeagent.labels import inputs, labelers, planner, publish_node, publish_nodefeature, publish_runtimeclass
+from nodeagent.labels import (
+    inputs,
+    labelers,
+    node_status,
+    planner,
+    publish_node,
+    publish_nodefeature,
+    publish_runtimeclass,
+)
 from nodeagent.labels.facts import MigStrategy, Replication, Sharing, SharingStrategy
 from nodeagent.model.gpu import Inventory
+from nodeagent.model.health import CONDITION_TYPE as HEALTH_CONDITION
+from nodeagent.model.health import NodeGpuHealth
+from nodeagent.model.mig import MigConfigRequest, MigReadiness, OperandRequest, OperandState
 from nodeagent.plan import Plan
 from nodeagent.subsystem import ApplyResult, BaseSubsystem, Context, Phase
 
@@ -76,6 +95,11 @@ class LabelsSubsystem(BaseSubsystem):
         self._logged_drops: set[tuple[str, str]] = set()
         self._recorder: EventRecorder | None = None
         self._node_uid = ""
+        self._mig_request: str | None = None
+        """The ``nvidia.com/mig.config`` value last published as MIG_CONFIG_REQUESTED."""
+        self._status_lock = asyncio.Lock()
+        self.operand_poll_s = 1.0
+        """How often the operand pods are listed while a MIG change waits for them (mig-manager: 1 s)."""
 
     # ------------------------------------------------------------------------------------ settings
 
@@ -206,6 +230,7 @@ class LabelsSubsystem(BaseSubsystem):
             try:
                 obs.node = await client.get(NODES, targets.node_name)
                 self._node_uid = str(obs.node.get("metadata", {}).get("uid", ""))
+                self._note_node(obs.node)
             except NotFound:
                 obs.kube_problems["node"] = f"Node {targets.node_name} does not exist (yet)"
             except KubeError as err:
@@ -379,6 +404,8 @@ class LabelsSubsystem(BaseSubsystem):
                     plan.warnings,
                 )
             result = await self.apply(plan)
+            if deferred <= 0 and self._client is not None and self.ctx.settings.labels.node_patch:
+                result = await self._sync_status_reporting(self._client, result)
         except (NodeAgentError, OSError) as err:
             self._failures += 1
             self.set_status(Phase.DEGRADED, f"cannot publish labels: {err}")
@@ -405,6 +432,158 @@ class LabelsSubsystem(BaseSubsystem):
         self.set_status(Phase.RUNNING, "", **details)
         return True
 
+    # ------------------------------------------------------------------- the Node as control surface
+
+    def _note_node(self, node: dict[str, Any] | None) -> None:
+        """Publish the Node's ``nvidia.com/mig.config`` when it differs from what was published last."""
+        if node is None:
+            return
+        desired = node_status.desired_mig_config(node)
+        if desired != self._mig_request:
+            self._mig_request = desired
+            self.log.info("mig_config_requested", config=desired or "(label removed)")
+            self.ctx.bus.publish(events.MIG_CONFIG_REQUESTED, MigConfigRequest(desired))
+
+    def _status_out_of_sync(self, node: dict[str, Any]) -> bool:
+        readiness: MigReadiness | None = self.ctx.bus.last(events.MIG_READY)
+        health: NodeGpuHealth | None = self.ctx.bus.last(events.NODE_GPU_HEALTH)
+        if readiness is not None and readiness.config:
+            if node_status.mig_state_patch(node, readiness) is not None:
+                return True
+            status, reason, message = node_status.mig_condition(readiness)
+            if node_status.condition_patch(node, node_status.MIG_CONDITION, status, reason, message, now=0) is not None:
+                return True
+        if health is not None and health.gpus:
+            status, reason, message = health.condition()
+            if node_status.condition_patch(node, HEALTH_CONDITION, status, reason, message, now=0) is not None:
+                return True
+            return node_status.taint_patch(node, health) is not None
+        return False
+
+    async def _patch_fresh(self, client: KubeClient, node: dict[str, Any], make: Any) -> tuple[dict[str, Any], bool]:
+        """Patch the Node with ``make(node)`` (which carries its resourceVersion); on 409 read and remake."""
+        name = self.ctx.node_name
+        for attempt in range(CONFLICT_RETRIES):
+            patch = make(node)
+            if patch is None:
+                return node, False
+            try:
+                return await client.patch(NODES, name, patch), True
+            except Conflict:
+                if attempt == CONFLICT_RETRIES - 1:
+                    raise
+                node = await client.get(NODES, name)
+        return node, False
+
+    async def _set_condition(
+        self, client: KubeClient, node: dict[str, Any], cond_type: str, condition: tuple[str, str, str]
+    ) -> tuple[dict[str, Any], bool]:
+        status, reason, message = condition
+        patch = node_status.condition_patch(node, cond_type, status, reason, message, now=time.time())
+        if patch is None:
+            return node, False
+        node = await client.patch(
+            NODES, self.ctx.node_name, patch, content_type=STRATEGIC_MERGE_PATCH, subresource="status"
+        )
+        self.log.info("node_condition", type=cond_type, status=status, reason=reason, message=message)
+        await self._event("Normal" if status == "True" else "Warning", reason, message)
+        return node, True
+
+    async def sync_status(self, client: KubeClient) -> list[str]:
+        """Bring the MIG state label, the conditions and the taint in line with the last MIG_READY and
+        NODE_GPU_HEALTH; writes only what differs. Returns what was written."""
+        async with self._status_lock:
+            node = await client.get(NODES, self.ctx.node_name)
+            self._node_uid = str(node.get("metadata", {}).get("uid", ""))
+            self._note_node(node)
+            written: list[str] = []
+            readiness: MigReadiness | None = self.ctx.bus.last(events.MIG_READY)
+            if readiness is not None and readiness.config:
+                node, wrote = await self._patch_fresh(client, node, lambda n: node_status.mig_state_patch(n, readiness))
+                if wrote:
+                    written.append(f"{node_status.MIG_STATE_LABEL}={readiness.state}")
+                node, wrote = await self._set_condition(
+                    client, node, node_status.MIG_CONDITION, node_status.mig_condition(readiness)
+                )
+                if wrote:
+                    written.append(node_status.MIG_CONDITION)
+            health: NodeGpuHealth | None = self.ctx.bus.last(events.NODE_GPU_HEALTH)
+            if health is not None and health.gpus:
+                node, wrote = await self._set_condition(client, node, HEALTH_CONDITION, health.condition())
+                if wrote:
+                    written.append(HEALTH_CONDITION)
+                node, wrote = await self._patch_fresh(client, node, lambda n: node_status.taint_patch(n, health))
+                if wrote:
+                    written.append("taint")
+            return written
+
+    async def _sync_status_reporting(self, client: KubeClient, result: ApplyResult) -> ApplyResult:
+        try:
+            written = await self.sync_status(client)
+        except KubeError as err:
+            return replace(result, messages=(*result.messages, f"node status: {err}"))
+        changed = (*result.changed, *(f"Node/{self.ctx.node_name} {w}" for w in written))
+        return replace(result, changed=changed)
+
+    async def operands(self, request: OperandRequest) -> OperandState:
+        """Pause (and wait, bounded, for the operand pods to leave this node) or restore the operand labels."""
+        client = self._client if self._client is not None else self.client()
+        if client is None:
+            return OperandState(request.request_id, False, f"cannot pause operands: {self._client_problem}")
+        name = self.ctx.node_name
+        try:
+            node = await client.get(NODES, name)
+            if not request.pause:
+                await self._patch_fresh(client, node, node_status.restore_patch)
+                return OperandState(request.request_id, False)
+            _, operands = node_status.pause_patch(node)
+            await self._patch_fresh(client, node, lambda n: node_status.pause_patch(n)[0])
+            self.log.info("operands_paused", operands=list(operands))
+            left = await self._wait_for_operand_pods(client, operands, request.wait_s)
+        except KubeError as err:
+            return OperandState(request.request_id, request.pause, f"operand labels: {err}")
+        problem = ""
+        if left:
+            problem = (
+                f"operand pods still on node {name} after {request.wait_s:g} s: {', '.join(left)}"
+                " (they hold the GPUs; the change was not started)"
+            )
+        return OperandState(request.request_id, True, problem, operands)
+
+    async def _wait_for_operand_pods(self, client: KubeClient, operands: tuple[str, ...], wait_s: float) -> list[str]:
+        """The operand pods still on this node when they are gone or ``wait_s`` has passed (polled, as
+        mig-manager does; the agent's RBAC lists Pods but cannot watch them)."""
+        selectors = node_status.pod_selectors(operands)
+        deadline = time.monotonic() + wait_s
+        while True:
+            left: list[str] = []
+            for selector in selectors:
+                listed = await client.list(
+                    node_status.PODS, labelSelector=selector, fieldSelector=f"spec.nodeName={self.ctx.node_name}"
+                )
+                for pod in listed.get("items") or []:
+                    meta = pod.get("metadata", {})
+                    left.append(f"{meta.get('namespace', '')}/{meta.get('name', '')}")
+            if not left or time.monotonic() >= deadline:
+                return left
+            await asyncio.sleep(min(self.operand_poll_s, max(0.0, deadline - time.monotonic())))
+
+    async def _status_events(self, sub: events.Subscription) -> None:
+        """MIG states and health reports are written in the order they come; operand requests answered."""
+        async for event in sub:
+            if event.topic == events.OPERANDS_PAUSE and isinstance(event.payload, OperandRequest):
+                answer = await self.operands(event.payload)
+                self.ctx.bus.publish(events.OPERANDS_STATE, answer)
+                continue
+            client = self._client
+            if client is None or not self.ctx.settings.labels.node_patch:
+                continue
+            try:
+                await self.sync_status(client)
+            except KubeError as err:
+                self.log.warning("node_status_not_written", error=str(err))
+                self._dirty.set()
+
     async def _event(self, kind: str, reason: str, message: str) -> None:
         """A Kubernetes Event about the Node, best effort (no client, no event; a failure is logged)."""
         if self._client is None or not self._daemon:
@@ -425,8 +604,12 @@ class LabelsSubsystem(BaseSubsystem):
     async def run(self, stop: asyncio.Event) -> None:
         topics = (events.INVENTORY_CHANGED, events.MIG_CHANGED, events.DRIVER_READY, events.RUNTIME_HANDLERS)
         async with self.ctx.bus.subscribe(*topics) as sub:
+            status_sub = self.ctx.bus.subscribe(
+                events.MIG_READY, events.NODE_GPU_HEALTH, events.OPERANDS_PAUSE, maxsize=64
+            )
             listener = asyncio.ensure_future(self._listen(sub))
             watcher = asyncio.ensure_future(self._watch_node(stop))
+            status_writer = asyncio.ensure_future(self._status_events(status_sub))
             try:
                 while not stop.is_set():
                     degraded = self.status().phase != Phase.RUNNING
@@ -443,9 +626,10 @@ class LabelsSubsystem(BaseSubsystem):
                     self._dirty.clear()
                     await self.refresh()
             finally:
-                for task in (listener, watcher):
+                status_sub.close()
+                for task in (listener, watcher, status_writer):
                     task.cancel()
-                for task in (listener, watcher):
+                for task in (listener, watcher, status_writer):
                     with contextlib.suppress(asyncio.CancelledError):
                         await task
 
@@ -470,7 +654,12 @@ class LabelsSubsystem(BaseSubsystem):
             try:
                 async for node in client.watch_object(NODES, self.ctx.node_name, timeout_s=self.watch_timeout_s):
                     failures = 0
-                    if node is None or publish_node.node_patch(node, self.labels) is not None:
+                    self._note_node(node)
+                    if (
+                        node is None
+                        or publish_node.node_patch(node, self.labels) is not None
+                        or self._status_out_of_sync(node)
+                    ):
                         self._dirty.set()
             except KubeError as err:
                 failures += 1

@@ -180,8 +180,9 @@ def _node_problems(node: dict[str, Any]) -> list[tuple[str, str]]:
             causes.append((f"{where}.type", f'Duplicate value: "{cond["type"]}"'))
         seen.add(cond["type"])
         if cond.get("status") not in CONDITION_STATUSES:
+            supported = ", ".join(f'"{v}"' for v in CONDITION_STATUSES)
             causes.append(
-                (f"{where}.status", f'Unsupported value: "{cond.get("status")}": supported values: "True", "False", "Unknown"')
+                (f"{where}.status", f'Unsupported value: "{cond.get("status")}": supported values: {supported}')
             )
         for key in ("lastTransitionTime", "lastHeartbeatTime"):
             if key in cond and cond[key] is not None and not RFC3339.match(str(cond[key])):
@@ -194,9 +195,8 @@ def _node_problems(node: dict[str, Any]) -> list[tuple[str, str]]:
         causes.extend((f"{where}.key", p) for p in problems)
         effect = taint.get("effect") if isinstance(taint, dict) else None
         if effect not in TAINT_EFFECTS:
-            causes.append(
-                (f"{where}.effect", f'Unsupported value: "{effect}": supported values: "NoSchedule", "PreferNoSchedule", "NoExecute"')
-            )
+            supported = ", ".join(f'"{v}"' for v in TAINT_EFFECTS)
+            causes.append((f"{where}.effect", f'Unsupported value: "{effect}": supported values: {supported}'))
         if (key, str(effect)) in pairs:
             causes.append((f"{where}", f'Duplicate value: "{key}:{effect}"'))
         pairs.add((key, str(effect)))
@@ -468,9 +468,7 @@ class TestApiServer:
         }
         return self._create_stored(rt, obj, "")
 
-    def add_pod(
-        self, name: str, namespace: str, node: str, labels: dict[str, str] | None = None
-    ) -> dict[str, Any]:
+    def add_pod(self, name: str, namespace: str, node: str, labels: dict[str, str] | None = None) -> dict[str, Any]:
         """A running Pod bound to ``node`` (what a DaemonSet's pod looks like to a list)."""
         rt = BY_PATH[("", "v1", "pods")]
         obj = {
