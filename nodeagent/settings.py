@@ -254,6 +254,14 @@ class MigSettings:
         "mig-parted v1 config file (a path in the agent's filesystem); empty: the configs generated from the "
         "GPUs' own profiles, as `nodeagent mig generate-config` writes them.",
     )
+    pause_operands: bool = opt(
+        False,
+        "Around a MIG change, set the GPU Operator's `nvidia.com/gpu.deploy.<operand>` labels to "
+        "`paused-for-mig-change` and wait for those pods to leave (as mig-manager does); needs `labels.node_patch`.",
+    )
+    operand_wait_s: float = opt(
+        300.0, "Longest wait for the operand pods to leave before the change fails.", check=at_least(0)
+    )
 
 
 @dataclass(frozen=True)
