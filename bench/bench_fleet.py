@@ -8,7 +8,10 @@ bus, publishing to its Node (merge-patch), a NodeFeature and the shared ``nvidia
 2. converged: writes per minute once every agent is running (must be zero) and requests per agent per
    hour, measured over a window with the watch and resync periods shortened so both recur inside it, each
    kind of request then scaled back to the default periods (requests are proportional to the rate);
-3. a MIG change on some agents: time from the event to the new label on their Node (goal: 2 s).
+3. a MIG change on some agents: time from the event to the new label on their Node (goal: 2 s);
+4. GPU health events on 5% of the nodes (their ``gpuhealth`` subsystem fed XIDs): Node writes per hour for
+   a GPU with a steady fault and for a flapping one, measured with the XID window and the publish interval
+   shortened by ``HEALTH_SPEEDUP`` and scaled back to the defaults.
 """
 
 from __future__ import annotations
@@ -28,9 +31,11 @@ from bench._common import percentile, table
 from nodeagent import events, logs
 from nodeagent.backends.gpu.sim.backend import SimGpuBackend
 from nodeagent.backends.hostfs import Root
+from nodeagent.gpuhealth.subsystem import GpuHealthSubsystem
 from nodeagent.kube.client import FunnelSettings, KubeClient
 from nodeagent.kube.credentials import Credentials
 from nodeagent.labels.subsystem import LabelsSubsystem
+from nodeagent.model.gpu import XidEvent
 from nodeagent.settings import Settings, replace
 from nodeagent.subsystem import Phase
 from nodeagent.testing.apiserver import TestApiServer
@@ -44,12 +49,23 @@ RESYNC_SPEEDUP = 180.0
 by its own factor."""
 WINDOW_S = 40.0
 CHANGED_AGENTS = 20
+HEALTH_AGENTS = AGENTS * 5 // 100
+HEALTH_SPEEDUP = 30.0
+"""The XID window and the publish interval are divided by this during the health measurement."""
+HEALTH_WINDOW_S = 20.0
 REPO = Path(__file__).resolve().parent.parent
 TOKEN = "fleet-agent"
 
 
 def _settings(resync_s: float) -> Settings:
     s = replace(Settings(), "agent", state_dir="/var/lib/nodeagent")
+    health = Settings().gpuhealth
+    s = replace(
+        s,
+        "gpuhealth",
+        xid_window_s=health.xid_window_s / HEALTH_SPEEDUP,
+        min_publish_interval_s=health.min_publish_interval_s / HEALTH_SPEEDUP,
+    )
     return replace(
         s,
         "labels",
@@ -198,6 +214,53 @@ async def _measure(
             "<= 2 s",
         ]
     ]
+    await asyncio.sleep(1.0)  # the MIG labels settle
+    rows += await _health(server, agents[-HEALTH_AGENTS:])
+    return rows
+
+
+async def _xids(agent: Agent, period_s: float, stop: asyncio.Event) -> None:
+    """XID 48 on GPU 0 every ``period_s`` (as the GPU-state owner publishes them from sweeps)."""
+    while not stop.is_set():
+        agent.sub.ctx.bus.publish(events.XID, XidEvent(0, "GPU-fleet", 48, time.time()))
+        await asyncio.sleep(period_s)
+
+
+async def _health(server: TestApiServer, agents: list[Agent]) -> list[list[object]]:
+    """Node writes per hour of a node whose GPU has a steady fault, and of one whose GPU flaps faster than
+    the publish interval (healthy and unhealthy again every XID window)."""
+    health = [GpuHealthSubsystem(a.sub.ctx) for a in agents]
+    stop = asyncio.Event()
+    for h in health:
+        await h.start()
+    tasks = [asyncio.ensure_future(h.run(stop)) for h in health]
+    window = Settings().gpuhealth.xid_window_s / HEALTH_SPEEDUP
+    half = len(agents) // 2
+    patterns = [(a, window / 5) for a in agents[:half]] + [(a, window * 1.1) for a in agents[half:]]
+    rows: list[list[object]] = []
+    try:
+        await asyncio.sleep(1.0)  # the healthy condition of the agents' first report
+        for label, chosen in (("steady fault", patterns[:half]), ("flapping", patterns[half:])):
+            before = len(server.counters.write_times)
+            xid_stop = asyncio.Event()
+            feeders = [asyncio.ensure_future(_xids(a, period, xid_stop)) for a, period in chosen]
+            await asyncio.sleep(HEALTH_WINDOW_S)
+            xid_stop.set()
+            await asyncio.gather(*feeders)
+            writes = len(server.counters.write_times) - before
+            per_hour = writes / len(chosen) * 3600 / HEALTH_WINDOW_S / HEALTH_SPEEDUP
+            rows.append(
+                [
+                    f"health: Node writes per hour, {label} ({len(chosen)} of {AGENTS} nodes)",
+                    f"{per_hour:.1f} per node ({writes} writes in {HEALTH_WINDOW_S:g} s at {HEALTH_SPEEDUP:g}x)",
+                    f"<= {2 * 3600 / Settings().gpuhealth.min_publish_interval_s:.0f} (condition + event per "
+                    f"{Settings().gpuhealth.min_publish_interval_s:g} s interval)",
+                ]
+            )
+            await asyncio.sleep(window * 1.5)  # recover before the next pattern
+    finally:
+        stop.set()
+        await asyncio.gather(*tasks)
     return rows
 
 
