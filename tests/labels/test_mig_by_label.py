@@ -330,3 +330,29 @@ async def test_operand_pods_that_stay_fail_the_change_and_are_named(
     finally:
         await a.close()
         await sim.close()
+
+
+async def test_a_pod_holding_the_gpu_is_named_in_the_condition(
+    tmp_path: Path, apiserver: TestApiServer, admin: KubeClient
+) -> None:
+    """A container process with /dev/nvidia0 open (seen in the node's /proc) blocks the change; its pod is
+    named in the condition."""
+    sim = SimGpuBackend("h100-80gb-hbm3", 1, 0, mig_layout="7g.80gb")
+    minor = (await sim.inventory()).gpu(0).minor_number
+    uid = "0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0"
+    proc = tmp_path / "proc" / "4321"
+    (proc / "fd").mkdir(parents=True)
+    (proc / "fd" / "5").symlink_to(f"/dev/nvidia{minor}")
+    (proc / "comm").write_text("python\n")
+    (proc / "cgroup").write_text(f"0::/kubepods.slice/kubepods-pod{uid.replace('-', '_')}.slice/cri-containerd-1\n")
+    a = agent(tmp_path, sim, apiserver, agent_settings())
+    await a.start()
+    try:
+        await set_label(admin, MIG_CONFIG_LABEL, "all-1g.10gb")
+        await until(state_is(apiserver, "failed"), "state failed")
+        message = condition(apiserver, MIG_CONDITION)["message"]
+        assert f"pod uid {uid}" in message and "4321" in message, message
+        assert [d.profile for d in (await sim.inventory()).gpu(0).mig_devices] == ["7g.80gb"]
+    finally:
+        await a.close()
+        await sim.close()
