@@ -25,6 +25,7 @@ from nodeagent.errors import NodeAgentError
 from nodeagent.gpuhealth import classify
 from nodeagent.model.gpu import GpuHealthState, Inventory, XidEvent
 from nodeagent.model.health import NodeGpuHealth
+from nodeagent.plan import Plan
 from nodeagent.subsystem import BaseSubsystem, Context, Phase
 
 METRIC = "DCGM_EXP_GPU_HEALTH_STATUS"
@@ -165,6 +166,18 @@ class GpuHealthSubsystem(BaseSubsystem):
             }
             for watch, (verdict, code) in classify.watch_status(g).items():
                 self._gauge.labels(**base, health_watch=watch, health_error_code=code).set(int(verdict))
+
+    async def describe(self) -> Plan:
+        """For ``nodeagent plan``: it changes nothing on the node itself; what it would report."""
+        s = self.ctx.settings.gpuhealth
+        ignored = ", ".join(map(str, s.ignored_xids)) or "none"
+        evidence = (
+            f"classifies XIDs (ignored: {ignored}; window {s.xid_window_s:g} s) and NVML's view of each GPU",
+            f"NvidiaGpuHealthy condition through labels; taint {'on' if s.taint else 'off'}; at most one change "
+            f"per {s.min_publish_interval_s:g} s",
+            f"{METRIC} per GPU and health watch",
+        )
+        return Plan(self.name, evidence=evidence)
 
     # ----------------------------------------------------------------------------------------- life
 
