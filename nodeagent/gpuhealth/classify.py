@@ -105,10 +105,11 @@ def classify_xid(xid: int, ignored: Iterable[int] = DEVICE_PLUGIN_IGNORED) -> Xi
     return XidClass(xid, "critical XID", "ALL", "DCGM_FR_XID_ERROR", F, "XidCritical")
 
 
-def xid_incident(c: XidClass, count: int, gpu_instance_id: int | None = None) -> GpuIncident:
+def xid_incident(c: XidClass, gpu_instance_id: int | None = None) -> GpuIncident:
+    """The incident's text stays the same while the XID repeats (its count is in /status only), so a GPU
+    with a steady fault does not rewrite the Node condition."""
     where = f" on GPU instance {gpu_instance_id}" if gpu_instance_id is not None else ""
-    times = f" ({count} times)" if count > 1 else ""
-    return GpuIncident(c.watch, c.error_code, c.verdict, c.reason, f"XID {c.xid} {c.meaning}{where}{times}")
+    return GpuIncident(c.watch, c.error_code, c.verdict, c.reason, f"XID {c.xid} {c.meaning}{where}")
 
 
 def state_incident(state: GpuHealthState) -> GpuIncident | None:
@@ -149,7 +150,7 @@ def gpu_report(
     for seen in sorted(xids, key=lambda s: (s.xid, s.gpu_instance_id or -1)):
         c = classify_xid(seen.xid, ignored)
         if c is not None and now - seen.last_seen < window_s:
-            incidents.append(xid_incident(c, seen.count, seen.gpu_instance_id))
+            incidents.append(xid_incident(c, seen.gpu_instance_id))
     return GpuHealthReport(index, uuid, tuple(incidents))
 
 

@@ -147,6 +147,7 @@ class GpuHealthSubsystem(BaseSubsystem):
                 "uuid": g.uuid,
                 "verdict": g.verdict.name.lower(),
                 "incidents": [f"{i.watch} {i.error_code}: {i.message}" for i in g.incidents],
+                "xids_seen": {str(x.xid): x.count for x in self._xids.get(g.index, {}).values()},
             }
             for g in self.report.gpus
         }

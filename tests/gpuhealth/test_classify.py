@@ -47,7 +47,7 @@ def test_xid_classes(xid: int, watch: str, code: str, verdict: Verdict) -> None:
 def test_report_window_and_states() -> None:
     seen = [SeenXid(48, 100.0, 3), SeenXid(13, 100.0, 1), SeenXid(94, 50.0, 1, gpu_instance_id=2)]
     r = gpu_report(0, "GPU-a", seen, GpuHealthState.OK, now=120.0, window_s=60, ignored=DEVICE_PLUGIN_IGNORED)
-    assert [i.message for i in r.incidents] == ["XID 48 double-bit ECC error (3 times)"]
+    assert [i.message for i in r.incidents] == ["XID 48 double-bit ECC error"]
     r = gpu_report(0, "GPU-a", seen, GpuHealthState.OK, now=105.0, window_s=60, ignored=DEVICE_PLUGIN_IGNORED)
     assert (
         r.incidents[1].message.startswith("XID 94 contained ECC error") and "GPU instance 2" in r.incidents[1].message

@@ -249,3 +249,19 @@ async def test_the_window_ends_by_itself(tmp_path: Path, apiserver: TestApiServe
         stop.set()
         await task
         await sim.close()
+
+
+async def test_a_steady_fault_writes_the_node_once(tmp_path: Path, apiserver: TestApiServer) -> None:
+    async with running(tmp_path, apiserver, settings()) as node:
+        node.sim.inject_xid(0, 48)
+        await node.sweep()
+        await until(condition_is(apiserver, "False", "XidDoubleBitEcc"), "unhealthy")
+        await asyncio.sleep(0.2)
+        stored = sum(apiserver.counters.stored.values())
+        for _ in range(5):  # the same XID again and again, inside its window
+            node.clock.t += 1
+            node.sim.inject_xid(0, 48)
+            await node.sweep()
+        await until(lambda: node.health.status().details["gpus"]["0"]["xids_seen"] == {"48": 6}, "all seen")
+        await asyncio.sleep(0.2)
+        assert sum(apiserver.counters.stored.values()) == stored
