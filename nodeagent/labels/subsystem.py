@@ -98,6 +98,8 @@ class LabelsSubsystem(BaseSubsystem):
         self._mig_request: str | None = None
         """The ``nvidia.com/mig.config`` value last published as MIG_CONFIG_REQUESTED."""
         self._status_lock = asyncio.Lock()
+        self._status_wanted = True
+        """A refresh should bring the Node's status in line (at start, after a failed write, after drift)."""
         self.operand_poll_s = 1.0
         """How often the operand pods are listed while a MIG change waits for them (mig-manager: 1 s)."""
 
@@ -404,7 +406,13 @@ class LabelsSubsystem(BaseSubsystem):
                     plan.warnings,
                 )
             result = await self.apply(plan)
-            if deferred <= 0 and self._client is not None and self.ctx.settings.labels.node_patch:
+            if (
+                self._status_wanted
+                and deferred <= 0
+                and self._client is not None
+                and self.ctx.settings.labels.node_patch
+            ):
+                self._status_wanted = False
                 result = await self._sync_status_reporting(self._client, result)
         except (NodeAgentError, OSError) as err:
             self._failures += 1
@@ -491,7 +499,8 @@ class LabelsSubsystem(BaseSubsystem):
 
     async def sync_status(self, client: KubeClient) -> list[str]:
         """Bring the MIG state label, the conditions and the taint in line with the last MIG_READY and
-        NODE_GPU_HEALTH; writes only what differs. Returns what was written."""
+        NODE_GPU_HEALTH; writes only what differs. Returns what was written. (Reads the Node under the lock:
+        a Node read before another write would move a condition's lastTransitionTime.)"""
         async with self._status_lock:
             node = await client.get(NODES, self.ctx.node_name)
             self._node_uid = str(node.get("metadata", {}).get("uid", ""))
@@ -521,6 +530,7 @@ class LabelsSubsystem(BaseSubsystem):
         try:
             written = await self.sync_status(client)
         except KubeError as err:
+            self._status_wanted = True
             return replace(result, messages=(*result.messages, f"node status: {err}"))
         changed = (*result.changed, *(f"Node/{self.ctx.node_name} {w}" for w in written))
         return replace(result, changed=changed)
@@ -582,6 +592,7 @@ class LabelsSubsystem(BaseSubsystem):
                 await self.sync_status(client)
             except KubeError as err:
                 self.log.warning("node_status_not_written", error=str(err))
+                self._status_wanted = True
                 self._dirty.set()
 
     async def _event(self, kind: str, reason: str, message: str) -> None:
@@ -655,11 +666,10 @@ class LabelsSubsystem(BaseSubsystem):
                 async for node in client.watch_object(NODES, self.ctx.node_name, timeout_s=self.watch_timeout_s):
                     failures = 0
                     self._note_node(node)
-                    if (
-                        node is None
-                        or publish_node.node_patch(node, self.labels) is not None
-                        or self._status_out_of_sync(node)
-                    ):
+                    if node is not None and self._status_out_of_sync(node):
+                        self._status_wanted = True
+                        self._dirty.set()
+                    if node is None or publish_node.node_patch(node, self.labels) is not None:
                         self._dirty.set()
             except KubeError as err:
                 failures += 1

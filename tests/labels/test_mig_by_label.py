@@ -115,6 +115,15 @@ async def until(predicate: Callable[[], bool], what: str, timeout_s: float = 10.
         await asyncio.sleep(0.02)
 
 
+async def settled(server: TestApiServer, quiet_s: float = 0.3) -> None:
+    """Wait until the server stored nothing for ``quiet_s`` (the agent's reactions to a change are done)."""
+    while True:
+        before = sum(server.counters.stored.values())
+        await asyncio.sleep(quiet_s)
+        if sum(server.counters.stored.values()) == before:
+            return
+
+
 def state_is(server: TestApiServer, state: str) -> Callable[[], bool]:
     """The state label and the condition (written right after it) both say ``state``."""
 
@@ -145,10 +154,13 @@ async def test_label_reconfigures_the_gpus_to_success(
         assert cond["message"] == "MIG config 'all-1g.10gb': success"
         await until(lambda: "MigConfigApplied" in [e["reason"] for e in events_about_node(apiserver)], "event")
         assert "MigConfigPending" in [e["reason"] for e in events_about_node(apiserver)]
-        # Converged: a resync writes nothing, and the transition time stays.
+        # Converged (the GFD labels of the new layout published too): a resync writes nothing.
+        await settled(apiserver)
         writes = sum(apiserver.counters.stored.values())
+        transition = condition(apiserver, MIG_CONDITION)["lastTransitionTime"]
         assert await a.labels.refresh()
         assert sum(apiserver.counters.stored.values()) == writes
+        assert condition(apiserver, MIG_CONDITION)["lastTransitionTime"] == transition
         # A new config from the label: pending again, then success, GPUs changed.
         await set_label(admin, MIG_CONFIG_LABEL, "all-3g.40gb")
         await until(
