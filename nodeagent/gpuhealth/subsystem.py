@@ -5,7 +5,9 @@ It reads what the GPU-state owner publishes while the metrics subsystem samples 
 ``events.GPU_HEALTH``), so it adds no NVML call. The report changes when an incident starts or ends (an
 XID window passes, NVML answers again); it is published at once unless the previous one went out less than
 ``gpuhealth.min_publish_interval_s`` ago, then the latest report goes out when that interval ends, so a
-flapping GPU costs one Node write per interval at most. The labels subsystem turns reports into the
+flapping GPU costs one Node write per interval at most; and a GPU that keeps going unhealthy stays reported
+unhealthy until it has stayed healthy for a hold time that doubles with each recent fault
+(``flapping.py``). The labels subsystem turns reports into the
 ``NvidiaGpuHealthy`` condition and the optional taint.
 """
 
@@ -22,7 +24,7 @@ from prometheus_client import CollectorRegistry, Gauge
 from nodeagent import events
 from nodeagent.aio import until_stopped
 from nodeagent.errors import NodeAgentError
-from nodeagent.gpuhealth import classify
+from nodeagent.gpuhealth import classify, flapping
 from nodeagent.model.gpu import GpuHealthState, Inventory, XidEvent
 from nodeagent.model.health import NodeGpuHealth
 from nodeagent.plan import Plan
@@ -52,6 +54,8 @@ class GpuHealthSubsystem(BaseSubsystem):
         self._inventory: Inventory | None = None
         self._xids: dict[int, dict[tuple[int, int | None], classify.SeenXid]] = {}
         self._states: dict[int, GpuHealthState] = {}
+        self._flaps: dict[int, flapping.FlapState] = {}
+        self._hold_waits: list[float] = []
         self.report: NodeGpuHealth | None = None
         self.published: NodeGpuHealth | None = None
         self.publishes = 0
@@ -81,7 +85,7 @@ class GpuHealthSubsystem(BaseSubsystem):
         for index in sorted(set(self._xids) | set(self._states)):  # a GPU gone from the inventory still counts
             if index not in {i for i, _ in known}:
                 known.append((index, ""))
-        reports = tuple(
+        raw = tuple(
             classify.gpu_report(
                 index,
                 uuid,
@@ -93,7 +97,16 @@ class GpuHealthSubsystem(BaseSubsystem):
             )
             for index, uuid in sorted(known)
         )
-        return NodeGpuHealth(reports, taint=s.taint)
+        reports = []
+        self._hold_waits = []
+        for r in raw:
+            damped, left = flapping.damp(
+                r, self._flaps.setdefault(r.index, flapping.FlapState()), now=now, base_s=s.min_publish_interval_s
+            )
+            reports.append(damped)
+            if left is not None:
+                self._hold_waits.append(left)
+        return NodeGpuHealth(tuple(reports), taint=s.taint)
 
     def evaluate(self) -> float | None:
         """Recompute the report, update metrics and status, publish when due. Returns the seconds until the
@@ -114,6 +127,7 @@ class GpuHealthSubsystem(BaseSubsystem):
             )
             if w is not None
         ]
+        waits.extend(self._hold_waits)
         if report != self.published:
             held = self._last_publish + self.ctx.settings.gpuhealth.min_publish_interval_s - now
             if held <= 0:

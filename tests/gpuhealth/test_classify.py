@@ -75,3 +75,18 @@ def test_node_condition_texts() -> None:
     status, reason, message = node.condition()
     assert (status, reason) == ("False", "XidFallenOffBus") and node.wants_taint
     assert message == "1 of 2 GPUs unhealthy: GPU 1 (GPU-b): XID 79 GPU has fallen off the bus"
+
+
+def test_flap_damping_holds_a_gpu_that_keeps_failing() -> None:
+    from nodeagent.gpuhealth.flapping import FlapState, damp, hold_s
+
+    bad = gpu_report(0, "u", [SeenXid(48, 0.0, 1)], GpuHealthState.OK, now=0, window_s=60, ignored=())
+    good = GpuHealthReport(0, "u")
+    state = FlapState()
+    assert damp(bad, state, now=0, base_s=30) == (bad, None)
+    assert damp(good, state, now=10, base_s=30) == (good, None), "one fault: no hold"
+    damp(bad, state, now=20, base_s=30)
+    held, left = damp(good, state, now=25, base_s=30)
+    assert held.verdict == Verdict.FAIL and held.incidents[-1].reason == "GpuFlapping" and left == 60
+    assert damp(good, state, now=85, base_s=30) == (good, None)
+    assert hold_s(1, 30) == 0 and hold_s(3, 30) == 120 and hold_s(20, 30) == 3600

@@ -206,12 +206,12 @@ async def test_13_counts_when_removed_from_the_ignore_list(tmp_path: Path, apise
         await until(condition_is(apiserver, "False", "XidCritical"), "13 counted")
 
 
-async def test_a_flapping_gpu_is_rate_limited(tmp_path: Path, apiserver: TestApiServer) -> None:
+async def test_a_flapping_gpu_is_held_unhealthy_and_rate_limited(tmp_path: Path, apiserver: TestApiServer) -> None:
     s = settings(xid_window_s=5.0, min_publish_interval_s=30.0)
     async with running(tmp_path, apiserver, s) as node:
         await until(condition_is(apiserver, "True", "GpusHealthy"), "healthy first")
         first = node.health.publishes
-        for _ in range(10):  # 10 flaps in 30 s: an XID, 6 s later healthy again
+        for _ in range(10):  # 10 flaps in 60 s: an XID, 6 s later healthy again
             node.sim.inject_xid(0, 48)
             await node.sweep()
             await until(lambda: node.health.report is not None and not node.health.report.healthy, "seen")
@@ -219,8 +219,12 @@ async def test_a_flapping_gpu_is_rate_limited(tmp_path: Path, apiserver: TestApi
             node.health.evaluate()
         node.clock.t += 30
         node.health.evaluate()
-        assert node.health.publishes - first <= 3, node.health.publishes - first
+        await until(condition_is(apiserver, "False", "GpuFlapping"), "held unhealthy while it flaps")
+        assert "went unhealthy repeatedly" in condition(apiserver)["message"]
+        node.clock.t += 3600  # healthy for the longest hold: reported healthy again
+        node.health.evaluate()
         await until(condition_is(apiserver, "True", "GpusHealthy"), "the last state reaches the Node")
+        assert node.health.publishes - first <= 4, node.health.publishes - first
         statuses = [
             c["status"]
             for _, plural, _, obj in apiserver.store.history
@@ -229,7 +233,7 @@ async def test_a_flapping_gpu_is_rate_limited(tmp_path: Path, apiserver: TestApi
             if c["type"] == CONDITION_TYPE
         ]
         changes = sum(1 for a, b in itertools.pairwise(statuses) if a != b)
-        assert changes <= 2, statuses
+        assert changes == 2, statuses
 
 
 async def test_the_window_ends_by_itself(tmp_path: Path, apiserver: TestApiServer) -> None:
