@@ -11,13 +11,18 @@ from nodeagent.model.health import GpuHealthReport, GpuIncident, Verdict
 MEMORY_S = 3600.0
 """Faults older than this no longer count."""
 HOLD_MAX_S = 3600.0
-FLAPPING = GpuIncident(
-    "ALL",
-    "DCGM_FR_XID_ERROR",
-    Verdict.FAIL,
-    "GpuFlapping",
-    "went unhealthy repeatedly; reported healthy once it has stayed healthy for a while",
-)
+FLAPPING_REASON = "GpuFlapping"
+
+
+def flapping_incident(seen: set[str]) -> GpuIncident:
+    return GpuIncident(
+        "ALL",
+        "DCGM_FR_XID_ERROR",
+        Verdict.FAIL,
+        FLAPPING_REASON,
+        f"went unhealthy repeatedly ({'; '.join(sorted(seen))}); reported healthy once it has stayed healthy"
+        " for a while",
+    )
 
 
 @dataclass
@@ -26,6 +31,8 @@ class FlapState:
     """When the GPU went from healthy to failing (within ``MEMORY_S``)."""
     failing: bool = False
     healthy_since: float = 0.0
+    seen: set[str] = field(default_factory=set)
+    """What the GPU failed with while it flaps (the report stays the same while it flaps between them)."""
 
 
 def hold_s(faults: int, base_s: float) -> float:
@@ -39,7 +46,8 @@ def damp(
     report: GpuHealthReport, state: FlapState, *, now: float, base_s: float
 ) -> tuple[GpuHealthReport, float | None]:
     """Update ``state`` with the GPU's raw report; return the report to publish and the seconds until the
-    hold ends (None when none is running)."""
+    hold ends (None when none is running). While the GPU flaps (a second fault within ``MEMORY_S``) its
+    report is one stable incident naming what it failed with, failing or not, until the hold ends."""
     failing = report.verdict >= Verdict.FAIL
     state.faults = [t for t in state.faults if now - t < MEMORY_S]
     if failing and not state.failing:
@@ -47,9 +55,14 @@ def damp(
     if not failing and state.failing:
         state.healthy_since = now
     state.failing = failing
-    if failing:
+    if len(state.faults) < 2:
+        state.seen.clear()
         return report, None
+    if failing:
+        state.seen |= {i.message for i in report.incidents if i.verdict >= Verdict.FAIL}
+        return replace(report, incidents=(flapping_incident(state.seen),)), None
     left = state.healthy_since + hold_s(len(state.faults), base_s) - now
     if left <= 0:
+        state.seen.clear()
         return report, None
-    return replace(report, incidents=(*report.incidents, FLAPPING)), left
+    return replace(report, incidents=(flapping_incident(state.seen),)), left

@@ -85,8 +85,10 @@ def test_flap_damping_holds_a_gpu_that_keeps_failing() -> None:
     state = FlapState()
     assert damp(bad, state, now=0, base_s=30) == (bad, None)
     assert damp(good, state, now=10, base_s=30) == (good, None), "one fault: no hold"
-    damp(bad, state, now=20, base_s=30)
+    again, _ = damp(bad, state, now=20, base_s=30)
     held, left = damp(good, state, now=25, base_s=30)
+    assert held == again, "the same report while it flaps, failing or not"
     assert held.verdict == Verdict.FAIL and held.incidents[-1].reason == "GpuFlapping" and left == 60
+    assert "XID 48 double-bit ECC error" in held.incidents[-1].message
     assert damp(good, state, now=85, base_s=30) == (good, None)
     assert hold_s(1, 30) == 0 and hold_s(3, 30) == 120 and hold_s(20, 30) == 3600
