@@ -31,7 +31,7 @@ from typing import Any
 from nodeagent import events
 from nodeagent.aio import run_blocking
 from nodeagent.errors import ConfigError, NodeAgentError
-from nodeagent.kube.client import STRATEGIC_MERGE_PATCH, Conflict, KubeClient, KubeError, NotFound
+from nodeagent.kube.client import KubeClient, KubeError, NotFound
 from nodeagent.kube.events import EventRecorder
 from nodeagent.kube.resources import NODEFEATURES, NODES, RUNTIMECLASSES
 from nodeagent.labels import (
@@ -43,11 +43,10 @@ from nodeagent.labels import (
     publish_nodefeature,
     publish_runtimeclass,
 )
+from nodeagent.labels.control import NodeControl
 from nodeagent.labels.facts import MigStrategy, Replication, Sharing, SharingStrategy
 from nodeagent.model.gpu import Inventory
-from nodeagent.model.health import CONDITION_TYPE as HEALTH_CONDITION
-from nodeagent.model.health import NodeGpuHealth
-from nodeagent.model.mig import MigConfigRequest, MigReadiness, OperandRequest, OperandState
+from nodeagent.model.mig import MigConfigRequest, OperandRequest, OperandState
 from nodeagent.plan import Plan
 from nodeagent.subsystem import ApplyResult, BaseSubsystem, Context, Phase
 
@@ -100,8 +99,7 @@ class LabelsSubsystem(BaseSubsystem):
         self._status_lock = asyncio.Lock()
         self._status_wanted = True
         """A refresh should bring the Node's status in line (at start, after a failed write, after drift)."""
-        self.operand_poll_s = 1.0
-        """How often the operand pods are listed while a MIG change waits for them (mig-manager: 1 s)."""
+        self.control = NodeControl(ctx.node_name, ctx.bus, self.log, self._event)
 
     # ------------------------------------------------------------------------------------ settings
 
@@ -452,51 +450,6 @@ class LabelsSubsystem(BaseSubsystem):
             self.log.info("mig_config_requested", config=desired or "(label removed)")
             self.ctx.bus.publish(events.MIG_CONFIG_REQUESTED, MigConfigRequest(desired))
 
-    def _status_out_of_sync(self, node: dict[str, Any]) -> bool:
-        readiness: MigReadiness | None = self.ctx.bus.last(events.MIG_READY)
-        health: NodeGpuHealth | None = self.ctx.bus.last(events.NODE_GPU_HEALTH)
-        if readiness is not None and readiness.config:
-            if node_status.mig_state_patch(node, readiness) is not None:
-                return True
-            status, reason, message = node_status.mig_condition(readiness)
-            if node_status.condition_patch(node, node_status.MIG_CONDITION, status, reason, message, now=0) is not None:
-                return True
-        if health is not None and health.gpus:
-            status, reason, message = health.condition()
-            if node_status.condition_patch(node, HEALTH_CONDITION, status, reason, message, now=0) is not None:
-                return True
-            return node_status.taint_patch(node, health) is not None
-        return False
-
-    async def _patch_fresh(self, client: KubeClient, node: dict[str, Any], make: Any) -> tuple[dict[str, Any], bool]:
-        """Patch the Node with ``make(node)`` (which carries its resourceVersion); on 409 read and remake."""
-        name = self.ctx.node_name
-        for attempt in range(CONFLICT_RETRIES):
-            patch = make(node)
-            if patch is None:
-                return node, False
-            try:
-                return await client.patch(NODES, name, patch), True
-            except Conflict:
-                if attempt == CONFLICT_RETRIES - 1:
-                    raise
-                node = await client.get(NODES, name)
-        return node, False
-
-    async def _set_condition(
-        self, client: KubeClient, node: dict[str, Any], cond_type: str, condition: tuple[str, str, str]
-    ) -> tuple[dict[str, Any], bool]:
-        status, reason, message = condition
-        patch = node_status.condition_patch(node, cond_type, status, reason, message, now=time.time())
-        if patch is None:
-            return node, False
-        node = await client.patch(
-            NODES, self.ctx.node_name, patch, content_type=STRATEGIC_MERGE_PATCH, subresource="status"
-        )
-        self.log.info("node_condition", type=cond_type, status=status, reason=reason, message=message)
-        await self._event("Normal" if status == "True" else "Warning", reason, message)
-        return node, True
-
     async def sync_status(self, client: KubeClient) -> list[str]:
         """Bring the MIG state label, the conditions and the taint in line with the last MIG_READY and
         NODE_GPU_HEALTH; writes only what differs. Returns what was written. (Reads the Node under the lock:
@@ -505,26 +458,7 @@ class LabelsSubsystem(BaseSubsystem):
             node = await client.get(NODES, self.ctx.node_name)
             self._node_uid = str(node.get("metadata", {}).get("uid", ""))
             self._note_node(node)
-            written: list[str] = []
-            readiness: MigReadiness | None = self.ctx.bus.last(events.MIG_READY)
-            if readiness is not None and readiness.config:
-                node, wrote = await self._patch_fresh(client, node, lambda n: node_status.mig_state_patch(n, readiness))
-                if wrote:
-                    written.append(f"{node_status.MIG_STATE_LABEL}={readiness.state}")
-                node, wrote = await self._set_condition(
-                    client, node, node_status.MIG_CONDITION, node_status.mig_condition(readiness)
-                )
-                if wrote:
-                    written.append(node_status.MIG_CONDITION)
-            health: NodeGpuHealth | None = self.ctx.bus.last(events.NODE_GPU_HEALTH)
-            if health is not None and health.gpus:
-                node, wrote = await self._set_condition(client, node, HEALTH_CONDITION, health.condition())
-                if wrote:
-                    written.append(HEALTH_CONDITION)
-                node, wrote = await self._patch_fresh(client, node, lambda n: node_status.taint_patch(n, health))
-                if wrote:
-                    written.append("taint")
-            return written
+            return await self.control.sync(client, node)
 
     async def _sync_status_reporting(self, client: KubeClient, result: ApplyResult) -> ApplyResult:
         try:
@@ -540,43 +474,7 @@ class LabelsSubsystem(BaseSubsystem):
         client = self._client if self._client is not None else self.client()
         if client is None:
             return OperandState(request.request_id, False, f"cannot pause operands: {self._client_problem}")
-        name = self.ctx.node_name
-        try:
-            node = await client.get(NODES, name)
-            if not request.pause:
-                await self._patch_fresh(client, node, node_status.restore_patch)
-                return OperandState(request.request_id, False)
-            _, operands = node_status.pause_patch(node)
-            await self._patch_fresh(client, node, lambda n: node_status.pause_patch(n)[0])
-            self.log.info("operands_paused", operands=list(operands))
-            left = await self._wait_for_operand_pods(client, operands, request.wait_s)
-        except KubeError as err:
-            return OperandState(request.request_id, request.pause, f"operand labels: {err}")
-        problem = ""
-        if left:
-            problem = (
-                f"operand pods still on node {name} after {request.wait_s:g} s: {', '.join(left)}"
-                " (they hold the GPUs; the change was not started)"
-            )
-        return OperandState(request.request_id, True, problem, operands)
-
-    async def _wait_for_operand_pods(self, client: KubeClient, operands: tuple[str, ...], wait_s: float) -> list[str]:
-        """The operand pods still on this node when they are gone or ``wait_s`` has passed (polled, as
-        mig-manager does; the agent's RBAC lists Pods but cannot watch them)."""
-        selectors = node_status.pod_selectors(operands)
-        deadline = time.monotonic() + wait_s
-        while True:
-            left: list[str] = []
-            for selector in selectors:
-                listed = await client.list(
-                    node_status.PODS, labelSelector=selector, fieldSelector=f"spec.nodeName={self.ctx.node_name}"
-                )
-                for pod in listed.get("items") or []:
-                    meta = pod.get("metadata", {})
-                    left.append(f"{meta.get('namespace', '')}/{meta.get('name', '')}")
-            if not left or time.monotonic() >= deadline:
-                return left
-            await asyncio.sleep(min(self.operand_poll_s, max(0.0, deadline - time.monotonic())))
+        return await self.control.operands(client, request)
 
     async def _status_events(self, sub: events.Subscription) -> None:
         """MIG states and health reports are written in the order they come; operand requests answered."""
@@ -666,7 +564,7 @@ class LabelsSubsystem(BaseSubsystem):
                 async for node in client.watch_object(NODES, self.ctx.node_name, timeout_s=self.watch_timeout_s):
                     failures = 0
                     self._note_node(node)
-                    if node is not None and self._status_out_of_sync(node):
+                    if node is not None and self.control.out_of_sync(node):
                         self._status_wanted = True
                         self._dirty.set()
                     if node is None or publish_node.node_patch(node, self.labels) is not None:

@@ -64,7 +64,7 @@ def agent(root: Path, sim: SimGpuBackend, server: TestApiServer, settings: Setti
     ctx = testing.context(Root(root), settings, gpus=sim, node_name=NODE)
     labels = LabelsSubsystem(ctx)
     labels.set_client(kube_client(server))
-    labels.operand_poll_s = 0.05
+    labels.control.operand_poll_s = 0.05
     return Agent(MigSubsystem(ctx), labels)
 
 
