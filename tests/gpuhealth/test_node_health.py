@@ -269,3 +269,37 @@ async def test_a_steady_fault_writes_the_node_once(tmp_path: Path, apiserver: Te
         await until(lambda: node.health.status().details["gpus"]["0"]["xids_seen"] == {"48": 6}, "all seen")
         await asyncio.sleep(0.2)
         assert sum(apiserver.counters.stored.values()) == stored
+
+
+async def test_nvml_hang_sets_the_condition_until_nvml_answers(tmp_path: Path, apiserver: TestApiServer) -> None:
+    """A GPU whose NVML calls hang is degraded by the sweep; the condition clears once a sweep reads it."""
+    from nodeagent.model.gpu import Reading
+
+    sim = SimGpuBackend("h100-80gb-hbm3", 2, 0, call_timeout_s=0.2, degraded_backoff_s=0.1)
+    ctx = testing.context(Root(tmp_path), settings(), gpus=sim, node_name=NODE)
+    health, labels = GpuHealthSubsystem(ctx), LabelsSubsystem(ctx)
+    labels.set_client(kube_client(apiserver))
+    await health.start()
+    await labels.start()
+    stop = asyncio.Event()
+    tasks = [asyncio.create_task(health.run(stop)), asyncio.create_task(labels.run(stop))]
+    request = SampleRequest(frozenset({Reading.GPU_TEMP_C}))
+    try:
+        sim.hang_calls(1, 3.0)
+        await ctx.gpu_state.sample(request)
+        await until(condition_is(apiserver, "False", "NvmlNotAnswering"), "hang seen")
+        assert (
+            "GPU 1" in condition(apiserver)["message"]
+            and "NVML calls on the GPU hang" in condition(apiserver)["message"]
+        )
+        sim.hang_calls(1, 0)
+        await asyncio.sleep(0.2)  # the degraded GPU's backoff
+        await ctx.gpu_state.sample(request)
+        await until(condition_is(apiserver, "True", "GpusHealthy"), "NVML answers again")
+    finally:
+        stop.set()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await labels.stop()
+        await sim.close()
