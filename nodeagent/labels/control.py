@@ -143,3 +143,19 @@ class NodeControl:
             if not left or time.monotonic() >= deadline:
                 return left
             await asyncio.sleep(min(self.operand_poll_s, max(0.0, deadline - time.monotonic())))
+
+    async def revert(self, client: KubeClient) -> list[str]:
+        """Take back what the agent put on the Node's status: its conditions, the taint, paused operands."""
+        node = await client.get(NODES, self.node_name)
+        undone: list[str] = []
+        node, wrote = await self.patch_fresh(client, node, node_status.restore_patch)
+        if wrote:
+            undone.append(f"Node/{self.node_name} operand labels")
+        node, wrote = await self.patch_fresh(client, node, lambda n: node_status.taint_patch(n, None))
+        if wrote:
+            undone.append(f"Node/{self.node_name} taint")
+        patch = node_status.remove_conditions_patch(node, (node_status.MIG_CONDITION, HEALTH_CONDITION))
+        if patch is not None:
+            await client.patch(NODES, self.node_name, patch, content_type=STRATEGIC_MERGE_PATCH, subresource="status")
+            undone.append(f"Node/{self.node_name} conditions")
+        return undone

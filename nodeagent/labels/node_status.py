@@ -135,3 +135,11 @@ def taint_patch(node: Mapping[str, Any], health: NodeGpuHealth | None) -> dict[s
 def has_condition(node: Mapping[str, Any], cond_type: str) -> bool:
     conditions = (node.get("status") or {}).get("conditions") or []
     return any(isinstance(c, dict) and c.get("type") == cond_type for c in conditions)
+
+
+def remove_conditions_patch(node: Mapping[str, Any], types: Iterable[str]) -> dict[str, Any] | None:
+    """A strategic merge patch for ``nodes/status`` deleting these conditions (for ``nodeagent revert``)."""
+    present = [t for t in types if has_condition(node, t)]
+    if not present:
+        return None
+    return {"status": {"conditions": [{"type": t, "$patch": "delete"} for t in present]}}

@@ -365,6 +365,8 @@ class LabelsSubsystem(BaseSubsystem):
             if patch is not None:
                 await client.patch(NODES, targets.node_name, patch)
                 changed.append(f"Node/{targets.node_name}")
+            if node is not None:
+                changed.extend(await self.control.revert(client))
         if targets.node_feature:
             name = publish_nodefeature.object_name(targets.node_name)
             if await client.get_or_none(NODEFEATURES, name, targets.namespace) is not None:

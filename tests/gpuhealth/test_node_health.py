@@ -303,3 +303,18 @@ async def test_nvml_hang_sets_the_condition_until_nvml_answers(tmp_path: Path, a
                 await task
         await labels.stop()
         await sim.close()
+
+
+async def test_revert_takes_the_condition_and_the_taint_back(tmp_path: Path, apiserver: TestApiServer) -> None:
+    async with running(tmp_path, apiserver, settings(taint=True)) as node:
+        node.sim.inject_xid(0, 95)
+        await node.sweep()
+        await until(lambda: [t["key"] for t in taints(apiserver)] == [TAINT_KEY], "taint")
+        node.stop.set()  # `nodeagent revert` runs with the agent stopped
+        for task in node.tasks:
+            await task
+        result = await node.labels.revert()
+        assert f"Node/{NODE} taint" in result.changed and f"Node/{NODE} conditions" in result.changed
+        assert taints(apiserver) == [] and not has_condition(apiserver)
+        found = apiserver.object("nodes", NODE)
+        assert found is not None and [c["type"] for c in found["status"]["conditions"]] == ["Ready"]
