@@ -479,7 +479,14 @@ class LabelsSubsystem(BaseSubsystem):
         return await self.control.operands(client, request)
 
     async def _status_events(self, sub: events.Subscription) -> None:
-        """MIG states and health reports are written in the order they come; operand requests answered."""
+        """MIG states and health reports are written in the order they come; operand requests answered (also
+        one made before this subscription existed: mig may ask while this subsystem is still starting)."""
+        pending = self.ctx.bus.last(events.OPERANDS_PAUSE)
+        answered = self.ctx.bus.last(events.OPERANDS_STATE)
+        if isinstance(pending, OperandRequest) and not (
+            isinstance(answered, OperandState) and answered.request_id >= pending.request_id
+        ):
+            self.ctx.bus.publish(events.OPERANDS_STATE, await self.operands(pending))
         async for event in sub:
             if event.topic == events.OPERANDS_PAUSE and isinstance(event.payload, OperandRequest):
                 answer = await self.operands(event.payload)

@@ -368,3 +368,27 @@ async def test_a_pod_holding_the_gpu_is_named_in_the_condition(
     finally:
         await a.close()
         await sim.close()
+
+
+async def test_operands_paused_when_mig_asks_before_labels_runs(
+    tmp_path: Path, apiserver: TestApiServer, admin: KubeClient
+) -> None:
+    """At agent start mig applies ``mig.config`` and asks for the operands to be paused while labels is still
+    starting: the request is answered once labels runs, not lost."""
+    from nodeagent import events
+
+    sim = SimGpuBackend("h100-80gb-hbm3", 1, 0)
+    for key, value in OPERANDS.items():
+        await set_label(admin, key, value)
+    a = agent(tmp_path, sim, apiserver, agent_settings(config="all-3g.40gb", pause_operands=True, operand_wait_s=5.0))
+    mig_start = asyncio.create_task(a.mig.start())
+    try:
+        await until(lambda: a.mig.ctx.bus.last(events.OPERANDS_PAUSE) is not None, "mig asked")
+        await a.labels.start()
+        a.tasks = [asyncio.create_task(a.labels.run(a.stop))]
+        await mig_start
+        assert a.mig.state == "success", a.mig.reason
+        assert label_history(apiserver, "nvidia.com/gpu.deploy.device-plugin") == ["true", PAUSED, "true"]
+    finally:
+        await a.close()
+        await sim.close()
