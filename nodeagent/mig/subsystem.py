@@ -113,6 +113,8 @@ class MigSubsystem(BaseSubsystem):
         """The config the Node's ``nvidia.com/mig.config`` label names ('' when absent or not watched)."""
         self._state_gauge = _state_gauge(ctx.registry)
         self._request_ids = itertools.count(1)
+        self._daemon = False
+        """Operands are paused only by the running agent (labels answers there; a one-shot apply has no watch)."""
 
     # ------------------------------------------------------------------------------ desired config
 
@@ -196,7 +198,7 @@ class MigSubsystem(BaseSubsystem):
         if control is None:
             raise NodeAgentError(f"the {self.ctx.gpus.kind} GPU backend cannot change MIG layouts")
         self._set_state(node_plan.config, "pending", "applying")
-        pause = self.ctx.settings.mig.pause_operands
+        pause = self.ctx.settings.mig.pause_operands and self._daemon
         if pause:
             answer = await self._operands(pause=True)
             if answer.problem:
@@ -315,6 +317,7 @@ class MigSubsystem(BaseSubsystem):
         return self.requested or self.ctx.settings.mig.config or self.config_name
 
     async def start(self) -> None:
+        self._daemon = True
         self.set_status(Phase.STARTING)
         await self.reconcile()
 
