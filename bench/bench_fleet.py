@@ -8,7 +8,10 @@ bus, publishing to its Node (merge-patch), a NodeFeature and the shared ``nvidia
 2. converged: writes per minute once every agent is running (must be zero) and requests per agent per
    hour, measured over a window with the watch and resync periods shortened so both recur inside it, each
    kind of request then scaled back to the default periods (requests are proportional to the rate);
-3. a MIG change on some agents: time from the event to the new label on their Node (goal: 2 s).
+3. a MIG change on some agents: time from the event to the new label on their Node (goal: 2 s);
+4. GPU health events on 5% of the nodes (their ``gpuhealth`` subsystem fed XIDs and NVML health changes):
+   Node writes per node per hour for a steady fault, XIDs returning after each window and NVML flapping,
+   measured with the XID window and the publish interval shortened by ``HEALTH_SPEEDUP`` and scaled back.
 """
 
 from __future__ import annotations
@@ -28,9 +31,11 @@ from bench._common import percentile, table
 from nodeagent import events, logs
 from nodeagent.backends.gpu.sim.backend import SimGpuBackend
 from nodeagent.backends.hostfs import Root
+from nodeagent.gpuhealth.subsystem import GpuHealthSubsystem
 from nodeagent.kube.client import FunnelSettings, KubeClient
 from nodeagent.kube.credentials import Credentials
 from nodeagent.labels.subsystem import LabelsSubsystem
+from nodeagent.model.gpu import GpuHealthState, XidEvent
 from nodeagent.settings import Settings, replace
 from nodeagent.subsystem import Phase
 from nodeagent.testing.apiserver import TestApiServer
@@ -44,12 +49,23 @@ RESYNC_SPEEDUP = 180.0
 by its own factor."""
 WINDOW_S = 40.0
 CHANGED_AGENTS = 20
+HEALTH_AGENTS = AGENTS * 5 // 100
+HEALTH_SPEEDUP = 30.0
+"""The XID window and the publish interval are divided by this during the health measurement."""
+HEALTH_WINDOW_S = 20.0
 REPO = Path(__file__).resolve().parent.parent
 TOKEN = "fleet-agent"
 
 
 def _settings(resync_s: float) -> Settings:
     s = replace(Settings(), "agent", state_dir="/var/lib/nodeagent")
+    health = Settings().gpuhealth
+    s = replace(
+        s,
+        "gpuhealth",
+        xid_window_s=health.xid_window_s / HEALTH_SPEEDUP,
+        min_publish_interval_s=health.min_publish_interval_s / HEALTH_SPEEDUP,
+    )
     return replace(
         s,
         "labels",
@@ -198,6 +214,71 @@ async def _measure(
             "<= 2 s",
         ]
     ]
+    await asyncio.sleep(1.0)  # the MIG labels settle
+    rows += await _health(server, agents[-HEALTH_AGENTS:])
+    return rows
+
+
+async def _xids(agent: Agent, period_s: float, stop: asyncio.Event) -> None:
+    """XID 48 on GPU 0 every ``period_s`` (as the GPU-state owner publishes them from sweeps)."""
+    while not stop.is_set():
+        agent.sub.ctx.bus.publish(events.XID, XidEvent(0, "GPU-fleet", 48, time.time()))
+        await asyncio.sleep(period_s)
+
+
+async def _nvml_flaps(agent: Agent, period_s: float, stop: asyncio.Event) -> None:
+    """NVML on GPU 0 hangs and answers again, alternately, every ``period_s``."""
+    states = (GpuHealthState.DEGRADED, GpuHealthState.OK)
+    flip = 0
+    while not stop.is_set():
+        agent.sub.ctx.bus.publish(events.GPU_HEALTH, {0: states[flip % 2]})
+        flip += 1
+        await asyncio.sleep(period_s)
+
+
+async def _health(server: TestApiServer, agents: list[Agent]) -> list[list[object]]:
+    """Node writes per hour once a fault pattern runs: a GPU with a steady fault (the same XID again and
+    again), one whose XIDs come back just after each window, and one whose NVML flaps far faster than the
+    publish interval. The first report of each pattern is left out (it is the one write a fault costs)."""
+    health = [GpuHealthSubsystem(a.sub.ctx) for a in agents]
+    stop = asyncio.Event()
+    for h in health:
+        await h.start()
+    tasks = [asyncio.ensure_future(h.run(stop)) for h in health]
+    defaults = Settings().gpuhealth
+    window = defaults.xid_window_s / HEALTH_SPEEDUP
+    interval = defaults.min_publish_interval_s / HEALTH_SPEEDUP
+    third = len(agents) // 3
+    patterns: list[tuple[str, list[Agent], Any, float]] = [
+        ("steady fault", agents[:third], _xids, window / 5),
+        ("XIDs back after each window", agents[third : 2 * third], _xids, window * 1.1),
+        ("NVML flapping", agents[2 * third :], _nvml_flaps, interval / 20),
+    ]
+    bound = 2 * 3600 / defaults.min_publish_interval_s
+    rows: list[list[object]] = []
+    try:
+        await asyncio.sleep(1.0)  # the agents' first (healthy) report
+        for label, chosen, feed, period in patterns:
+            feed_stop = asyncio.Event()
+            feeders = [asyncio.ensure_future(feed(a, period, feed_stop)) for a in chosen]
+            await asyncio.sleep(interval * 2)  # the fault's first report
+            before = len(server.counters.write_times)
+            await asyncio.sleep(HEALTH_WINDOW_S)
+            writes = len(server.counters.write_times) - before
+            feed_stop.set()
+            await asyncio.gather(*feeders)
+            per_hour = writes / len(chosen) * 3600 / HEALTH_WINDOW_S / HEALTH_SPEEDUP
+            rows.append(
+                [
+                    f"health: Node writes per node per hour, {label} ({len(chosen)} of {AGENTS} nodes)",
+                    f"{per_hour:.1f} ({writes} writes in {HEALTH_WINDOW_S:g} s at {HEALTH_SPEEDUP:g}x)",
+                    f"<= {bound:.0f} (condition + event per {defaults.min_publish_interval_s:g} s)",
+                ]
+            )
+            await asyncio.sleep(window * 1.5)  # recover before the next pattern
+    finally:
+        stop.set()
+        await asyncio.gather(*tasks)
     return rows
 
 

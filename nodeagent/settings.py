@@ -254,6 +254,14 @@ class MigSettings:
         "mig-parted v1 config file (a path in the agent's filesystem); empty: the configs generated from the "
         "GPUs' own profiles, as `nodeagent mig generate-config` writes them.",
     )
+    pause_operands: bool = opt(
+        False,
+        "Around a MIG change, set the GPU Operator's `nvidia.com/gpu.deploy.<operand>` labels to "
+        "`paused-for-mig-change` and wait for those pods to leave (as mig-manager does); needs `labels.node_patch`.",
+    )
+    operand_wait_s: float = opt(
+        300.0, "Longest wait for the operand pods to leave before the change fails.", check=at_least(0)
+    )
 
 
 @dataclass(frozen=True)
@@ -292,6 +300,22 @@ class LabelsSettings:
 
 
 @dataclass(frozen=True)
+class GpuHealthSettings:
+    enabled: bool = opt(True, "Classify XIDs and GPU health into the NvidiaGpuHealthy Node condition and metrics.")
+    ignored_xids: list[int] = opt(
+        [13, 31, 43, 45, 68, 109],
+        "XIDs that say nothing about the GPU (application faults); the device plugin's default ignore list.",
+    )
+    xid_window_s: float = opt(
+        600.0, "An XID keeps its GPU unhealthy this long after it was last seen.", check=at_least(1)
+    )
+    taint: bool = opt(False, "Taint the Node `nvidia.com/gpu.unhealthy:NoSchedule` while a GPU is unhealthy.")
+    min_publish_interval_s: float = opt(
+        30.0, "At most one health change per this interval reaches the Node (a flapping GPU).", check=at_least(0)
+    )
+
+
+@dataclass(frozen=True)
 class KubeSettings:
     mode: Literal["auto", "in-cluster", "kubeconfig", "off"] = opt(
         "auto", "`auto`: the pod's service account in a pod, else `kubeconfig` when set, else no API server."
@@ -315,6 +339,7 @@ class Settings:
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
     mig: MigSettings = field(default_factory=MigSettings)
     labels: LabelsSettings = field(default_factory=LabelsSettings)
+    gpuhealth: GpuHealthSettings = field(default_factory=GpuHealthSettings)
     kube: KubeSettings = field(default_factory=KubeSettings)
 
     def with_sections(self, sections: dict[str, Any]) -> Settings:
@@ -489,7 +514,7 @@ def _convert(value: Any, hint: Any, *, source: str, key: str) -> Any:
     if origin is list:
         (item,) = get_args(hint)
         if from_env:
-            value = [v.strip() for v in value.split(",") if v.strip()]
+            value = [_EnvText(v.strip()) for v in value.split(",") if v.strip()]
         if not isinstance(value, list | tuple):
             raise bad("a list")
         return [_convert(v, item, source=source, key=f"{key}[{i}]") for i, v in enumerate(value)]

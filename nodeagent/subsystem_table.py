@@ -39,6 +39,7 @@ SUBSYSTEMS: tuple[Entry, ...] = (
     Entry("cdi", "nodeagent.cdi.subsystem:CdiSubsystem", ("driver",)),
     Entry("metrics", "nodeagent.metrics.subsystem:MetricsSubsystem", ("driver",)),
     Entry("labels", "nodeagent.labels.subsystem:LabelsSubsystem", ("driver",)),
+    Entry("gpuhealth", "nodeagent.gpuhealth.subsystem:GpuHealthSubsystem", ()),
     Entry(
         "validation",
         "nodeagent.validation.subsystem:ValidationSubsystem",

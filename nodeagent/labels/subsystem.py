@@ -6,6 +6,14 @@ subsystems. Each refresh observes (the files and objects it publishes to), plans
 applies only the differences, so a converged node makes no writes. The own Node is watched, so a label
 someone removes comes back and a Node that appears late gets its labels.
 
+The own Node is also the control surface of MIG and the place of the GPU health signal (``node_status``):
+its ``nvidia.com/mig.config`` label is published as ``events.MIG_CONFIG_REQUESTED`` (the mig subsystem
+applies it), every ``events.MIG_READY`` becomes the ``nvidia.com/mig.config.state`` label, the
+``NvidiaMigConfigured`` condition and an Event, every ``events.NODE_GPU_HEALTH`` the ``NvidiaGpuHealthy``
+condition (and, when asked, the ``nvidia.com/gpu.unhealthy:NoSchedule`` taint), and ``events.OPERANDS_PAUSE``
+requests pause or restore the GPU Operator's operand labels (answered with ``events.OPERANDS_STATE``).
+Conditions are patched through ``nodes/status`` only when they change.
+
 Trouble with the API server (unreachable, expired credentials, 403, no Node yet) never stops the agent:
 the NFD file is still written, the subsystem is degraded with the reason, and it retries with backoff
 until the cause goes away.
@@ -17,7 +25,7 @@ import asyncio
 import contextlib
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from nodeagent import events
@@ -26,9 +34,19 @@ from nodeagent.errors import ConfigError, NodeAgentError
 from nodeagent.kube.client import KubeClient, KubeError, NotFound
 from nodeagent.kube.events import EventRecorder
 from nodeagent.kube.resources import NODEFEATURES, NODES, RUNTIMECLASSES
-from nodeagent.labels import inputs, labelers, planner, publish_node, publish_nodefeature, publish_runtimeclass
+from nodeagent.labels import (
+    inputs,
+    labelers,
+    node_status,
+    planner,
+    publish_node,
+    publish_nodefeature,
+    publish_runtimeclass,
+)
+from nodeagent.labels.control import NodeControl
 from nodeagent.labels.facts import MigStrategy, Replication, Sharing, SharingStrategy
 from nodeagent.model.gpu import Inventory
+from nodeagent.model.mig import MigConfigRequest, OperandRequest, OperandState
 from nodeagent.plan import Plan
 from nodeagent.subsystem import ApplyResult, BaseSubsystem, Context, Phase
 
@@ -78,6 +96,12 @@ class LabelsSubsystem(BaseSubsystem):
         self._node_uid = ""
         self.force_revert = False
         """`nodeagent revert --force`: restore the NFD file even when someone changed it since."""
+        self._mig_request: str | None = None
+        """The ``nvidia.com/mig.config`` value last published as MIG_CONFIG_REQUESTED."""
+        self._status_lock = asyncio.Lock()
+        self._status_wanted = True
+        """A refresh should bring the Node's status in line (at start, after a failed write, after drift)."""
+        self.control = NodeControl(ctx.node_name, ctx.bus, self.log, self._event)
 
     # ------------------------------------------------------------------------------------ settings
 
@@ -208,6 +232,7 @@ class LabelsSubsystem(BaseSubsystem):
             try:
                 obs.node = await client.get(NODES, targets.node_name)
                 self._node_uid = str(obs.node.get("metadata", {}).get("uid", ""))
+                self._note_node(obs.node)
             except NotFound:
                 obs.kube_problems["node"] = f"Node {targets.node_name} does not exist (yet)"
             except KubeError as err:
@@ -344,6 +369,8 @@ class LabelsSubsystem(BaseSubsystem):
             if patch is not None:
                 await client.patch(NODES, targets.node_name, patch)
                 changed.append(f"Node/{targets.node_name}")
+            if node is not None:
+                changed.extend(await self.control.revert(client))
         if targets.node_feature:
             name = publish_nodefeature.object_name(targets.node_name)
             if await client.get_or_none(NODEFEATURES, name, targets.namespace) is not None:
@@ -383,6 +410,14 @@ class LabelsSubsystem(BaseSubsystem):
                     plan.warnings,
                 )
             result = await self.apply(plan)
+            if (
+                self._status_wanted
+                and deferred <= 0
+                and self._client is not None
+                and self.ctx.settings.labels.node_patch
+            ):
+                self._status_wanted = False
+                result = await self._sync_status_reporting(self._client, result)
         except (NodeAgentError, OSError) as err:
             self._failures += 1
             self.set_status(Phase.DEGRADED, f"cannot publish labels: {err}")
@@ -409,6 +444,68 @@ class LabelsSubsystem(BaseSubsystem):
         self.set_status(Phase.RUNNING, "", **details)
         return True
 
+    # ------------------------------------------------------------------- the Node as control surface
+
+    def _note_node(self, node: dict[str, Any] | None) -> None:
+        """Publish the Node's ``nvidia.com/mig.config`` when it differs from what was published last."""
+        if node is None:
+            return
+        desired = node_status.desired_mig_config(node)
+        if desired != self._mig_request:
+            self._mig_request = desired
+            self.log.info("mig_config_requested", config=desired or "(label removed)")
+            self.ctx.bus.publish(events.MIG_CONFIG_REQUESTED, MigConfigRequest(desired))
+
+    async def sync_status(self, client: KubeClient) -> list[str]:
+        """Bring the MIG state label, the conditions and the taint in line with the last MIG_READY and
+        NODE_GPU_HEALTH; writes only what differs. Returns what was written. (Reads the Node under the lock:
+        a Node read before another write would move a condition's lastTransitionTime.)"""
+        async with self._status_lock:
+            node = await client.get(NODES, self.ctx.node_name)
+            self._node_uid = str(node.get("metadata", {}).get("uid", ""))
+            self._note_node(node)
+            return await self.control.sync(client, node)
+
+    async def _sync_status_reporting(self, client: KubeClient, result: ApplyResult) -> ApplyResult:
+        try:
+            written = await self.sync_status(client)
+        except KubeError as err:
+            self._status_wanted = True
+            return replace(result, messages=(*result.messages, f"node status: {err}"))
+        changed = (*result.changed, *(f"Node/{self.ctx.node_name} {w}" for w in written))
+        return replace(result, changed=changed)
+
+    async def operands(self, request: OperandRequest) -> OperandState:
+        """Pause (and wait, bounded, for the operand pods to leave this node) or restore the operand labels."""
+        client = self._client if self._client is not None else self.client()
+        if client is None:
+            return OperandState(request.request_id, False, f"cannot pause operands: {self._client_problem}")
+        return await self.control.operands(client, request)
+
+    async def _status_events(self, sub: events.Subscription) -> None:
+        """MIG states and health reports are written in the order they come; operand requests answered (also
+        one made before this subscription existed: mig may ask while this subsystem is still starting)."""
+        pending = self.ctx.bus.last(events.OPERANDS_PAUSE)
+        answered = self.ctx.bus.last(events.OPERANDS_STATE)
+        if isinstance(pending, OperandRequest) and not (
+            isinstance(answered, OperandState) and answered.request_id >= pending.request_id
+        ):
+            self.ctx.bus.publish(events.OPERANDS_STATE, await self.operands(pending))
+        async for event in sub:
+            if event.topic == events.OPERANDS_PAUSE and isinstance(event.payload, OperandRequest):
+                answer = await self.operands(event.payload)
+                self.ctx.bus.publish(events.OPERANDS_STATE, answer)
+                continue
+            client = self._client
+            if client is None or not self.ctx.settings.labels.node_patch:
+                continue
+            try:
+                await self.sync_status(client)
+            except KubeError as err:
+                self.log.warning("node_status_not_written", error=str(err))
+                self._status_wanted = True
+                self._dirty.set()
+
     async def _event(self, kind: str, reason: str, message: str) -> None:
         """A Kubernetes Event about the Node, best effort (no client, no event; a failure is logged)."""
         if self._client is None or not self._daemon:
@@ -429,8 +526,12 @@ class LabelsSubsystem(BaseSubsystem):
     async def run(self, stop: asyncio.Event) -> None:
         topics = (events.INVENTORY_CHANGED, events.MIG_CHANGED, events.DRIVER_READY, events.RUNTIME_HANDLERS)
         async with self.ctx.bus.subscribe(*topics) as sub:
+            status_sub = self.ctx.bus.subscribe(
+                events.MIG_READY, events.NODE_GPU_HEALTH, events.OPERANDS_PAUSE, maxsize=64
+            )
             listener = asyncio.ensure_future(self._listen(sub))
             watcher = asyncio.ensure_future(self._watch_node(stop))
+            status_writer = asyncio.ensure_future(self._status_events(status_sub))
             try:
                 while not stop.is_set():
                     degraded = self.status().phase != Phase.RUNNING
@@ -447,9 +548,10 @@ class LabelsSubsystem(BaseSubsystem):
                     self._dirty.clear()
                     await self.refresh()
             finally:
-                for task in (listener, watcher):
+                status_sub.close()
+                for task in (listener, watcher, status_writer):
                     task.cancel()
-                for task in (listener, watcher):
+                for task in (listener, watcher, status_writer):
                     with contextlib.suppress(asyncio.CancelledError):
                         await task
 
@@ -474,6 +576,10 @@ class LabelsSubsystem(BaseSubsystem):
             try:
                 async for node in client.watch_object(NODES, self.ctx.node_name, timeout_s=self.watch_timeout_s):
                     failures = 0
+                    self._note_node(node)
+                    if node is not None and self.control.out_of_sync(node):
+                        self._status_wanted = True
+                        self._dirty.set()
                     if node is None or publish_node.node_patch(node, self.labels) is not None:
                         self._dirty.set()
             except KubeError as err:

@@ -371,10 +371,10 @@ FIELDS: dict[str, FieldSpec] = {
 BY_ID: dict[int, FieldSpec] = {f.field_id: f for f in FIELDS.values()}
 
 UNSERVED_EXPORTER_FIELDS: dict[str, str] = {
-    "DCGM_EXP_GPU_HEALTH_STATUS": "needs DCGM's health watches",
+    "DCGM_EXP_GPU_HEALTH_STATUS": "exported by the gpuhealth subsystem (gpuhealth.enabled), not from this file",
     "DCGM_EXP_P2P_STATUS": "needs DCGM's P2P link status",
 }
-"""dcgm-exporter's own fields this agent does not compute, with the reason."""
+"""dcgm-exporter's own fields this file does not select, with the reason (not computed, or exported elsewhere)."""
 
 
 def unserved_reason(name: str) -> str | None:

@@ -9,11 +9,19 @@ After a change the new inventory is published (``events.MIG_CHANGED``; CDI and m
 reconcile publishes ``events.MIG_READY`` (the validation file ``mig-ready`` follows it). The agent's own
 sampling of a changing GPU is paused through the GPU-state owner (``Context.gpu_state``), which is also
 asked for the inventory and refreshes it once after a change.
+
+The Node's ``nvidia.com/mig.config`` label drives it as it drives mig-manager: the labels subsystem publishes
+the label's value (``events.MIG_CONFIG_REQUESTED``) and this subsystem applies that config (it wins over
+``mig.config``; an empty label leaves the layouts as they are). With ``mig.pause_operands`` the GPU
+Operator's operands are paused around a change through the labels subsystem (``events.OPERANDS_PAUSE`` /
+``OPERANDS_STATE``) and restored whatever the outcome; the labels subsystem writes the state label, the
+``NvidiaMigConfigured`` condition and the Event from ``MIG_READY``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import weakref
 from collections.abc import Sequence
@@ -23,7 +31,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Gauge
 
 from nodeagent import events
-from nodeagent.aio import run_blocking
+from nodeagent.aio import run_blocking, until_stopped
 from nodeagent.errors import ConfigError, HostPathError, NodeAgentError
 from nodeagent.gpustate import GpuState
 from nodeagent.mig import config as cfg
@@ -33,13 +41,15 @@ from nodeagent.mig.observe import gpu_states
 from nodeagent.mig.planner import Action, NodePlan, applied
 from nodeagent.mig.service import execute_plan, plan_or_raise
 from nodeagent.model.gpu import Inventory
-from nodeagent.model.mig import MigReadiness
+from nodeagent.model.mig import MigConfigRequest, MigReadiness, OperandRequest, OperandState
 from nodeagent.plan import Disruption, Plan, Step
 from nodeagent.subsystem import ApplyResult, BaseSubsystem, Context, Phase
 
 STATES = ("pending", "rebooting", "success", "failed")
 DESIRED_FILE = "mig-desired.json"
 GENERATED = "<generated from the GPUs' profiles>"
+OPERAND_ANSWER_GRACE_S = 30.0
+"""How much longer than ``mig.operand_wait_s`` to wait for the labels subsystem's answer."""
 
 
 @dataclass
@@ -99,7 +109,12 @@ class MigSubsystem(BaseSubsystem):
         self.state = ""
         self.reason = ""
         self.config_name = ""
+        self.requested = ""
+        """The config the Node's ``nvidia.com/mig.config`` label names ('' when absent or not watched)."""
         self._state_gauge = _state_gauge(ctx.registry)
+        self._request_ids = itertools.count(1)
+        self._daemon = False
+        """Operands are paused only by the running agent (labels answers there; a one-shot apply has no watch)."""
 
     # ------------------------------------------------------------------------------ desired config
 
@@ -130,6 +145,8 @@ class MigSubsystem(BaseSubsystem):
         gpus = [s.gpu for s in gpu_states(inventory)]
         persisted = await run_blocking(self._persisted)
         name, path, source = settings.config, settings.config_file, "settings"
+        if self.requested:
+            name, source = self.requested, "the Node label nvidia.com/mig.config"
         if not name and persisted is not None:
             name, path, source = persisted["config"], str(persisted.get("file", "")), "persisted before a reboot"
         if not name:
@@ -181,6 +198,53 @@ class MigSubsystem(BaseSubsystem):
         if control is None:
             raise NodeAgentError(f"the {self.ctx.gpus.kind} GPU backend cannot change MIG layouts")
         self._set_state(node_plan.config, "pending", "applying")
+        pause = self.ctx.settings.mig.pause_operands and self._daemon
+        if pause:
+            answer = await self._operands(pause=True)
+            if answer.problem:
+                await self._restore_operands()
+                self._set_state(node_plan.config, "failed", answer.problem)
+                return ApplyResult(messages=(answer.problem,))
+        final: tuple[str, str] = ("failed", "interrupted")
+        try:
+            final, result = await self._execute(node_plan)
+            return result
+        finally:
+            if pause:  # as mig-manager: the operands come back before the final state is reported
+                await self._restore_operands()
+            self._set_state(node_plan.config, *final)
+
+    async def _restore_operands(self) -> None:
+        restored = await self._operands(pause=False)
+        if restored.problem:
+            self.log.warning("operands_not_restored", problem=restored.problem)
+
+    async def _operands(self, *, pause: bool) -> OperandState:
+        """Ask the labels subsystem to pause or restore the operands; bounded wait for its answer."""
+        request_id = next(self._request_ids)
+        wait_s = self.ctx.settings.mig.operand_wait_s
+        self.ctx.bus.publish(events.OPERANDS_PAUSE, OperandRequest(request_id, pause, wait_s))
+        try:
+            answer: OperandState = await asyncio.wait_for(
+                self.ctx.bus.wait_for(
+                    events.OPERANDS_STATE, lambda a: isinstance(a, OperandState) and a.request_id == request_id
+                ),
+                timeout=wait_s + OPERAND_ANSWER_GRACE_S,
+            )
+        except TimeoutError:
+            what = "pause" if pause else "restore"
+            return OperandState(
+                request_id,
+                False,
+                f"cannot {what} the GPU Operator's operands: the labels subsystem did not answer"
+                " (is labels.node_patch on?)",
+            )
+        return answer
+
+    async def _execute(self, node_plan: NodePlan) -> tuple[tuple[str, str], ApplyResult]:
+        """Carry the plan out; the final (state, reason) is reported by the caller."""
+        control = self.ctx.backends.mig_control
+        assert control is not None
         inventory = await self.ctx.gpu_state.current()
         outcome = await execute_plan(
             node_plan,
@@ -195,14 +259,14 @@ class MigSubsystem(BaseSubsystem):
             self.ctx.bus.publish(events.MIG_CHANGED, new)
         if outcome.reboot_required:
             await self._persist(node_plan.config, rebooting=True)
-            self._set_state(node_plan.config, "rebooting", "; ".join(outcome.reasons()))
+            final = ("rebooting", "; ".join(outcome.reasons()))
         elif not outcome.ok:
-            self._set_state(node_plan.config, "failed", "; ".join(outcome.reasons()))
+            final = ("failed", "; ".join(outcome.reasons()))
         else:
             await self._forget()
-            self._set_state(node_plan.config, "success")
+            final = ("success", "")
         changed = tuple(f"GPU {r.gpu}" for r in outcome.report.results.values() if r.done)
-        return ApplyResult(changed=changed, messages=tuple(outcome.lines()))
+        return final, ApplyResult(changed=changed, messages=tuple(outcome.lines()))
 
     async def _persist(self, name: str, *, rebooting: bool) -> None:
         doc = {"config": name, "file": self.ctx.settings.mig.config_file, "rebooting": rebooting}
@@ -229,7 +293,7 @@ class MigSubsystem(BaseSubsystem):
             observed = await self.observe()
             plan = self.plan(observed)
             if plan.error:
-                self._set_state(self.ctx.settings.mig.config, "failed", plan.error)
+                self._set_state(self._wanted_name(), "failed", plan.error)
                 return
             if observed.config is None:
                 self.set_status(Phase.RUNNING, "mig.config is not set", state="")
@@ -247,13 +311,39 @@ class MigSubsystem(BaseSubsystem):
                     return
             await self.apply(plan)
         except NodeAgentError as err:
-            self._set_state(self.ctx.settings.mig.config, "failed", str(err))
+            self._set_state(self._wanted_name(), "failed", str(err))
+
+    def _wanted_name(self) -> str:
+        return self.requested or self.ctx.settings.mig.config or self.config_name
 
     async def start(self) -> None:
+        self._daemon = True
         self.set_status(Phase.STARTING)
         await self.reconcile()
 
     async def run(self, stop: asyncio.Event) -> None:
-        """A settings reload that changes ``mig`` restarts this subsystem, which reconciles at start; here it
-        only waits. (``labels`` will call ``reconcile`` when the node's mig.config label changes.)"""
-        await stop.wait()
+        """Apply the config the Node's label asks for, each time it changes. (A settings reload that changes
+        ``mig`` restarts this subsystem, which reconciles at start.)"""
+        async with self.ctx.bus.subscribe(events.MIG_CONFIG_REQUESTED) as sub:
+            retained = self.ctx.bus.last(events.MIG_CONFIG_REQUESTED)
+            if isinstance(retained, MigConfigRequest):
+                await self.on_request(retained)
+            while not stop.is_set():
+                event = await until_stopped(stop, sub.get())
+                if event is not None and isinstance(event.payload, MigConfigRequest):
+                    await self.on_request(event.payload)
+
+    async def on_request(self, request: MigConfigRequest) -> None:
+        """mig-manager acts on a change of the label: the same config that already succeeded (or already
+        failed after a reboot) is not applied again; an empty label leaves the layouts as they are."""
+        if request.config == self.requested:
+            return
+        self.requested = request.config
+        if not request.config:
+            self.log.info("mig_config_label_removed", keeps=self.config_name)
+            return
+        if request.config == self.config_name and self.state in ("success", "failed", "pending"):
+            self._set_state(self.config_name, self.state, self.reason)  # republish: the label gets its state
+            return
+        self.log.info("mig_config_requested", config=request.config, source=request.source)
+        await self.reconcile()

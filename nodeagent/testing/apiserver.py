@@ -3,7 +3,8 @@
 No kube-apiserver can be installed or run on the machines this project is tested on (it needs etcd,
 certificates and a control plane), so this server reproduces, over plain HTTP, the protocol rules of the
 real one for the resources the agent uses: Nodes (with the ``status`` subresource), NodeFeatures
-(``nfd.k8s-sigs.io/v1alpha1``, a custom resource), RuntimeClasses (``node.k8s.io/v1``) and Events.
+(``nfd.k8s-sigs.io/v1alpha1``, a custom resource), RuntimeClasses (``node.k8s.io/v1``), Events and Pods
+(read-only for the agent: it lists the GPU Operator's operand pods on its node while a MIG change waits).
 
 Rules enforced, each as the real API server answers them:
 
@@ -14,11 +15,17 @@ Rules enforced, each as the real API server answers them:
   resources) and ``application/json-patch+json``; any other content type gets 415;
 - label keys and values and annotation keys are validated as apimachinery does (422 Invalid with the
   field and the reason); names must be DNS subdomains; a RuntimeClass handler is a DNS label and immutable;
+- Node status goes through the ``status`` subresource only: a write to the Node itself keeps the stored
+  status, a write to ``nodes/status`` keeps everything but the status; conditions merge by ``type`` under a
+  strategic merge patch; a condition needs a ``type`` (unique) and a ``status`` of True, False or Unknown,
+  and its times must be RFC 3339; Node taints need a qualified-name ``key``, an ``effect`` of NoSchedule,
+  PreferNoSchedule or NoExecute, and are unique per key and effect (the real validation's rules);
 - authentication by bearer token from a kube-apiserver static token file (``token,user,uid,"g1,g2"``),
   re-read when it changes, so a rotated-out token gets 401;
 - authorization by RBAC from a manifest (the project's ``container/kubernetes/rbac.yaml``), plus the node
   authorizer for ``system:node:<name>``; anything not granted gets 403 with the real message;
-- list and watch with ``resourceVersion``, ``fieldSelector=metadata.name=...``, equality
+- list and watch with ``resourceVersion``, ``fieldSelector=metadata.name=...`` (Pods also
+  ``spec.nodeName=...``), equality
   ``labelSelector``, bookmarks (``allowWatchBookmarks``) and, for a resourceVersion older than the
   retained history, an ERROR event with a 410 Expired status (a list with ``resourceVersionMatch=Exact``
   gets 410 itself);
@@ -41,6 +48,7 @@ import contextlib
 import copy
 import csv
 import json
+import re
 import ssl
 import time
 import uuid
@@ -86,7 +94,12 @@ RESOURCES = (
     ResourceType("", "v1", "events", "Event", namespaced=True),
     ResourceType("node.k8s.io", "v1", "runtimeclasses", "RuntimeClass", namespaced=False),
     ResourceType("nfd.k8s-sigs.io", "v1alpha1", "nodefeatures", "NodeFeature", namespaced=True, custom=True),
+    ResourceType("", "v1", "pods", "Pod", namespaced=True),
 )
+CONDITION_STATUSES = ("True", "False", "Unknown")
+TAINT_EFFECTS = ("NoSchedule", "PreferNoSchedule", "NoExecute")
+FIELD_SELECTORS = {"nodes": ("metadata.name",), "pods": ("metadata.name", "spec.nodeName")}
+RFC3339 = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}:\d{2})$")
 
 
 @dataclass(frozen=True)
@@ -152,6 +165,42 @@ class ApiError(Exception):
     def response(self) -> web.Response:
         headers = {"Retry-After": str(self.retry_after)} if self.retry_after is not None else None
         return web.json_response(self.status(), status=self.code, headers=headers)
+
+
+def _node_problems(node: dict[str, Any]) -> list[tuple[str, str]]:
+    """The Node validation's rules for conditions and taints (field, message)."""
+    causes: list[tuple[str, str]] = []
+    seen: set[str] = set()
+    for i, cond in enumerate((node.get("status") or {}).get("conditions") or []):
+        where = f"status.conditions[{i}]"
+        if not isinstance(cond, dict) or not cond.get("type"):
+            causes.append((f"{where}.type", "Required value"))
+            continue
+        if cond["type"] in seen:
+            causes.append((f"{where}.type", f'Duplicate value: "{cond["type"]}"'))
+        seen.add(cond["type"])
+        if cond.get("status") not in CONDITION_STATUSES:
+            supported = ", ".join(f'"{v}"' for v in CONDITION_STATUSES)
+            causes.append(
+                (f"{where}.status", f'Unsupported value: "{cond.get("status")}": supported values: {supported}')
+            )
+        for key in ("lastTransitionTime", "lastHeartbeatTime"):
+            if key in cond and cond[key] is not None and not RFC3339.match(str(cond[key])):
+                causes.append((f"{where}.{key}", f'Invalid value: "{cond[key]}": must be RFC 3339'))
+    pairs: set[tuple[str, str]] = set()
+    for i, taint in enumerate((node.get("spec") or {}).get("taints") or []):
+        where = f"spec.taints[{i}]"
+        key = taint.get("key", "") if isinstance(taint, dict) else ""
+        problems = validation.key_problems(key) if key else ["Required value"]
+        causes.extend((f"{where}.key", p) for p in problems)
+        effect = taint.get("effect") if isinstance(taint, dict) else None
+        if effect not in TAINT_EFFECTS:
+            supported = ", ".join(f'"{v}"' for v in TAINT_EFFECTS)
+            causes.append((f"{where}.effect", f'Unsupported value: "{effect}": supported values: {supported}'))
+        if (key, str(effect)) in pairs:
+            causes.append((f"{where}", f'Duplicate value: "{key}:{effect}"'))
+        pairs.add((key, str(effect)))
+    return causes
 
 
 def _invalid(rt: ResourceType, name: str, causes: list[tuple[str, str]]) -> ApiError:
@@ -231,7 +280,7 @@ class RateLimiter:
 class _Watcher:
     rt: ResourceType
     namespace: str
-    field_name: str
+    field_name: dict[str, str]
     selector: list[tuple[str, str, str | None]]
     queue: asyncio.Queue[tuple[str, dict[str, Any]] | None]
 
@@ -267,9 +316,17 @@ def _parse_selector(text: str) -> list[tuple[str, str, str | None]]:
     return terms
 
 
-def _selected(obj: dict[str, Any], field_name: str, selector: list[tuple[str, str, str | None]]) -> bool:
+def _field_value(obj: dict[str, Any], path: str) -> Any:
+    value: Any = obj
+    for part in path.split("."):
+        value = value.get(part) if isinstance(value, dict) else None
+    return value
+
+
+def _selected(obj: dict[str, Any], fields: dict[str, str], selector: list[tuple[str, str, str | None]]) -> bool:
+    """``fields``: field path → wanted value (the equality field selectors the real server supports)."""
     meta = obj.get("metadata", {})
-    if field_name and meta.get("name") != field_name:
+    if any(_field_value(obj, path) != value for path, value in fields.items()):
         return False
     labels = meta.get("labels") or {}
     for op, key, value in selector:
@@ -410,6 +467,16 @@ class TestApiServer:
             "status": {"conditions": [{"type": "Ready", "status": "True"}]},
         }
         return self._create_stored(rt, obj, "")
+
+    def add_pod(self, name: str, namespace: str, node: str, labels: dict[str, str] | None = None) -> dict[str, Any]:
+        """A running Pod bound to ``node`` (what a DaemonSet's pod looks like to a list)."""
+        rt = BY_PATH[("", "v1", "pods")]
+        obj = {
+            "metadata": {"name": name, "labels": dict(labels or {})},
+            "spec": {"nodeName": node, "containers": [{"name": "main", "image": "example"}]},
+            "status": {"phase": "Running"},
+        }
+        return self._create_stored(rt, obj, namespace)
 
     def object(self, plural: str, name: str, namespace: str = "") -> dict[str, Any] | None:
         rt = next(r for r in RESOURCES if r.plural == plural)
@@ -600,7 +667,7 @@ class TestApiServer:
         return obj
 
     def _list(self, request: web.Request, rt: ResourceType, ns: str) -> dict[str, Any]:
-        field_name, selector = self._selectors(request)
+        field_name, selector = self._selectors(request, rt)
         rv = request.query.get("resourceVersion", "")
         if request.query.get("resourceVersionMatch") == "Exact" and rv and int(rv) < self.store.compacted_rv:
             raise ApiError(410, f"too old resource version: {rv} ({self.store.compacted_rv})")
@@ -613,17 +680,18 @@ class TestApiServer:
         }
 
     @staticmethod
-    def _selectors(request: web.Request) -> tuple[str, list[tuple[str, str, str | None]]]:
-        field_name = ""
+    def _selectors(request: web.Request, rt: ResourceType) -> tuple[dict[str, str], list[tuple[str, str, str | None]]]:
+        fields: dict[str, str] = {}
+        supported = FIELD_SELECTORS.get(rt.plural, ("metadata.name",))
         for term in filter(None, request.query.get("fieldSelector", "").split(",")):
             key, _, value = term.replace("==", "=").partition("=")
-            if key != "metadata.name":
-                raise ApiError(400, f"field label not supported: {key}")
-            field_name = value
-        return field_name, _parse_selector(request.query.get("labelSelector", ""))
+            if key not in supported:
+                raise ApiError(400, f'"{key}" is not a known field selector: only "{", ".join(supported)}"')
+            fields[key] = value
+        return fields, _parse_selector(request.query.get("labelSelector", ""))
 
     async def _watch(self, request: web.Request, rt: ResourceType, ns: str) -> web.StreamResponse:
-        field_name, selector = self._selectors(request)
+        field_name, selector = self._selectors(request, rt)
         rv_text = request.query.get("resourceVersion", "")
         bookmarks = request.query.get("allowWatchBookmarks") in ("1", "true")
         timeout = float(request.query.get("timeoutSeconds", "0") or 0)
@@ -746,6 +814,8 @@ class TestApiServer:
                 )
             elif old is not None and old.get("handler") != handler:
                 causes.append(("handler", f'Invalid value: "{handler}": field is immutable'))
+        if rt.plural == "nodes":
+            causes.extend(_node_problems(obj))
         if rt.plural == "nodefeatures":
             labels = (obj.get("spec") or {}).get("labels") or {}
             if not isinstance(labels, dict) or not all(isinstance(v, str) for v in labels.values()):

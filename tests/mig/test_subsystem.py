@@ -206,3 +206,15 @@ async def test_a_failure_midway_leaves_the_other_gpus_done(tmp_path: Path) -> No
     assert sub.state == "failed" and "GPU 2: " in sub.reason and "did not return within" in sub.reason
     sim_timeout.hang_calls(2, 0)
     await sim_timeout.close()
+
+
+def test_one_shot_apply_does_not_wait_for_operands(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``mig.pause_operands`` is the running agent's (its labels subsystem answers); a one-shot apply goes on."""
+    monkeypatch.setenv("NODEAGENT_MIG__CONFIG", "all-balanced")
+    monkeypatch.setenv("NODEAGENT_MIG__PAUSE_OPERANDS", "true")
+    monkeypatch.setenv("NODEAGENT_MIG__OPERAND_WAIT_S", "600")
+    root = str(tmp_path / "node")
+    assert main(["apply", "--simulate", "h100-80gb-hbm3:1", "--root", root, "--only", "mig"]) == 0
+    assert "mig: changed GPU 0" in capsys.readouterr().out
