@@ -19,13 +19,17 @@ from bench import (
     bench_fleet,
     bench_footprint,
     bench_gpu_sweep,
+    bench_imports,
     bench_loop_lag,
     bench_mig_plan,
+    bench_scaling,
     bench_scrape,
 )
 
 BENCHMARKS = (
     bench_scrape,
+    bench_scaling,
+    bench_imports,
     bench_loop_lag,
     bench_footprint,
     bench_driver_recheck,
