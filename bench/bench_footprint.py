@@ -60,6 +60,11 @@ def node_labels(port: int) -> int:
     return sum(1 for k in labels if k.startswith("nvidia.com/"))
 
 
+def series_count(port: int) -> int:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as resp:
+        return sum(1 for line in resp.read().splitlines() if line and not line.startswith(b"#"))
+
+
 def slope_mib_per_min(samples: list[tuple[float, float]]) -> float:
     tail = samples[len(samples) // 3 :]
     if len(tail) < 2:
@@ -81,6 +86,7 @@ class Result:
     rss_end: float = float("nan")
     slope: float = float("nan")
     labels: int = 0
+    series: int = 0
     scrapes: LoadResult = field(default_factory=LoadResult)
     error: str = ""
 
@@ -122,13 +128,6 @@ def run_agent(nodeagent: Path, gpus: int, idle_s: float, soak_s: float) -> Resul
         'bench-agent,system:serviceaccount:nodeagent:nodeagent,agent,"system:serviceaccounts"\n'
         'bench-admin,admin,admin,"system:masters"\n'
     )
-    # lay out the sandbox first (an empty root is populated), then put the kubeconfig into it
-    plan = [str(nodeagent), "plan", "--simulate", "--root", str(root), "--only", "labels"]
-    subprocess.run(plan, capture_output=True, check=False)
-    (root / "etc/nodeagent").mkdir(parents=True, exist_ok=True)
-    kubeconfig = str(root / "etc/nodeagent/kubeconfig")
-    api_argv = [PYTHON, "-m", "nodeagent.testing.apiserver", "--port", str(kube_port), "--token-file", str(tokens)]
-    api = Helper([*api_argv, "--node", NODE, "--kubeconfig-out", kubeconfig], quiet=True)
     env = {
         "NODE_NAME": NODE,
         "NODEAGENT_SIMULATION__COUNT": str(gpus),
@@ -140,6 +139,14 @@ def run_agent(nodeagent: Path, gpus: int, idle_s: float, soak_s: float) -> Resul
         "NODEAGENT_LABELS__NODE_FEATURE": "true",
         "NODEAGENT_LABELS__RUNTIME_CLASSES": "true",
     }
+    # lay out the sandbox first (an empty root is populated), then put the kubeconfig into it
+    plan = [str(nodeagent), "plan", "--simulate", "--root", str(root), "--only", "labels"]
+    sim_env = {k: v for k, v in env.items() if k.startswith("NODEAGENT_SIMULATION__")}
+    subprocess.run(plan, capture_output=True, check=False, env={**os.environ, **sim_env})
+    (root / "etc/nodeagent").mkdir(parents=True, exist_ok=True)
+    kubeconfig = str(root / "etc/nodeagent/kubeconfig")
+    api_argv = [PYTHON, "-m", "nodeagent.testing.apiserver", "--port", str(kube_port), "--token-file", str(tokens)]
+    api = Helper([*api_argv, "--node", NODE, "--kubeconfig-out", kubeconfig], quiet=True)
     arenas = os.environ.get("NODEAGENT_BENCH_MALLOC_ARENA_MAX", "")
     if arenas:
         env["MALLOC_ARENA_MAX"] = arenas
@@ -171,6 +178,7 @@ def run_agent(nodeagent: Path, gpus: int, idle_s: float, soak_s: float) -> Resul
         result.rss_end = samples[-1][1]
         result.slope = slope_mib_per_min(samples)
         result.labels = node_labels(kube_port)
+        result.series = series_count(port)
     finally:
         if agent is not None:
             agent.stop()
@@ -190,7 +198,7 @@ def main() -> list[str]:
     rows: list[list[object]] = []
     for r, hwm_goal, cpu_goal in runs:
         if r.error:
-            rows.append([r.name, f"failed: {r.error}", "", "", "", "", "", "", "", ""])
+            rows.append([r.name, f"failed: {r.error}", "", "", "", "", "", "", "", "", ""])
             continue
         rows.append(
             [
@@ -204,6 +212,7 @@ def main() -> list[str]:
                 f"{r.scrapes.requests} / {r.scrapes.errors}",
                 f"{r.scrapes.p(99) * 1000:.1f}",
                 r.labels,
+                r.series,
             ]
         )
     arenas = os.environ.get("NODEAGENT_BENCH_MALLOC_ARENA_MAX", "glibc default")
@@ -223,6 +232,7 @@ def main() -> list[str]:
                 "scrapes / errors",
                 "scrape p99 ms",
                 "nvidia.com labels on the Node",
+                "series",
             ],
             rows,
         )
