@@ -18,9 +18,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench import runtime_venv
 from bench._common import (
     PROMETHEUS_ACCEPT,
-    PYTHON,
     REPO,
     WRK,
     Helper,
@@ -90,7 +90,8 @@ def bench(port: int, pid: int, duration_s: float) -> list[list[object]]:
 
 def main() -> list[str]:
     duration_s = env_seconds("NODEAGENT_BENCH_SCRAPE_S", 3.0)
-    argv = [PYTHON, str(REPO / "bench/scrape_server.py"), "--count", "8", "--mig-layout", "1g.10gb*7"]
+    py, where = runtime_venv.python()
+    argv = [str(py), str(REPO / "bench/scrape_server.py"), "--count", "8", "--mig-layout", "1g.10gb*7"]
     server = Helper([*argv, "--interval", "5", "--slow-interval", "5", "--steady"])
     try:
         port = server.wait_ready()
@@ -101,7 +102,7 @@ def main() -> list[str]:
     return [
         table(
             f"Scrape /metrics: 8 x 7 MIG, steady state, OpenMetrics; client: {client}; "
-            f"{ROUNDS} rounds x {duration_s:g} s (NODEAGENT_BENCH_SCRAPE_S); goals: >= 0.9x (a), p99 <= 5 ms",
+            f"{ROUNDS} rounds x {duration_s:g} s (NODEAGENT_BENCH_SCRAPE_S); goals: >= 0.9x (a), p99 <= 5 ms; {where}",
             [
                 "encoding",
                 "handler",
