@@ -159,6 +159,7 @@ class Exposition:
     """
 
     def __init__(self, taken_at: float, plain: Mapping[Format, bytes]) -> None:
+        """``plain``: each format's cached bytes; OpenMetrics may already end in ``# EOF`` (render's does)."""
         self.taken_at = taken_at
         self.gzip: dict[Format, bytes] = {}
         self._crc: dict[Format, int] = {}
@@ -166,14 +167,16 @@ class Exposition:
         self._wire: dict[Format, memoryview] = {}
         """Uncompressed cached bytes as sent (OpenMetrics with its ``# EOF``). Memoryviews: a partial
         socket send slices a view, where slicing bytes would copy the rest."""
-        for fmt, data in plain.items():
+        for fmt, given in plain.items():
+            wire = memoryview(given + _EOF if fmt is Format.OPENMETRICS and not given.endswith(_EOF) else given)
+            content = wire[: -len(_EOF)] if fmt is Format.OPENMETRICS else wire
             comp = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, 31)
             # A sync flush ends the deflate data on a byte boundary without finishing the stream, so a
             # scrape can append the tail as a final stored block plus the gzip trailer (see parts()).
-            self.gzip[fmt] = comp.compress(data) + comp.flush(zlib.Z_SYNC_FLUSH)
-            self._crc[fmt] = zlib.crc32(data)
-            self._size[fmt] = len(data)
-            self._wire[fmt] = memoryview(data + _EOF if fmt is Format.OPENMETRICS else data)
+            self.gzip[fmt] = b"".join((comp.compress(content), comp.flush(zlib.Z_SYNC_FLUSH)))
+            self._crc[fmt] = zlib.crc32(content)
+            self._size[fmt] = len(content)
+            self._wire[fmt] = wire
         self._gzip_views = {fmt: memoryview(data) for fmt, data in self.gzip.items()}
 
     def plain_size(self, fmt: Format) -> int:
@@ -208,23 +211,27 @@ _TRAILER = struct.Struct("<II")
 
 
 def render(snap: Snapshot, layout: Layout, registry: CollectorRegistry | None) -> Exposition:
-    """Render every variant of one snapshot (blocking: run it off the event loop)."""
+    """Render every variant of one snapshot (blocking: run it off the event loop).
+
+    Each body is joined once from small encoded pieces: one large allocation per format, not a joined
+    str, its encoding and a concatenation (large temporaries fragment the worker thread's heap)."""
     chunks = series_chunks(snap, layout)
-    text_parts: list[str] = []
-    om_parts: list[str] = []
+    text_parts: list[bytes] = []
+    om_parts: list[bytes] = []
     for fam, lines in chunks:
-        text_parts += (fam.text_header, lines)
-        om_parts += (fam.om_header, lines)
-    text = "".join(text_parts).encode()
-    om = "".join(om_parts).encode()
+        encoded = lines.encode()
+        text_parts += (fam.text_header.encode(), encoded)
+        om_parts += (fam.om_header.encode(), encoded)
     if registry is not None:
         from prometheus_client import generate_latest
         from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
 
-        text += generate_latest(registry)
-        om_registry = generate_openmetrics(registry)  # type: ignore[no-untyped-call]
-        om += om_registry.removesuffix(b"# EOF\n")
-    return Exposition(snap.taken_at, {Format.TEXT: text, Format.OPENMETRICS: om})
+        text_parts.append(generate_latest(registry))
+        om_registry: bytes = generate_openmetrics(registry)  # type: ignore[no-untyped-call]
+        om_parts.append(om_registry.removesuffix(_EOF))
+    om_parts.append(_EOF)
+    del chunks
+    return Exposition(snap.taken_at, {Format.TEXT: b"".join(text_parts), Format.OPENMETRICS: b"".join(om_parts)})
 
 
 # ------------------------------------------------------------------------------------- negotiation
