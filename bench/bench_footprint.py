@@ -130,7 +130,6 @@ def run_agent(nodeagent: Path, gpus: int, idle_s: float, soak_s: float) -> Resul
     )
     env = {
         "NODE_NAME": NODE,
-        "NODEAGENT_SIMULATION__COUNT": str(gpus),
         "NODEAGENT_SIMULATION__MIG_LAYOUT": "1g.10gb*7",
         "NODEAGENT_METRICS__INTERVAL_S": "10",
         "NODEAGENT_KUBE__MODE": "kubeconfig",
@@ -140,7 +139,8 @@ def run_agent(nodeagent: Path, gpus: int, idle_s: float, soak_s: float) -> Resul
         "NODEAGENT_LABELS__RUNTIME_CLASSES": "true",
     }
     # lay out the sandbox first (an empty root is populated), then put the kubeconfig into it
-    plan = [str(nodeagent), "plan", "--simulate", "--root", str(root), "--only", "labels"]
+    simulate = f"h100-80gb-hbm3:{gpus}"  # the flag's default count (8) would win over the environment
+    plan = [str(nodeagent), "plan", "--simulate", simulate, "--root", str(root), "--only", "labels"]
     sim_env = {k: v for k, v in env.items() if k.startswith("NODEAGENT_SIMULATION__")}
     subprocess.run(plan, capture_output=True, check=False, env={**os.environ, **sim_env})
     (root / "etc/nodeagent").mkdir(parents=True, exist_ok=True)
@@ -158,7 +158,7 @@ def run_agent(nodeagent: Path, gpus: int, idle_s: float, soak_s: float) -> Resul
                 result.error = "the test API server did not start"
                 return result
             time.sleep(0.1)
-        argv = [str(nodeagent), "run", "--simulate", "--root", str(root), "--listen", f"127.0.0.1:{port}"]
+        argv = [str(nodeagent), "run", "--simulate", simulate, "--root", str(root), "--listen", f"127.0.0.1:{port}"]
         agent = Helper(argv, env=env, quiet=True)
         started = time.monotonic()
         while not ready(port):
