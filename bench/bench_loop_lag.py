@@ -3,7 +3,7 @@
 that include renders; the median of 3 windows, and the max.
 
 The bench server runs the metrics subsystem and a probe task that sleeps 1 ms in a loop and records how
-late it wakes. Window length: ``NODEAGENT_BENCH_LAG_S`` (default 20 s, two renders each; the goal is
+late it wakes. Window length: ``NODEAGENT_BENCH_LAG_S`` (default 15 s, one or two renders each; the goal is
 stated for 60 s windows).
 """
 
@@ -46,7 +46,7 @@ async def window(port: int, duration_s: float) -> LoadResult:
 
 
 def main() -> list[str]:
-    duration_s = env_seconds("NODEAGENT_BENCH_LAG_S", 20.0)
+    duration_s = env_seconds("NODEAGENT_BENCH_LAG_S", 15.0)
     py, where = runtime_venv.python()
     argv = [str(py), str(REPO / "bench/scrape_server.py"), "--count", "8", "--mig-layout", "1g.10gb*7"]
     server = Helper([*argv, "--interval", "10", "--slow-interval", "10", "--steady", "--lag"])

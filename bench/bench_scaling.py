@@ -2,7 +2,7 @@
 at steady state (both sampling tiers read twice and the series count settled), in the runtime-only venv.
 
 Per configuration: series and bytes of a plain scrape (and gzip bytes), collection CPU per cycle
-(process CPU over a few idle cycles at a 2 s interval, divided by the cycles: sweep, render, the loop),
+(process CPU over two idle cycles at a 2 s interval, divided by the cycles: sweep, render, the loop),
 the idle CPU that makes at the default 10 s interval, scrape p99 at 16 connections plain and gzip, and
 RSS after the scrapes. Load client: wrk when present. ``NODEAGENT_BENCH_SCALING_S``: seconds per load
 run (default 2).
@@ -35,7 +35,7 @@ from bench._common import (
 
 CONFIGS = ((1, ""), (1, "1g.10gb*7"), (8, ""), (8, "1g.10gb*7"), (16, ""), (16, "1g.10gb*7"))
 INTERVAL_S = 2.0
-IDLE_CYCLES = 3
+IDLE_CYCLES = 2
 CONNECTIONS = 16
 
 
