@@ -55,6 +55,9 @@ unit: $(STAMP)
 integration: $(STAMP)
 	$(BIN)/python -m pytest integration -q
 
+# ~6 minutes. The benchmarks run the agent from a runtime-only venv they build once under ~/.cache
+# (bench/runtime_venv.py). Longer runs: NODEAGENT_BENCH_SOAK_S=1800 (the RSS soak), NODEAGENT_BENCH_LAG_S=60
+# (loop-lag windows), NODEAGENT_BENCH_SCRAPE_S, NODEAGENT_BENCH_SCALING_S, NODEAGENT_BENCH_IDLE_S.
 bench: $(STAMP)
 	$(BIN)/python bench/run_all.py
 

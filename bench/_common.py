@@ -6,6 +6,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
+import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -200,3 +203,97 @@ def rss_mib(pid: int) -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     return float("nan")
+
+
+def env_seconds(name: str, default: float) -> float:
+    """A duration from the environment (``NODEAGENT_BENCH_*_S``), so long runs are opt-in."""
+    value = os.environ.get(name, "")
+    try:
+        return float(value) if value else default
+    except ValueError:
+        raise SystemExit(f"{name}={value!r}: expected seconds") from None
+
+
+WRK = shutil.which("wrk")
+
+
+@dataclass
+class WrkResult:
+    rate: float
+    p50_ms: float
+    p99_ms: float
+    requests: int
+    errors: int
+
+
+def wrk(port: int, path: str, headers: Mapping[str, str], *, connections: int, duration_s: float) -> WrkResult:
+    """wrk (one thread: the machine is small) with ``connections`` keep-alive connections."""
+    assert WRK is not None
+    argv = [WRK, "-t1", f"-c{connections}", f"-d{max(1, round(duration_s))}s", "--latency", "--timeout", "5s"]
+    for k, v in headers.items():
+        argv += ["-H", f"{k}: {v}"]
+    out = subprocess.run([*argv, f"http://127.0.0.1:{port}{path}"], capture_output=True, text=True, check=True).stdout
+    rate = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    done = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
+    bad = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    errs = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    errors = (int(bad.group(1)) if bad else 0) + (sum(int(x) for x in errs.groups()) if errs else 0)
+    return WrkResult(rate, _wrk_pct(out, "50%"), _wrk_pct(out, "99%"), done, errors)
+
+
+def _wrk_pct(out: str, label: str) -> float:
+    m = re.search(rf"^\s+{re.escape(label)}\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
+    if m is None:
+        return float("nan")
+    return float(m.group(1)) * {"us": 1e-3, "ms": 1.0, "s": 1e3}[m.group(2)]
+
+
+def minor_faults(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[7])
+
+
+class SyscallCounter:
+    """``brk`` calls and page faults of a process over a window, through ``perf stat`` (root, tracepoints);
+    ``available`` is False where perf cannot attach (then only /proc's page-fault count is used)."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.proc: subprocess.Popen[str] | None = None
+        self.faults0 = 0
+        self.brk: float = float("nan")
+        self.faults = 0
+
+    def __enter__(self) -> SyscallCounter:
+        self.faults0 = minor_faults(self.pid)
+        perf = shutil.which("perf")
+        if perf:
+            self.proc = subprocess.Popen(
+                [perf, "stat", "-x,", "-e", "syscalls:sys_enter_brk", "-p", str(self.pid)],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            time.sleep(0.2)  # let it attach
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.faults = minor_faults(self.pid) - self.faults0
+        if self.proc is None:
+            return
+        self.proc.send_signal(signal.SIGINT)
+        _, err = self.proc.communicate(timeout=10)
+        for line in err.splitlines():
+            head = line.split(",")[0]
+            if "sys_enter_brk" in line and head.strip().isdigit():
+                self.brk = int(head)
+
+
+def cpu_ns(pid: int) -> int:
+    """CPU time of every live thread of ``pid`` in ns (schedstat: finer than the 10 ms ticks of stat)."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            total += int((task / "schedstat").read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            continue
+    return total

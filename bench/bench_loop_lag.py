@@ -1,23 +1,28 @@
-"""Loop lag while /metrics is scraped 50 times a second (goal: p99 <= 2 ms), 8 x 7 MIG.
+"""Event-loop lag (issue 15, goal 4): p99 <= 2 ms at 50 scrapes/s (half plain, half gzip; OpenMetrics),
+8 x 7 MIG at steady state, metrics every 10 s (both tiers each sweep: the costlier case), over windows
+that include renders; the median of 3 windows, and the max.
 
-The bench server runs the metrics subsystem (sweeps and renders on its interval) and a probe task that
-sleeps 1 ms in a loop and records how late it wakes; a separate process scrapes at a fixed 50/s.
+The bench server runs the metrics subsystem and a probe task that sleeps 1 ms in a loop and records how
+late it wakes. Window length: ``NODEAGENT_BENCH_LAG_S`` (default 15 s, one or two renders each; the goal is
+stated for 60 s windows).
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import statistics
 import sys
 import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench._common import PROMETHEUS_ACCEPT, PYTHON, REPO, Helper, paced, table
+from bench import runtime_venv
+from bench._common import PROMETHEUS_ACCEPT, REPO, Helper, LoadResult, env_seconds, paced, table
 
-DURATION_S = 10.0
 RATE = 50.0
+RUNS = 3
 
 
 def lag(port: int) -> dict[str, float]:
@@ -26,36 +31,39 @@ def lag(port: int) -> dict[str, float]:
         return data
 
 
+async def window(port: int, duration_s: float) -> LoadResult:
+    plain = {"Accept": PROMETHEUS_ACCEPT}
+    results = await asyncio.gather(
+        paced(port, "/metrics", plain, rate=RATE / 2, duration_s=duration_s),
+        paced(port, "/metrics", {**plain, "Accept-Encoding": "gzip"}, rate=RATE / 2, duration_s=duration_s),
+    )
+    total = LoadResult()
+    for r in results:
+        total.requests += r.requests
+        total.errors += r.errors
+        total.latencies_s += r.latencies_s
+    return total
+
+
 def main() -> list[str]:
+    duration_s = env_seconds("NODEAGENT_BENCH_LAG_S", 15.0)
+    py, where = runtime_venv.python()
+    argv = [str(py), str(REPO / "bench/scrape_server.py"), "--count", "8", "--mig-layout", "1g.10gb*7"]
+    server = Helper([*argv, "--interval", "10", "--slow-interval", "10", "--steady", "--lag"])
     rows: list[list[object]] = []
-    for interval in (10.0, 1.0):
-        for gz in (True, False):
-            server = Helper(
-                [
-                    PYTHON,
-                    str(REPO / "bench/scrape_server.py"),
-                    "--mig-layout",
-                    "1g.10gb*7",
-                    "--interval",
-                    str(interval),
-                    "--lag",
-                ]
-            )
-            try:
-                port = server.wait_ready()
-                headers = {"Accept": PROMETHEUS_ACCEPT, **({"Accept-Encoding": "gzip"} if gz else {})}
-                lag(port)  # reset after start-up
-                result = asyncio.run(paced(port, "/metrics", headers, rate=RATE, duration_s=DURATION_S))
-                probe = lag(port)
-            finally:
-                server.stop()
+    p99s: list[float] = []
+    try:
+        port = server.wait_ready()
+        lag(port)  # reset after start-up
+        for n in range(RUNS):
+            result = asyncio.run(window(port, duration_s))
+            probe = lag(port)
+            p99s.append(probe["p99"] * 1000)
             rows.append(
                 [
-                    f"{interval:g} s",
-                    "gzip" if gz else "plain",
+                    n + 1,
                     result.requests,
                     result.errors,
-                    result.p(50) * 1000,
                     result.p(99) * 1000,
                     int(probe["n"]),
                     probe["p50"] * 1000,
@@ -63,21 +71,15 @@ def main() -> list[str]:
                     probe["max"] * 1000,
                 ]
             )
+    finally:
+        server.stop()
+    rows.append(["median / max of p99", "", "", "", "", "", f"{statistics.median(p99s):.2f} / {max(p99s):.2f}", ""])
     return [
         table(
-            f"Event-loop lag, 8 x 7 MIG, scraped {RATE:g}/s for {DURATION_S:g} s (OpenMetrics)",
-            [
-                "collection interval",
-                "encoding",
-                "scrapes",
-                "errors",
-                "scrape p50 ms",
-                "scrape p99 ms",
-                "lag samples",
-                "lag p50 ms",
-                "lag p99 ms",
-                "lag max ms",
-            ],
+            f"Event-loop lag, 8 x 7 MIG, steady state, {RATE:g} scrapes/s half plain half gzip, {RUNS} windows of "
+            f"{duration_s:g} s (NODEAGENT_BENCH_LAG_S; the goal is for 60 s), renders every 10 s; goal p99 <= 2 ms; "
+            f"{where}",
+            ["window", "scrapes", "errors", "scrape p99 ms", "lag samples", "lag p50 ms", "lag p99 ms", "lag max ms"],
             rows,
         )
     ]

@@ -14,9 +14,29 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench import bench_fleet, bench_footprint, bench_gpu_sweep, bench_loop_lag, bench_mig_plan, bench_scrape
+from bench import (
+    bench_driver_recheck,
+    bench_fleet,
+    bench_footprint,
+    bench_gpu_sweep,
+    bench_imports,
+    bench_loop_lag,
+    bench_mig_plan,
+    bench_scaling,
+    bench_scrape,
+)
 
-BENCHMARKS = (bench_scrape, bench_loop_lag, bench_footprint, bench_gpu_sweep, bench_mig_plan, bench_fleet)
+BENCHMARKS = (
+    bench_scrape,
+    bench_scaling,
+    bench_imports,
+    bench_loop_lag,
+    bench_footprint,
+    bench_driver_recheck,
+    bench_gpu_sweep,
+    bench_mig_plan,
+    bench_fleet,
+)
 
 
 def main() -> int:

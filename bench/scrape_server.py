@@ -83,10 +83,34 @@ class LagProbe:
         return web.json_response({"n": len(got), "p50": pick(0.5), "p99": pick(0.99), "max": got[-1] if got else 0})
 
 
+async def steady_state(sub: MetricsSubsystem) -> None:
+    """Wait until the slow tier has been read a second time and the series count held over a sweep:
+    the first seconds of a process are not what a scraper sees for the rest of its life."""
+    collector = sub._collector
+    assert collector is not None
+    slow_sweeps, last, count, stable = 0, None, -1, 0
+    while slow_sweeps < 2 or stable < 1:
+        await asyncio.sleep(0.05)
+        snap = sub.snapshot
+        if snap is None or snap is last:
+            continue
+        last = snap
+        slow_sweeps += snap.slow
+        exp = sub.exposition
+        assert exp is not None
+        now = exp.body(exposition.Format.TEXT, False, 0).count(b"\n")
+        stable = stable + 1 if now == count else 0
+        count = now
+
+
 async def main(args: argparse.Namespace) -> None:
     tmp = Path(tempfile.mkdtemp(prefix="nodeagent-bench-"))
     settings = load(
-        env={"NODEAGENT_METRICS__INTERVAL_S": str(args.interval), "NODEAGENT_METRICS__POD_ATTRIBUTION": "0"}
+        env={
+            "NODEAGENT_METRICS__INTERVAL_S": str(args.interval),
+            "NODEAGENT_METRICS__SLOW_INTERVAL_S": str(max(args.slow_interval or args.interval * 3, args.interval)),
+            "NODEAGENT_METRICS__POD_ATTRIBUTION": "0",
+        }
     )
     gpus = SimGpuBackend(count=args.count, mig_layout=args.mig_layout)
     await gpus.open()
@@ -138,6 +162,8 @@ async def main(args: argparse.Namespace) -> None:
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
     port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    if args.steady:
+        await steady_state(sub)
     probe_task = asyncio.create_task(probe.run()) if args.lag else None
     print(f"READY {port}", flush=True)
     try:
@@ -156,6 +182,8 @@ if __name__ == "__main__":
     parser.add_argument("--count", type=int, default=8)
     parser.add_argument("--mig-layout", default="")
     parser.add_argument("--interval", type=float, default=10.0)
+    parser.add_argument("--slow-interval", type=float, default=0.0, help="default: 3 x --interval")
+    parser.add_argument("--steady", action="store_true", help="print READY only at steady state")
     parser.add_argument("--lag", action="store_true", help="run the 1 ms loop-lag probe")
     import contextlib
     import signal

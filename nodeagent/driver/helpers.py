@@ -8,7 +8,7 @@ from nodeagent.errors import HostPathError
 from nodeagent.model.driver import HelperStatus
 
 NVSWITCH_DEVICES = "/proc/driver/nvidia-nvswitch/devices"
-_COMM_LEN = 15
+COMM_LEN = 15
 """The kernel keeps 15 bytes of a process name in comm: nv-fabricmanager shows as nv-fabricmanage."""
 
 PERSISTENCED = "nvidia-persistenced"
@@ -40,7 +40,7 @@ def helper_statuses(root: Root) -> tuple[tuple[HelperStatus, ...], bool]:
     nvswitch = has_nvswitch(root)
 
     def status(name: str, needed: bool) -> HelperStatus:
-        pids = tuple(sorted(procs.get(name[:_COMM_LEN], [])))
+        pids = tuple(sorted(procs.get(name[:COMM_LEN], [])))
         return HelperStatus(name, needed, bool(pids), pids)
 
     return (status(PERSISTENCED, True), status(FABRIC_MANAGER, nvswitch)), nvswitch

@@ -8,15 +8,18 @@ root chose (modprobe and mknod on a node, the sandbox's stand-ins in simulation)
 from __future__ import annotations
 
 import asyncio
+import time
 import weakref
+from pathlib import Path
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Gauge
 
-from nodeagent import events
+from nodeagent import aio, events
 from nodeagent.aio import run_blocking
 from nodeagent.backends.kmod import ModuleLoader
-from nodeagent.driver import planner
+from nodeagent.backends.watch import FileWatcher
+from nodeagent.driver import changes, planner
 from nodeagent.driver.devnodes import DevNode
 from nodeagent.driver.modules import ModuleLoad
 from nodeagent.driver.observe import DriverObservation, gather
@@ -68,6 +71,16 @@ class DriverSubsystem(BaseSubsystem):
         self._published: DriverFacts | None = _UNSET
         self._metrics = _metrics_for(ctx.registry)
         self.assessment: planner.Assessment | None = None
+        self.checks = {"full": 0, "probe_only": 0}
+        """Re-check passes: full gathers, and probes that found nothing changed (no gather)."""
+        self._lock = asyncio.Lock()
+        self._observed: DriverObservation | None = None
+        self._probe: changes.Probe | None = None
+        self._full_at = 0.0
+        self._settled = False
+        self._files_changed = False
+        self._watched: frozenset[str] = frozenset()
+        self._rewatch = asyncio.Event()
 
     # ------------------------------------------------------------------------------ one-shot contract
 
@@ -129,17 +142,64 @@ class DriverSubsystem(BaseSubsystem):
         await self.reconcile()
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Re-check on inventory and MIG changes (new MIG caps), and every ``driver.recheck_s``."""
-        await reconcile_loop(
+        """Re-check on inventory and MIG changes (new MIG caps) with a full gather; every ``driver.recheck_s``
+        and when a watched file changes, with a full gather only if a cheap probe says something may have
+        changed (see ``changes``)."""
+        await aio.run_until_stopped(
             stop,
-            self.ctx.bus,
-            (events.INVENTORY_CHANGED, events.MIG_CHANGED),
-            self._recheck,
-            interval_s=self.ctx.settings.driver.recheck_s,
+            {
+                "driver:recheck": reconcile_loop(
+                    stop,
+                    self.ctx.bus,
+                    (events.INVENTORY_CHANGED, events.MIG_CHANGED),
+                    self._recheck,
+                    interval_s=self.ctx.settings.driver.recheck_s,
+                ),
+                "driver:watch": self._watch_files(stop),
+            },
         )
 
     async def _recheck(self, event: Event | None) -> None:
-        await self.reconcile()
+        if event is not None:
+            await self.reconcile()
+        else:
+            await self.recheck()
+
+    async def recheck(self) -> str | None:
+        """Probe, and reconcile only when something may have changed; returns why it did, or None."""
+        async with self._lock:
+            now = await run_blocking(changes.probe, self.ctx.root, self._observed)
+            reason = changes.decide(
+                self._probe,
+                now,
+                settled=self._settled,
+                files_changed=self._files_changed,
+                since_full_s=time.monotonic() - self._full_at,
+            )
+            if reason is None:
+                self.checks["probe_only"] += 1
+                return None
+            self.log.debug("driver_recheck", reason=reason)
+            await self._reconcile(now)
+            return reason
+
+    async def _watch_files(self, stop: asyncio.Event) -> None:
+        """Watch the driver's files and device nodes (inotify); restart when the set of paths changes."""
+        while not stop.is_set():
+            rewatch = self._rewatch = asyncio.Event()
+            relay = asyncio.create_task(_set_when(stop, rewatch))
+            try:
+                if self._watched:
+                    watcher = FileWatcher(
+                        [Path(p) for p in sorted(self._watched)], poll_s=self.ctx.settings.driver.recheck_s
+                    )
+                    async for _changed in watcher.changes(rewatch):
+                        self._files_changed = True
+                        await self.recheck()
+                else:
+                    await rewatch.wait()
+            finally:
+                relay.cancel()
 
     async def stop(self) -> None:
         self._publish(None, quiet=True)
@@ -147,6 +207,13 @@ class DriverSubsystem(BaseSubsystem):
 
     async def reconcile(self) -> planner.Assessment:
         """Observe, apply what is needed, observe again; then status, metrics and DRIVER_READY."""
+        async with self._lock:
+            return await self._reconcile(await run_blocking(changes.probe, self.ctx.root, self._observed))
+
+    async def _reconcile(self, probe: changes.Probe) -> planner.Assessment:
+        # The probe was taken before the gather: a change after it shows in the next probe.
+        self._files_changed = False
+        self.checks["full"] += 1
         apply_error = ""
         observed = await self.observe()
         plan = self.plan(observed)
@@ -161,6 +228,15 @@ class DriverSubsystem(BaseSubsystem):
             plan = self.plan(observed)
         self.last_plan = plan
         self.assessment = assessment = planner.assess(observed, self.ctx.settings)
+        self._observed, self._full_at = observed, time.monotonic()
+        if plan.steps or apply_error:  # what the apply changed (modules) is part of the next baseline
+            self._probe = await run_blocking(changes.probe, self.ctx.root, observed)
+        else:
+            self._probe = await run_blocking(changes.after_gather, self.ctx.root, probe, observed)
+        watched = await run_blocking(changes.watched_paths, self.ctx.root, observed)
+        if watched != self._watched:
+            self._watched = watched
+            self._rewatch.set()
         self._report(assessment, apply_error)
         return assessment
 
@@ -176,8 +252,11 @@ class DriverSubsystem(BaseSubsystem):
             "library_version": a.version_check.library if a.version_check else None,
             "modules": list(a.facts.modules) if a.facts else [],
             "helpers": [h.describe() for h in a.facts.helpers] if a.facts else [],
+            "checks": dict(self.checks),
+            "watched_files": len(self._watched),
         }
         ready = a.ready and not failures
+        self._settled = ready
         if failures:
             self.set_status(Phase.FAILED, "; ".join(failures), **details)
         elif not ready:
@@ -205,3 +284,8 @@ class DriverSubsystem(BaseSubsystem):
             self.log.info("driver_ready", root=facts.root, version=facts.kernel_version, modules=list(facts.modules))
         else:
             self.log.warning("driver_not_ready", reason=self.status().reason)
+
+
+async def _set_when(stop: asyncio.Event, other: asyncio.Event) -> None:
+    await stop.wait()
+    other.set()

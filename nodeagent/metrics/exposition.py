@@ -1,8 +1,9 @@
 """Rendering a snapshot once, in the Prometheus text format and in OpenMetrics, plain and gzip.
 
 ``render`` runs once per snapshot (off the event loop) and returns an ``Exposition`` holding every
-variant's bytes. A scrape then only appends a tiny per-scrape tail, ``nodeagent_snapshot_age_seconds``,
-which must be current. For gzip the cached body is a deflate stream left open at a byte boundary, and
+variant's bytes. A scrape then only adds a tiny per-scrape family, ``nodeagent_snapshot_age_seconds``,
+which must be current; it is sent as a separate write from the cached bytes (``parts``), so no scrape
+copies the body. For gzip the cached body is a deflate stream left open at a byte boundary, and
 each scrape closes it with the tail as an uncompressed block and the trailer, so the response is one
 ordinary gzip member that any client reads, at the cost of a CRC over ~150 bytes.
 
@@ -149,61 +150,88 @@ def series_chunks(snap: Snapshot, layout: Layout) -> list[tuple[Family, str]]:
 
 
 class Exposition:
-    """One snapshot's response bodies in every variant; ``body()`` is all a scrape costs."""
+    """One snapshot's response bodies in every variant; ``parts()`` is all a scrape costs.
+
+    Uncompressed, the per-scrape age family goes first: headers and that small prefix make one write and
+    the cached bytes (ending in ``# EOF`` for OpenMetrics) the other, with no copy of the body. Compressed
+    (~10 KiB), the cached deflate stream comes first and the age is closed into it as a stored block.
+    The text formats do not order families, so both carry the same series.
+    """
 
     def __init__(self, taken_at: float, plain: Mapping[Format, bytes]) -> None:
+        """``plain``: each format's cached bytes; OpenMetrics may already end in ``# EOF`` (render's does)."""
         self.taken_at = taken_at
-        self.plain = dict(plain)
         self.gzip: dict[Format, bytes] = {}
         self._crc: dict[Format, int] = {}
-        for fmt, data in self.plain.items():
+        self._size: dict[Format, int] = {}
+        self._wire: dict[Format, memoryview] = {}
+        """Uncompressed cached bytes as sent (OpenMetrics with its ``# EOF``). Memoryviews: a partial
+        socket send slices a view, where slicing bytes would copy the rest."""
+        for fmt, given in plain.items():
+            wire = memoryview(given + _EOF if fmt is Format.OPENMETRICS and not given.endswith(_EOF) else given)
+            content = wire[: -len(_EOF)] if fmt is Format.OPENMETRICS else wire
             comp = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, 31)
             # A sync flush ends the deflate data on a byte boundary without finishing the stream, so a
-            # scrape can append the tail as a final stored block plus the gzip trailer (see body()).
-            self.gzip[fmt] = comp.compress(data) + comp.flush(zlib.Z_SYNC_FLUSH)
-            self._crc[fmt] = zlib.crc32(data)
+            # scrape can append the tail as a final stored block plus the gzip trailer (see parts()).
+            self.gzip[fmt] = b"".join((comp.compress(content), comp.flush(zlib.Z_SYNC_FLUSH)))
+            self._crc[fmt] = zlib.crc32(content)
+            self._size[fmt] = len(content)
+            self._wire[fmt] = wire
+        self._gzip_views = {fmt: memoryview(data) for fmt, data in self.gzip.items()}
+
+    def plain_size(self, fmt: Format) -> int:
+        return len(self._wire[fmt])
 
     @staticmethod
-    def tail(fmt: Format, age_s: float) -> bytes:
-        text = f"{_AGE_HEADER}{AGE_METRIC} {max(age_s, 0.0):.3f}\n"
-        if fmt is Format.OPENMETRICS:
-            text += "# EOF\n"
-        return text.encode()
+    def age(age_s: float) -> bytes:
+        return f"{_AGE_HEADER}{AGE_METRIC} {max(age_s, 0.0):.3f}\n".encode()
 
-    def body(self, fmt: Format, gzip: bool, now: float) -> bytes:
-        tail = self.tail(fmt, now - self.taken_at)
+    def parts(self, fmt: Format, gzip: bool, now: float) -> tuple[bytes | memoryview, bytes | memoryview]:
+        """The response body in two pieces, to be written one after the other: joining them would copy
+        the whole cached body (~270 KiB at 8 x 7 MIG) at every scrape."""
+        age = self.age(now - self.taken_at)
         if not gzip:
-            return self.plain[fmt] + tail
+            return age, self._wire[fmt]
+        tail = age + _EOF if fmt is Format.OPENMETRICS else age
         # RFC 1951 stored block (BFINAL=1, BTYPE=00, LEN, NLEN) holding the tail, then the RFC 1952
         # trailer (CRC-32 and size of all the uncompressed data): one valid gzip member, no zlib call.
         n = len(tail)
         crc = zlib.crc32(tail, self._crc[fmt])
-        size = (len(self.plain[fmt]) + n) & 0xFFFFFFFF
-        return b"".join((self.gzip[fmt], b"\x01", _STORED.pack(n, n ^ 0xFFFF), tail, _TRAILER.pack(crc, size)))
+        size = (self._size[fmt] + n) & 0xFFFFFFFF
+        return self._gzip_views[fmt], b"".join((b"\x01", _STORED.pack(n, n ^ 0xFFFF), tail, _TRAILER.pack(crc, size)))
+
+    def body(self, fmt: Format, gzip: bool, now: float) -> bytes:
+        """The whole body as one bytes object (tests, one-shot readers); scrapes use ``parts``."""
+        return b"".join(self.parts(fmt, gzip, now))
 
 
+_EOF = b"# EOF\n"
 _STORED = struct.Struct("<HH")
 _TRAILER = struct.Struct("<II")
 
 
 def render(snap: Snapshot, layout: Layout, registry: CollectorRegistry | None) -> Exposition:
-    """Render every variant of one snapshot (blocking: run it off the event loop)."""
+    """Render every variant of one snapshot (blocking: run it off the event loop).
+
+    Each body is joined once from small encoded pieces: one large allocation per format, not a joined
+    str, its encoding and a concatenation (large temporaries fragment the worker thread's heap)."""
     chunks = series_chunks(snap, layout)
-    text_parts: list[str] = []
-    om_parts: list[str] = []
+    text_parts: list[bytes] = []
+    om_parts: list[bytes] = []
     for fam, lines in chunks:
-        text_parts += (fam.text_header, lines)
-        om_parts += (fam.om_header, lines)
-    text = "".join(text_parts).encode()
-    om = "".join(om_parts).encode()
+        encoded = lines.encode()
+        text_parts += (fam.text_header.encode(), encoded)
+        om_parts += (fam.om_header.encode(), encoded)
     if registry is not None:
         from prometheus_client import generate_latest
         from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
 
-        text += generate_latest(registry)
-        om_registry = generate_openmetrics(registry)  # type: ignore[no-untyped-call]
-        om += om_registry.removesuffix(b"# EOF\n")
-    return Exposition(snap.taken_at, {Format.TEXT: text, Format.OPENMETRICS: om})
+        text_parts.append(generate_latest(registry))
+        om_registry: bytes = generate_openmetrics(registry)  # type: ignore[no-untyped-call]
+        om_parts.append(om_registry.removesuffix(_EOF))
+    om_parts.append(_EOF)
+    del chunks
+    return Exposition(snap.taken_at, {Format.TEXT: b"".join(text_parts), Format.OPENMETRICS: b"".join(om_parts)})
 
 
 # ------------------------------------------------------------------------------------- negotiation

@@ -27,6 +27,7 @@ from nodeagent.metrics.agent_metrics import AgentMetrics, AgentState
 from nodeagent.metrics.collector import GPM_PRIME_INTERVAL_S, Collector, Snapshot
 from nodeagent.metrics.counters_csv import CounterSet, parse
 from nodeagent.metrics.fields import default_counters
+from nodeagent.metrics.response import send_parts
 from nodeagent.metrics.series_labels import EntityKey, PodRef, entities
 from nodeagent.model.gpu import GpuHealthState, Inventory
 from nodeagent.plan import Plan
@@ -265,8 +266,8 @@ class MetricsSubsystem(BaseSubsystem):
 
     # ---------------------------------------------------------------------------------------- HTTP
 
-    async def handle(self, request: web.Request) -> web.Response:
-        """Serve the cached bytes of the latest snapshot; never touches the GPU or the kubelet."""
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        """Serve the cached bytes of the latest snapshot (no copy of them); never touches the GPU or the kubelet."""
         current = self.exposition
         if current is None:
             return web.Response(status=503, text="no GPU metrics collected yet\n")
@@ -281,7 +282,7 @@ class MetricsSubsystem(BaseSubsystem):
         out = {"Content-Type": exposition.CONTENT_TYPES[fmt], "Vary": "Accept, Accept-Encoding"}
         if gzip:
             out["Content-Encoding"] = "gzip"
-        return web.Response(body=current.body(fmt, gzip, time.time()), headers=out)
+        return await send_parts(request, current.parts(fmt, gzip, time.time()), out)
 
 
 def _not_in(inventory: Inventory, snap: Snapshot) -> frozenset[EntityKey]:
