@@ -6,10 +6,11 @@ Everything that differs between a node and the simulator is decided here and now
 - the GPU backend (NVML, the simulator, or none when no enabled subsystem needs a GPU);
 - runtime control (the real containerd/CRI-O/docker, or a recorder), the kernel-module loader (modprobe, or
   the sandbox's /proc/modules) and how device nodes are made (mknod, or placeholder files);
+- what changes MIG layouts (the simulator, with its state kept in the sandbox, or NVML's control);
+- how the Kubernetes API client is built (in-cluster, a kubeconfig, or the test API server);
 - the simulator's own HTTP routes (``/debug/sim/*``), which exist only in simulation.
 
-Subsystems receive the finished ``Context`` and never ask whether they are simulated. The Kubernetes
-API client and the kubelet's pod-resources client, when added, are chosen here too.
+Subsystems receive the finished ``Context`` and never ask whether they are simulated.
 """
 
 from __future__ import annotations
