@@ -22,7 +22,7 @@ from typing import Any
 
 import structlog
 
-from nodeagent import aio
+from nodeagent import aio, events
 from nodeagent.backends.sdnotify import Notifier
 from nodeagent.compose import Parts
 from nodeagent.errors import ConfigError, NodeAgentError, PermanentError, TemporaryError
@@ -283,14 +283,14 @@ class Agent:
         frozen = [section for section in changed if section in AGENT_SECTIONS]
         kept = {section: getattr(old, section) for section in frozen}
         self.ctx.settings = new.with_sections(kept) if kept else new
+        effective = set(changed) - set(frozen)
         affected = [
-            name
-            for name, sub in self.subsystems.items()
-            if set(getattr(sub, "settings_sections", (name,))) & set(changed)
+            name for name, sub in self.subsystems.items() if set(getattr(sub, "settings_sections", (name,))) & effective
         ]
         log.info("settings_reloaded", changed=changed, restarting=affected, needs_agent_restart=frozen)
         for name in affected:
             await self._restart_one(name)
+        self.ctx.bus.publish(events.SETTINGS_RELOADED, self.ctx.settings)
         return affected
 
     async def _restart_one(self, name: str) -> None:

@@ -41,7 +41,8 @@ XID = "gpu.xid"
 GPU_HEALTH = "gpu.health"
 """Payload: ``{gpu index: GpuHealthState}`` whenever any GPU's health changes."""
 SETTINGS_RELOADED = "settings.reloaded"
-"""Payload: the new ``Settings``."""
+"""Payload: the ``Settings`` in effect after a reload (the subsystems that read a changed section have been
+restarted by then; see ``Agent.apply_settings``)."""
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from nodeagent import testing
+from nodeagent import events, testing
 from nodeagent.app import Agent
 from nodeagent.backends.hostfs import Root
 from nodeagent.backends.runtimectl import SimRuntimeControl
@@ -61,6 +61,7 @@ async def test_a_reload_reaches_the_runtime_subsystem(tmp_path: Path) -> None:
         # the runtime's section: the runtime subsystem restarts with it and writes the new handler
         renamed = replace(ctx.settings, "runtime", runtime_class="nvidia-reloaded")
         assert await agent.apply_settings(renamed) == ["runtime"]
+        assert ctx.bus.last(events.SETTINGS_RELOADED) is ctx.settings
         fresh = agent.subsystems["runtime"]
         assert fresh is not first and isinstance(fresh, RuntimeSubsystem)
         assert fresh.settings.runtime_class == "nvidia-reloaded"
