@@ -28,7 +28,7 @@ import time
 from dataclasses import dataclass, replace
 from typing import Any
 
-from nodeagent import events
+from nodeagent import aio, events
 from nodeagent.aio import run_blocking
 from nodeagent.errors import ConfigError, NodeAgentError
 from nodeagent.kube.client import KubeClient, KubeError, NotFound
@@ -50,7 +50,6 @@ from nodeagent.model.mig import MigConfigRequest, OperandRequest, OperandState
 from nodeagent.plan import Plan
 from nodeagent.subsystem import ApplyResult, BaseSubsystem, Context, Phase
 
-PCI_3D_CONTROLLER = 0x030200
 PCI_DEVICES = "/sys/bus/pci/devices"
 NVIDIA_VENDOR = "0x10de"
 CONFLICT_RETRIES = 3
@@ -160,8 +159,6 @@ class LabelsSubsystem(BaseSubsystem):
                 classes[gpu.index] = int(text.strip(), 16) if text else None
             except ValueError:
                 classes[gpu.index] = None
-            if classes[gpu.index] is None and inventory.backend == "sim":
-                classes[gpu.index] = PCI_3D_CONTROLLER  # the simulated models are all 3D controllers
         machine = self._read_text(self.ctx.settings.labels.machine_type_file)
         configs: list[bytes] = []
         addresses = self.ctx.root.listdir(PCI_DEVICES)
@@ -538,12 +535,7 @@ class LabelsSubsystem(BaseSubsystem):
                     timeout = self._retry_delay() if degraded else self.ctx.settings.labels.resync_s
                     if self._deferred_s() > 0:
                         timeout = min(timeout, self._deferred_s())
-                    dirty = asyncio.ensure_future(self._dirty.wait())
-                    stopper = asyncio.ensure_future(stop.wait())
-                    await asyncio.wait({dirty, stopper}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-                    dirty.cancel()
-                    stopper.cancel()
-                    if stop.is_set():
+                    if await aio.first_of(stop, self._dirty, timeout_s=timeout) is stop:
                         break
                     self._dirty.clear()
                     await self.refresh()

@@ -330,6 +330,14 @@ def containerd_default_config() -> bytes:
     return resources.files("nodeagent.backends.sim").joinpath("data/containerd-1.6.20-default.toml").read_bytes()
 
 
+def write_pci_classes(root: Root, inventory: Inventory, pci_class: int = 0x030200) -> None:
+    """/sys/bus/pci/devices/<address>/class of every GPU (the data-center models are 3D controllers)."""
+    for gpu in inventory.gpus:
+        domain, _, rest = gpu.pci_bus_id.lower().partition(":")
+        address = f"{domain[-4:]}:{rest}"  # sysfs writes a 4-digit domain, NVML an 8-digit one
+        _write(root, f"/sys/bus/pci/devices/{address}/class", f"0x{pci_class:06x}\n", 0o444)
+
+
 def populate_sandbox(root: Root, inventory: Inventory) -> bool:
     """Lay out a new or empty sandbox like a GPU node; leave a non-empty one as it is.
 
@@ -349,6 +357,7 @@ def populate_sandbox(root: Root, inventory: Inventory) -> bool:
     # The container toolkit's binaries, which the runtime config and the CDI hooks point at.
     for tool in ("nvidia-container-runtime", "nvidia-ctk", "nvidia-cdi-hook"):
         _write(root, f"/usr/bin/{tool}", _elf_stub(tool), 0o755)
+    write_pci_classes(root, inventory)
     write_helper_process(root, 1841, "nvidia-persistenced")
     _write(root, "/run/nvidia-persistenced/socket", b"", 0o755)  # stands in for its unix socket
     _symlink(root, "/var/run", "../run")  # as on Debian: /var/run -> /run
