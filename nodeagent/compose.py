@@ -236,7 +236,7 @@ def build_context(
         registry=registry,
         board=board,
         node_name=node_name,
-        self_metrics=SelfMetrics(registry, board.statuses),
+        self_metrics=SelfMetrics(registry, lambda: board.readiness),
     )
 
 

@@ -21,6 +21,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 
 import structlog
@@ -121,11 +122,15 @@ class StatusBoard:
         self._own: dict[str, Callable[[], Status]] = {}
         self._overrides: dict[str, Status] = {}
         self._changed = asyncio.Event()
+        self.readiness: Mapping[str, bool] = MappingProxyType({})
+        """Each subsystem's readiness, replaced (never mutated) on the loop at every change, so a metrics
+        render on a worker thread reads a consistent mapping."""
 
     def track(self, name: str, current: Callable[[], Status], *, initial: Status | None = None) -> None:
         self._own[name] = current
         if initial is not None:
             self._overrides[name] = initial
+        self._notify()
 
     def reported(self, name: str) -> None:
         """A subsystem changed its own status: drop any override and wake the watchers."""
@@ -152,6 +157,7 @@ class StatusBoard:
             await changed.wait()
 
     def _notify(self) -> None:
+        self.readiness = MappingProxyType({name: s.ready for name, s in self.statuses().items()})
         # A fresh Event per change: every waiter holding the old one wakes, none can miss a change.
         changed, self._changed = self._changed, asyncio.Event()
         changed.set()
