@@ -103,3 +103,30 @@ async def test_sampling_publishes_xids_and_health_changes_once() -> None:
             assert lost.payload[0] is GpuHealthState.LOST and lost.payload[1] is GpuHealthState.OK
     finally:
         await sim.close()
+
+
+async def test_an_injected_xid_is_pushed_without_a_sweep() -> None:
+    """The simulator's injection reaches the bus at once: the only sweep due is an hour away."""
+    sim = SimGpuBackend("h100-80gb-hbm3", 2, 0)
+    await sim.open()
+    bus = EventBus()
+    state = GpuState(sim, bus, interval_s=3600)
+    stop = asyncio.Event()
+    sweeps = 0
+    with state.register("health", SamplingNeeds(interval_s=3600.0), lambda _: _count()):
+        async with bus.subscribe(events.XID) as sub:
+            task = asyncio.create_task(state.run(stop))
+
+            def _count() -> None:
+                nonlocal sweeps
+                sweeps += 1
+
+            await state.started.wait()
+            first = sweeps
+            sim.inject_xid(1, 79)
+            event = await asyncio.wait_for(sub.get(), 5)
+            assert (event.payload.gpu_index, event.payload.xid) == (1, 79)
+            assert sweeps == first, "no sweep delivered it"
+            stop.set()
+            await asyncio.wait_for(task, 5)
+    await sim.close()
