@@ -8,7 +8,7 @@ from nodeagent import events, testing
 from nodeagent.backends.gpu.sim.backend import SimGpuBackend
 from nodeagent.backends.sim import sandbox
 from nodeagent.events import EventBus
-from nodeagent.gpustate import GpuState
+from nodeagent.gpustate import Delivery, GpuState, SamplingNeeds
 from nodeagent.model.gpu import GpuHealthState, Reading, SampleRequest
 
 REQUEST = SampleRequest(frozenset({Reading.GPU_TEMP_C}))
@@ -106,27 +106,30 @@ async def test_sampling_publishes_xids_and_health_changes_once() -> None:
 
 
 async def test_an_injected_xid_is_pushed_without_a_sweep() -> None:
-    """The simulator's injection reaches the bus at once: the only sweep due is an hour away."""
+    """The simulator's injection reaches the bus at once: the next sweep due is an hour away."""
     sim = SimGpuBackend("h100-80gb-hbm3", 2, 0)
     await sim.open()
     bus = EventBus()
     state = GpuState(sim, bus, interval_s=3600)
     stop = asyncio.Event()
-    sweeps = 0
-    with state.register("health", SamplingNeeds(interval_s=3600.0), lambda _: _count()):
+    deliveries: list[Delivery] = []
+    swept = asyncio.Event()
+
+    def listener(delivery: Delivery) -> None:
+        deliveries.append(delivery)
+        swept.set()
+
+    with state.register("health", SamplingNeeds(interval_s=3600.0), listener):
         async with bus.subscribe(events.XID) as sub:
             task = asyncio.create_task(state.run(stop))
-
-            def _count() -> None:
-                nonlocal sweeps
-                sweeps += 1
-
-            await state.started.wait()
-            first = sweeps
+            await swept.wait()  # the first sweep: due at registration
             sim.inject_xid(1, 79)
             event = await asyncio.wait_for(sub.get(), 5)
             assert (event.payload.gpu_index, event.payload.xid) == (1, 79)
-            assert sweeps == first, "no sweep delivered it"
+            assert len(deliveries) == 1, "no sweep delivered it"
+            await state.sweep(force=state.registrations[0])
+            assert [x.xid for x in deliveries[1].sample.xids] == [79], "and the listener's next delivery has it"
             stop.set()
             await asyncio.wait_for(task, 5)
+    assert state.registrations == ()
     await sim.close()

@@ -17,6 +17,7 @@ same GpuSweeper as the NVML backend, so a hung simulated GPU is handled exactly 
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import hashlib
 import json
@@ -420,6 +421,7 @@ class SimGpuBackend:
         )
         self._release = threading.Event()
         self._xids: collections.deque[XidEvent] = collections.deque()
+        self._xid_sink: Callable[[XidEvent], None] | None = None
         ids = random.Random(f"ids/{seed}/{self.profile.key}")
         buses = sorted(ids.sample(range(0x07, 0xF0), self.count))
         minors = ids.sample(range(self.count), self.count)
@@ -447,6 +449,23 @@ class SimGpuBackend:
         self._closed = False
         log.info("sim_gpus_opened", profile=self.profile.key, name=self.profile.name, count=self.count, seed=self.seed)
 
+    def watch_events(self, sink: Callable[[XidEvent], None]) -> Callable[[], None]:
+        """Injected XIDs go to ``sink`` on this loop at once (the simulator's stand-in for NVML's event wait)."""
+        loop = asyncio.get_running_loop()
+
+        def push(event: XidEvent) -> None:
+            loop.call_soon_threadsafe(sink, event)
+
+        self._xid_sink = push
+        while self._xids:  # injected before anyone watched
+            push(self._xids.popleft())
+
+        def unwatch() -> None:
+            if self._xid_sink is push:
+                self._xid_sink = None
+
+        return unwatch
+
     @property
     def closed(self) -> bool:
         return self._closed
@@ -455,6 +474,7 @@ class SimGpuBackend:
         if self._closed:
             return
         self._closed = True
+        self._xid_sink = None
         self._release.set()  # wake any simulated hang so its thread ends
         self._sweeper.shutdown()
 
@@ -573,9 +593,10 @@ class SimGpuBackend:
     def inject_xid(
         self, gpu_index: int, xid: int, *, gpu_instance_id: int | None = None, compute_instance_id: int | None = None
     ) -> None:
-        """An XID error on a GPU (or one of its MIG instances); it shows up in the next Sample.xids."""
+        """An XID error on a GPU (or one of its MIG instances): pushed to the watcher at once, or, when
+        nobody watches, in the next Sample.xids."""
         g = self._gpu(gpu_index)
-        self._xids.append(
+        (self._xid_sink or self._xids.append)(
             XidEvent(
                 gpu_index=gpu_index,
                 gpu_uuid=g.uuid,
