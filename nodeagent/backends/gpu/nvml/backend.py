@@ -38,7 +38,7 @@ class NvmlBackend(NvmlLifecycle, NvmlInventory, NvmlGpm, NvmlEvents):
             return self.read_gpu(hop, index, readings, include_mig)
 
         result = await self._sweeper.sweep(
-            _wanted(len(self._gpus), request), per_gpu, tail=self._poll_events, name="sample"
+            _wanted(len(self._gpus), request), per_gpu, tail=self._sample_tail(), name="sample"
         )
         indexes = [g.index for g in self._gpus]
         return to_sample(result, taken_at=taken_at, health=self._sweeper.health, gpus=indexes, request=request)

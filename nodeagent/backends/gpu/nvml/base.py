@@ -113,3 +113,6 @@ class NvmlBase:
 
     def _free_gpm(self, gpm: GpmState) -> None:
         raise NotImplementedError
+
+    def _stop_watching(self, *, join_s: float = 0.0) -> None:
+        raise NotImplementedError

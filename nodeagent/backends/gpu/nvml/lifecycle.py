@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from pathlib import Path
 
 from nodeagent.backends.gpu.nvml.base import NvmlBase, log
+from nodeagent.backends.gpu.nvml.events import WAIT_MS
 from nodeagent.backends.gpu.nvml.library import (
     LIBRARY,
     LIBRARY_DIRS,
@@ -38,6 +40,8 @@ class NvmlLifecycle(NvmlBase):
             self._sweeper.shutdown()
             return
         self._opened = False
+        # the watcher's wait must end before the event set is freed (joined off the loop)
+        await asyncio.to_thread(self._stop_watching, join_s=2 * WAIT_MS / 1000)
         try:
             await self._sweeper.call("nvmlShutdown", self._shutdown)
         except CallTimeout:
