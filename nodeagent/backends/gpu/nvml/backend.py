@@ -19,7 +19,7 @@ from nodeagent.backends.gpu.nvml.events import NvmlEvents
 from nodeagent.backends.gpu.nvml.gpm import NvmlGpm
 from nodeagent.backends.gpu.nvml.inventory import NvmlInventory
 from nodeagent.backends.gpu.nvml.lifecycle import NvmlLifecycle
-from nodeagent.backends.gpu.nvml.readers import MIB, MIG_FB, MIG_GPM, READERS, Calls, GpuState, MigState
+from nodeagent.backends.gpu.nvml.readers import MIB, MIG_FB, MIG_GPM, READERS, Calls, NvmlDevice, MigState
 from nodeagent.backends.gpu.sweep import Hop, to_sample
 from nodeagent.backends.gpu.sweep import wanted_gpus as _wanted
 from nodeagent.model.gpu import GPM_READINGS, MIG_READINGS, MigKey, Reading, Sample, SampleRequest
@@ -71,7 +71,7 @@ class NvmlBackend(NvmlLifecycle, NvmlInventory, NvmlGpm, NvmlEvents):
                 mig[(index, m.gi)] = self._read_mig(hop, g, h, m, mig_want - m.unsupported)
         return out, mig
 
-    def _read_mig(self, hop: Hop, g: GpuState, h: Any, m: MigState, want: frozenset[Reading]) -> dict[Reading, float]:
+    def _read_mig(self, hop: Hop, g: NvmlDevice, h: Any, m: MigState, want: frozenset[Reading]) -> dict[Reading, float]:
         nv = self.nv
         c = Calls(self, hop, m.unsupported)
         out: dict[Reading, float] = {}

@@ -14,7 +14,7 @@ from nodeagent.backends.gpu.nvml.library import (
     find_nvml_library,
     unavailable_reason,
 )
-from nodeagent.backends.gpu.nvml.readers import GpuState
+from nodeagent.backends.gpu.nvml.readers import NvmlDevice
 from nodeagent.errors import BackendUnavailable, CallTimeout
 
 
@@ -86,7 +86,7 @@ class NvmlLifecycle(NvmlBase):
             count = int(nv.nvmlDeviceGetCount())
         except self.nvml_error as err:
             raise BackendUnavailable(f"NVML cannot count the GPUs: {err}") from None
-        self._gpus = [GpuState(i) for i in range(count)]
+        self._gpus = [NvmlDevice(i) for i in range(count)]
         return count
 
     def _use_library(self, path: Path) -> None:
