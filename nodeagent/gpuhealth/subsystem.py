@@ -3,13 +3,13 @@ report (``events.NODE_GPU_HEALTH``), /status details per GPU, and dcgm-exporter'
 
 It reads what the GPU-state owner publishes (``events.XID`` as the backend pushes it, ``events.GPU_HEALTH``
 from the owner's sweeps); it registers a health-only need (``HEALTH_INTERVAL_S``) so those sweeps run whatever
-else is enabled, and shares them with the metrics subsystem's when both run. The report changes when an incident starts or ends (an
-XID window passes, NVML answers again); it is published at once unless the previous one went out less than
-``gpuhealth.min_publish_interval_s`` ago, then the latest report goes out when that interval ends, so a
-flapping GPU costs one Node write per interval at most; and a GPU that keeps going unhealthy stays reported
-unhealthy until it has stayed healthy for a hold time that doubles with each recent fault
-(``flapping.py``). The labels subsystem turns reports into the
-``NvidiaGpuHealthy`` condition and the optional taint.
+else is enabled, and shares them with the metrics subsystem's when both run. The report changes when an
+incident starts or ends (an XID window passes, NVML answers again); it is published at once unless the
+previous one went out less than ``gpuhealth.min_publish_interval_s`` ago, then the latest report goes out when
+that interval ends, so a flapping GPU costs one Node write per interval at most; and a GPU that keeps going
+unhealthy stays reported unhealthy until it has stayed healthy for a hold time that doubles with each recent
+fault (``flapping.py``). The labels subsystem turns reports into the ``NvidiaGpuHealthy`` condition and the
+optional taint.
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ from prometheus_client import CollectorRegistry, Gauge
 from nodeagent import events
 from nodeagent.aio import until_stopped
 from nodeagent.errors import NodeAgentError
-from nodeagent.gpustate import Registration, SamplingNeeds
 from nodeagent.gpuhealth import classify, flapping
+from nodeagent.gpustate import Registration, SamplingNeeds
 from nodeagent.model.gpu import GpuHealthState, Inventory, XidEvent
 from nodeagent.model.health import NodeGpuHealth
 from nodeagent.plan import Plan

@@ -19,7 +19,7 @@ from nodeagent.backends.gpu.nvml.events import NvmlEvents
 from nodeagent.backends.gpu.nvml.gpm import NvmlGpm
 from nodeagent.backends.gpu.nvml.inventory import NvmlInventory
 from nodeagent.backends.gpu.nvml.lifecycle import NvmlLifecycle
-from nodeagent.backends.gpu.nvml.readers import MIB, MIG_FB, MIG_GPM, READERS, Calls, NvmlDevice, MigState
+from nodeagent.backends.gpu.nvml.readers import MIB, MIG_FB, MIG_GPM, READERS, Calls, MigState, NvmlDevice
 from nodeagent.backends.gpu.sweep import Hop, to_sample
 from nodeagent.backends.gpu.sweep import wanted_gpus as _wanted
 from nodeagent.model.gpu import GPM_READINGS, MIG_READINGS, MigKey, Reading, Sample, SampleRequest

@@ -7,7 +7,7 @@ from dataclasses import replace
 from typing import Any
 
 from nodeagent.backends.gpu.nvml.base import NvmlBase
-from nodeagent.backends.gpu.nvml.readers import MIB, Calls, NvmlDevice, MigState, text
+from nodeagent.backends.gpu.nvml.readers import MIB, Calls, MigState, NvmlDevice, text
 from nodeagent.backends.gpu.sweep import GpuLost, GpuUnreadable, Hop
 from nodeagent.model.catalog import known_mig_profiles
 from nodeagent.model.gpu import GpuHealthState, GpuInfo, Inventory, MigDevice, MigProfile
