@@ -195,6 +195,10 @@ class GpuState:
             plan = plan_sweep(self._registrations.values(), now, force=force)
             if not plan.served:
                 return
+            for reg, slow in plan.served:  # before the hop: a failed sweep is not retried in a tight loop
+                reg.next_due = now + reg.needs.interval_s
+                if slow:
+                    reg.slow_due = now + reg.needs.slow_interval_s
             unprimed = [r for r, slow in plan.served if slow and r.needs.prime_gpm_s > 0 and not r.primed]
             if unprimed:
                 await self._prime_gpm(unprimed, plan.request)
@@ -210,9 +214,6 @@ class GpuState:
                 if sample.xids and reg.listener is not None and id(reg) not in served:
                     reg.xids.extend(sample.xids)
             for reg, slow in plan.served:
-                reg.next_due = now + reg.needs.interval_s
-                if slow:
-                    reg.slow_due = now + reg.needs.slow_interval_s
                 if reg.listener is None or id(reg) not in self._registrations:
                     continue
                 seen = sample

@@ -226,3 +226,26 @@ async def test_the_loop_sweeps_for_a_new_registration_at_once() -> None:
     stop.set()
     await asyncio.wait_for(task, 5)
     assert len(backend.requests) == 1
+
+
+async def test_a_failed_sweep_waits_for_the_next_interval() -> None:
+    from nodeagent.errors import BackendUnavailable
+
+    backend, clock = Recording(), Clock()
+    state = GpuState(backend, EventBus(), monotonic=clock)
+    got: list[Delivery] = []
+    state.register("metrics", SamplingNeeds(interval_s=10.0, readings=frozenset({TEMP})), got.append)
+    real = backend.sample
+
+    async def failing(request: SampleRequest) -> Sample:
+        await real(request)
+        raise BackendUnavailable("gone")
+
+    backend.sample = failing  # type: ignore[method-assign]
+    await state.sweep()
+    await state.sweep()
+    assert len(backend.requests) == 1 and got == [], "not retried before its interval"
+    backend.sample = real  # type: ignore[method-assign]
+    clock.t += 10.0
+    await state.sweep()
+    assert len(got) == 1
