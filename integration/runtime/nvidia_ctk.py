@@ -4,7 +4,8 @@
 is cached under ``~/.cache/nodeagent/nvidia-ctk/<version>/`` and Go's module and build caches under
 ``~/.cache/nodeagent/go``, so a warm run costs nothing and nothing lands in the repository or in ~/go.
 The build runs under ``nice`` (the machines are shared); a lock file keeps two test runs from building
-at once. Needs ``go``, a C compiler (go-nvml is cgo) and the Go module proxy; without them :func:`ensure` raises :class:`Unavailable`.
+at once. Needs ``go``, a C compiler (go-nvml is cgo) and the Go module proxy; without them
+:func:`ensure` raises :class:`Unavailable`.
 """
 
 from __future__ import annotations

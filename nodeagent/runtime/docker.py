@@ -254,6 +254,12 @@ class Docker:
             new_obj = add_runtime(obj, spec)
         except ValueError as err:
             raise ConfigError(str(err), source=self.config_path) from None
+        if not spec.set_as_default and obj.get("default-runtime") in spec.handler_names():
+            edit.warnings.append(
+                f'"default-runtime": "{obj["default-runtime"]}" in {self.config_path} while runtime.set_as_default '
+                "= false: every container runs through nvidia's runtime. It is kept (containers may rely on it): "
+                "set runtime.set_as_default = true to make that explicit, or remove it if it is not intended"
+            )
         if new_obj == obj:
             edit.evidence.append(f"runtime {spec.name!r} already in {self.config_path}")
             return edit
