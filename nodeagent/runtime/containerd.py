@@ -195,13 +195,17 @@ OWN_DEFAULT = "# nodeagent: runtime.set_as_default"
 """Comment on a ``default_runtime_name`` the agent wrote: with set_as_default false it takes that one back."""
 
 
-def own_default(doc: Mapping[str, Any], version: int, spec: RuntimeSpec, *, owned_file: bool = False) -> bool:
-    """Whether ``doc`` sets one of our handlers as the default, and the agent wrote that setting."""
+def own_default(doc: Mapping[str, Any], version: int, spec: RuntimeSpec) -> bool:
+    """Whether ``doc`` sets one of our handlers as the default with the agent's mark on the line.
+
+    Only the mark counts, also in the agent's own drop-in: on containerd < 2.0 that drop-in carries a
+    copy of the main file's CRI table, whose default someone else may have set.
+    """
     ctd = tomldoc.get_in(doc, containerd_keys(version))
     item = ctd.get("default_runtime_name") if isinstance(ctd, Mapping) else None
     if tomldoc.plain(item) not in spec.handler_names():
         return False
-    return owned_file or OWN_DEFAULT in str(getattr(getattr(item, "trivia", None), "comment", ""))
+    return OWN_DEFAULT in str(getattr(getattr(item, "trivia", None), "comment", ""))
 
 
 def add_runtime(
@@ -534,11 +538,7 @@ class Containerd:
             return
         existing = self.files.get(target)
         foreign = existing is not None and not existing.startswith(DROPIN_HEADER_MERGE.encode())
-        release = (
-            existing is not None
-            and not spec.set_as_default
-            and own_default(self._parse(target), version, spec, owned_file=not foreign)
-        )
+        release = existing is not None and not spec.set_as_default and own_default(self._parse(target), version, spec)
         options_from = before
         if foreign:
             # e.g. nvidia-ctk's conf.d/99-nvidia.toml: every setting in it stays, the handlers are added

@@ -90,3 +90,15 @@ async def test_docker_keeps_a_default_naming_nvidia_and_says_so(tmp_path: Any) -
     assert any('"default-runtime": "nvidia"' in w for w in plan.warnings), plan.warnings
     await node.sub.apply(plan)
     assert b'"default-runtime": "nvidia"' in (node.read(path) or b"")
+
+
+async def test_a_foreign_default_copied_into_the_agents_1_6_dropin_stays(tmp_path: Any) -> None:
+    """containerd < 2.0: the agent's drop-in carries a copy of the main file's CRI table, default included."""
+    main = IMPORTING.replace(b'default_runtime_name = "runc"', b'default_runtime_name = "nvidia"')
+    files = {CONFIG: main, "/etc/containerd/conf.d/00-site.toml": b""}
+    node = make_node(tmp_path, files, containerd_version="1.6.20")
+    await node.sub.apply(node.sub.plan(await node.sub.observe()))
+    assert b'default_runtime_name = "nvidia"' in (node.read(DROPIN) or b"")
+    again = node.sub.plan(await node.sub.observe())
+    assert again.empty, [s.summary for s in again.steps]
+    assert _effective_default(node, "1.6.20") == "nvidia"
