@@ -169,9 +169,9 @@ class RuntimeSettings:
     set_as_default: bool = opt(
         False,
         "Make the added runtime the default one (the previous default is recorded). false takes back a default "
-        "nodeagent set; a default naming nvidia's handler that someone else set (nvidia-ctk, the GPU Operator) is "
-        "kept with a warning on containerd and docker (GPU pods may rely on it), removed on CRI-O "
-        "(docs/parity.md, Default runtime).",
+        "nodeagent set (containerd, CRI-O); a default naming nvidia's handler that someone else set (nvidia-ctk, "
+        "the GPU Operator) is kept with a warning on containerd and docker (GPU pods may rely on it), removed on "
+        "CRI-O (docs/parity.md, Default runtime).",
     )
     enable_cdi: bool = opt(False, "Enable CDI in the runtime.")
     restart: Literal["auto", "systemd", "signal", "none"] = opt(
