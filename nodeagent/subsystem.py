@@ -17,6 +17,8 @@ transitions are logged once (phase changes), never on every tick.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import importlib
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -28,6 +30,7 @@ import structlog
 
 from nodeagent.errors import NodeAgentError
 from nodeagent.plan import Plan
+from nodeagent.settings import scoped
 
 if TYPE_CHECKING:
     from aiohttp import web
@@ -42,6 +45,35 @@ if TYPE_CHECKING:
     from nodeagent.kube.client import KubeClient
     from nodeagent.selfmetrics import SelfMetrics
     from nodeagent.settings import KubeSettings, Settings
+
+
+@dataclass(frozen=True)
+class Declaration:
+    """Everything the agent knows about a subsystem before importing it, declared once in its package's
+    ``declaration.py``: the table (``nodeagent.subsystem_table``), the import contracts' module lists, the
+    reload rule and the settings view are all derived from it."""
+
+    name: str
+    target: str
+    """``module:Class``, imported only when the subsystem is enabled."""
+    requires: tuple[str, ...] = ()
+    """Subsystems that must be ready before it starts (ignored when not enabled)."""
+    needs_gpu: bool = True
+    """False for subsystems that work without a GPU backend (runtime config before a driver exists)."""
+    companion_of: tuple[str, ...] = ()
+    """Chosen with any of these by ``--only`` (the validation files follow the driver and the runtime)."""
+    settings: tuple[str, ...] = ()
+    """The settings sections it reads: the only ones its view lets it read, and a reload that changes one of
+    them restarts it."""
+
+    @property
+    def package(self) -> str:
+        return self.target.partition(":")[0].rpartition(".")[0]
+
+    def load(self) -> type:
+        module, _, attr = self.target.partition(":")
+        cls: type = getattr(importlib.import_module(module), attr)
+        return cls
 
 
 class Phase(StrEnum):
@@ -187,6 +219,10 @@ class Context:
     def add_route(self, method: str, path: str, handler: Handler) -> None:
         self.routes[(method, path)] = handler
 
+    def scoped(self, reader: str, sections: tuple[str, ...]) -> Context:
+        """The same context (shared routes, bus, board) whose settings show only ``sections``."""
+        return dataclasses.replace(self, settings=scoped(self.settings, sections, reader=reader))
+
     @property
     def gpus(self) -> GpuBackend:
         return self.backends.gpus
@@ -255,14 +291,26 @@ async def make_plan(sub: Reconciler) -> Plan:
 
 
 class BaseSubsystem:
-    """Status bookkeeping and a logger bound to the subsystem's name."""
+    """Status bookkeeping, a logger bound to the subsystem's name, and the settings view of its declaration.
 
+    A subclass sets ``declaration``; ``name``, ``requires`` and ``settings_sections`` follow from it.
+    """
+
+    declaration: ClassVar[Declaration | None] = None
     name: ClassVar[str] = ""
     requires: ClassVar[tuple[str, ...]] = ()
     settings_sections: ClassVar[tuple[str, ...]] = ()
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.declaration is not None:
+            cls.name = cls.declaration.name
+            cls.requires = cls.declaration.requires
+            cls.settings_sections = cls.declaration.settings
+
     def __init__(self, ctx: Context) -> None:
-        self.ctx = ctx
+        self.ctx = ctx.scoped(self.name, self.settings_sections)
+        """Its own view of the context: reading a settings section it does not declare raises."""
         self.log = structlog.get_logger(f"nodeagent.{self.name}").bind(subsystem=self.name)
         self._status = Status(Phase.PENDING)
         self.last_plan: Plan | None = None

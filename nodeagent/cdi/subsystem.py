@@ -26,6 +26,7 @@ from nodeagent.loops import reconcile_loop, watch_files
 from nodeagent.model.driver import DriverFacts
 from nodeagent.model.gpu import Inventory
 from nodeagent.plan import Plan, Step, file_diff
+from nodeagent.cdi.declaration import DECLARATION
 from nodeagent.subsystem import ApplyResult, BaseSubsystem, Context, Phase
 
 
@@ -62,9 +63,7 @@ def _missing_nodes(root: Root, facts: DriverFacts, inventory: Inventory) -> tupl
 
 
 class CdiSubsystem(BaseSubsystem):
-    name = "cdi"
-    requires = ("driver",)
-    settings_sections = ("cdi", "driver")
+    declaration = DECLARATION
 
     def __init__(self, ctx: Context) -> None:
         super().__init__(ctx)
@@ -258,7 +257,7 @@ class CdiSubsystem(BaseSubsystem):
                     self.ctx.root,
                     [self.ctx.settings.cdi.spec_path],
                     self._on_drift,
-                    poll_s=self.ctx.settings.runtime.drift_poll_s,
+                    poll_s=self.ctx.settings.watch.poll_s,
                 ),
             },
         )

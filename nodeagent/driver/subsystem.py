@@ -28,6 +28,7 @@ from nodeagent.events import Event
 from nodeagent.loops import reconcile_loop
 from nodeagent.model.driver import DriverFacts
 from nodeagent.plan import Plan
+from nodeagent.driver.declaration import DECLARATION
 from nodeagent.subsystem import ApplyResult, BaseSubsystem, Context, Phase
 
 _UNSET: Any = object()
@@ -60,10 +61,7 @@ def _metrics_for(registry: CollectorRegistry) -> _Metrics:
 
 
 class DriverSubsystem(BaseSubsystem):
-    name = "driver"
-    requires = ()
-
-    settings_sections = ("driver",)
+    declaration = DECLARATION
 
     def __init__(self, ctx: Context, *, loader: ModuleLoader | None = None) -> None:
         super().__init__(ctx)

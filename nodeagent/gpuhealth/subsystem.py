@@ -28,6 +28,7 @@ from nodeagent.gpuhealth import classify, flapping
 from nodeagent.model.gpu import GpuHealthState, Inventory, XidEvent
 from nodeagent.model.health import NodeGpuHealth
 from nodeagent.plan import Plan
+from nodeagent.gpuhealth.declaration import DECLARATION
 from nodeagent.subsystem import BaseSubsystem, Context, Phase
 
 METRIC = "DCGM_EXP_GPU_HEALTH_STATUS"
@@ -44,9 +45,7 @@ def health_gauge(registry: CollectorRegistry) -> Gauge:
 
 
 class GpuHealthSubsystem(BaseSubsystem):
-    name = "gpuhealth"
-    requires = ()
-    settings_sections = ("gpuhealth",)
+    declaration = DECLARATION
 
     def __init__(self, ctx: Context, clock: Callable[[], float] = time.monotonic) -> None:
         super().__init__(ctx)

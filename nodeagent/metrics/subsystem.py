@@ -31,6 +31,7 @@ from nodeagent.metrics.response import send_parts
 from nodeagent.metrics.series_labels import EntityKey, PodRef, entities
 from nodeagent.model.gpu import GpuHealthState, Inventory
 from nodeagent.plan import Plan
+from nodeagent.metrics.declaration import DECLARATION
 from nodeagent.subsystem import BaseSubsystem, Context, Phase
 
 if TYPE_CHECKING:
@@ -62,9 +63,7 @@ async def load_counters(path: str) -> tuple[CounterSet, str]:
 class MetricsSubsystem(BaseSubsystem):
     """A service: it changes nothing on the node, so it has no plan or apply, only ``describe``."""
 
-    name = "metrics"
-    requires = ("driver",)
-    settings_sections = ("metrics",)
+    declaration = DECLARATION
 
     def __init__(self, ctx: Context) -> None:
         super().__init__(ctx)
@@ -127,7 +126,7 @@ class MetricsSubsystem(BaseSubsystem):
         if settings.pod_attribution:
             from nodeagent.backends.podresources import PodResourcesClient
 
-            self._pod_client = PodResourcesClient(self.ctx.root, settings.kubelet_socket)
+            self._pod_client = PodResourcesClient(self.ctx.root, self.ctx.settings.kubelet.pod_resources_socket)
             await self._refresh_pods()
         else:
             self._pod_problem = "disabled by metrics.pod_attribution"

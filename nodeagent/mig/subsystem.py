@@ -43,6 +43,7 @@ from nodeagent.mig.service import execute_plan, plan_or_raise
 from nodeagent.model.gpu import Inventory
 from nodeagent.model.mig import MigConfigRequest, MigReadiness, OperandRequest, OperandState
 from nodeagent.plan import Disruption, Plan, Step
+from nodeagent.mig.declaration import DECLARATION
 from nodeagent.subsystem import ApplyResult, BaseSubsystem, Context, Phase
 
 STATES = ("pending", "rebooting", "success", "failed")
@@ -99,9 +100,7 @@ def _state_gauge(registry: CollectorRegistry) -> Gauge:
 
 
 class MigSubsystem(BaseSubsystem):
-    name = "mig"
-    requires = ("driver",)
-    settings_sections = ("mig",)
+    declaration = DECLARATION
 
     def __init__(self, ctx: Context, sampling: SamplingPause | None = None) -> None:
         super().__init__(ctx)
@@ -251,7 +250,7 @@ class MigSubsystem(BaseSubsystem):
             control,
             root=self.ctx.root,
             inventory=inventory,
-            kubelet_socket=self.ctx.settings.metrics.kubelet_socket,
+            kubelet_socket=self.ctx.settings.kubelet.pod_resources_socket,
             sampling=self.sampling,
         )
         if outcome.report.changed:
