@@ -332,9 +332,7 @@ class KubeletSettings:
 class WatchSettings:
     """How the agent notices changes to the files it owns (drift), shared by every subsystem that writes files."""
 
-    poll_s: float = opt(
-        1.0, "Polling period of the file watches where inotify is unavailable.", check=at_least(0.01)
-    )
+    poll_s: float = opt(1.0, "Polling period of the file watches where inotify is unavailable.", check=at_least(0.01))
 
 
 @dataclass(frozen=True)
@@ -397,8 +395,8 @@ class _Undeclared:
             raise AttributeError(attr)
         section, reader, declared = self._what
         raise UndeclaredSection(
-            f"{reader} read {section}.{attr} but declares only the settings sections {', '.join(declared) or '(none)'}; "
-            f"add {section!r} to its declaration"
+            f"{reader} read {section}.{attr} but declares only the settings sections "
+            f"{', '.join(declared) or '(none)'}; add {section!r} to its declaration"
         )
 
     def __repr__(self) -> str:
@@ -410,10 +408,17 @@ def scoped(settings: Settings, sections: tuple[str, ...], *, reader: str) -> Set
     unknown = [name for name in sections if name not in SECTIONS]
     if unknown:
         raise ValueError(f"{reader} declares unknown settings sections {unknown}; valid: {', '.join(SECTIONS)}")
-    hidden: dict[str, Any] = {
-        name: _Undeclared(name, reader, sections) for name in SECTIONS if name not in sections
-    }
-    return dataclasses.replace(settings, **hidden)
+    whole = whole_settings(settings)
+    hidden: dict[str, Any] = {name: _Undeclared(name, reader, sections) for name in SECTIONS if name not in sections}
+    view = dataclasses.replace(whole, **hidden)
+    object.__setattr__(view, "_whole", whole)  # a view of a view starts again from the whole tree
+    return view
+
+
+def whole_settings(settings: Settings) -> Settings:
+    """The complete settings a view was made from (``settings`` itself when it is no view)."""
+    whole: Settings = getattr(settings, "_whole", settings)
+    return whole
 
 
 # ----------------------------------------------------------------------------------------------- aliases
@@ -433,7 +438,7 @@ def env_name(section: str, key: str) -> str:
     return f"{ENV_PREFIX}{section.upper()}__{key.upper()}"
 
 
-def _put(raw: dict[str, dict[str, Any]], sources: Sources, section: str, key: str, value: Any, where: str) -> None:
+def _put(raw: dict[str, dict[str, Any]], sources: Sources, section: str, key: str, value: Any, *, where: str) -> None:
     """Record one value; an old (renamed) key is stored under its new name, with a warning."""
     if (section, key) in RENAMED:
         new_section, new_key = RENAMED[(section, key)]
@@ -442,7 +447,8 @@ def _put(raw: dict[str, dict[str, Any]], sources: Sources, section: str, key: st
         new = env_name(new_section, new_key) if from_env else f"{new_section}.{new_key}"
         if sources.get((new_section, new_key)) == where:
             raise ConfigError(f"{old} is the old name of {new}; set only {new}", source=where, key=f"{section}.{key}")
-        warnings.warn(f"{where}: {old} is deprecated, use {new}", DeprecatedSetting, stacklevel=3)
+        place = "" if from_env else f" (in {where})"
+        warnings.warn(f"{old} is deprecated, use {new}{place}", DeprecatedSetting, stacklevel=3)
         section, key = new_section, new_key
         sources[("", f"{section}.{key}")] = where  # the old name was used here
     elif sources.get(("", f"{section}.{key}")) == where:
@@ -471,7 +477,9 @@ def load(
         _merge_file(Path(file), raw, sources)
     _merge_env(env or {}, raw, sources)
     for (section, key), value in (cli or {}).items():
-        _put(raw, sources, section, key, value, (cli_names or {}).get((section, key), f"--{key.replace('_', '-')}"))
+        _put(
+            raw, sources, section, key, value, where=(cli_names or {}).get((section, key), f"--{key.replace('_', '-')}")
+        )
     return _build(raw, sources)
 
 
@@ -503,7 +511,7 @@ def _merge_file(path: Path, raw: dict[str, dict[str, Any]], sources: Sources) ->
         if not isinstance(table, dict):
             raise ConfigError("must be a table, e.g. [" + section + "]", source=str(path), key=section)
         for key, value in table.items():
-            _put(raw, sources, section, key, value, str(path))
+            _put(raw, sources, section, key, value, where=str(path))
 
 
 def _merge_env(env: Mapping[str, str], raw: dict[str, dict[str, Any]], sources: Sources) -> None:
@@ -513,7 +521,7 @@ def _merge_env(env: Mapping[str, str], raw: dict[str, dict[str, Any]], sources: 
         section, _, key = name[len(ENV_PREFIX) :].lower().partition("__")
         if section not in SECTIONS:
             raise ConfigError(_unknown("section", section, SECTIONS), source=f"environment {name}")
-        _put(raw, sources, section, key, _EnvText(value), f"environment {name}")
+        _put(raw, sources, section, key, _EnvText(value), where=f"environment {name}")
 
 
 class _EnvText(str):

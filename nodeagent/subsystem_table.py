@@ -25,7 +25,9 @@ Entry = Declaration
 DECLARATION_MODULE = "declaration"
 
 
-def discover(package_dir: Path = Path(nodeagent.__file__).parent, prefix: str = "nodeagent.") -> tuple[Declaration, ...]:
+def discover(
+    package_dir: Path = Path(nodeagent.__file__).parent, prefix: str = "nodeagent."
+) -> tuple[Declaration, ...]:
     """Every ``<package>/declaration.py`` under ``package_dir``, in dependency order (ties by name)."""
     found: list[Declaration] = []
     for pkg in sorted(pkgutil.iter_modules([str(package_dir)]), key=lambda m: m.name):

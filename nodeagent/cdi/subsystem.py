@@ -19,6 +19,7 @@ from nodeagent.backends.hostfs import Root
 from nodeagent.cdi import coexist
 from nodeagent.cdi import graphics as cdigraphics
 from nodeagent.cdi import spec as cdispec
+from nodeagent.cdi.declaration import DECLARATION
 from nodeagent.driver import api as driver_api
 from nodeagent.errors import NodeAgentError
 from nodeagent.events import Event
@@ -26,7 +27,6 @@ from nodeagent.loops import reconcile_loop, watch_files
 from nodeagent.model.driver import DriverFacts
 from nodeagent.model.gpu import Inventory
 from nodeagent.plan import Plan, Step, file_diff
-from nodeagent.cdi.declaration import DECLARATION
 from nodeagent.subsystem import ApplyResult, BaseSubsystem, Context, Phase
 
 

@@ -20,6 +20,7 @@ from nodeagent.aio import run_blocking
 from nodeagent.backends.kmod import ModuleLoader
 from nodeagent.backends.watch import FileWatcher
 from nodeagent.driver import changes, planner
+from nodeagent.driver.declaration import DECLARATION
 from nodeagent.driver.devnodes import DevNode
 from nodeagent.driver.modules import ModuleLoad
 from nodeagent.driver.observe import DriverObservation, gather
@@ -28,7 +29,6 @@ from nodeagent.events import Event
 from nodeagent.loops import reconcile_loop
 from nodeagent.model.driver import DriverFacts
 from nodeagent.plan import Plan
-from nodeagent.driver.declaration import DECLARATION
 from nodeagent.subsystem import ApplyResult, BaseSubsystem, Context, Phase
 
 _UNSET: Any = object()

@@ -25,10 +25,10 @@ from nodeagent import events
 from nodeagent.aio import until_stopped
 from nodeagent.errors import NodeAgentError
 from nodeagent.gpuhealth import classify, flapping
+from nodeagent.gpuhealth.declaration import DECLARATION
 from nodeagent.model.gpu import GpuHealthState, Inventory, XidEvent
 from nodeagent.model.health import NodeGpuHealth
 from nodeagent.plan import Plan
-from nodeagent.gpuhealth.declaration import DECLARATION
 from nodeagent.subsystem import BaseSubsystem, Context, Phase
 
 METRIC = "DCGM_EXP_GPU_HEALTH_STATUS"

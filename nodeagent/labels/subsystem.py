@@ -44,11 +44,11 @@ from nodeagent.labels import (
     publish_runtimeclass,
 )
 from nodeagent.labels.control import NodeControl
+from nodeagent.labels.declaration import DECLARATION
 from nodeagent.labels.facts import MigStrategy, Replication, Sharing, SharingStrategy
 from nodeagent.model.gpu import Inventory
 from nodeagent.model.mig import MigConfigRequest, OperandRequest, OperandState
 from nodeagent.plan import Plan
-from nodeagent.labels.declaration import DECLARATION
 from nodeagent.subsystem import ApplyResult, BaseSubsystem, Context, Phase
 
 PCI_DEVICES = "/sys/bus/pci/devices"

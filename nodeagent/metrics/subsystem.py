@@ -26,12 +26,12 @@ from nodeagent.metrics import attribution, exposition
 from nodeagent.metrics.agent_metrics import AgentMetrics, AgentState
 from nodeagent.metrics.collector import GPM_PRIME_INTERVAL_S, Collector, Snapshot
 from nodeagent.metrics.counters_csv import CounterSet, parse
+from nodeagent.metrics.declaration import DECLARATION
 from nodeagent.metrics.fields import default_counters
 from nodeagent.metrics.response import send_parts
 from nodeagent.metrics.series_labels import EntityKey, PodRef, entities
 from nodeagent.model.gpu import GpuHealthState, Inventory
 from nodeagent.plan import Plan
-from nodeagent.metrics.declaration import DECLARATION
 from nodeagent.subsystem import BaseSubsystem, Context, Phase
 
 if TYPE_CHECKING:

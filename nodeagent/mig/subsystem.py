@@ -35,6 +35,7 @@ from nodeagent.aio import run_blocking, until_stopped
 from nodeagent.errors import ConfigError, HostPathError, NodeAgentError
 from nodeagent.gpustate import GpuState
 from nodeagent.mig import config as cfg
+from nodeagent.mig.declaration import DECLARATION
 from nodeagent.mig.executor import SamplingPause
 from nodeagent.mig.generate import generate, to_text
 from nodeagent.mig.observe import gpu_states
@@ -43,7 +44,6 @@ from nodeagent.mig.service import execute_plan, plan_or_raise
 from nodeagent.model.gpu import Inventory
 from nodeagent.model.mig import MigConfigRequest, MigReadiness, OperandRequest, OperandState
 from nodeagent.plan import Disruption, Plan, Step
-from nodeagent.mig.declaration import DECLARATION
 from nodeagent.subsystem import ApplyResult, BaseSubsystem, Context, Phase
 
 STATES = ("pending", "rebooting", "success", "failed")

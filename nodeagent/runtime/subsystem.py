@@ -36,10 +36,10 @@ from nodeagent.runtime import containerd as ctd
 from nodeagent.runtime import detect as det
 from nodeagent.runtime import ownership
 from nodeagent.runtime.crio import Crio
+from nodeagent.runtime.declaration import DECLARATION
 from nodeagent.runtime.docker import Docker
 from nodeagent.runtime.engine import BOM, Edit, Engine, RuntimeSpec
 from nodeagent.runtime.restart import restart_policy, transact, wait_healthy
-from nodeagent.runtime.declaration import DECLARATION
 from nodeagent.subsystem import ApplyResult, BaseSubsystem, Context, Phase
 
 HEALTH_EVERY_S = 15.0

@@ -17,9 +17,9 @@ from nodeagent.errors import HostPathError, NodeAgentError
 from nodeagent.events import Event
 from nodeagent.loops import reconcile_loop, watch_files
 from nodeagent.plan import Plan
-from nodeagent.validation.declaration import DECLARATION
 from nodeagent.subsystem import ApplyResult, BaseSubsystem, Context, Phase
 from nodeagent.validation import files
+from nodeagent.validation.declaration import DECLARATION
 
 _NOT_PUBLISHED = object()
 

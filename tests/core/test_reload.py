@@ -92,7 +92,9 @@ async def test_a_reload_of_the_driver_root_in_runtime_reaches_driver_ready(tmp_p
         restarted = await agent.apply_settings(moved)
         assert "driver" in restarted
         # the file is removed and written again while the driver restarts
-        await until(lambda: ready_file.exists() and b"NVIDIA_DRIVER_ROOT=/run/nvidia/driver\n" in ready_file.read_bytes())
+        await until(
+            lambda: ready_file.exists() and b"NVIDIA_DRIVER_ROOT=/run/nvidia/driver\n" in ready_file.read_bytes()
+        )
     finally:
         agent.request_stop()
         assert await asyncio.wait_for(task, 10) == 0

@@ -126,7 +126,9 @@ def test_configuration_doc_matches_the_defaults() -> None:
 def test_old_key_names_still_work_with_a_warning_naming_the_new_one(tmp_path: Path) -> None:
     path = tmp_path / "s.toml"
     path.write_text('version = 1\n[metrics]\nkubelet_socket = "/k0s/pod-resources/kubelet.sock"\n')
-    with pytest.warns(S.DeprecatedSetting, match=r"metrics.kubelet_socket is deprecated, use kubelet.pod_resources_socket"):
+    with pytest.warns(
+        S.DeprecatedSetting, match=r"metrics.kubelet_socket is deprecated, use kubelet.pod_resources_socket"
+    ):
         s = S.load(file=path)
     assert s.kubelet.pod_resources_socket == "/k0s/pod-resources/kubelet.sock"
     with pytest.warns(
@@ -151,7 +153,7 @@ def test_old_key_names_still_work_with_a_warning_naming_the_new_one(tmp_path: Pa
 def test_old_and_new_name_in_one_file_is_an_error(tmp_path: Path, text: str) -> None:
     path = tmp_path / "s.toml"
     path.write_text(text)
-    with pytest.raises(ConfigError, match="set only watch.poll_s"):
+    with pytest.raises(ConfigError, match=r"set only watch\.poll_s"):
         S.load(file=path)
 
 
