@@ -20,7 +20,7 @@ import asyncio
 import dataclasses
 import importlib
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from types import MappingProxyType
@@ -33,13 +33,17 @@ from nodeagent.plan import Plan
 from nodeagent.settings import scoped
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from aiohttp import web
     from prometheus_client import CollectorRegistry
 
     from nodeagent.backends.gpu.protocols import GpuBackend, MigControl
     from nodeagent.backends.hostfs import BackupJournal, Root
     from nodeagent.backends.kmod import ModuleLoader
+    from nodeagent.backends.podresources import PodResourcesClient
     from nodeagent.backends.runtimectl import RuntimeControl
+    from nodeagent.backends.watch import FileWatcher
     from nodeagent.events import EventBus
     from nodeagent.gpustate import GpuState
     from nodeagent.kube.client import KubeClient
@@ -129,6 +133,16 @@ class DeviceNodeMaker(Protocol):
     def __call__(self, root: Root, dev_root: str, path: str, *, major: int, minor: int, mode: int) -> None: ...
 
 
+PodResourcesConnector = Callable[[str], "PodResourcesClient"]
+"""The kubelet PodResources client for a socket (a host path, through the root); the caller closes it."""
+
+
+class WatcherMaker(Protocol):
+    """A watch of some local files (inotify, else polling every ``poll_s``)."""
+
+    def __call__(self, paths: Iterable[Path], *, poll_s: float) -> FileWatcher: ...
+
+
 @dataclass(frozen=True)
 class Backends:
     """The host-facing parts a subsystem may use, real or simulated; ``nodeagent.compose`` picks them."""
@@ -141,6 +155,10 @@ class Backends:
     """What changes MIG layouts (None: this backend cannot)."""
     kube: KubeConnector = field(default=lambda settings: None)
     """Builds the Kubernetes API client from the ``kube`` settings (None: no API server)."""
+    pod_resources: PodResourcesConnector = field(kw_only=True)
+    """Builds the kubelet PodResources client (metrics' pod attribution, MIG's holders, the device plugin)."""
+    file_watcher: WatcherMaker = field(kw_only=True)
+    """Watches local files (the drift watches, the driver's files)."""
 
 
 class StatusBoard:

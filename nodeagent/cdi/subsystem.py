@@ -258,6 +258,7 @@ class CdiSubsystem(BaseSubsystem):
                     [self.ctx.settings.cdi.spec_path],
                     self._on_drift,
                     poll_s=self.ctx.settings.watch.poll_s,
+                    watcher=self.ctx.backends.file_watcher,
                 ),
             },
         )

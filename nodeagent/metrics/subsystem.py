@@ -124,9 +124,7 @@ class MetricsSubsystem(BaseSubsystem):
             except ValueError as err:  # a previous instance still holds the names
                 self.log.warning("agent_metrics_not_registered", error=str(err))
         if settings.pod_attribution:
-            from nodeagent.backends.podresources import PodResourcesClient
-
-            self._pod_client = PodResourcesClient(self.ctx.root, self.ctx.settings.kubelet.pod_resources_socket)
+            self._pod_client = self.ctx.backends.pod_resources(self.ctx.settings.kubelet.pod_resources_socket)
             await self._refresh_pods()
         else:
             self._pod_problem = "disabled by metrics.pod_attribution"

@@ -29,7 +29,6 @@ from nodeagent.backends.runtimectl import (
     Target,
     VersionInfo,
 )
-from nodeagent.backends.watch import FileWatcher
 from nodeagent.errors import BackendUnavailable, CallTimeout, ConfigError, HostPathError, PermanentError
 from nodeagent.plan import Disruption, Plan, Step, file_diff
 from nodeagent.runtime import containerd as ctd
@@ -519,7 +518,7 @@ class RuntimeSubsystem(BaseSubsystem):
             while not stop.is_set():
                 paths = self._watched
                 local = [p for p in (self._local(h) for h in paths) if p is not None]
-                watcher = FileWatcher(local, poll_s=self.ctx.settings.watch.poll_s)
+                watcher = self.ctx.backends.file_watcher(local, poll_s=self.ctx.settings.watch.poll_s)
                 changes = watcher.changes(stop, initial=True)  # an async generator: closed explicitly below
                 try:
                     async for changed in changes:

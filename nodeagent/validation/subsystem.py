@@ -97,7 +97,12 @@ class ValidationSubsystem(BaseSubsystem):
             {
                 "validation:events": reconcile_loop(stop, self.ctx.bus, topics, self.reconcile, initial=True),
                 "validation:drift": watch_files(
-                    stop, self.ctx.root, paths, self._on_drift, poll_s=self.ctx.settings.watch.poll_s
+                    stop,
+                    self.ctx.root,
+                    paths,
+                    self._on_drift,
+                    poll_s=self.ctx.settings.watch.poll_s,
+                    watcher=self.ctx.backends.file_watcher,
                 ),
             },
         )
