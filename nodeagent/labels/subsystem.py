@@ -44,6 +44,7 @@ from nodeagent.labels import (
     publish_runtimeclass,
 )
 from nodeagent.labels.control import NodeControl
+from nodeagent.labels.declaration import DECLARATION
 from nodeagent.labels.facts import MigStrategy, Replication, Sharing, SharingStrategy
 from nodeagent.model.gpu import Inventory
 from nodeagent.model.mig import MigConfigRequest, OperandRequest, OperandState
@@ -69,9 +70,7 @@ def sysfs_pci_address(nvml_bus_id: str) -> str:
 
 
 class LabelsSubsystem(BaseSubsystem):
-    name = "labels"
-    requires = ("driver",)
-    settings_sections = ("labels", "kube", "runtime")
+    declaration = DECLARATION
     watch_timeout_s = 300
     """Shortest watch of the own Node (each lasts up to twice this); the fleet benchmark shortens it."""
 

@@ -35,6 +35,7 @@ from nodeagent.aio import run_blocking, until_stopped
 from nodeagent.errors import ConfigError, HostPathError, NodeAgentError
 from nodeagent.gpustate import GpuState
 from nodeagent.mig import config as cfg
+from nodeagent.mig.declaration import DECLARATION
 from nodeagent.mig.executor import SamplingPause
 from nodeagent.mig.generate import generate, to_text
 from nodeagent.mig.observe import gpu_states
@@ -99,9 +100,7 @@ def _state_gauge(registry: CollectorRegistry) -> Gauge:
 
 
 class MigSubsystem(BaseSubsystem):
-    name = "mig"
-    requires = ("driver",)
-    settings_sections = ("mig",)
+    declaration = DECLARATION
 
     def __init__(self, ctx: Context, sampling: SamplingPause | None = None) -> None:
         super().__init__(ctx)
@@ -251,7 +250,7 @@ class MigSubsystem(BaseSubsystem):
             control,
             root=self.ctx.root,
             inventory=inventory,
-            kubelet_socket=self.ctx.settings.metrics.kubelet_socket,
+            kubelet_socket=self.ctx.settings.kubelet.pod_resources_socket,
             sampling=self.sampling,
         )
         if outcome.report.changed:
