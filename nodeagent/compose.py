@@ -34,6 +34,7 @@ from nodeagent.errors import ConfigError
 from nodeagent.events import EventBus
 from nodeagent.gpustate import GpuState
 from nodeagent.model.gpu import Inventory
+from nodeagent.nodegateway import NodeGateway
 from nodeagent.selfmetrics import SelfMetrics
 from nodeagent.settings import KubeSettings, Settings
 from nodeagent.subsystem import Backends, Context, DeviceNodeMaker, KubeConnector, Service, StatusBoard
@@ -221,12 +222,17 @@ def build_context(
     registry: CollectorRegistry | None = None,
     bus: EventBus | None = None,
 ) -> Context:
-    """A complete context: event bus, GPU-state owner, backup journal under ``agent.state_dir``, the registry
-    with the agent's own series (process, loop lag, subsystem up) and the status board they read."""
+    """A complete context: event bus, GPU-state owner, Node gateway (its client built on first use from the
+    ``kube`` settings), backup journal under ``agent.state_dir``, the registry with the agent's own series
+    (process, loop lag, subsystem up) and the status board they read."""
     bus = bus if bus is not None else EventBus()
     registry = registry if registry is not None else make_registry()
     board = StatusBoard()
-    return Context(
+
+    def connect() -> KubeClient | None:  # reads the settings in effect when the client is first needed
+        return backends.kube(ctx.settings.kube)
+
+    ctx = Context(
         settings=settings,
         root=root,
         backends=backends,
@@ -237,7 +243,9 @@ def build_context(
         board=board,
         node_name=node_name,
         self_metrics=SelfMetrics(registry, lambda: board.readiness),
+        node=NodeGateway(node_name, connect),
     )
+    return ctx
 
 
 def build_subsystems(ctx: Context, only: list[str] | None = None) -> list[Service]:

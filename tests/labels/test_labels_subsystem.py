@@ -45,7 +45,7 @@ async def sim_inventory(layout: str) -> Any:
 def make_sub(root: Path, s: Settings, backend: SimGpuBackend, client: KubeClient | None) -> LabelsSubsystem:
     ctx = testing.context(Root(root), s, gpus=backend, node_name="node-a")
     sub = LabelsSubsystem(ctx)
-    sub.set_client(client)
+    sub.ctx.node.use(client)
     return sub
 
 
