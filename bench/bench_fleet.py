@@ -35,8 +35,8 @@ from nodeagent.gpuhealth.subsystem import GpuHealthSubsystem
 from nodeagent.kube.client import FunnelSettings, KubeClient
 from nodeagent.kube.credentials import Credentials
 from nodeagent.labels.subsystem import LabelsSubsystem
-from nodeagent.nodegateway import NodeGateway
 from nodeagent.model.gpu import GpuHealthState, XidEvent
+from nodeagent.nodegateway import NodeGateway
 from nodeagent.settings import Settings, replace
 from nodeagent.subsystem import Phase
 from nodeagent.testing.apiserver import TestApiServer
@@ -180,6 +180,7 @@ async def _measure(
     watches = sum(n for (verb, _), n in delta.items() if verb in ("watch", "list"))
     gets = sum(n for (verb, _), n in delta.items() if verb == "get")
     hour = 3600 / WINDOW_S / AGENTS
+    watch_s = agents[0].sub.ctx.node.watch_timeout_s
     fast = (watches + gets) * hour
     default = watches * hour / WATCH_SPEEDUP + gets * hour / RESYNC_SPEEDUP
     rows += [
@@ -187,7 +188,7 @@ async def _measure(
         [
             "converged: requests per agent per hour, shortened periods",
             f"{fast:.0f} ({watches * hour:.0f} watch/list, {gets * hour:.0f} get)",
-            f"watch {agents[0].sub.ctx.node.watch_timeout_s}-{2 * agents[0].sub.ctx.node.watch_timeout_s} s, resync {resync_s:g} s",
+            f"watch {watch_s}-{2 * watch_s} s, resync {resync_s:g} s",
         ],
         [
             "converged: requests per agent per hour, default periods",

@@ -228,10 +228,6 @@ def build_context(
     bus = bus if bus is not None else EventBus()
     registry = registry if registry is not None else make_registry()
     board = StatusBoard()
-
-    def connect() -> KubeClient | None:  # reads the settings in effect when the client is first needed
-        return backends.kube(ctx.settings.kube)
-
     ctx = Context(
         settings=settings,
         root=root,
@@ -243,7 +239,7 @@ def build_context(
         board=board,
         node_name=node_name,
         self_metrics=SelfMetrics(registry, lambda: board.readiness),
-        node=NodeGateway(node_name, connect),
+        node=NodeGateway(node_name, backends.kube, lambda: ctx.settings.kube),
     )
     return ctx
 

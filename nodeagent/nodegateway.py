@@ -29,6 +29,7 @@ from nodeagent.errors import ConfigError
 from nodeagent.kube import nodepatch
 from nodeagent.kube.client import MERGE_PATCH, STRATEGIC_MERGE_PATCH, Conflict, KubeClient, KubeError
 from nodeagent.kube.resources import NODES
+from nodeagent.settings import KubeSettings
 
 log = structlog.get_logger(__name__)
 
@@ -48,11 +49,19 @@ class NodeGateway:
     retry_max_s = 30.0
     """Longest backoff between failed watches."""
 
-    def __init__(self, node_name: str, connect: Callable[[], KubeClient | None]) -> None:
-        """``connect`` builds the client (raises ConfigError or OSError while it cannot yet, returns None when
-        Kubernetes is off)."""
+    def __init__(
+        self,
+        node_name: str,
+        connect: Callable[[KubeSettings], KubeClient | None],
+        settings: Callable[[], KubeSettings] = KubeSettings,
+    ) -> None:
+        """``connect(settings())`` builds the client from the ``kube`` settings in effect (raises ConfigError or
+        OSError while it cannot yet, returns None when Kubernetes is off). When ``settings()`` changes (a
+        reload), the next ``client()`` builds a new client and the watch moves to it."""
         self.node_name = node_name
         self._connect = connect
+        self._settings = settings
+        self._built_for: KubeSettings | None = None
         self._client: KubeClient | None = None
         self._made = False
         self.problem = ""
@@ -68,22 +77,40 @@ class NodeGateway:
         self.watch_failures = 0
         self.watch_restarts = 0
         self.watch_error = ""
+        self.watch_crash = ""
+        """The last crash the supervisor restarted the watch after (kept after it recovered)."""
 
     # ------------------------------------------------------------------------------------------ client
 
     def client(self) -> KubeClient | None:
+        wanted = self._settings()
+        if self._made and wanted != self._built_for:
+            self._reconnect()
         if not self._made:
             try:
-                self._client = self._connect()
-                self._made = True
-                self.problem = "" if self._client is not None else "no API server configured (kube.mode is off, or auto outside a pod)"
+                self._client = self._connect(wanted)
+                self._made, self._built_for = True, wanted
+                self.problem = (
+                    ""
+                    if self._client is not None
+                    else "no API server configured (kube.mode is off, or auto outside a pod)"
+                )
             except (ConfigError, OSError) as err:
                 self.problem = f"cannot build the Kubernetes client: {err}"
         return self._client
 
+    def _reconnect(self) -> None:
+        old, self._client, self._made = self._client, None, False
+        if old is not None:
+            aio.guarded_task(old.close(), name="node-gateway.close-old-client")
+        if self._watch is not None:  # the watch loop picks the new client up at once
+            self._watch.cancel()
+            self._watch = aio.guarded_task(self._supervise(), name=WATCH_TASK)
+        log.info("kube_settings_changed", node=self.node_name)
+
     def use(self, client: KubeClient | None) -> None:
         """Use this client from now on (a test wires a real or a test API server)."""
-        self._client, self._made = client, True
+        self._client, self._made, self._built_for = client, True, self._settings()
         self.problem = "" if client is not None else "no Kubernetes client given"
 
     @property
@@ -140,12 +167,14 @@ class NodeGateway:
         changed.set()
 
     def watch_status(self) -> dict[str, Any]:
-        """For /status: whether the watch runs, its failures in a row, restarts after a crash, the last error."""
+        """For /status: whether the watch runs, its API failures in a row and the last one, restarts after a
+        crash and the last crash."""
         return {
             "watching": self._watch is not None and not self._watch.done(),
             "failures": self.watch_failures,
-            "restarts": self.watch_restarts,
             "error": self.watch_error,
+            "restarts": self.watch_restarts,
+            "crash": self.watch_crash,
         }
 
     def _backoff(self, failures: int) -> float:
@@ -158,9 +187,9 @@ class NodeGateway:
             try:
                 await self._watch_node()
                 return
-            except Exception as err:  # noqa: BLE001 - the supervisor's job is to outlive the watch's bugs
+            except Exception as err:
                 self.watch_restarts += 1
-                self.watch_error = f"watch crashed: {err!r}"
+                self.watch_crash = repr(err)
                 log.error("node_watch_crashed", error=repr(err), restarts=self.watch_restarts)
                 await asyncio.sleep(self._backoff(self.watch_restarts))
 

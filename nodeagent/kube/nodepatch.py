@@ -71,7 +71,9 @@ def remove_conditions_patch(node: Mapping[str, Any], types: Iterable[str]) -> di
     return {"status": {"conditions": [{"type": t, "$patch": "delete"} for t in present]}}
 
 
-def taint_patch(node: Mapping[str, Any], key: str, effect: str, *, present: bool, value: str = "true") -> dict[str, Any] | None:
+def taint_patch(
+    node: Mapping[str, Any], key: str, effect: str, *, present: bool, value: str = "true"
+) -> dict[str, Any] | None:
     """Add or remove the taint ``key:effect``; other taints stay. The whole list is replaced, so the patch
     carries the resourceVersion and a concurrent change conflicts."""
     taints = list((node.get("spec") or {}).get("taints") or [])

@@ -80,7 +80,9 @@ class NodeControl:
         status, reason, message = condition
         now = time.time()
         node, wrote = await self.node.patch(
-            lambda n: node_status.condition_patch(n, cond_type, status, reason, message, now=now), node=node, status=True
+            lambda n: node_status.condition_patch(n, cond_type, status, reason, message, now=now),
+            node=node,
+            status=True,
         )
         if wrote:
             self.log.info("node_condition", type=cond_type, status=status, reason=reason, message=message)

@@ -47,6 +47,7 @@ from nodeagent.subsystem import ApplyResult, BaseSubsystem, Context, Phase
 PCI_DEVICES = "/sys/bus/pci/devices"
 NVIDIA_VENDOR = "0x10de"
 
+
 @dataclass(frozen=True)
 class HostFacts:
     pci_classes: dict[int, int | None]
@@ -370,7 +371,12 @@ class LabelsSubsystem(BaseSubsystem):
                     plan.warnings,
                 )
             result = await self.apply(plan)
-            if self._status_wanted and deferred <= 0 and self.client() is not None and self.ctx.settings.labels.node_patch:
+            if (
+                self._status_wanted
+                and deferred <= 0
+                and self.client() is not None
+                and self.ctx.settings.labels.node_patch
+            ):
                 self._status_wanted = False
                 result = await self._sync_status_reporting(result)
         except (NodeAgentError, OSError) as err:
@@ -384,6 +390,7 @@ class LabelsSubsystem(BaseSubsystem):
             "published_to": list(plan.evidence[1:]),
             "changed": list(result.changed),
             "first_api_writes_in_s": round(deferred, 1),
+            "node_watch": self.ctx.node.watch_status(),
         }
         published = [c for c in result.changed if c.startswith(("Node/", "NodeFeature/"))]
         if published:
@@ -441,7 +448,9 @@ class LabelsSubsystem(BaseSubsystem):
                 aio.guarded_task(self._observe_node(), name="labels.node"),
             ]
             if self.ctx.settings.labels.node_patch:
-                tasks.append(aio.guarded_task(self.control.follow(status_sub, self._status_failed), name="labels.status"))
+                tasks.append(
+                    aio.guarded_task(self.control.follow(status_sub, self._status_failed), name="labels.status")
+                )
             try:
                 while not stop.is_set():
                     degraded = self.status().phase != Phase.RUNNING

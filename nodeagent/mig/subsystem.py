@@ -33,15 +33,15 @@ from nodeagent import events
 from nodeagent.aio import run_blocking, until_stopped
 from nodeagent.errors import ConfigError, HostPathError, NodeAgentError
 from nodeagent.gpustate import GpuState
+from nodeagent.kube.client import KubeError
 from nodeagent.mig import config as cfg
 from nodeagent.mig.executor import SamplingPause
 from nodeagent.mig.generate import generate, to_text
 from nodeagent.mig.observe import gpu_states
+from nodeagent.mig.operands import Operands, restore_patch
 from nodeagent.mig.planner import Action, NodePlan, applied
 from nodeagent.mig.service import execute_plan, plan_or_raise
 from nodeagent.model.gpu import Inventory
-from nodeagent.kube.client import KubeError
-from nodeagent.mig.operands import Operands, restore_patch
 from nodeagent.model.mig import MigConfigRequest, MigReadiness
 from nodeagent.plan import Disruption, Plan, Step
 from nodeagent.subsystem import ApplyResult, BaseSubsystem, Context, Phase

@@ -20,8 +20,8 @@ from nodeagent.compose import keep_sim_state
 from nodeagent.kube.client import KubeClient
 from nodeagent.kube.resources import NODES
 from nodeagent.labels.node_status import MIG_CONDITION, MIG_CONFIG_LABEL, MIG_STATE_LABEL
-from nodeagent.mig.operands import PAUSED
 from nodeagent.labels.subsystem import LabelsSubsystem
+from nodeagent.mig.operands import PAUSED
 from nodeagent.mig.subsystem import MigSubsystem
 from nodeagent.model.mig import GpuProcess
 from nodeagent.settings import Settings, replace
