@@ -218,19 +218,24 @@ class NodeGateway:
         make: MakePatch,
         *,
         node: Node | None = None,
+        first: dict[str, Any] | None = None,
         status: bool = False,
     ) -> tuple[Node, bool]:
         """Patch the Node with ``make(node)``: from ``node`` when given (a read the caller just made), else a
-        fresh read; on 409 read again and remake. ``status``: a strategic merge patch of ``nodes/status``.
-        Returns the Node after and whether anything was written. Serialised with every other write."""
+        fresh read; on 409 read again and remake. ``first``: a patch the caller already made from its own read
+        (with that read's resourceVersion), sent as the first attempt without a read. ``status``: a strategic
+        merge patch of ``nodes/status``. Returns the Node after and whether anything was written. Serialised
+        with every other write."""
         client = self._need()
         content_type = STRATEGIC_MERGE_PATCH if status else MERGE_PATCH
         async with self._write_lock:
-            current = node if node is not None else await client.get(NODES, self.node_name)
+            current: Node | None = node
+            if node is None and first is None:
+                current = await client.get(NODES, self.node_name)
             for attempt in range(CONFLICT_RETRIES):
-                patch = make(current)
+                patch = first if attempt == 0 and first is not None else make(current or {})
                 if patch is None:
-                    return current, False
+                    return current or {}, False
                 try:
                     after = await client.patch(
                         NODES, self.node_name, patch, content_type=content_type, subresource="status" if status else ""
@@ -240,7 +245,7 @@ class NodeGateway:
                     if attempt == CONFLICT_RETRIES - 1:
                         raise
                     current = await client.get(NODES, self.node_name)
-        return current, False
+        return current or {}, False
 
     async def set_labels(self, changes: Mapping[str, str | None], *, node: Node | None = None) -> bool:
         """Set (``None``: remove) these labels; True when something was written."""

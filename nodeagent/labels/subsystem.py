@@ -268,14 +268,8 @@ class LabelsSubsystem(BaseSubsystem):
         return True
 
     async def _patch_node(self, planned: dict[str, Any]) -> None:
-        """The planned patch (it carries the read's resourceVersion); on 409 the gateway reads again and this
-        recomputes it."""
-        first = [planned]
-
-        def make(node: dict[str, Any]) -> dict[str, Any] | None:
-            return first.pop() if first else publish_node.node_patch(node, self.labels)
-
-        await self.ctx.node.patch(make, node={})
+        """The planned patch (it carries the read's resourceVersion); on 409 recomputed from a fresh read."""
+        await self.ctx.node.patch(lambda node: publish_node.node_patch(node, self.labels), first=planned)
 
     async def _update_nodefeature(self, client: KubeClient, body: dict[str, Any]) -> None:
         meta = body["metadata"]

@@ -201,3 +201,35 @@ async def test_without_kubernetes_the_gateway_says_why(tmp_path: Path) -> None:
     assert "no API server configured" in ctx.node.problem
     with pytest.raises(Exception, match="no API server configured"):
         await ctx.node.get()
+
+
+async def test_a_reload_of_the_kube_settings_moves_the_client_and_the_watch(apiserver: TestApiServer) -> None:
+    """A settings reload that changes ``kube`` restarts labels, not the gateway: the next ``client()`` builds
+    a client for the new settings, closes the old one, and the watch continues on the new client."""
+    from nodeagent.settings import KubeSettings
+
+    in_effect = [KubeSettings(timeout_s=2.0)]
+    built: list[KubeClient] = []
+
+    def connect(settings: KubeSettings) -> KubeClient:
+        built.append(kube_client(apiserver))
+        return built[-1]
+
+    gateway = NodeGateway(NODE, connect, lambda: in_effect[0])
+    admin = kube_client(apiserver, ADMIN_TOKEN)
+    try:
+        async with gateway.observe() as changes:
+            assert await asyncio.wait_for(anext(changes), 5) is not None
+            assert gateway.client() is built[0]
+            in_effect[0] = KubeSettings(timeout_s=3.0)
+            assert gateway.client() is built[1], "a new client for the new settings"
+            await until(lambda: built[0]._session is None, "the old client closed")
+            await until(lambda: apiserver.counters.by_verb[("watch", "nodes")] == 2, "the watch moved")
+            await admin.patch(NODES, NODE, {"metadata": {"labels": {"team": "ml"}}})
+            seen = None
+            while (seen or {}).get("metadata", {}).get("labels", {}).get("team") != "ml":
+                seen = await asyncio.wait_for(anext(changes), 5)
+            assert gateway.client() is built[1] and len(built) == 2, "the same settings keep the client"
+    finally:
+        await gateway.close()
+        await admin.close()
