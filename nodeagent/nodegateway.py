@@ -140,7 +140,8 @@ class NodeGateway:
     @contextlib.asynccontextmanager
     async def observe(self) -> AsyncIterator[AsyncIterator[Node | None]]:
         """``async with gateway.observe() as changes: async for node in changes``: the Node as the watch sees
-        it first, then after every change (coalesced: a slow observer gets the latest, never a backlog)."""
+        it first, then after every change (coalesced: a slow observer gets the latest, never a backlog), and
+        the last one seen again when the watch fails (``watch_status()`` says why)."""
         self._observers += 1
         if self._watch is None or self._watch.done():
             self._watch = aio.guarded_task(self._supervise(), name=WATCH_TASK)
@@ -209,6 +210,7 @@ class NodeGateway:
                 self.watch_failures += 1
                 self.watch_error = str(err)
                 log.debug("node_watch_failed", error=str(err), failures=self.watch_failures)
+                self._publish(self.node)  # observers look at watch_status(): the API server may be gone
             await asyncio.sleep(self._backoff(self.watch_failures))
 
     # ----------------------------------------------------------------------------------------- writing

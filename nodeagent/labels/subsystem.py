@@ -482,3 +482,5 @@ class LabelsSubsystem(BaseSubsystem):
                     self._dirty.set()
                 if node is None or publish_node.node_patch(node, self.labels) is not None:
                     self._dirty.set()
+                if self.ctx.node.watch_failures > 1 and self.status().phase == Phase.RUNNING:
+                    self._dirty.set()  # the API server may be gone: a refresh finds out and says so
