@@ -120,6 +120,8 @@ class NodeControl:
         """MIG states and health reports are written in the order they come; a failed write calls
         ``on_failure`` (the subsystem retries at its next refresh)."""
         async for _ in sub:
+            if self.node.client() is None:
+                continue  # no Kubernetes (yet): the subsystem's refresh says so
             try:
                 await self.sync()
             except KubeError as err:

@@ -422,7 +422,9 @@ class LabelsSubsystem(BaseSubsystem):
             return
         if self._recorder is None or self._recorder.client is not client:
             self._recorder = EventRecorder(client, self.ctx.node_name)
-        problem = await self._recorder.record(kind, reason, message, node_uid=self._node_uid)
+        seen = (self.ctx.node.node or {}).get("metadata") or {}
+        uid = self._node_uid or str(seen.get("uid", ""))
+        problem = await self._recorder.record(kind, reason, message, node_uid=uid)
         if problem:
             self.log.debug("event_not_recorded", reason=reason, problem=problem)
 
