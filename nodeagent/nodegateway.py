@@ -69,6 +69,7 @@ class NodeGateway:
         self.node: Node | None = None
         """The Node as the watch saw it last (None: absent, or not watched yet)."""
         self._version = 0
+        self._watch_from = 0
         self._changed = asyncio.Event()
         self._observers = 0
         self._watch: asyncio.Task[None] | None = None
@@ -105,7 +106,7 @@ class NodeGateway:
             aio.guarded_task(old.close(), name="node-gateway.close-old-client")
         if self._watch is not None:  # the watch loop picks the new client up at once
             self._watch.cancel()
-            self._watch = aio.guarded_task(self._supervise(), name=WATCH_TASK)
+            self._start_watch()
         log.info("kube_settings_changed", node=self.node_name)
 
     def use(self, client: KubeClient | None) -> None:
@@ -144,7 +145,7 @@ class NodeGateway:
         the last one seen again when the watch fails (``watch_status()`` says why)."""
         self._observers += 1
         if self._watch is None or self._watch.done():
-            self._watch = aio.guarded_task(self._supervise(), name=WATCH_TASK)
+            self._start_watch()
         try:
             yield self._changes()
         finally:
@@ -153,8 +154,12 @@ class NodeGateway:
                 await aio.cancel_and_wait([self._watch], timeout_s=2.0)
                 self._watch = None
 
+    def _start_watch(self) -> None:
+        self._watch_from = self._version  # observers wait for this watch's first view, not an older one
+        self._watch = aio.guarded_task(self._supervise(), name=WATCH_TASK)
+
     async def _changes(self) -> AsyncIterator[Node | None]:
-        seen = 0
+        seen = self._watch_from
         while True:
             while self._version == seen:
                 await self._changed.wait()

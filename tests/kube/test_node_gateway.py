@@ -233,3 +233,22 @@ async def test_a_reload_of_the_kube_settings_moves_the_client_and_the_watch(apis
     finally:
         await gateway.close()
         await admin.close()
+
+
+async def test_an_observer_after_a_pause_gets_the_node_as_it_is_now(apiserver: TestApiServer) -> None:
+    """The watch stops with its last observer; the next observer's first view is the new watch's, not the
+    Node as it was when nobody was looking."""
+    client = kube_client(apiserver)
+    gateway = NodeGateway(NODE, lambda settings: client)
+    admin = kube_client(apiserver, ADMIN_TOKEN)
+    try:
+        async with gateway.observe() as changes:
+            first = await asyncio.wait_for(anext(changes), 5)
+            assert first is not None and "team" not in first["metadata"]["labels"]
+        await admin.patch(NODES, NODE, {"metadata": {"labels": {"team": "ml"}}})
+        async with gateway.observe() as changes:
+            now = await asyncio.wait_for(anext(changes), 5)
+            assert now is not None and now["metadata"]["labels"].get("team") == "ml"
+    finally:
+        await gateway.close()
+        await admin.close()
