@@ -19,7 +19,7 @@ $(VENV)/.installed-run: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q -e .
 	touch $@
 
-# `make run KUBE=test`: also start the test API server (nodeagent/testing/apiserver.py) with a Node for the
+# `make run KUBE=test`: also start the test API server (nodeagent/testing/apiserver/) with a Node for the
 # simulated node, and have the agent publish its labels to that Node, a NodeFeature and RuntimeClasses.
 KUBE ?=
 KUBE_PORT ?= 16443

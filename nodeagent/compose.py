@@ -36,6 +36,7 @@ from nodeagent.errors import ConfigError
 from nodeagent.events import EventBus
 from nodeagent.gpustate import GpuState
 from nodeagent.model.gpu import Inventory
+from nodeagent.nodegateway import NodeGateway
 from nodeagent.selfmetrics import SelfMetrics
 from nodeagent.settings import KubeSettings, Settings
 from nodeagent.subsystem import (
@@ -252,12 +253,13 @@ def build_context(
     registry: CollectorRegistry | None = None,
     bus: EventBus | None = None,
 ) -> Context:
-    """A complete context: event bus, GPU-state owner, backup journal under ``agent.state_dir``, the registry
-    with the agent's own series (process, loop lag, subsystem up) and the status board they read."""
+    """A complete context: event bus, GPU-state owner, Node gateway (its client built on first use from the
+    ``kube`` settings), backup journal under ``agent.state_dir``, the registry with the agent's own series
+    (process, loop lag, subsystem up) and the status board they read."""
     bus = bus if bus is not None else EventBus()
     registry = registry if registry is not None else make_registry()
     board = StatusBoard()
-    return Context(
+    ctx = Context(
         settings=settings,
         root=root,
         backends=backends,
@@ -268,7 +270,9 @@ def build_context(
         board=board,
         node_name=node_name,
         self_metrics=SelfMetrics(registry, lambda: board.readiness),
+        node=NodeGateway(node_name, backends.kube, lambda: ctx.settings.kube),
     )
+    return ctx
 
 
 def build_subsystems(ctx: Context, only: list[str] | None = None) -> list[Service]:

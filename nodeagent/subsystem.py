@@ -47,6 +47,7 @@ if TYPE_CHECKING:
     from nodeagent.events import EventBus
     from nodeagent.gpustate import GpuState
     from nodeagent.kube.client import KubeClient
+    from nodeagent.nodegateway import NodeGateway
     from nodeagent.selfmetrics import SelfMetrics
     from nodeagent.settings import KubeSettings, Settings
 
@@ -230,6 +231,8 @@ class Context:
     node_name: str
     self_metrics: SelfMetrics
     """The agent's own series that exist whatever subsystems run (loop lag, subsystem up)."""
+    node: NodeGateway
+    """The one Kubernetes client, watch and writer of the agent's own Node (``nodeagent.nodegateway``)."""
     routes: dict[tuple[str, str], Handler] = field(default_factory=dict)
     """(method, path) → handler, added by subsystems in __init__. The HTTP server looks the handler up at
     every request, so a subsystem restarted by a settings reload serves its routes from the new instance."""
