@@ -71,6 +71,27 @@ def test_the_import_contracts_name_every_subsystem() -> None:
     assert independent == PACKAGES
 
 
+def test_the_contracts_are_generated_from_the_declarations() -> None:
+    """``make contracts`` writes the lists; the file in the tree is what it writes, and a new package joins."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("sync_contracts", REPO / "tools" / "sync_contracts.py")
+    assert spec and spec.loader
+    sync = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(sync)
+    text = (REPO / "pyproject.toml").read_text()
+    packages = [d.package for d in DECLARED]
+    assert sync.synced(text, packages) == text, "pyproject.toml is behind the declarations: run `make contracts`"
+    grown = tomllib.loads(sync.synced(text, [*packages, "nodeagent.newsub"]))
+    by_name = {c["name"]: c for c in grown["tool"]["importlinter"]["contracts"]}
+    for name, c in by_name.items():
+        if name.startswith(("Only nodeagent.backends", "Subsystems are independent")):
+            key = "source_modules" if "source_modules" in c else "modules"
+            assert "nodeagent.newsub" in c[key], name
+        if name.startswith("Layers:"):
+            assert any("nodeagent.newsub" in layer for layer in c["layers"])
+
+
 def test_the_docs_name_every_subsystem() -> None:
     arch = (REPO / "docs" / "architecture.md").read_text()
     row = next(line for line in arch.splitlines() if line.startswith("| subsystems |"))
