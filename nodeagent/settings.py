@@ -167,7 +167,13 @@ class RuntimeSettings:
     runtime_path: str = opt(
         "/usr/bin/nvidia-container-runtime", "Binary of the runtime that is added.", check=_absolute
     )
-    set_as_default: bool = opt(False, "Make the added runtime the default one (the previous default is recorded).")
+    set_as_default: bool = opt(
+        False,
+        "Make the added runtime the default one (the previous default is recorded). false takes back a default "
+        "nodeagent set (containerd, CRI-O); a default naming nvidia's handler that someone else set (nvidia-ctk, "
+        "the GPU Operator) is kept with a warning on containerd and docker (GPU pods may rely on it), removed on "
+        "CRI-O (docs/parity.md, Default runtime).",
+    )
     enable_cdi: bool = opt(False, "Enable CDI in the runtime.")
     restart: Literal["auto", "systemd", "signal", "none"] = opt(
         "auto", "How the runtime is restarted after a change (containerd: auto = systemd restart)."
