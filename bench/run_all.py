@@ -3,7 +3,7 @@
 Benchmarks: scrape throughput and latency against two baselines, event-loop lag under 50 scrapes/s,
 whole-agent footprint, (real GPU only) sweep cost against NVML and nvidia-smi, MIG planning time, and a
 200-agent fleet against the test API server (label writes at startup and when converged, requests per agent
-per hour).
+per hour), and an injected XID to gpuhealth's verdict.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from bench import (
     bench_mig_plan,
     bench_scaling,
     bench_scrape,
+    bench_xid_latency,
 )
 
 BENCHMARKS = (
@@ -36,6 +37,7 @@ BENCHMARKS = (
     bench_gpu_sweep,
     bench_mig_plan,
     bench_fleet,
+    bench_xid_latency,
 )
 
 

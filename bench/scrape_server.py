@@ -121,6 +121,7 @@ async def main(args: argparse.Namespace) -> None:
     sub = MetricsSubsystem(ctx)
     await sub.start()
     stop = asyncio.Event()
+    owner_task = asyncio.create_task(ctx.gpu_state.run(stop))  # the agent's GPU-state task: it sweeps
     runner_task = asyncio.create_task(sub.run(stop))
 
     # (a): the same bytes from memory, looked up by the request's headers
@@ -173,6 +174,7 @@ async def main(args: argparse.Namespace) -> None:
             probe_task.cancel()
         stop.set()
         await runner_task
+        await owner_task
         await sub.stop()
         await gpus.close()
 

@@ -1,14 +1,15 @@
 """The ``gpuhealth`` subsystem: the GPU-state owner's XID and health events, classified into a node health
 report (``events.NODE_GPU_HEALTH``), /status details per GPU, and dcgm-exporter's ``DCGM_EXP_GPU_HEALTH_STATUS``.
 
-It reads what the GPU-state owner publishes while the metrics subsystem samples (``events.XID``,
-``events.GPU_HEALTH``), so it adds no NVML call. The report changes when an incident starts or ends (an
-XID window passes, NVML answers again); it is published at once unless the previous one went out less than
-``gpuhealth.min_publish_interval_s`` ago, then the latest report goes out when that interval ends, so a
-flapping GPU costs one Node write per interval at most; and a GPU that keeps going unhealthy stays reported
-unhealthy until it has stayed healthy for a hold time that doubles with each recent fault
-(``flapping.py``). The labels subsystem turns reports into the
-``NvidiaGpuHealthy`` condition and the optional taint.
+It reads what the GPU-state owner publishes (``events.XID`` as the backend pushes it, ``events.GPU_HEALTH``
+from the owner's sweeps); it registers a health-only need (``HEALTH_INTERVAL_S``) so those sweeps run whatever
+else is enabled, and shares them with the metrics subsystem's when both run. The report changes when an
+incident starts or ends (an XID window passes, NVML answers again); it is published at once unless the
+previous one went out less than ``gpuhealth.min_publish_interval_s`` ago, then the latest report goes out when
+that interval ends, so a flapping GPU costs one Node write per interval at most; and a GPU that keeps going
+unhealthy stays reported unhealthy until it has stayed healthy for a hold time that doubles with each recent
+fault (``flapping.py``). The labels subsystem turns reports into the ``NvidiaGpuHealthy`` condition and the
+optional taint.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from nodeagent.aio import until_stopped
 from nodeagent.errors import NodeAgentError
 from nodeagent.gpuhealth import classify, flapping
 from nodeagent.gpuhealth.declaration import DECLARATION
+from nodeagent.gpustate import Registration, SamplingNeeds
 from nodeagent.model.gpu import GpuHealthState, Inventory, XidEvent
 from nodeagent.model.health import NodeGpuHealth
 from nodeagent.plan import Plan
@@ -33,6 +35,8 @@ from nodeagent.subsystem import BaseSubsystem, Context, Phase
 
 METRIC = "DCGM_EXP_GPU_HEALTH_STATUS"
 LABELS = ("gpu", "UUID", "pci_bus_id", "device", "modelName", "Hostname", "health_watch", "health_error_code")
+HEALTH_INTERVAL_S = 10.0
+"""How often the GPU-state owner sweeps for health when nothing else asks more often (metrics' default)."""
 _GAUGES: weakref.WeakKeyDictionary[CollectorRegistry, Gauge] = weakref.WeakKeyDictionary()
 
 
@@ -47,9 +51,13 @@ def health_gauge(registry: CollectorRegistry) -> Gauge:
 class GpuHealthSubsystem(BaseSubsystem):
     declaration = DECLARATION
 
-    def __init__(self, ctx: Context, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, ctx: Context, clock: Callable[[], float] = time.monotonic, *, health_interval_s: float = HEALTH_INTERVAL_S
+    ) -> None:
         super().__init__(ctx)
         self.clock = clock
+        self.health_interval_s = health_interval_s
+        self._sampling: Registration | None = None
         self._inventory: Inventory | None = None
         self._xids: dict[int, dict[tuple[int, int | None], classify.SeenXid]] = {}
         self._states: dict[int, GpuHealthState] = {}
@@ -202,7 +210,15 @@ class GpuHealthSubsystem(BaseSubsystem):
         except NodeAgentError as err:
             self.log.warning("no_inventory", error=str(err))
         self.record_states(dict(self.ctx.gpu_state.health))
+        if self._sampling is None:
+            self._sampling = self.ctx.gpu_state.register(self.name, SamplingNeeds(interval_s=self.health_interval_s))
         self.evaluate()
+
+    async def stop(self) -> None:
+        if self._sampling is not None:
+            self._sampling.close()
+            self._sampling = None
+        await super().stop()
 
     def handle(self, event: events.Event) -> None:
         if event.topic == events.XID and isinstance(event.payload, XidEvent):

@@ -1,10 +1,11 @@
 """Sampling tiers and the immutable snapshot.
 
-A sweep asks the GPU backend for every value it needs in one ``sample()`` call (one hop to the NVML
-worker thread). Cheap fields are read on every sweep; expensive ones (energy, PCIe, ECC batches, GPM)
-only when the slow tier is due, and their last values are carried into the sweeps in between. Each
-sweep yields a new frozen ``Snapshot`` that nothing mutates afterwards, so the renderer and the HTTP
-handler can hold it without locks or copies.
+The metrics subsystem declares its tiers to the GPU-state owner (``Collector.needs``): cheap fields are
+read on every sweep; expensive ones (energy, PCIe, ECC batches, GPM) only when the slow tier is due. The
+owner's sweeps arrive as deliveries; ``merge`` carries the last slow values into the sweeps in between.
+Each sweep yields a new frozen ``Snapshot`` that nothing mutates afterwards, so the renderer and the HTTP
+handler can hold it without locks or copies. ``Collector.sweep`` reads a backend directly, outside the
+owner's schedule (tests and tools).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from types import MappingProxyType
 from typing import Any
 
 from nodeagent.backends.gpu.protocols import Sampler
+from nodeagent.gpustate import SamplingNeeds
 from nodeagent.metrics.fields import CLOCK_EVENT_NAMES, Counter, Source
 from nodeagent.metrics.tiers import Tier
 from nodeagent.model.gpu import (
@@ -91,7 +93,7 @@ class Collector:
 
     def __init__(
         self,
-        gpus: Sampler,
+        gpus: Sampler | None,
         counters: Sequence[Counter],
         *,
         slow_interval_s: float,
@@ -119,6 +121,18 @@ class Collector:
         self._xid_log: deque[tuple[float, int, int]] = deque()
         self._clock_log: deque[tuple[float, int, int]] = deque()
 
+    def needs(self, *, interval_s: float, include_mig: bool) -> SamplingNeeds:
+        """The tiers as needs for the GPU-state owner's sweeps."""
+        prime = self.gpm_prime_interval_s if self._gpm_unprimed else 0.0
+        return SamplingNeeds(
+            interval_s=interval_s,
+            readings=self.fast,
+            slow=self.slow,
+            slow_interval_s=self.slow_interval_s,
+            mig=include_mig,
+            prime_gpm_s=prime,
+        )
+
     def request(self, *, include_mig: bool) -> tuple[SampleRequest, bool]:
         """What the next sweep reads, and whether that includes the slow tier."""
         slow = bool(self.slow) and self.clock() >= self._slow_due
@@ -128,6 +142,7 @@ class Collector:
     async def sweep(self, inventory: Inventory) -> Snapshot:
         # MIG-capable, not MIG-enabled: instances created behind our back must show up in the sample.
         include_mig = any(g.mig_capable for g in inventory.gpus)
+        assert self.gpus is not None, "a collector fed by the GPU-state owner does not sweep"
         request, slow = self.request(include_mig=include_mig)
         if slow and self._gpm_unprimed:
             await self._prime_gpm(include_mig)
@@ -141,6 +156,7 @@ class Collector:
     async def _prime_gpm(self, include_mig: bool) -> None:
         """Take the first GPM sample now, so the sweep that follows has a rate (its values are dropped)."""
         self._gpm_unprimed = False
+        assert self.gpus is not None
         await self.gpus.sample(SampleRequest(readings=self.slow & GPM_READINGS, include_mig=include_mig))
         await asyncio.sleep(self.gpm_prime_interval_s)
 

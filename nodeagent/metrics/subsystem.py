@@ -1,9 +1,10 @@
 """The metrics subsystem: DCGM-style GPU metrics from the GPU backend, served from a cache on /metrics.
 
-Three loops, each on its own cadence: GPU sweeps (fast tier every ``metrics.interval_s``, slow tier
-every ``metrics.slow_interval_s``), pod attribution from the kubelet (every ``metrics.pod_refresh_s``),
-and inventory changes from the event bus. A sweep builds a snapshot, renders it once off the loop, and
-swaps the rendered bytes in; the /metrics handler only serves those bytes.
+It registers its tiers with the GPU-state owner (fast tier every ``metrics.interval_s``, slow tier every
+``metrics.slow_interval_s``), which sweeps for it and every other listener at once; each delivery is merged
+into a snapshot at once. Three loops: rendering the latest snapshot, pod attribution from the kubelet (every
+``metrics.pod_refresh_s``), and inventory changes from the event bus. A snapshot is rendered once off the
+loop and the rendered bytes swapped in; the /metrics handler only serves those bytes.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from aiohttp import web
 from nodeagent import aio, events
 from nodeagent.errors import BackendUnavailable, ConfigError, NodeAgentError, TemporaryError
 from nodeagent.events import Event
+from nodeagent.gpustate import Delivery, Registration
 from nodeagent.loops import reconcile_loop
 from nodeagent.metrics import attribution, exposition
 from nodeagent.metrics.agent_metrics import AgentMetrics, AgentState
@@ -72,6 +74,9 @@ class MetricsSubsystem(BaseSubsystem):
         self.agent_metrics = AgentMetrics()
         self._registered = False
         self._collector: Collector | None = None
+        self._sampling: Registration | None = None
+        self._latest: Snapshot | None = None
+        self._fresh = asyncio.Event()
         self._counters: CounterSet = CounterSet(())
         self._inventory: Inventory | None = None
         self._pods: Mapping[EntityKey, PodRef] = _NO_PODS
@@ -110,7 +115,7 @@ class MetricsSubsystem(BaseSubsystem):
         except NodeAgentError as err:
             raise TemporaryError(f"no GPU inventory: {err}") from err
         self._collector = Collector(
-            self.ctx.gpu_state,
+            None,
             self._counters.counters,
             slow_interval_s=settings.slow_interval_s,
             xid_window_ms=settings.xid_count_window_ms,
@@ -137,12 +142,19 @@ class MetricsSubsystem(BaseSubsystem):
             slow_interval_s=settings.slow_interval_s,
             pod_attribution=self._pod_text(),
         )
+        if self._sampling is not None:
+            self._sampling.close()
+        # MIG-capable, not MIG-enabled: instances created behind our back must show up in the sample.
+        needs = self._collector.needs(
+            interval_s=settings.interval_s, include_mig=any(g.mig_capable for g in self._inventory.gpus)
+        )
+        self._sampling = self.ctx.gpu_state.register(self.name, needs, self._on_delivery)
         await self._sweep()
 
     async def run(self, stop: asyncio.Event) -> None:
         settings = self.ctx.settings.metrics
         loops = {
-            "metrics:sweep": aio.periodic(self._sweep, interval_s=settings.interval_s, stop=stop, run_first=False),
+            "metrics:render": self._render_loop(stop),
             "metrics:inventory": self._watch_inventory(stop),
         }
         if self._pod_client is not None:
@@ -152,6 +164,9 @@ class MetricsSubsystem(BaseSubsystem):
         await aio.run_until_stopped(stop, loops)
 
     async def stop(self) -> None:
+        if self._sampling is not None:
+            self._sampling.close()
+            self._sampling = None
         if self._pod_client is not None:
             await self._pod_client.close()
         if self._registered:
@@ -161,14 +176,34 @@ class MetricsSubsystem(BaseSubsystem):
 
     # -------------------------------------------------------------------------------------- sweeps
 
-    async def _sweep(self) -> None:
+    def _on_delivery(self, delivery: Delivery) -> None:
+        """A sweep of the GPU-state owner's (on the loop): merged now, so no slow-tier value is missed;
+        rendered by the render loop (the latest snapshot only, when sweeps come faster than renders)."""
         assert self._collector is not None and self._inventory is not None
-        inventory = self._inventory
-        try:
-            snap = await self._collector.sweep(inventory)
-        except NodeAgentError as err:  # sample() should not raise; keep serving the last snapshot
-            self.set_status(Phase.DEGRADED, f"GPU sweep failed: {err}")
+        self._latest = self._collector.merge(
+            self._inventory, delivery.sample, slow=delivery.slow, duration_s=delivery.duration_s
+        )
+        self._fresh.set()
+
+    async def _sweep(self) -> None:
+        """A sweep for this subsystem now (at start, and in tests), rendered before it returns."""
+        assert self._sampling is not None
+        await self.ctx.gpu_state.sweep(force=self._sampling)
+        await self._render()
+
+    async def _render_loop(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            if await aio.first_of(stop, self._fresh) is stop:
+                return
+            await self._render()
+
+    async def _render(self) -> None:
+        self._fresh.clear()
+        snap, self._latest = self._latest, None
+        if snap is None:
             return
+        assert self._collector is not None
+        inventory = snap.inventory
         unknown = _not_in(inventory, snap)
         if unknown and unknown != self._unknown_seen:
             # The backend sampled devices the inventory lacks (a MIG change not yet published): label

@@ -132,6 +132,9 @@ class FakeNvml:
         self.nvmlLib: Any = None
         self.calls: list[str] = []
         self.events: list[SimpleNamespace] = []
+        self.event_arrived = threading.Condition()
+        self.waits = 0
+        """nvmlEventSetWait calls that blocked (timeout > 0 and nothing queued)."""
         self.initialised = False
         self.shutdowns = 0
         self.samples: list[FakeGpmSample] = []
@@ -532,24 +535,29 @@ class FakeNvml:
 
     def nvmlEventSetWait(self, es: Any, timeout_ms: int) -> Any:
         self._enter("nvmlEventSetWait")
-        assert timeout_ms == 0, "the backend must poll, never wait"
-        if not self.events:
-            raise error(pynvml.NVML_ERROR_TIMEOUT)
-        return self.events.pop(0)
+        with self.event_arrived:
+            if not self.events and timeout_ms:
+                self.waits += 1
+                self.event_arrived.wait_for(lambda: bool(self.events), timeout_ms / 1000)
+            if not self.events:
+                raise error(pynvml.NVML_ERROR_TIMEOUT)
+            return self.events.pop(0)
 
     def nvmlEventSetFree(self, es: Any) -> None:
         self._enter("nvmlEventSetFree")
 
     def xid(self, device: FakeDevice, xid: int, *, gi: int = 0xFFFFFFFF, ci: int = 0xFFFFFFFF) -> None:
-        self.events.append(
-            SimpleNamespace(
-                device=device,
-                eventType=pynvml.nvmlEventTypeXidCriticalError,
-                eventData=xid,
-                gpuInstanceId=gi,
-                computeInstanceId=ci,
+        with self.event_arrived:
+            self.events.append(
+                SimpleNamespace(
+                    device=device,
+                    eventType=pynvml.nvmlEventTypeXidCriticalError,
+                    eventData=xid,
+                    gpuInstanceId=gi,
+                    computeInstanceId=ci,
+                )
             )
-        )
+            self.event_arrived.notify_all()
 
 
 def h100_node(count: int = 2, *, mig_on: tuple[int, ...] = ()) -> list[FakeDevice]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -335,6 +336,34 @@ async def test_xid_events_are_polled_into_the_sample(
         (0, devices[0].uuid, 31, 7, 0),
     ]
     assert (await backend.sample(SampleRequest(frozenset()))).xids == ()
+
+
+async def test_a_watched_xid_is_pushed_from_the_event_wait_not_the_sweep(
+    node: tuple[NvmlBackend, FakeNvml], devices: list[FakeDevice]
+) -> None:
+    """nvmlEventSetWait blocks on a thread of its own; the XID reaches the bus while no sweep runs."""
+    from nodeagent import events
+    from nodeagent.events import EventBus
+    from nodeagent.gpustate import GpuState
+
+    backend, fake = node
+    bus = EventBus()
+    state = GpuState(backend, bus)
+    stop = asyncio.Event()
+    async with bus.subscribe(events.XID) as sub:
+        task = asyncio.create_task(state.run(stop))  # nothing registered: no sweep at all
+        await state.started.wait()
+        fake.xid(devices[2], 79)
+        event = await asyncio.wait_for(sub.get(), 5)
+        assert (event.payload.gpu_index, event.payload.gpu_uuid, event.payload.xid) == (2, devices[2].uuid, 79)
+        assert fake.waits >= 1, "it waited rather than polled"
+        fake.xid(devices[0], 48)
+        assert (await asyncio.wait_for(sub.get(), 5)).payload.xid == 48
+        assert (await backend.sample(SampleRequest(frozenset()))).xids == (), "a watched set is not drained by sweeps"
+        stop.set()
+        await asyncio.wait_for(task, 5)
+    await backend.close()
+    assert not any(t.name == "nvml-events" and t.is_alive() for t in threading.enumerate()), "closing ends the wait"
 
 
 async def test_call_seconds_and_duration(node: tuple[NvmlBackend, FakeNvml]) -> None:

@@ -55,7 +55,7 @@ def test_the_contracts_hold_on_the_tree() -> None:
         # the HTTP server importing the agent (the old app <-> httpserver circle)
         ("nodeagent/httpserver.py", "from nodeagent import app", "Layers:"),
         # core code deciding between real and simulated parts
-        ("nodeagent/gpustate.py", "from nodeagent import compose", "Layers:"),
+        ("nodeagent/gpustate/owner.py", "from nodeagent import compose", "Layers:"),
         # a subsystem running processes itself instead of through a backend
         ("nodeagent/metrics/collector.py", "import subprocess", "Only nodeagent.backends touches hardware"),
     ],

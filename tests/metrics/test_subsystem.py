@@ -240,6 +240,7 @@ async def test_run_sweeps_on_its_interval_and_stops(tmp_path: Path) -> None:
     sub = MetricsSubsystem(ctx)
     await sub.start()
     stop = asyncio.Event()
+    owner = asyncio.create_task(ctx.gpu_state.run(stop))  # the agent's GPU-state task: it sweeps
     task = asyncio.create_task(sub.run(stop))
     first = sub.exposition
     deadline = asyncio.get_running_loop().time() + 5
@@ -248,7 +249,9 @@ async def test_run_sweeps_on_its_interval_and_stops(tmp_path: Path) -> None:
     assert sub.exposition is not first, "a new snapshot within the interval"
     stop.set()
     await asyncio.wait_for(task, 3)
+    await asyncio.wait_for(owner, 3)
     await sub.stop()
+    assert ctx.gpu_state.registrations == (), "its needs went with it"
     assert sub.status().phase is Phase.STOPPED
     assert "nodeagent_collection_duration_seconds" not in {m.name for m in ctx.registry.collect()}, "unregistered"
 

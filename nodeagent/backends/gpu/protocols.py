@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Protocol, runtime_checkable
 
 from nodeagent.errors import MigOperationError
-from nodeagent.model.gpu import Inventory, MigDevice, Sample, SampleRequest
+from nodeagent.model.gpu import Inventory, MigDevice, Sample, SampleRequest, XidEvent
 from nodeagent.model.mig import GpuProcess
 
 
@@ -40,6 +41,19 @@ class GpuBackend(Protocol):
 
     async def sample(self, request: SampleRequest) -> Sample:
         """Read the requested values of every GPU (and MIG device) in one hop."""
+
+
+XidSink = Callable[[XidEvent], None]
+
+
+@runtime_checkable
+class EventSource(Protocol):
+    """A backend that pushes XIDs as they happen (NVML's event wait; the simulator's injection)."""
+
+    def watch_events(self, sink: XidSink) -> Callable[[], None]:
+        """From now on call ``sink`` on the calling event loop with each XID as it happens (no longer in
+        ``Sample.xids``). Returns the call that stops watching; closing the backend stops it too."""
+        ...
 
 
 class Sampler(Protocol):

@@ -19,7 +19,7 @@ from nodeagent.backends.gpu.nvml.events import NvmlEvents
 from nodeagent.backends.gpu.nvml.gpm import NvmlGpm
 from nodeagent.backends.gpu.nvml.inventory import NvmlInventory
 from nodeagent.backends.gpu.nvml.lifecycle import NvmlLifecycle
-from nodeagent.backends.gpu.nvml.readers import MIB, MIG_FB, MIG_GPM, READERS, Calls, GpuState, MigState
+from nodeagent.backends.gpu.nvml.readers import MIB, MIG_FB, MIG_GPM, READERS, Calls, MigState, NvmlDevice
 from nodeagent.backends.gpu.sweep import Hop, to_sample
 from nodeagent.backends.gpu.sweep import wanted_gpus as _wanted
 from nodeagent.model.gpu import GPM_READINGS, MIG_READINGS, MigKey, Reading, Sample, SampleRequest
@@ -38,7 +38,7 @@ class NvmlBackend(NvmlLifecycle, NvmlInventory, NvmlGpm, NvmlEvents):
             return self.read_gpu(hop, index, readings, include_mig)
 
         result = await self._sweeper.sweep(
-            _wanted(len(self._gpus), request), per_gpu, tail=self._poll_events, name="sample"
+            _wanted(len(self._gpus), request), per_gpu, tail=self._sample_tail(), name="sample"
         )
         indexes = [g.index for g in self._gpus]
         return to_sample(result, taken_at=taken_at, health=self._sweeper.health, gpus=indexes, request=request)
@@ -71,7 +71,7 @@ class NvmlBackend(NvmlLifecycle, NvmlInventory, NvmlGpm, NvmlEvents):
                 mig[(index, m.gi)] = self._read_mig(hop, g, h, m, mig_want - m.unsupported)
         return out, mig
 
-    def _read_mig(self, hop: Hop, g: GpuState, h: Any, m: MigState, want: frozenset[Reading]) -> dict[Reading, float]:
+    def _read_mig(self, hop: Hop, g: NvmlDevice, h: Any, m: MigState, want: frozenset[Reading]) -> dict[Reading, float]:
         nv = self.nv
         c = Calls(self, hop, m.unsupported)
         out: dict[Reading, float] = {}

@@ -15,7 +15,7 @@ from typing import Any
 import structlog
 
 from nodeagent.backends.gpu.nvml.library import WELL_KNOWN_DRIVER_ROOTS
-from nodeagent.backends.gpu.nvml.readers import GpmState, GpuState
+from nodeagent.backends.gpu.nvml.readers import GpmState, NvmlDevice
 from nodeagent.backends.gpu.sweep import GpuSweeper
 from nodeagent.errors import BackendUnavailable
 from nodeagent.model.gpu import Inventory, MigProfile
@@ -52,7 +52,7 @@ class NvmlBase:
         )
         self.library_path: str | None = None
         """The libnvidia-ml that was loaded explicitly (None: the system loader's)."""
-        self._gpus: list[GpuState] = []
+        self._gpus: list[NvmlDevice] = []
         self._system = ("", "", 0)
         self._mig_profiles: dict[str, tuple[MigProfile, ...]] = {}
         self.mig_details: dict[str, dict[str, dict[str, int]]] = {}
@@ -112,4 +112,7 @@ class NvmlBase:
         raise NotImplementedError
 
     def _free_gpm(self, gpm: GpmState) -> None:
+        raise NotImplementedError
+
+    def _stop_watching(self, *, join_s: float = 0.0) -> None:
         raise NotImplementedError

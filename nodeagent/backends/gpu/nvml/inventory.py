@@ -7,7 +7,7 @@ from dataclasses import replace
 from typing import Any
 
 from nodeagent.backends.gpu.nvml.base import NvmlBase
-from nodeagent.backends.gpu.nvml.readers import MIB, Calls, GpuState, MigState, text
+from nodeagent.backends.gpu.nvml.readers import MIB, Calls, MigState, NvmlDevice, text
 from nodeagent.backends.gpu.sweep import GpuLost, GpuUnreadable, Hop
 from nodeagent.model.catalog import known_mig_profiles
 from nodeagent.model.gpu import GpuHealthState, GpuInfo, Inventory, MigDevice, MigProfile
@@ -88,7 +88,7 @@ class NvmlInventory(NvmlBase):
             int(cuda) if cuda is not None else old_cuda,
         )
 
-    def _handle(self, c: Calls, g: GpuState) -> Any:
+    def _handle(self, c: Calls, g: NvmlDevice) -> Any:
         if g.handle is None:
             g.handle = c.get((), "nvmlDeviceGetHandleByIndex", self.nv.nvmlDeviceGetHandleByIndex, g.index)
             if g.handle is None:
@@ -204,7 +204,7 @@ class NvmlInventory(NvmlBase):
             return []
         return [(int(array[i].start), int(array[i].size)) for i in range(min(count.value, capacity))]
 
-    def _mig_devices(self, c: Calls, g: GpuState, h: Any, profiles: tuple[MigProfile, ...]) -> tuple[MigDevice, ...]:
+    def _mig_devices(self, c: Calls, g: NvmlDevice, h: Any, profiles: tuple[MigProfile, ...]) -> tuple[MigDevice, ...]:
         nv = self.nv
         by_id = {p.profile_id: p for p in profiles}
         found: dict[int, MigState] = {}

@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from pathlib import Path
 
 from nodeagent.backends.gpu.nvml.base import NvmlBase, log
+from nodeagent.backends.gpu.nvml.events import WAIT_MS
 from nodeagent.backends.gpu.nvml.library import (
     LIBRARY,
     LIBRARY_DIRS,
     find_nvml_library,
     unavailable_reason,
 )
-from nodeagent.backends.gpu.nvml.readers import GpuState
+from nodeagent.backends.gpu.nvml.readers import NvmlDevice
 from nodeagent.errors import BackendUnavailable, CallTimeout
 
 
@@ -38,6 +40,8 @@ class NvmlLifecycle(NvmlBase):
             self._sweeper.shutdown()
             return
         self._opened = False
+        # the watcher's wait must end before the event set is freed (joined off the loop)
+        await asyncio.to_thread(self._stop_watching, join_s=2 * WAIT_MS / 1000)
         try:
             await self._sweeper.call("nvmlShutdown", self._shutdown)
         except CallTimeout:
@@ -82,7 +86,7 @@ class NvmlLifecycle(NvmlBase):
             count = int(nv.nvmlDeviceGetCount())
         except self.nvml_error as err:
             raise BackendUnavailable(f"NVML cannot count the GPUs: {err}") from None
-        self._gpus = [GpuState(i) for i in range(count)]
+        self._gpus = [NvmlDevice(i) for i in range(count)]
         return count
 
     def _use_library(self, path: Path) -> None:

@@ -100,7 +100,10 @@ class MigState:
 
 
 @dataclass
-class GpuState:
+class NvmlDevice:
+    """What the NVML backend holds for one GPU between calls: its handle and identity, the readings it
+    answered NotSupported, its GPM sample buffers and its MIG devices' handles."""
+
     index: int
     handle: Any = None
     uuid: str = ""
@@ -117,7 +120,7 @@ class Calls:
 
     __slots__ = ("gpu", "hop", "ns", "nv", "owner")
 
-    def __init__(self, owner: CallOwner, hop: Hop, ns: set[Reading], gpu: GpuState | None = None) -> None:
+    def __init__(self, owner: CallOwner, hop: Hop, ns: set[Reading], gpu: NvmlDevice | None = None) -> None:
         self.owner = owner
         self.hop = hop
         self.nv = owner.nv
