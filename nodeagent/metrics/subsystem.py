@@ -27,9 +27,11 @@ from nodeagent.metrics.agent_metrics import AgentMetrics, AgentState
 from nodeagent.metrics.collector import GPM_PRIME_INTERVAL_S, Collector, Snapshot
 from nodeagent.metrics.counters_csv import CounterSet, parse
 from nodeagent.metrics.fields import default_counters
+from nodeagent.metrics.profiling import ProfilingGap, profiling_gap
 from nodeagent.metrics.response import send_parts
-from nodeagent.metrics.series_labels import EntityKey, PodRef, entities
-from nodeagent.model.gpu import GpuHealthState, Inventory
+from nodeagent.metrics.series_labels import EntityKey, PodRef, entities, gpu_entities
+from nodeagent.model.gpu import GPM_READINGS, GpuHealthState, Inventory
+from nodeagent.model.health import NodeGpuHealth
 from nodeagent.plan import Plan
 from nodeagent.subsystem import BaseSubsystem, Context, Phase
 
@@ -82,6 +84,12 @@ class MetricsSubsystem(BaseSubsystem):
         self._unknown_seen: frozenset[EntityKey] = frozenset()
         self._layout: tuple[Any, ...] = ()
         self._negotiated: dict[tuple[str, str], tuple[exposition.Format, bool]] = {}
+        self._health: NodeGpuHealth | None = None
+        """The published node GPU health (DCGM_EXP_GPU_HEALTH_STATUS): the state the Node condition shows."""
+        self._render_lock = asyncio.Lock()
+        self.rendered = asyncio.Event()
+        """Set after each render (a sweep, or a health change re-rendering the last sample)."""
+        self._profiling: ProfilingGap | None = None
         ctx.add_route("GET", "/metrics", self.handle)
 
     # ----------------------------------------------------------------------------------- lifecycle
@@ -140,6 +148,8 @@ class MetricsSubsystem(BaseSubsystem):
             slow_interval_s=settings.slow_interval_s,
             pod_attribution=self._pod_text(),
         )
+        self._health = self.ctx.bus.last(events.NODE_GPU_HEALTH)
+        self._check_profiling(self._inventory)
         await self._sweep()
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -147,6 +157,7 @@ class MetricsSubsystem(BaseSubsystem):
         loops = {
             "metrics:sweep": aio.periodic(self._sweep, interval_s=settings.interval_s, stop=stop, run_first=False),
             "metrics:inventory": self._watch_inventory(stop),
+            "metrics:health": self._watch_health(stop),
         }
         if self._pod_client is not None:
             loops["metrics:pods"] = aio.periodic(
@@ -186,11 +197,38 @@ class MetricsSubsystem(BaseSubsystem):
             call_failures=MappingProxyType(dict(totals.call_failures)),
             xids=MappingProxyType(dict(totals.xids)),
         )
-        layout = self._current_layout(inventory)
-        started = time.perf_counter()
-        self.exposition = await aio.run_blocking(exposition.render, snap, layout, self.ctx.registry)
-        self.snapshot = snap
-        self._set_health(snap, render_s=time.perf_counter() - started)
+        await self._render(snap, self._current_layout(inventory))
+
+    async def _render(self, snap: Snapshot, layout: exposition.Layout) -> None:
+        """Render and swap in (one at a time, so a health change never loses to an older sweep)."""
+        async with self._render_lock:
+            started = time.perf_counter()
+            health = self._health
+            self.exposition = await aio.run_blocking(exposition.render, snap, layout, self.ctx.registry, health)
+            self.snapshot = snap
+            self._set_health(snap, render_s=time.perf_counter() - started)
+        self.rendered.set()
+
+    async def _watch_health(self, stop: asyncio.Event) -> None:
+        """Re-render the last sample when the published health changes: the series move with the Node
+        condition (both follow NODE_GPU_HEALTH), not one sweep later."""
+        async with self.ctx.bus.subscribe(events.NODE_GPU_HEALTH) as sub:
+            # A report published between start() and this subscription is only in the bus's last value.
+            await self._on_health(Event(events.NODE_GPU_HEALTH, self.ctx.bus.last(events.NODE_GPU_HEALTH)))
+            while not stop.is_set():
+                event = await aio.until_stopped(stop, sub.get())
+                if event is None:
+                    return
+                while sub.pending():
+                    event = await sub.get()
+                await self._on_health(event)
+
+    async def _on_health(self, event: Event) -> None:
+        if not isinstance(event.payload, NodeGpuHealth) or event.payload == self._health:
+            return
+        self._health = event.payload
+        if self.snapshot is not None and self._inventory is not None:
+            await self._render(self.snapshot, self._current_layout(self.snapshot.inventory))
 
     def _set_health(self, snap: Snapshot, *, render_s: float) -> None:
         bad = {i: h for i, h in snap.health.items() if h is not GpuHealthState.OK}
@@ -220,7 +258,14 @@ class MetricsSubsystem(BaseSubsystem):
             hostname_label=settings.hostname_label,
             mig_whole_gpu=settings.mig_whole_gpu_fields,
         )
-        layout = exposition.build_layout(ents, self._counters.counters)
+        gpus = gpu_entities(
+            inventory,
+            self._counters.counters,
+            hostname=self.ctx.node_name,
+            pods=self._pods,
+            hostname_label=settings.hostname_label,
+        )
+        layout = exposition.build_layout(ents, self._counters.counters, gpus)
         self._layout = (key, layout)
         return layout
 
@@ -232,6 +277,25 @@ class MetricsSubsystem(BaseSubsystem):
             self._inventory = event.payload
             self._pods = self._attribute(self._pod_records)
             self.log.info("metrics_inventory_changed", gpus=len(event.payload.gpus))
+            if self._collector is not None:
+                self._collector.reprime()  # new instances: GPM primed and the slow tier read at the next sweep
+            self._check_profiling(event.payload)
+
+    def _check_profiling(self, inventory: Inventory) -> None:
+        """Warn once per distinct gap that GPUs without GPM lack profiling fields; keep it in /status."""
+        gap = profiling_gap(inventory, self._counters.counters)
+        if gap != self._profiling and gap is not None:
+            self.log.warning(
+                "metrics_profiling_unavailable",
+                gpus=list(gap.gpus),
+                absent=list(gap.absent),
+                substituted=list(gap.substituted),
+                reason="NVML's GPM (profiling metrics) is Hopper and newer",
+            )
+        self._profiling = gap
+        selected = any(c.spec.reading in GPM_READINGS for c in self._counters.counters)
+        text = gap.text() if gap else ("from GPM" if selected else "no profiling fields selected")
+        self.set_status(self._status.phase, self._status.reason, profiling=text)
 
     # ---------------------------------------------------------------------------------------- pods
 
