@@ -17,11 +17,13 @@ from nodeagent import events
 from nodeagent.gpuhealth.subsystem import GpuHealthSubsystem
 from nodeagent.metrics.exposition import Format
 from nodeagent.metrics.subsystem import MetricsSubsystem
-from nodeagent.model.health import WATCHES, GpuHealthReport, GpuIncident, NodeGpuHealth, Verdict
+from nodeagent.model.health import GpuHealthReport, GpuIncident, NodeGpuHealth, Verdict
 from nodeagent.subsystem import Context, Phase, Status
 from tests.metrics.fakes import FakeGpus, make_context
 
 HEALTH = "DCGM_EXP_GPU_HEALTH_STATUS"
+WATCHES = ("PCIE", "NVLINK", "PMU", "MCU", "MEM", "SM", "INFOROM", "THERMAL", "POWER", "DRIVER", "ALL")
+"""gpu_health_collector.go's gpuHealthChecks, in its order."""
 CSV = (
     "DCGM_FI_DEV_GPU_TEMP, gauge, GPU temperature (in C).\n"
     "DCGM_EXP_GPU_HEALTH_STATUS, counter, DCGM reported health status\n"
