@@ -107,6 +107,9 @@ class MetricsSubsystem(BaseSubsystem):
             f"listen: {self.ctx.settings.agent.listen} /metrics",
         ]
         warnings = [f"field not available without DCGM, left out: {s}" for s in counters.skipped]
+        gap = profiling_gap(inventory, counters.counters)
+        if gap is not None:
+            warnings.append(f"profiling fields: {gap.text()}")
         return Plan(subsystem=self.name, evidence=tuple(evidence), warnings=tuple(warnings))
 
     async def start(self) -> None:
@@ -188,7 +191,9 @@ class MetricsSubsystem(BaseSubsystem):
             # The backend sampled devices the inventory lacks (a MIG change not yet published): label
             # them from a fresh inventory at the next sweep. Once per distinct set, not every sweep.
             self._unknown_seen = unknown
-            self._inventory = await self.ctx.gpu_state.refresh() or self._inventory
+            fresh = await self.ctx.gpu_state.refresh()
+            if fresh is not None and fresh != self._inventory:
+                self._adopt_inventory(fresh)
         for xid in snap.xids:  # the GPU-state owner has published them; say so once in the log
             self.log.warning("gpu_xid", gpu=xid.gpu_index, xid=xid.xid, gpu_instance=xid.gpu_instance_id)
         totals = self._collector.totals
@@ -197,9 +202,9 @@ class MetricsSubsystem(BaseSubsystem):
             call_failures=MappingProxyType(dict(totals.call_failures)),
             xids=MappingProxyType(dict(totals.xids)),
         )
-        await self._render(snap, self._current_layout(inventory))
+        await self._render_and_swap(snap, self._current_layout(inventory))
 
-    async def _render(self, snap: Snapshot, layout: exposition.Layout) -> None:
+    async def _render_and_swap(self, snap: Snapshot, layout: exposition.Layout) -> None:
         """Render and swap in (one at a time, so a health change never loses to an older sweep)."""
         async with self._render_lock:
             started = time.perf_counter()
@@ -228,7 +233,7 @@ class MetricsSubsystem(BaseSubsystem):
             return
         self._health = event.payload
         if self.snapshot is not None and self._inventory is not None:
-            await self._render(self.snapshot, self._current_layout(self.snapshot.inventory))
+            await self._render_and_swap(self.snapshot, self._current_layout(self.snapshot.inventory))
 
     def _set_health(self, snap: Snapshot, *, render_s: float) -> None:
         bad = {i: h for i, h in snap.health.items() if h is not GpuHealthState.OK}
@@ -274,12 +279,16 @@ class MetricsSubsystem(BaseSubsystem):
 
     async def _on_inventory(self, event: Event | None) -> None:
         if event is not None and isinstance(event.payload, Inventory) and event.payload != self._inventory:
-            self._inventory = event.payload
-            self._pods = self._attribute(self._pod_records)
-            self.log.info("metrics_inventory_changed", gpus=len(event.payload.gpus))
-            if self._collector is not None:
-                self._collector.reprime()  # new instances: GPM primed and the slow tier read at the next sweep
-            self._check_profiling(event.payload)
+            self._adopt_inventory(event.payload)
+
+    def _adopt_inventory(self, inventory: Inventory) -> None:
+        """Label with a new inventory from the next sweep on (whoever noticed the change first)."""
+        self._inventory = inventory
+        self._pods = self._attribute(self._pod_records)
+        self.log.info("metrics_inventory_changed", gpus=len(inventory.gpus))
+        if self._collector is not None:
+            self._collector.reprime()  # new instances: GPM primed and the slow tier read at the next sweep
+        self._check_profiling(inventory)
 
     def _check_profiling(self, inventory: Inventory) -> None:
         """Warn once per distinct gap that GPUs without GPM lack profiling fields; keep it in /status."""

@@ -8,6 +8,7 @@ import math
 import re
 from pathlib import Path
 
+import pytest
 import structlog
 
 from nodeagent import events
@@ -94,6 +95,7 @@ async def test_missing_profiling_is_a_warning_once_and_in_status(tmp_path: Path)
         assert "DCGM_FI_PROF_PIPE_TENSOR_ACTIVE" in warned[0]["absent"]
         text = sub.status().details["profiling"]
         assert "GPM" in text and "GPU 0-1" in text and "DCGM_FI_PROF_GR_ENGINE_ACTIVE" in text
+        assert any("no GPM" in w for w in (await sub.describe()).warnings), "nodeagent plan says it too"
     finally:
         await sub.stop()
         await sim.close()
@@ -146,7 +148,12 @@ def test_every_default_field_absent_on_mig_instances_is_documented() -> None:
         assert f"`{name}`" in section, f"{name}: say where it comes from on MIG instances"
 
 
-async def test_profiling_series_are_there_in_the_first_sweep_after_a_mig_change(tmp_path: Path) -> None:
+@pytest.mark.parametrize("noticed_by", ["the sweep", "INVENTORY_CHANGED"])
+async def test_profiling_series_are_there_in_the_first_scrape_after_a_mig_change(
+    tmp_path: Path, noticed_by: str
+) -> None:
+    """Whoever notices the new instances first (a sweep sampling devices the inventory lacks, or the MIG
+    subsystem's refresh), the first exposition that has them has their profiling series."""
     sim = SimGpuBackend("h100-80gb-hbm3", 1)
     await sim.open()
     ctx = make_context(tmp_path, sim, statuses={"driver": Status(Phase.RUNNING)})  # type: ignore[arg-type]
@@ -158,13 +165,19 @@ async def test_profiling_series_are_there_in_the_first_sweep_after_a_mig_change(
         await sim.reset_gpu(0)
         await sim.create_gpu_instance(0, "3g.40gb")
         await sim.create_gpu_instance(0, "3g.40gb")
-        inv = await ctx.gpu_state.refresh()
-        await sub._on_inventory(Event(events.INVENTORY_CHANGED, inv))
-        await sub._sweep()
-        assert sub.snapshot is not None and sub.snapshot.inventory.gpus[0].mig_devices != ()
-        got = body(sub.snapshot, default_counters())
+        if noticed_by == "INVENTORY_CHANGED":
+            inv = await ctx.gpu_state.refresh()
+            await sub._on_inventory(Event(events.INVENTORY_CHANGED, inv))
+        for _ in range(3):
+            await sub._sweep()
+            assert sub.snapshot is not None
+            got = body(sub.snapshot, default_counters())
+            if any("GPU_I_ID" in s[0] for s in got.get("DCGM_FI_DEV_FB_USED", [])):
+                break
+        else:
+            raise AssertionError("the instances never appeared")
         gis = sorted(s[0]["GPU_I_ID"] for s in got.get("DCGM_FI_PROF_GR_ENGINE_ACTIVE", []))
-        assert gis == ["1", "2"], "profiling series from the first sweep after the change"
+        assert gis == ["1", "2"], "profiling series in the first exposition with the instances"
     finally:
         await sub.stop()
         await sim.close()
