@@ -7,9 +7,9 @@ and a field this agent cannot serve is a warning, not an error. Each field says 
 from (a backend Reading, the last XID, a window of XIDs or clock events, or a static fact that becomes
 a label) and how it appears on MIG instance series:
 
-- ``DEVICE``: a whole-GPU quantity (temperature, power, clocks, energy). DCGM answers these on a GPU
-  instance with its parent GPU's value (its cache manager remaps GPU-level fields of a GPU_I entity to
-  the parent GPU), so dcgm-exporter repeats the parent's value on every instance series; we do the same
+- ``DEVICE``: a whole-GPU quantity (temperature, power, clocks, energy, encoder and decoder utilisation,
+  GPM's PCIe bytes). DCGM answers these on a GPU instance with its parent GPU's value (its cache manager
+  remaps GPU-level fields of a GPU_I entity to the parent GPU), so dcgm-exporter repeats the parent's value on every instance series; we do the same
   by default (``metrics.mig_whole_gpu_fields``);
 - ``INSTANCE``: read per GPU and per MIG instance (framebuffer, GPM activity); absent on an instance
   the backend does not report it for;
