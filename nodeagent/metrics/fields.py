@@ -9,8 +9,8 @@ a label) and how it appears on MIG instance series:
 
 - ``DEVICE``: a whole-GPU quantity (temperature, power, clocks, energy, encoder and decoder utilisation,
   GPM's PCIe bytes). DCGM answers these on a GPU instance with its parent GPU's value (its cache manager
-  remaps GPU-level fields of a GPU_I entity to the parent GPU), so dcgm-exporter repeats the parent's value on every instance series; we do the same
-  by default (``metrics.mig_whole_gpu_fields``);
+  remaps GPU-level fields of a GPU_I entity to the parent GPU), so dcgm-exporter repeats the parent's
+  value on every instance series; we do the same by default (``metrics.mig_whole_gpu_fields``);
 - ``INSTANCE``: read per GPU and per MIG instance (framebuffer, GPM activity); absent on an instance
   the backend does not report it for;
 - ``GPU_ONLY``: NVML's utilisation rates cover the whole GPU only; on an instance series they would
