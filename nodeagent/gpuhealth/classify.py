@@ -14,11 +14,12 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from nodeagent.model.gpu import GpuHealthState
+from nodeagent.model.health import WATCHES as _WATCHES
 from nodeagent.model.health import GpuHealthReport, GpuIncident, Verdict
 
 DEVICE_PLUGIN_IGNORED = (13, 31, 43, 45, 68, 109)
-WATCHES = ("PCIE", "NVLINK", "PMU", "MCU", "MEM", "SM", "INFOROM", "THERMAL", "POWER", "DRIVER", "ALL")
-"""dcgm-exporter's health watches, in its order (one ``DCGM_EXP_GPU_HEALTH_STATUS`` series each)."""
+WATCHES = _WATCHES
+"""dcgm-exporter's health watches, in its order (``nodeagent.model.health``; the metrics render them too)."""
 
 
 @dataclass(frozen=True)
@@ -161,11 +162,5 @@ def next_expiry(xids: Iterable[SeenXid], *, now: float, window_s: float) -> floa
 
 
 def watch_status(report: GpuHealthReport) -> Mapping[str, tuple[Verdict, str]]:
-    """Per health watch: the worst verdict and its error code (``DCGM_FR_OK`` when none), as dcgm-exporter
-    reports at most one incident per watch."""
-    out: dict[str, tuple[Verdict, str]] = dict.fromkeys(WATCHES, (Verdict.PASS, "DCGM_FR_OK"))
-    for incident in report.incidents:
-        watch = incident.watch if incident.watch in out else "ALL"
-        if incident.verdict > out[watch][0]:
-            out[watch] = (incident.verdict, incident.error_code)
-    return out
+    """Per health watch: the worst verdict and its error code (``GpuHealthReport.watch_status``)."""
+    return report.watch_status()

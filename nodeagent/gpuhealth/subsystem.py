@@ -1,5 +1,7 @@
 """The ``gpuhealth`` subsystem: the GPU-state owner's XID and health events, classified into a node health
-report (``events.NODE_GPU_HEALTH``), /status details per GPU, and dcgm-exporter's ``DCGM_EXP_GPU_HEALTH_STATUS``.
+report (``events.NODE_GPU_HEALTH``) and /status details per GPU. The metrics subsystem renders the published
+report as dcgm-exporter's ``DCGM_EXP_GPU_HEALTH_STATUS`` when the counters select it, so the series and the
+Node condition show one state.
 
 It reads what the GPU-state owner publishes (``events.XID`` as the backend pushes it, ``events.GPU_HEALTH``
 from the owner's sweeps); it registers a health-only need (``HEALTH_INTERVAL_S``) so those sweeps run whatever
@@ -16,11 +18,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-import weakref
 from collections.abc import Callable
 from typing import Any
-
-from prometheus_client import CollectorRegistry, Gauge
 
 from nodeagent import events
 from nodeagent.aio import until_stopped
@@ -34,18 +33,8 @@ from nodeagent.plan import Plan
 from nodeagent.subsystem import BaseSubsystem, Context, Phase
 
 METRIC = "DCGM_EXP_GPU_HEALTH_STATUS"
-LABELS = ("gpu", "UUID", "pci_bus_id", "device", "modelName", "Hostname", "health_watch", "health_error_code")
 HEALTH_INTERVAL_S = 10.0
 """How often the GPU-state owner sweeps for health when nothing else asks more often (metrics' default)."""
-_GAUGES: weakref.WeakKeyDictionary[CollectorRegistry, Gauge] = weakref.WeakKeyDictionary()
-
-
-def health_gauge(registry: CollectorRegistry) -> Gauge:
-    if registry not in _GAUGES:  # a subsystem restarted by a reload gets the same registry
-        _GAUGES[registry] = Gauge(
-            METRIC, "GPU health per DCGM health watch (0 pass, 10 warn, 20 fail).", LABELS, registry=registry
-        )
-    return _GAUGES[registry]
 
 
 class GpuHealthSubsystem(BaseSubsystem):
@@ -67,7 +56,6 @@ class GpuHealthSubsystem(BaseSubsystem):
         self.published: NodeGpuHealth | None = None
         self.publishes = 0
         self._last_publish = float("-inf")
-        self._gauge = health_gauge(ctx.registry)
 
     # ----------------------------------------------------------------------------------------- input
 
@@ -122,7 +110,6 @@ class GpuHealthSubsystem(BaseSubsystem):
         report = self._node_report(now)
         if report != self.report:
             self.report = report
-            self._export(report)
         status, reason, message = report.condition()
         phase = Phase.RUNNING if report.healthy else Phase.DEGRADED
         self.set_status(phase, "" if report.healthy else message, condition=[status, reason], gpus=self._details())
@@ -173,22 +160,6 @@ class GpuHealthSubsystem(BaseSubsystem):
             for g in self.report.gpus
         }
 
-    def _export(self, report: NodeGpuHealth) -> None:
-        self._gauge.clear()
-        gpus = {g.index: g for g in self._inventory.gpus} if self._inventory is not None else {}
-        for g in report.gpus:
-            info = gpus.get(g.index)
-            base = {
-                "gpu": str(g.index),
-                "UUID": g.uuid,
-                "pci_bus_id": info.pci_bus_id if info else "",
-                "device": f"nvidia{g.index}",
-                "modelName": info.name if info else "",
-                "Hostname": self.ctx.node_name,
-            }
-            for watch, (verdict, code) in classify.watch_status(g).items():
-                self._gauge.labels(**base, health_watch=watch, health_error_code=code).set(int(verdict))
-
     async def describe(self) -> Plan:
         """For ``nodeagent plan``: it changes nothing on the node itself; what it would report."""
         s = self.ctx.settings.gpuhealth
@@ -197,7 +168,7 @@ class GpuHealthSubsystem(BaseSubsystem):
             f"classifies XIDs (ignored: {ignored}; window {s.xid_window_s:g} s) and NVML's view of each GPU",
             f"NvidiaGpuHealthy condition through labels; taint {'on' if s.taint else 'off'}; at most one change "
             f"per {s.min_publish_interval_s:g} s",
-            f"{METRIC} per GPU and health watch",
+            f"{METRIC} per GPU and health watch (by the metrics subsystem, when its counters select it)",
         )
         return Plan(self.name, evidence=evidence)
 

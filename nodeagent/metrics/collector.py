@@ -22,7 +22,7 @@ from typing import Any
 from nodeagent.backends.gpu.protocols import Sampler
 from nodeagent.gpustate import SamplingNeeds
 from nodeagent.metrics.fields import CLOCK_EVENT_NAMES, Counter, Source
-from nodeagent.metrics.tiers import Tier
+from nodeagent.metrics.tiers import Tier, tier_of
 from nodeagent.model.gpu import (
     GPM_READINGS,
     GpuHealthState,
@@ -85,6 +85,8 @@ def split_tiers(counters: Sequence[Counter]) -> tuple[frozenset[Reading], frozen
         spec = c.spec
         if spec.source is Source.READING and spec.reading is not None:
             (slow if spec.tier is Tier.SLOW else fast).add(spec.reading)
+            if spec.fallback is not None:  # GPUs without GPM: read where NVML has the same quantity
+                (slow if tier_of(spec.fallback) is Tier.SLOW else fast).add(spec.fallback)
     return frozenset(fast), frozenset(slow)
 
 
@@ -152,6 +154,14 @@ class Collector:
         if slow:
             self._slow_due = self.clock() + self.slow_interval_s
         return self.merge(inventory, sample, slow=slow, duration_s=duration)
+
+    def reprime(self) -> None:
+        """The GPUs changed (a MIG change, a new instance): read the slow tier at the next sweep, with a
+        fresh GPM priming sample, so new instances have profiling values from their first snapshot instead
+        of one or two slow intervals later."""
+        self._slow_due = float("-inf")
+        if self.gpm_prime_interval_s > 0 and self.slow & GPM_READINGS:
+            self._gpm_unprimed = True
 
     async def _prime_gpm(self, include_mig: bool) -> None:
         """Take the first GPM sample now, so the sweep that follows has a rate (its values are dropped)."""

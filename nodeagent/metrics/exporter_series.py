@@ -5,7 +5,10 @@
 - ``DCGM_EXP_XID_ERRORS_COUNT{window_size_in_ms, xid}``: per XID value, how many were seen in the window;
   with none, one series without ``xid`` and value 0 (its expcollector);
 - ``DCGM_EXP_CLOCK_EVENTS_COUNT{window_size_in_ms, clock_event}``: per clock event, the samples in the
-  window that had it set; with none, one series without ``clock_event`` and value 0.
+  window that had it set; with none, one series without ``clock_event`` and value 0;
+- ``DCGM_EXP_GPU_HEALTH_STATUS{health_error_code, health_watch}``: per GPU and DCGM health watch, the
+  published verdict (0 pass, 10 warn, 20 fail) and its ``DCGM_FR_*`` code (its gpu_health_collector.go);
+  the extra labels in the order dcgm-exporter's template writes its label map (by name).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from nodeagent.metrics.series_labels import Entity, escape
 
 if TYPE_CHECKING:
     from nodeagent.metrics.collector import Snapshot
+    from nodeagent.model.health import NodeGpuHealth
 
 LABELLED_SOURCES = frozenset({Source.XID, Source.XID_COUNT, Source.CLOCK_EVENTS_COUNT})
 
@@ -53,3 +57,16 @@ def _windowed(counts: Mapping[Any, int] | None, window_ms: int, label: str) -> l
     if not counts:
         return [(window, 0.0)]
     return [(f'{window},{label}="{key}"', float(n)) for key, n in sorted(counts.items(), key=lambda kv: str(kv[0]))]
+
+
+def health_values(entity: Entity, health: NodeGpuHealth | None) -> list[LabelledValue]:
+    """DCGM_EXP_GPU_HEALTH_STATUS of one GPU: one series per health watch (none before a report)."""
+    if health is None:
+        return []
+    report = next((g for g in health.gpus if g.index == entity.gpu.index), None)
+    if report is None:
+        return []
+    return [
+        (f'health_error_code="{escape(code)}",health_watch="{watch}"', float(int(verdict)))
+        for watch, (verdict, code) in report.watch_status().items()
+    ]

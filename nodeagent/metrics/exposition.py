@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import TYPE_CHECKING
 
-from nodeagent.metrics.exporter_series import LABELLED_SOURCES, labelled_values
+from nodeagent.metrics.exporter_series import LABELLED_SOURCES, health_values, labelled_values
 from nodeagent.metrics.fields import Counter, Kind, Scope, Source
 from nodeagent.metrics.series_labels import Entity
 
@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
 
     from nodeagent.metrics.collector import Snapshot
+    from nodeagent.model.health import NodeGpuHealth
 
 
 class Format(StrEnum):
@@ -65,9 +66,13 @@ class Layout:
 
     entities: tuple[Entity, ...]
     families: tuple[Family, ...]
+    gpu_entities: tuple[Entity, ...] = ()
+    """One per physical GPU, for per-GPU families (DCGM_EXP_GPU_HEALTH_STATUS)."""
 
 
-def build_layout(entities: tuple[Entity, ...], counters: Sequence[Counter]) -> Layout:
+def build_layout(
+    entities: tuple[Entity, ...], counters: Sequence[Counter], gpu_entities: tuple[Entity, ...] = ()
+) -> Layout:
     families = []
     for c in counters:
         if c.kind is Kind.LABEL:
@@ -80,10 +85,12 @@ def build_layout(entities: tuple[Entity, ...], counters: Sequence[Counter]) -> L
                 counter=c,
                 text_header=f"# HELP {c.name} {text_help}\n# TYPE {c.name} {c.kind}\n",
                 om_header=f"# HELP {c.name} {om_help}\n# TYPE {c.name} {om_type}\n",
-                prefixes=tuple(f"{c.name}{{{e.labels}}} " for e in entities),
+                prefixes=tuple(
+                    f"{c.name}{{{e.labels}}} " for e in (gpu_entities if c.spec.source is Source.HEALTH else entities)
+                ),
             )
         )
-    return Layout(entities, tuple(families))
+    return Layout(entities, tuple(families), gpu_entities)
 
 
 # ------------------------------------------------------------------------------------------- values
@@ -109,7 +116,10 @@ def value_of(counter: Counter, entity: Entity, snap: Snapshot) -> float | None:
         return None
     value = values.get(spec.reading)
     if value is None:
-        return None
+        if spec.fallback is None or entity.gpu.gpm_supported or entity.mig is not None:
+            return None
+        fallback = values.get(spec.fallback)
+        return None if fallback is None else fallback * spec.fallback_scale
     return value * spec.scale if spec.scale != 1.0 else value
 
 
@@ -125,11 +135,18 @@ def format_value(value: float) -> str:
     return "+Inf" if value > 0 else "-Inf"
 
 
-def series_chunks(snap: Snapshot, layout: Layout) -> list[tuple[Family, str]]:
+def series_chunks(snap: Snapshot, layout: Layout, health: NodeGpuHealth | None = None) -> list[tuple[Family, str]]:
     """(family, its sample lines) for every family with at least one value; absent families are left out."""
     chunks = []
     for fam in layout.families:
         lines = []
+        if fam.counter.spec.source is Source.HEALTH:
+            for prefix, entity in zip(fam.prefixes, layout.gpu_entities, strict=True):
+                head = prefix[:-2]
+                lines += [f"{head},{extra}}} {format_value(v)}\n" for extra, v in health_values(entity, health)]
+            if lines:
+                chunks.append((fam, "".join(lines)))
+            continue
         labelled = fam.counter.spec.source in LABELLED_SOURCES
         for prefix, entity in zip(fam.prefixes, layout.entities, strict=True):
             if labelled:  # series with labels of their own: NAME{entity labels,extra} value
@@ -210,12 +227,15 @@ _STORED = struct.Struct("<HH")
 _TRAILER = struct.Struct("<II")
 
 
-def render(snap: Snapshot, layout: Layout, registry: CollectorRegistry | None) -> Exposition:
-    """Render every variant of one snapshot (blocking: run it off the event loop).
+def render(
+    snap: Snapshot, layout: Layout, registry: CollectorRegistry | None, health: NodeGpuHealth | None = None
+) -> Exposition:
+    """Render every variant of one snapshot (blocking: run it off the event loop), with the node's
+    published GPU health report for DCGM_EXP_GPU_HEALTH_STATUS.
 
     Each body is joined once from small encoded pieces: one large allocation per format, not a joined
     str, its encoding and a concatenation (large temporaries fragment the worker thread's heap)."""
-    chunks = series_chunks(snap, layout)
+    chunks = series_chunks(snap, layout, health)
     text_parts: list[bytes] = []
     om_parts: list[bytes] = []
     for fam, lines in chunks:

@@ -7,10 +7,10 @@ and a field this agent cannot serve is a warning, not an error. Each field says 
 from (a backend Reading, the last XID, a window of XIDs or clock events, or a static fact that becomes
 a label) and how it appears on MIG instance series:
 
-- ``DEVICE``: a whole-GPU quantity (temperature, power, clocks, energy). DCGM answers these on a GPU
-  instance with its parent GPU's value (its cache manager remaps GPU-level fields of a GPU_I entity to
-  the parent GPU), so dcgm-exporter repeats the parent's value on every instance series; we do the same
-  by default (``metrics.mig_whole_gpu_fields``);
+- ``DEVICE``: a whole-GPU quantity (temperature, power, clocks, energy, encoder and decoder utilisation,
+  GPM's PCIe bytes). DCGM answers these on a GPU instance with its parent GPU's value (its cache manager
+  remaps GPU-level fields of a GPU_I entity to the parent GPU), so dcgm-exporter repeats the parent's
+  value on every instance series; we do the same by default (``metrics.mig_whole_gpu_fields``);
 - ``INSTANCE``: read per GPU and per MIG instance (framebuffer, GPM activity); absent on an instance
   the backend does not report it for;
 - ``GPU_ONLY``: NVML's utilisation rates cover the whole GPU only; on an instance series they would
@@ -54,6 +54,8 @@ class Source(StrEnum):
     """DCGM_EXP_XID_ERRORS_COUNT: XIDs seen in the last window, one series per XID value."""
     CLOCK_EVENTS_COUNT = "clock-events-count"
     """DCGM_EXP_CLOCK_EVENTS_COUNT: sweeps in the last window with each clock event bit set."""
+    HEALTH = "health"
+    """DCGM_EXP_GPU_HEALTH_STATUS: the node's published GPU health report, one series per GPU and watch."""
 
 
 StaticValue = Callable[[Inventory, GpuInfo], str]
@@ -73,6 +75,10 @@ class FieldSpec:
     counters are in ns in both NVML and DCGM 4.x)."""
     scope: Scope = Scope.DEVICE
     static: StaticValue | None = None
+    fallback: Reading | None = None
+    """Where the value comes from on a GPU without GPM (before Hopper), when NVML has the same quantity
+    elsewhere; multiplied by ``fallback_scale``. Never used on a GPU that has GPM."""
+    fallback_scale: float = 1.0
 
     @property
     def tier(self) -> Tier:
@@ -85,9 +91,19 @@ class FieldSpec:
 
 
 def _r(
-    name: str, kind: Kind, help_: str, reading: Reading, *, scope: Scope = Scope.DEVICE, scale: float = 1.0
+    name: str,
+    kind: Kind,
+    help_: str,
+    reading: Reading,
+    *,
+    scope: Scope = Scope.DEVICE,
+    scale: float = 1.0,
+    fallback: Reading | None = None,
+    fallback_scale: float = 1.0,
 ) -> FieldSpec:
-    return FieldSpec(name, dcgm_field_id(name), kind, help_, Source.READING, reading, scale, scope)
+    return FieldSpec(
+        name, dcgm_field_id(name), kind, help_, Source.READING, reading, scale, scope, None, fallback, fallback_scale
+    )
 
 
 def _label(name: str, help_: str, value: StaticValue) -> FieldSpec:
@@ -155,8 +171,9 @@ FIELDS: dict[str, FieldSpec] = {
         _r("DCGM_FI_DEV_PCIE_RX_THROUGHPUT", C, "PCIe RX throughput (KB/s).", Reading.PCIE_RX_THROUGHPUT_KBS),
         _r("DCGM_FI_DEV_GPU_UTIL", G, "GPU utilization (in %).", Reading.GPU_UTIL_PCT, scope=GPU_ONLY),
         _r("DCGM_FI_DEV_MEM_COPY_UTIL", G, "Memory utilization (in %).", Reading.MEM_COPY_UTIL_PCT, scope=GPU_ONLY),
-        _r("DCGM_FI_DEV_ENC_UTIL", G, "Encoder utilization (in %).", Reading.ENC_UTIL_PCT, scope=GPU_ONLY),
-        _r("DCGM_FI_DEV_DEC_UTIL", G, "Decoder utilization (in %).", Reading.DEC_UTIL_PCT, scope=GPU_ONLY),
+        # DCGM reads these from the parent GPU's handle for a GPU instance (device scope), as power.
+        _r("DCGM_FI_DEV_ENC_UTIL", G, "Encoder utilization (in %).", Reading.ENC_UTIL_PCT),
+        _r("DCGM_FI_DEV_DEC_UTIL", G, "Decoder utilization (in %).", Reading.DEC_UTIL_PCT),
         FieldSpec("DCGM_FI_DEV_XID_ERRORS", 230, G, "Value of the last XID error encountered.", Source.XID),
         _r(
             "DCGM_FI_DEV_POWER_VIOLATION",
@@ -257,6 +274,9 @@ FIELDS: dict[str, FieldSpec] = {
             "Ratio of time the graphics engine is active.",
             Reading.GR_ENGINE_ACTIVE,
             scope=INST,
+            # Without GPM: NVML's utilisation rate, the share of time a kernel (graphics/compute) was active.
+            fallback=Reading.GPU_UTIL_PCT,
+            fallback_scale=0.01,
         ),
         _r(
             "DCGM_FI_PROF_SM_ACTIVE",
@@ -352,6 +372,7 @@ FIELDS: dict[str, FieldSpec] = {
             Reading.NVLINK_RECOVERY_ERRORS,
         ),
         FieldSpec("DCGM_EXP_XID_ERRORS_COUNT", XID_COUNT_ID, C, "reported XIDs during last window", Source.XID_COUNT),
+        FieldSpec("DCGM_EXP_GPU_HEALTH_STATUS", GPU_HEALTH_STATUS_ID, C, "DCGM reported health status", Source.HEALTH),
         FieldSpec(
             "DCGM_EXP_CLOCK_EVENTS_COUNT",
             CLOCK_EVENTS_COUNT_ID,
@@ -371,7 +392,6 @@ FIELDS: dict[str, FieldSpec] = {
 BY_ID: dict[int, FieldSpec] = {f.field_id: f for f in FIELDS.values()}
 
 UNSERVED_EXPORTER_FIELDS: dict[str, str] = {
-    "DCGM_EXP_GPU_HEALTH_STATUS": "exported by the gpuhealth subsystem (gpuhealth.enabled), not from this file",
     "DCGM_EXP_P2P_STATUS": "needs DCGM's P2P link status",
 }
 """dcgm-exporter's own fields this file does not select, with the reason (not computed, or exported elsewhere)."""

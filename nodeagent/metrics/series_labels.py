@@ -77,36 +77,72 @@ def entities(
     hostname_label: str = HOSTNAME_LABELS[0],
     mig_whole_gpu: str = MigWholeGpu.EVERY_INSTANCE,
 ) -> tuple[Entity, ...]:
-    label_fields = [c for c in counters if c.kind is Kind.LABEL]
+    """The entities series are exposed for: each GPU, or each MIG instance of a GPU that has them."""
+    labels = _Labels(inventory, counters, hostname, pods, hostname_label)
     out: list[Entity] = []
     for gpu in sorted(inventory.gpus, key=lambda g: g.index):
         migs = sorted(gpu.mig_devices, key=_gi_id) if gpu.mig_enabled else []
         instances: Sequence[MigDevice | None] = migs or [None]
         for position, mig in enumerate(instances):
-            pairs = [
-                ("gpu", str(gpu.index)),
-                ("UUID", gpu.uuid),
-                ("pci_bus_id", gpu.pci_bus_id),
-                ("device", gpu.device_name),
-                ("modelName", gpu.name),
-            ]
-            if mig is not None:
-                pairs += [("GPU_I_PROFILE", mig.profile), ("GPU_I_ID", str(mig.gpu_instance_id))]
-            pairs.append((hostname_label, hostname))
-            for c in label_fields:
-                assert c.spec.static is not None
-                pairs.append((c.name, c.spec.static(inventory, gpu)))
-            key: EntityKey = gpu.index if mig is None else (gpu.index, mig.gpu_instance_id)
-            # A MIG instance without its own pod belongs to the pod holding the whole GPU, if any.
-            ref = pods.get(key) or (pods.get(gpu.index) if mig else None)
-            if ref is not None:
-                pairs += [("pod", ref.pod), ("namespace", ref.namespace), ("container", ref.container)]
-            if len(pairs) > MAX_LABELS:
-                raise ValueError(f"{len(pairs)} labels on a series; at most {MAX_LABELS} are allowed")
             whole_gpu = mig is None or position == 0 or mig_whole_gpu == MigWholeGpu.EVERY_INSTANCE
-            labels = ",".join(f'{k}="{escape(v)}"' for k, v in pairs)
-            out.append(Entity(gpu, mig, tuple(pairs), labels, whole_gpu))
+            out.append(labels.entity(gpu, mig, whole_gpu))
     return tuple(out)
+
+
+def gpu_entities(
+    inventory: Inventory,
+    counters: Sequence[Counter],
+    *,
+    hostname: str,
+    pods: Mapping[EntityKey, PodRef],
+    hostname_label: str = HOSTNAME_LABELS[0],
+) -> tuple[Entity, ...]:
+    """One entity per physical GPU, MIG or not (per-GPU series such as DCGM_EXP_GPU_HEALTH_STATUS, whose
+    DCGM health group holds GPUs only), labelled by the same builder as every other series."""
+    labels = _Labels(inventory, counters, hostname, pods, hostname_label)
+    return tuple(labels.entity(gpu, None, True) for gpu in sorted(inventory.gpus, key=lambda g: g.index))
+
+
+class _Labels:
+    """The one label builder of every series, in dcgm-exporter's order (see the module docstring)."""
+
+    def __init__(
+        self,
+        inventory: Inventory,
+        counters: Sequence[Counter],
+        hostname: str,
+        pods: Mapping[EntityKey, PodRef],
+        hostname_label: str,
+    ) -> None:
+        self.inventory = inventory
+        self.label_fields = [c for c in counters if c.kind is Kind.LABEL]
+        self.hostname = hostname
+        self.pods = pods
+        self.hostname_label = hostname_label
+
+    def entity(self, gpu: GpuInfo, mig: MigDevice | None, whole_gpu: bool) -> Entity:
+        pairs = [
+            ("gpu", str(gpu.index)),
+            ("UUID", gpu.uuid),
+            ("pci_bus_id", gpu.pci_bus_id),
+            ("device", gpu.device_name),
+            ("modelName", gpu.name),
+        ]
+        if mig is not None:
+            pairs += [("GPU_I_PROFILE", mig.profile), ("GPU_I_ID", str(mig.gpu_instance_id))]
+        pairs.append((self.hostname_label, self.hostname))
+        for c in self.label_fields:
+            assert c.spec.static is not None
+            pairs.append((c.name, c.spec.static(self.inventory, gpu)))
+        key: EntityKey = gpu.index if mig is None else (gpu.index, mig.gpu_instance_id)
+        # A MIG instance without its own pod belongs to the pod holding the whole GPU, if any.
+        ref = self.pods.get(key) or (self.pods.get(gpu.index) if mig else None)
+        if ref is not None:
+            pairs += [("pod", ref.pod), ("namespace", ref.namespace), ("container", ref.container)]
+        if len(pairs) > MAX_LABELS:
+            raise ValueError(f"{len(pairs)} labels on a series; at most {MAX_LABELS} are allowed")
+        labels = ",".join(f'{k}="{escape(v)}"' for k, v in pairs)
+        return Entity(gpu, mig, tuple(pairs), labels, whole_gpu)
 
 
 def _gi_id(mig: MigDevice) -> int:

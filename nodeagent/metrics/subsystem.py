@@ -30,9 +30,11 @@ from nodeagent.metrics.collector import GPM_PRIME_INTERVAL_S, Collector, Snapsho
 from nodeagent.metrics.counters_csv import CounterSet, parse
 from nodeagent.metrics.declaration import DECLARATION
 from nodeagent.metrics.fields import default_counters
+from nodeagent.metrics.profiling import ProfilingGap, profiling_gap
 from nodeagent.metrics.response import send_parts
-from nodeagent.metrics.series_labels import EntityKey, PodRef, entities
-from nodeagent.model.gpu import GpuHealthState, Inventory
+from nodeagent.metrics.series_labels import EntityKey, PodRef, entities, gpu_entities
+from nodeagent.model.gpu import GPM_READINGS, GpuHealthState, Inventory
+from nodeagent.model.health import NodeGpuHealth
 from nodeagent.plan import Plan
 from nodeagent.subsystem import BaseSubsystem, Context, Phase
 
@@ -86,6 +88,12 @@ class MetricsSubsystem(BaseSubsystem):
         self._unknown_seen: frozenset[EntityKey] = frozenset()
         self._layout: tuple[Any, ...] = ()
         self._negotiated: dict[tuple[str, str], tuple[exposition.Format, bool]] = {}
+        self._health: NodeGpuHealth | None = None
+        """The published node GPU health (DCGM_EXP_GPU_HEALTH_STATUS): the state the Node condition shows."""
+        self._render_lock = asyncio.Lock()
+        self.rendered = asyncio.Event()
+        """Set after each render (a sweep, or a health change re-rendering the last sample)."""
+        self._profiling: ProfilingGap | None = None
         ctx.add_route("GET", "/metrics", self.handle)
 
     # ----------------------------------------------------------------------------------- lifecycle
@@ -103,6 +111,9 @@ class MetricsSubsystem(BaseSubsystem):
             f"listen: {self.ctx.settings.agent.listen} /metrics",
         ]
         warnings = [f"field not available without DCGM, left out: {s}" for s in counters.skipped]
+        gap = profiling_gap(inventory, counters.counters)
+        if gap is not None:
+            warnings.append(f"profiling fields: {gap.text()}")
         return Plan(subsystem=self.name, evidence=tuple(evidence), warnings=tuple(warnings))
 
     async def start(self) -> None:
@@ -142,6 +153,8 @@ class MetricsSubsystem(BaseSubsystem):
             slow_interval_s=settings.slow_interval_s,
             pod_attribution=self._pod_text(),
         )
+        self._health = self.ctx.bus.last(events.NODE_GPU_HEALTH)
+        self._check_profiling(self._inventory)
         if self._sampling is not None:
             self._sampling.close()
         # MIG-capable, not MIG-enabled: instances created behind our back must show up in the sample.
@@ -156,6 +169,7 @@ class MetricsSubsystem(BaseSubsystem):
         loops = {
             "metrics:render": self._render_loop(stop),
             "metrics:inventory": self._watch_inventory(stop),
+            "metrics:health": self._watch_health(stop),
         }
         if self._pod_client is not None:
             loops["metrics:pods"] = aio.periodic(
@@ -209,7 +223,9 @@ class MetricsSubsystem(BaseSubsystem):
             # The backend sampled devices the inventory lacks (a MIG change not yet published): label
             # them from a fresh inventory at the next sweep. Once per distinct set, not every sweep.
             self._unknown_seen = unknown
-            self._inventory = await self.ctx.gpu_state.refresh() or self._inventory
+            fresh = await self.ctx.gpu_state.refresh()
+            if fresh is not None and fresh != self._inventory:
+                self._adopt_inventory(fresh)
         for xid in snap.xids:  # the GPU-state owner has published them; say so once in the log
             self.log.warning("gpu_xid", gpu=xid.gpu_index, xid=xid.xid, gpu_instance=xid.gpu_instance_id)
         totals = self._collector.totals
@@ -218,11 +234,38 @@ class MetricsSubsystem(BaseSubsystem):
             call_failures=MappingProxyType(dict(totals.call_failures)),
             xids=MappingProxyType(dict(totals.xids)),
         )
-        layout = self._current_layout(inventory)
-        started = time.perf_counter()
-        self.exposition = await aio.run_blocking(exposition.render, snap, layout, self.ctx.registry)
-        self.snapshot = snap
-        self._set_health(snap, render_s=time.perf_counter() - started)
+        await self._render_and_swap(snap, self._current_layout(inventory))
+
+    async def _render_and_swap(self, snap: Snapshot, layout: exposition.Layout) -> None:
+        """Render and swap in (one at a time, so a health change never loses to an older sweep)."""
+        async with self._render_lock:
+            started = time.perf_counter()
+            health = self._health
+            self.exposition = await aio.run_blocking(exposition.render, snap, layout, self.ctx.registry, health)
+            self.snapshot = snap
+            self._set_health(snap, render_s=time.perf_counter() - started)
+        self.rendered.set()
+
+    async def _watch_health(self, stop: asyncio.Event) -> None:
+        """Re-render the last sample when the published health changes: the series move with the Node
+        condition (both follow NODE_GPU_HEALTH), not one sweep later."""
+        async with self.ctx.bus.subscribe(events.NODE_GPU_HEALTH) as sub:
+            # A report published between start() and this subscription is only in the bus's last value.
+            await self._on_health(Event(events.NODE_GPU_HEALTH, self.ctx.bus.last(events.NODE_GPU_HEALTH)))
+            while not stop.is_set():
+                event = await aio.until_stopped(stop, sub.get())
+                if event is None:
+                    return
+                while sub.pending():
+                    event = await sub.get()
+                await self._on_health(event)
+
+    async def _on_health(self, event: Event) -> None:
+        if not isinstance(event.payload, NodeGpuHealth) or event.payload == self._health:
+            return
+        self._health = event.payload
+        if self.snapshot is not None and self._inventory is not None:
+            await self._render_and_swap(self.snapshot, self._current_layout(self.snapshot.inventory))
 
     def _set_health(self, snap: Snapshot, *, render_s: float) -> None:
         bad = {i: h for i, h in snap.health.items() if h is not GpuHealthState.OK}
@@ -252,7 +295,14 @@ class MetricsSubsystem(BaseSubsystem):
             hostname_label=settings.hostname_label,
             mig_whole_gpu=settings.mig_whole_gpu_fields,
         )
-        layout = exposition.build_layout(ents, self._counters.counters)
+        gpus = gpu_entities(
+            inventory,
+            self._counters.counters,
+            hostname=self.ctx.node_name,
+            pods=self._pods,
+            hostname_label=settings.hostname_label,
+        )
+        layout = exposition.build_layout(ents, self._counters.counters, gpus)
         self._layout = (key, layout)
         return layout
 
@@ -261,9 +311,35 @@ class MetricsSubsystem(BaseSubsystem):
 
     async def _on_inventory(self, event: Event | None) -> None:
         if event is not None and isinstance(event.payload, Inventory) and event.payload != self._inventory:
-            self._inventory = event.payload
-            self._pods = self._attribute(self._pod_records)
-            self.log.info("metrics_inventory_changed", gpus=len(event.payload.gpus))
+            self._adopt_inventory(event.payload)
+
+    def _adopt_inventory(self, inventory: Inventory) -> None:
+        """Label with a new inventory from the next sweep on (whoever noticed the change first)."""
+        self._inventory = inventory
+        self._pods = self._attribute(self._pod_records)
+        self.log.info("metrics_inventory_changed", gpus=len(inventory.gpus))
+        if self._collector is not None:
+            self._collector.reprime()  # new instances: GPM primed and the slow tier read at the next sweep
+        if self._sampling is not None:  # the same for the GPU-state owner's schedule of our sweeps
+            self._sampling.primed = False
+            self._sampling.slow_due = float("-inf")
+        self._check_profiling(inventory)
+
+    def _check_profiling(self, inventory: Inventory) -> None:
+        """Warn once per distinct gap that GPUs without GPM lack profiling fields; keep it in /status."""
+        gap = profiling_gap(inventory, self._counters.counters)
+        if gap != self._profiling and gap is not None:
+            self.log.warning(
+                "metrics_profiling_unavailable",
+                gpus=list(gap.gpus),
+                absent=list(gap.absent),
+                substituted=list(gap.substituted),
+                reason="NVML's GPM (profiling metrics) is Hopper and newer",
+            )
+        self._profiling = gap
+        selected = any(c.spec.reading in GPM_READINGS for c in self._counters.counters)
+        text = gap.text() if gap else ("from GPM" if selected else "no profiling fields selected")
+        self.set_status(self._status.phase, self._status.reason, profiling=text)
 
     # ---------------------------------------------------------------------------------------- pods
 

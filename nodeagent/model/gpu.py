@@ -36,6 +36,8 @@ class Reading(StrEnum):
     FB_RESERVED_MIB = "fb_reserved_mib"
     FB_TOTAL_MIB = "fb_total_mib"
     NVLINK_BANDWIDTH_TOTAL = "nvlink_bandwidth_total"
+    """DCGM's DCGM_FI_DEV_NVLINK_BANDWIDTH_TOTAL: MB/s of NVLink data (rx + tx, all links) since the previous
+    reading, from NVML's cumulative NVLINK_THROUGHPUT_DATA_RX/TX counters (0 on the first reading)."""
     VGPU_LICENSE_STATUS = "vgpu_license_status"
     UNCORRECTABLE_REMAPPED_ROWS = "uncorrectable_remapped_rows"
     CORRECTABLE_REMAPPED_ROWS = "correctable_remapped_rows"
@@ -106,6 +108,7 @@ MIG_READINGS: frozenset[Reading] = GPM_READINGS - {Reading.PCIE_TX_BYTES, Readin
     Reading.FB_FREE_MIB,
     Reading.FB_USED_MIB,
     Reading.FB_TOTAL_MIB,
+    Reading.FB_RESERVED_MIB,
 }
 """Readings that also exist per MIG instance."""
 
@@ -177,6 +180,8 @@ class GpuInfo:
     mig_devices: tuple[MigDevice, ...] = ()
     health: GpuHealthState = GpuHealthState.OK
     health_reason: str = ""
+    gpm_supported: bool = False
+    """Whether NVML's GPM (the profiling metrics, Hopper and newer) works on this GPU."""
 
     @property
     def device_name(self) -> str:

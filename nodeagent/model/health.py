@@ -6,12 +6,15 @@ the labels subsystem (the ``NvidiaGpuHealthy`` Node condition and the optional t
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import IntEnum
 
 CONDITION_TYPE = "NvidiaGpuHealthy"
 TAINT_KEY = "nvidia.com/gpu.unhealthy"
 TAINT_EFFECT = "NoSchedule"
+WATCHES = ("PCIE", "NVLINK", "PMU", "MCU", "MEM", "SM", "INFOROM", "THERMAL", "POWER", "DRIVER", "ALL")
+"""dcgm-exporter's health watches, in its order (one ``DCGM_EXP_GPU_HEALTH_STATUS`` series each)."""
 
 
 class Verdict(IntEnum):
@@ -44,6 +47,16 @@ class GpuHealthReport:
     @property
     def verdict(self) -> Verdict:
         return max((i.verdict for i in self.incidents), default=Verdict.PASS)
+
+    def watch_status(self) -> Mapping[str, tuple[Verdict, str]]:
+        """Per health watch: the worst verdict and its error code (``DCGM_FR_OK`` when none), as dcgm-exporter
+        reports at most one incident per watch."""
+        out: dict[str, tuple[Verdict, str]] = dict.fromkeys(WATCHES, (Verdict.PASS, "DCGM_FR_OK"))
+        for incident in self.incidents:
+            watch = incident.watch if incident.watch in out else "ALL"
+            if incident.verdict > out[watch][0]:
+                out[watch] = (incident.verdict, incident.error_code)
+        return out
 
     def summary(self) -> str:
         if not self.incidents:

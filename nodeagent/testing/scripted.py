@@ -96,6 +96,7 @@ def gpu_info(index: int, *, migs: int = 0) -> GpuInfo:
         mig_enabled=migs > 0,
         mig_pending=migs > 0,
         mig_devices=devices,
+        gpm_supported=True,  # an H100: NVML's GPM works
     )
 
 

@@ -93,7 +93,15 @@ class FakeDevice:
             "nvmlDeviceGetFanSpeed",
         }
     )
-    field_not_supported: set[int] = field(default_factory=lambda: {pynvml.NVML_FI_DEV_NVLINK_BANDWIDTH_C0_TOTAL})
+    field_not_supported: set[int] = field(
+        default_factory=lambda: {
+            pynvml.NVML_FI_DEV_NVLINK_BANDWIDTH_C0_TOTAL,
+            pynvml.NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_RX,
+            pynvml.NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_TX,
+        }
+    )
+    nvlink_kib: dict[int, int] = field(default_factory=dict)
+    """Field id → cumulative NVLink KiB it answers (scope: all links)."""
     errors: dict[str, int] = field(default_factory=dict)
     lost: bool = False
     hang_on: str = ""
@@ -140,6 +148,7 @@ class FakeNvml:
         self.samples: list[FakeGpmSample] = []
         self._seq = 0
         self.lock = threading.Lock()
+        self.field_requests: list[list[Any]] = []
         self.missing: set[str] = set()
         """Function names to report as FunctionNotFound (an old driver)."""
 
@@ -243,7 +252,10 @@ class FakeNvml:
         if isinstance(h, FakeMig):
             total = h.memory_mib * 1024 * 1024
             used = h.used_mib * 1024 * 1024
-            return SimpleNamespace(total=total, used=used, free=total - used)
+            if version is None:
+                return SimpleNamespace(total=total, used=used, free=total - used)
+            reserved = 20 * 1024 * 1024
+            return SimpleNamespace(total=total, used=used, free=total - used - reserved, reserved=reserved)
         if version is None:  # v1: "used" includes what the driver reserves
             return SimpleNamespace(total=d.total, used=d.used + d.reserved, free=d.total - d.used - d.reserved)
         return SimpleNamespace(total=d.total, used=d.used, free=d.total - d.used - d.reserved, reserved=d.reserved)
@@ -403,9 +415,15 @@ class FakeNvml:
         d = self._enter("nvmlDeviceGetFieldValues", h)
         assert d is not None
         out = []
-        for fid in ids:
+        self.field_requests.append(list(ids))
+        for item in ids:
+            fid = item[0] if isinstance(item, tuple) else item
             if fid in d.field_not_supported:
                 out.append(SimpleNamespace(fieldId=fid, nvmlReturn=NS, valueType=0, value=SimpleNamespace()))
+            elif fid in d.nvlink_kib:
+                value = SimpleNamespace(ullVal=d.nvlink_kib[fid])
+                kind = pynvml.NVML_VALUE_TYPE_UNSIGNED_LONG_LONG
+                out.append(SimpleNamespace(fieldId=fid, nvmlReturn=0, valueType=kind, value=value, timestamp=0))
             else:
                 value = SimpleNamespace(uiVal=52, ullVal=52)
                 kind = pynvml.NVML_VALUE_TYPE_UNSIGNED_INT

@@ -252,7 +252,8 @@ async def test_gpm_per_mig_instance_and_absent_without_support() -> None:
         assert set(s.mig) == {(0, 1), (0, 2)}
         mig = s.mig[(0, 1)]
         assert mig[Reading.GR_ENGINE_ACTIVE] == pytest.approx(0.25)
-        assert (mig[Reading.FB_TOTAL_MIB], mig[Reading.FB_USED_MIB], mig[Reading.FB_FREE_MIB]) == (40448, 100, 40348)
+        assert (mig[Reading.FB_TOTAL_MIB], mig[Reading.FB_USED_MIB], mig[Reading.FB_FREE_MIB]) == (40448, 100, 40328)
+        assert mig[Reading.FB_RESERVED_MIB] == 20, "memory info v2 on the MIG device, as DCGM reads it"
         assert set(mig) == MIG_READINGS
         assert Reading.GPU_UTIL_PCT not in s.gpus[0]  # NotSupported on a MIG-enabled GPU
         assert not set(s.gpus[1]) & GPM_READINGS
@@ -260,6 +261,37 @@ async def test_gpm_per_mig_instance_and_absent_without_support() -> None:
     finally:
         await backend.close()
     assert all(x.freed for x in fake.samples)
+
+
+async def test_nvlink_bandwidth_is_dcgms_rate_of_the_throughput_counters() -> None:
+    """DCGM_FI_DEV_NVLINK_BANDWIDTH_TOTAL: NVLINK_THROUGHPUT_DATA_RX + TX (KiB, scope all links), the
+    difference per second / 1000, 0 first (DCGM's DcgmCacheManager.cpp, ReadAndCacheNvLinkBandwidth)."""
+    devs = h100_node(1)
+    rx, tx = pynvml.NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_RX, pynvml.NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_TX
+    devs[0].field_not_supported -= {rx, tx}
+    devs[0].nvlink_kib = {rx: 1_000_000, tx: 2_000_000}
+    now = [100.0]
+    fake = FakeNvml(devs)
+    backend = await opened(fake, monotonic=lambda: now[0])
+    try:
+        req = SampleRequest(frozenset({Reading.NVLINK_BANDWIDTH_TOTAL}))
+        assert (await backend.sample(req)).gpus[0][Reading.NVLINK_BANDWIDTH_TOTAL] == 0
+        assert fake.field_requests[-1] == [(rx, 0xFFFFFFFF), (tx, 0xFFFFFFFF)]
+        devs[0].nvlink_kib = {rx: 1_000_000 + 300_000, tx: 2_000_000 + 300_000}
+        now[0] += 10.0
+        assert (await backend.sample(req)).gpus[0][Reading.NVLINK_BANDWIDTH_TOTAL] == 60  # 600000 KiB / 10 s / 1000
+    finally:
+        await backend.close()
+
+
+async def test_inventory_says_whether_gpm_works() -> None:
+    devs = h100_node(2)
+    devs[1].gpm_supported = False
+    backend = await opened(FakeNvml(devs))
+    try:
+        assert [g.gpm_supported for g in (await backend.inventory()).gpus] == [True, False]
+    finally:
+        await backend.close()
 
 
 # ------------------------------------------------------------------------------------------------ faults

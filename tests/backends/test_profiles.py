@@ -38,10 +38,12 @@ def test_h100_values_are_the_capture() -> None:
     assert (p.sm_clock_idle_mhz, p.sm_clock_max_mhz, p.mem_clock_max_mhz) == (345, 1980, 2619)
     assert (p.temp_idle_c, p.memory_temp_idle_c) == (50.0, 52.0)
     assert p.architecture == "Hopper" and p.default_count == 8
-    # NotSupported on that card (nvml-probe.txt): retired pages, NVLink, fan; GPM is supported.
+    # NotSupported on that card (nvml-probe.txt): retired pages, fan; GPM is supported. NVLink was
+    # NotSupported too, in a single-GPU VM: the profile models the SXM5 board's NVLink 4 instead.
     assert {Reading.RETIRED_SBE, Reading.RETIRED_DBE, Reading.RETIRED_PENDING} <= p.not_supported
-    assert {Reading.NVLINK_BANDWIDTH_TOTAL, Reading.FAN_SPEED_PCT} <= p.not_supported
-    assert not p.not_supported & GPM_READINGS
+    assert Reading.FAN_SPEED_PCT in p.not_supported
+    assert Reading.NVLINK_BANDWIDTH_TOTAL not in p.not_supported and p.nvlink_bandwidth_gbs == 900
+    assert not p.not_supported & GPM_READINGS and p.gpm_supported
 
 
 def test_h100_values_match_the_capture_files() -> None:
@@ -98,7 +100,8 @@ def test_every_builtin_loads_and_round_trips() -> None:
     assert load_profile("a100-sxm4-80gb").pci_device_id == 0x20B2
     assert not load_profile("l4").mig_capable and not load_profile("t4").mig_capable
     assert Reading.RETIRED_SBE not in load_profile("t4").not_supported
-    assert load_profile("a100-sxm4-80gb").not_supported >= GPM_READINGS  # GPM is Hopper and later
+    assert not load_profile("a100-sxm4-80gb").gpm_supported  # GPM is Hopper and later
+    assert [load_profile(n).gpm_supported for n in ("h200-141gb-hbm3e", "l4", "t4")] == [True, False, False]
 
 
 def test_simulate_spec() -> None:

@@ -81,7 +81,8 @@ async def test_every_supported_reading_is_there_and_nothing_else() -> None:
         first = await backend.sample(ALL)
         second = await backend.sample(ALL)
         await backend.close()
-        supported = frozenset(Reading) - backend.profile.not_supported
+        no_gpm = frozenset() if backend.profile.gpm_supported else GPM_READINGS  # NVML's GPM: Hopper and newer
+        supported = frozenset(Reading) - backend.profile.not_supported - no_gpm
         assert set(second.gpus[0]) == supported, profile
         assert set(first.gpus[0]) == supported - GPM_READINGS, profile  # GPM needs two samples
         seen[profile] = second.gpus[0]
@@ -311,7 +312,7 @@ async def test_mig_layout_at_construction_and_per_instance_readings() -> None:
         assert set(values) == MIG_READINGS
         total = 40448
         assert values[Reading.FB_TOTAL_MIB] == total
-        assert values[Reading.FB_USED_MIB] + values[Reading.FB_FREE_MIB] == total
+        assert values[Reading.FB_USED_MIB] + values[Reading.FB_FREE_MIB] + values[Reading.FB_RESERVED_MIB] == total
         assert 0 <= values[Reading.GR_ENGINE_ACTIVE] <= 1
     assert Reading.GPU_UTIL_PCT not in s.gpus[0]  # NVML does not report it on a MIG-enabled GPU
     no_mig = await backend.sample(SampleRequest(frozenset(Reading), include_mig=False))

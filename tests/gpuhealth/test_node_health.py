@@ -13,9 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from prometheus_client import generate_latest
 
-from nodeagent import testing
+from nodeagent import events, testing
 from nodeagent.backends.gpu.sim.backend import SimGpuBackend
 from nodeagent.backends.hostfs import Root
 from nodeagent.gpuhealth.subsystem import GpuHealthSubsystem
@@ -52,12 +51,13 @@ class Node:
         await self.health.ctx.gpu_state.sample(SampleRequest(frozenset()))
 
     def metric(self, gpu: int, watch: str) -> tuple[str, float]:
-        text = generate_latest(self.health.ctx.registry).decode()
-        for line in text.splitlines():
-            ours = line.startswith("DCGM_EXP_GPU_HEALTH_STATUS{") and f'gpu="{gpu}"' in line
-            if ours and f'health_watch="{watch}"' in line:
-                code = line.split('health_error_code="', 1)[1].split('"', 1)[0]
-                return code, float(line.rsplit(" ", 1)[1])
+        """(health_error_code, value) of DCGM_EXP_GPU_HEALTH_STATUS as the metrics subsystem renders it:
+        from the published report, the one the Node condition is written from."""
+        report = self.health.ctx.bus.last(events.NODE_GPU_HEALTH)
+        for g in report.gpus if report is not None else ():
+            if g.index == gpu:
+                verdict, code = g.watch_status()[watch]
+                return code, float(int(verdict))
         raise AssertionError(f"no series for GPU {gpu} {watch}")
 
 

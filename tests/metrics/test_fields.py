@@ -132,6 +132,7 @@ def test_legacy_names_resolve_to_the_field_with_their_id() -> None:
 
 def test_unserved_fields_say_why() -> None:
     assert "56" in (unserved_reason("DCGM_FI_DEV_OEM_INFOROM_VER") or "")
-    assert "health" in (unserved_reason("DCGM_EXP_GPU_HEALTH_STATUS") or "")
+    assert "P2P" in (unserved_reason("DCGM_EXP_P2P_STATUS") or "")
+    assert unserved_reason("DCGM_EXP_GPU_HEALTH_STATUS") is None  # served from the published health report
     assert unserved_reason("DCGM_FI_DEV_SM_CLOCK") is None  # served
     assert unserved_reason("DCGM_FI_DEV_NOT_A_FIELD") is None  # not a field at all

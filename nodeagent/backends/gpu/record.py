@@ -138,6 +138,7 @@ def build_document(
             },
             "pstate": {"idle": int(values.get(Reading.PSTATE, 0)) if not busy else 8, "busy": 0},
             "pcie": {"generation": int(extra.get("pcie_gen") or 4), "width": int(extra.get("pcie_width") or 16)},
+            "gpm": gpm_supported,
         },
         "not_supported": sorted(set(not_supported)),
     }

@@ -76,11 +76,25 @@ class NvmlBackend(NvmlLifecycle, NvmlInventory, NvmlGpm, NvmlEvents):
         c = Calls(self, hop, m.unsupported)
         out: dict[Reading, float] = {}
         if want & MIG_FB:
-            mem = c.get(MIG_FB, "nvmlDeviceGetMemoryInfo", nv.nvmlDeviceGetMemoryInfo, m.handle)
+            # Memory info v2 on the MIG device, as DCGM reads FB_RESERVED of a GPU instance; v1 without it.
+            v2 = getattr(nv, "nvmlMemory_v2", None)
+            mem = None
+            if v2 is not None and not g.mem_v1_only and Reading.FB_RESERVED_MIB in want:
+                probe: set[Reading] = set()
+                mem = Calls(self, hop, probe).get(
+                    (Reading.FB_RESERVED_MIB,), "nvmlDeviceGetMemoryInfo_v2", nv.nvmlDeviceGetMemoryInfo, m.handle, v2
+                )
+                if mem is None and probe:
+                    m.unsupported.add(Reading.FB_RESERVED_MIB)
+            if mem is None:
+                mem = c.get(MIG_FB, "nvmlDeviceGetMemoryInfo", nv.nvmlDeviceGetMemoryInfo, m.handle)
             if mem is not None:
                 out[Reading.FB_TOTAL_MIB] = float(mem.total // MIB)
                 out[Reading.FB_USED_MIB] = float(mem.used // MIB)
                 out[Reading.FB_FREE_MIB] = float(mem.free // MIB)
+                reserved = getattr(mem, "reserved", None)
+                if reserved is not None:
+                    out[Reading.FB_RESERVED_MIB] = float(reserved // MIB)
         gpm_want = want & MIG_GPM
         if gpm_want and g.gpm_supported:
             out.update(

@@ -47,6 +47,7 @@ class NvmlBase:
         self._nvml = nvml
         self._load_library = load_library
         self._clock = clock
+        self._monotonic = monotonic
         self._sweeper = GpuSweeper(
             "nvml", call_timeout_s=call_timeout_s, backoff_initial_s=degraded_backoff_s, monotonic=monotonic
         )
@@ -96,6 +97,9 @@ class NvmlBase:
         if name not in self._missing:
             self._missing.add(name)
             log.warning("nvml_function_missing", call=name, hint="the driver is older than nvidia-ml-py")
+
+    def monotonic(self) -> float:
+        return self._monotonic()
 
     def handle(self, index: int) -> Any:
         return self._gpus[index].handle

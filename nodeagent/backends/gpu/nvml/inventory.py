@@ -145,6 +145,7 @@ class NvmlInventory(NvmlBase):
             mig_enabled=mig_enabled,
             mig_pending=mig_pending,
             mig_devices=mig_devices,
+            gpm_supported=g.gpm_supported,
         )
         g.info = info
         return info

@@ -34,6 +34,8 @@ class CallOwner(Protocol):
 
     def missing_function(self, name: str) -> None: ...
 
+    def monotonic(self) -> float: ...
+
 
 # GPM metric ids (nvmlGpmMetricId_t) and the factor from NVML's unit to ours (percent → ratio, MiB/s → B/s).
 GPM_METRICS: Mapping[Reading, tuple[int, float]] = {
@@ -113,6 +115,8 @@ class NvmlDevice:
     gpm: GpmState = field(default_factory=GpmState)
     mig: dict[int, MigState] = field(default_factory=dict)
     mem_v1_only: bool = False
+    nvlink_last: tuple[float, float] | None = None
+    """(seconds, KiB) of the previous NVLink data reading, for DCGM's bandwidth rate."""
 
 
 class Calls:
@@ -256,7 +260,6 @@ def _fields(c: Calls, nv: Any, h: Any, want: frozenset[Reading], out: dict[Readi
     """Readings that only exist as NVML field values, in one batched call."""
     ids = {
         Reading.MEMORY_TEMP_C: nv.NVML_FI_DEV_MEMORY_TEMP,
-        Reading.NVLINK_BANDWIDTH_TOTAL: nv.NVML_FI_DEV_NVLINK_BANDWIDTH_C0_TOTAL,
         Reading.NVLINK_CRC_FLIT_ERRORS: nv.NVML_FI_DEV_NVLINK_CRC_FLIT_ERROR_COUNT_TOTAL,
         Reading.NVLINK_CRC_DATA_ERRORS: nv.NVML_FI_DEV_NVLINK_CRC_DATA_ERROR_COUNT_TOTAL,
         Reading.NVLINK_REPLAY_ERRORS: nv.NVML_FI_DEV_NVLINK_REPLAY_ERROR_COUNT_TOTAL,
@@ -276,6 +279,44 @@ def _fields(c: Calls, nv: Any, h: Any, want: frozenset[Reading], out: dict[Readi
             raise GpuLost("nvmlDeviceGetFieldValues: GPU is lost (NVML_ERROR_GPU_IS_LOST)")
         else:
             c.hop.fail("nvmlDeviceGetFieldValues")
+
+
+ALL_LINKS = 0xFFFFFFFF
+"""Field-value scope id meaning every NVLink of the GPU (DCGM passes it verbatim to NVML)."""
+
+
+def _nvlink_throughput(c: Calls, nv: Any, h: Any, want: frozenset[Reading], out: dict[Reading, float]) -> None:
+    """DCGM_FI_DEV_NVLINK_BANDWIDTH_TOTAL as DCGM computes it (DcgmCacheManager's ReadAndCacheNvLinkBandwidth):
+    NVML's cumulative NVLINK_THROUGHPUT_DATA_RX + DATA_TX (KiB, all links), the difference to the previous
+    reading per second / 1000; 0 on the first reading. The legacy BANDWIDTH_C0 counters are gone on Hopper."""
+    r = Reading.NVLINK_BANDWIDTH_TOTAL
+    ids = [(nv.NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_RX, ALL_LINKS), (nv.NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_TX, ALL_LINKS)]
+    values = c.get((r,), "nvmlDeviceGetFieldValues", nv.nvmlDeviceGetFieldValues, h, ids)
+    if values is None:
+        return
+    total = 0.0
+    stamp = 0.0
+    for fv in values:
+        ret = fv.nvmlReturn
+        if ret in c.owner.unsupported_codes:
+            c.ns.add(r)
+            return
+        if ret == nv.NVML_ERROR_GPU_IS_LOST:
+            raise GpuLost("nvmlDeviceGetFieldValues: GPU is lost (NVML_ERROR_GPU_IS_LOST)")
+        if ret != nv.NVML_SUCCESS:
+            c.hop.fail("nvmlDeviceGetFieldValues")
+            return
+        total += _field_number(nv, fv)
+        stamp = max(stamp, float(getattr(fv, "timestamp", 0) or 0) / 1e6)
+    gpu = c.gpu
+    if gpu is None:
+        return
+    now = stamp or c.owner.monotonic()
+    last, gpu.nvlink_last = gpu.nvlink_last, (now, total)
+    if last is None or now <= last[0] or total < last[1]:
+        out[r] = 0.0
+        return
+    out[r] = float(int((total - last[1]) / (now - last[0]) / 1000.0))
 
 
 _REMAP = (Reading.CORRECTABLE_REMAPPED_ROWS, Reading.UNCORRECTABLE_REMAPPED_ROWS, Reading.ROW_REMAP_FAILURE)
@@ -398,11 +439,11 @@ READERS: tuple[tuple[frozenset[Reading], Reader], ...] = (
     (frozenset({Reading.RETIRED_SBE, Reading.RETIRED_DBE, Reading.RETIRED_PENDING}), _retired_pages),
     (frozenset({Reading.VGPU_LICENSE_STATUS}), _vgpu_license),
     (frozenset({Reading.CLOCK_EVENT_REASONS}), _clock_events),
+    (frozenset({Reading.NVLINK_BANDWIDTH_TOTAL}), _nvlink_throughput),
     (
         frozenset(
             {
                 Reading.MEMORY_TEMP_C,
-                Reading.NVLINK_BANDWIDTH_TOTAL,
                 Reading.NVLINK_CRC_FLIT_ERRORS,
                 Reading.NVLINK_CRC_DATA_ERRORS,
                 Reading.NVLINK_REPLAY_ERRORS,

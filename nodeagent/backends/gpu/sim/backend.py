@@ -117,6 +117,7 @@ class SimGpuBackend(SimFaults, SimMig, SimPersistence):
             mig_enabled=g.mig_enabled,
             mig_pending=g.mig_pending,
             mig_devices=g.mig_devices(),
+            gpm_supported=p.gpm_supported,
         )
 
     def _read(
@@ -126,14 +127,20 @@ class SimGpuBackend(SimFaults, SimMig, SimPersistence):
         g.step(now)
         ns = g.not_supported()
         want = readings - ns
+        if not g.profile.gpm_supported:
+            want = want - GPM_READINGS  # as NVML without GPM (before Hopper): no profiling readings at all
         if want & GPM_READINGS and not g.gpm_primed:
             g.gpm_primed = True  # GPM needs two samples: the first sweep has none, as with NVML
             want = want - GPM_READINGS
         values = g.values()
+        if Reading.NVLINK_BANDWIDTH_TOTAL in want:
+            values[Reading.NVLINK_BANDWIDTH_TOTAL] = g.nvlink_rate()
         out = {r: values[r] for r in want}
         mig: dict[MigKey, dict[Reading, float]] = {}
         if include_mig and g.mig_enabled and g.instances:
             mig_want = readings & MIG_READINGS - g.profile.not_supported - g.extra_not_supported
+            if not g.profile.gpm_supported:
+                mig_want = mig_want - GPM_READINGS
             for inst in g.instances.values():
                 w = mig_want
                 if w & MIG_GPM and not inst.gpm_primed:

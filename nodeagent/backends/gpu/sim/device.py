@@ -146,7 +146,9 @@ class SimGpu:
         self.temp = p.temp_idle_c
         self.energy_mj = self.rng.uniform(3600.0, 30 * 86400.0) * p.power_idle_w * 1000.0
         self.replays = 0
-        self.nvlink = 0.0
+        self.nvlink_kib = 0.0
+        """Cumulative NVLink data, rx + tx over all links (NVML's NVLINK_THROUGHPUT_DATA_RX/TX, KiB)."""
+        self._nvlink_read: tuple[float, float] | None = None
         self.violation = {
             Reading.POWER_VIOLATION_NS: 0.0,
             Reading.THERMAL_VIOLATION_NS: 0.0,
@@ -226,7 +228,16 @@ class SimGpu:
             self.violation[Reading.LOW_UTIL_VIOLATION_NS] += dt * 1e9
         if self.rng.random() < 0.0002 * dt:
             self.replays += 1
-        self.nvlink += u / 100.0 * dt * 2.0e5
+        # A busy GPU of an NVLink board moves a quarter of its NVLink bandwidth (collectives between steps).
+        self.nvlink_kib += u / 100.0 * 0.25 * p.nvlink_bandwidth_gbs * 1e9 / 1024 * dt
+
+    def nvlink_rate(self) -> float:
+        """DCGM's DCGM_FI_DEV_NVLINK_BANDWIDTH_TOTAL over the cumulative counters: KiB since the previous
+        reading per second, / 1000 (DcgmCacheManager's arithmetic); 0 on the first reading."""
+        last, self._nvlink_read = self._nvlink_read, (self.t, self.nvlink_kib)
+        if last is None or self.t <= last[0]:
+            return 0.0
+        return float(int((self.nvlink_kib - last[1]) / (self.t - last[0]) / 1000.0))
 
     def values(self) -> dict[Reading, float]:
         """Every reading this model can have, at the current state."""
@@ -260,7 +271,7 @@ class SimGpu:
             Reading.FB_USED_MIB: fb_used,
             Reading.FB_RESERVED_MIB: fb_reserved,
             Reading.FB_TOTAL_MIB: fb_total,
-            Reading.NVLINK_BANDWIDTH_TOTAL: float(int(self.nvlink)),
+            Reading.NVLINK_BANDWIDTH_TOTAL: 0.0,  # set by the sampler, which knows whether it was asked for
             Reading.VGPU_LICENSE_STATUS: 1.0,
             Reading.UNCORRECTABLE_REMAPPED_ROWS: 0.0,
             Reading.CORRECTABLE_REMAPPED_ROWS: 0.0,
@@ -296,13 +307,17 @@ class SimGpu:
     def instance_values(self, inst: SimInstance) -> dict[Reading, float]:
         u = inst.work.util
         total = float(inst.profile.memory_mib)
-        used = float(int(min(inst.work.fb_mib, total)))
+        # NVML's memory info v2 on a MIG device: the instance's share of what the driver reserves.
+        p = self.profile
+        reserved = float(int(p.memory_reserved_mib * inst.profile.slices / max(1, p.mig_memory_slices)))
+        used = float(int(min(inst.work.fb_mib, total - reserved)))
         gr = u / 100.0 * 0.97
         sm = gr * 0.86
         return {
             Reading.FB_TOTAL_MIB: total,
             Reading.FB_USED_MIB: used,
-            Reading.FB_FREE_MIB: total - used,
+            Reading.FB_FREE_MIB: total - reserved - used,
+            Reading.FB_RESERVED_MIB: reserved,
             Reading.GR_ENGINE_ACTIVE: gr,
             Reading.SM_ACTIVE: sm,
             Reading.SM_OCCUPANCY: sm * 0.45,

@@ -66,6 +66,10 @@ class GpuProfile:
     pcie_generation: int
     pcie_width: int
     not_supported: frozenset[Reading]
+    gpm_supported: bool = False
+    """NVML's GPM (the profiling metrics): Hopper and newer; without it the GPM readings are absent."""
+    nvlink_bandwidth_gbs: float = 0.0
+    """Total NVLink bandwidth of one GPU, both directions, all links (GB/s; 900 for NVLink 4 on H100 SXM)."""
     mig_capable: bool = False
     mig_memory_slices: int = 0
     mig_compute_slices: int = 0
@@ -308,6 +312,9 @@ def profile_from_json(doc: Any, *, source: str, key: str) -> GpuProfile:
         "pstate_busy": pstate.int_("busy"),
         "pcie_generation": pcie.int_("generation", low=1),
         "pcie_width": pcie.int_("width", low=1),
+        # Optional: GPM follows the architecture (NVML's GPM is Hopper and newer) unless the file says.
+        "gpm_supported": gpu.bool_("gpm", (cc[0], cc[1]) >= (9, 0)),
+        "nvlink_bandwidth_gbs": gpu.num_("nvlink_bandwidth_gbs", 0.0),
     }
     if not fields["serial_prefix"].isdigit() and fields["serial_prefix"]:
         raise gpu.error("must be digits", "serial_prefix")
@@ -444,6 +451,8 @@ def profile_to_json(p: GpuProfile) -> dict[str, Any]:
             },
             "pstate": {"idle": p.pstate_idle, "busy": p.pstate_busy},
             "pcie": {"generation": p.pcie_generation, "width": p.pcie_width},
+            "gpm": p.gpm_supported,
+            "nvlink_bandwidth_gbs": p.nvlink_bandwidth_gbs,
         },
         "not_supported": sorted(r.value for r in p.not_supported),
     }
