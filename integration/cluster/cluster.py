@@ -20,6 +20,7 @@ Pods are host-network: the CNI configuration only exists so that containerd repo
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import os
@@ -110,14 +111,21 @@ class Process:
             self.proc.wait(10)
 
 
-def _kubeconfig(path: Path, server: str, ca: Path, user: KeyPair | None = None, token: str = "") -> Path:
+def _kubeconfig(
+    path: Path, server: str, ca: Path, user: KeyPair | None = None, token: str = "", *, inline: bool = False
+) -> Path:
+    """A kubeconfig naming its files, or (``inline``) holding them: the agent reads file paths through its
+    Root (a sandbox in simulation), so its kubeconfig must not point at files of the test machine."""
     creds: dict[str, str] = {"token": token} if token else {}
     if user is not None:
         creds = {"client-certificate": str(user.cert), "client-key": str(user.key)}
+    cluster: dict[str, str] = {"server": server, "certificate-authority": str(ca)}
+    if inline:
+        cluster = {"server": server, "certificate-authority-data": base64.b64encode(ca.read_bytes()).decode()}
     doc = {
         "apiVersion": "v1",
         "kind": "Config",
-        "clusters": [{"name": "test", "cluster": {"server": server, "certificate-authority": str(ca)}}],
+        "clusters": [{"name": "test", "cluster": cluster}],
         "users": [{"name": "user", "user": creds}],
         "contexts": [{"name": "test", "context": {"cluster": "test", "user": "user"}}],
         "current-context": "test",
@@ -179,7 +187,7 @@ class Cluster:
 
     def kubeconfig_for_token(self, path: Path, token: str) -> Path:
         assert self.pki is not None
-        return _kubeconfig(path, self.url, self.pki.ca.cert, token=token)
+        return _kubeconfig(path, self.url, self.pki.ca.cert, token=token, inline=True)
 
     # ------------------------------------------------------------------ process control
 
