@@ -43,6 +43,7 @@ from tests.support import free_port
 HERE = Path(__file__).parent
 NODE_NAME = "na-cluster-node"
 PAUSE_IMAGE = "localhost/nodeagent/pause:test"
+AUDITED_NAMESPACE = "nodeagent"  # the API server's audit log records the requests of this namespace's ServiceAccounts
 CGROUP_MOUNTS = Path("/sys/fs/cgroup")
 
 # What the kubelet wants these kernel settings to be (it would write them on the machine otherwise).
@@ -289,9 +290,68 @@ class Cluster:
             "--endpoint-reconciler-type=none",
             "--allow-privileged=true",
             "--profiling=false",
+            f"--audit-policy-file={self._audit_policy()}",
+            f"--audit-log-path={self.audit_log}",
         )
         _kubeconfig(self.admin_kubeconfig_dir() / "admin", self.url, pki.ca.cert, pki.admin)
         self.wait("kube-apiserver", self._readyz, 120, "ready (/readyz)")
+
+    @property
+    def audit_log(self) -> Path:
+        return self.base / "logs/audit.log"
+
+    def _audit_policy(self) -> Path:
+        """The API server's audit log records (metadata only) the requests of the agent's ServiceAccounts."""
+        policy = self.base / "etc/kubernetes/audit-policy.json"
+        policy.parent.mkdir(parents=True, exist_ok=True)
+        rule = {"level": "Metadata", "userGroups": [f"system:serviceaccounts:{AUDITED_NAMESPACE}"]}
+        doc = {
+            "apiVersion": "audit.k8s.io/v1",
+            "kind": "Policy",
+            "omitStages": ["RequestReceived"],
+            "rules": [rule, {"level": "None"}],
+        }
+        policy.write_text(json.dumps(doc))
+        return policy
+
+    def audit(self) -> list[dict[str, Any]]:
+        """The audited requests so far, one entry per request (a watch once, when its response starts)."""
+        try:
+            lines = self.audit_log.read_text().splitlines()
+        except FileNotFoundError:
+            return []
+        out = []
+        for line in lines:
+            with contextlib.suppress(ValueError):
+                entry = json.loads(line)
+                if entry.get("stage") == ("ResponseStarted" if entry.get("verb") == "watch" else "ResponseComplete"):
+                    out.append(entry)
+        return out
+
+    def restart_apiserver(self, *, compact_etcd: bool = False) -> None:
+        """Stop kube-apiserver by pid and start it again with the same flags; with ``compact_etcd``, etcd
+        forgets every revision before its current one meanwhile (so an old resourceVersion is gone)."""
+        old = self.processes.pop("kube-apiserver")
+        old.stop()
+        if compact_etcd:
+            self.compact_etcd()
+        argv = [str(a) for a in old.proc.args]  # type: ignore[union-attr]
+        self._spawn("kube-apiserver", argv)
+        self.wait("kube-apiserver", self._readyz, 120, "ready (/readyz) after a restart")
+
+    def compact_etcd(self) -> int:
+        """Compact etcd to its current revision (its JSON gateway); returns that revision."""
+        url = f"http://127.0.0.1:{self.ports['etcd']}/v3"
+
+        def post(path: str, body: dict[str, Any]) -> dict[str, Any]:
+            request = urllib.request.Request(url + path, data=json.dumps(body).encode(), method="POST")
+            with urllib.request.urlopen(request, timeout=10) as resp:
+                doc: dict[str, Any] = json.loads(resp.read())
+                return doc
+
+        revision = int(post("/kv/range", {"key": base64.b64encode(b"/").decode()})["header"]["revision"])
+        post("/kv/compaction", {"revision": revision, "physical": True})
+        return revision
 
     def admin_kubeconfig_dir(self) -> Path:
         d = self.base / "kubeconfig"

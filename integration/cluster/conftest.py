@@ -10,12 +10,15 @@ from __future__ import annotations
 import os
 import shutil
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
+from integration.cluster.api import create_all
 from integration.cluster.cluster import Cluster, ClusterError, build_kubebin, start_cluster
+from integration.cluster.support import REPO, load, node, restore_node
 from integration.runtime.conftest import need_root_and
-from tests.support import require
+from tests.support import require, wait_until
 
 
 @pytest.fixture(scope="session")
@@ -44,3 +47,28 @@ def cluster() -> Iterator[Cluster]:
             print(f"\nNODEAGENT_KEEP_CLUSTER=1: left in {running.base}, pids {pids}")
         else:
             running.stop()
+
+
+@pytest.fixture(scope="session")
+def agent_token(cluster: Cluster) -> str:
+    """rbac.yaml and NFD's NodeFeature CRD applied; a token of the agent's ServiceAccount (TokenRequest)."""
+    create_all(cluster.admin, load(REPO / "container/kubernetes/rbac.yaml"))
+    create_all(cluster.admin, load(Path(__file__).parent / "manifests/nodefeature-crd.yaml"))
+    crd = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions/nodefeatures.nfd.k8s-sigs.io"
+
+    def established() -> bool:
+        conditions = cluster.admin.get(crd).get("status", {}).get("conditions", [])
+        return any(c["type"] == "Established" and c["status"] == "True" for c in conditions)
+
+    wait_until(established, timeout_s=30, what="the NodeFeature CRD established")
+    request = {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": {"expirationSeconds": 3600}}
+    answer = cluster.admin.post("/api/v1/namespaces/nodeagent/serviceaccounts/nodeagent/token", request)
+    token: str = answer["status"]["token"]
+    return token
+
+
+@pytest.fixture
+def node_restored(cluster: Cluster) -> Iterator[None]:
+    before = node(cluster)
+    yield
+    restore_node(cluster, before)

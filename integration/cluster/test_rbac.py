@@ -10,20 +10,22 @@ the kubelet's credentials (what the agent uses on bare metal), which the last te
 from __future__ import annotations
 
 import json
-import re
-import subprocess
-import sys
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
-import yaml
 
 from integration.agent import simulated_agent
-from integration.cluster.api import Api, ApiError, create_all
+from integration.cluster.api import Api, ApiError
 from integration.cluster.cluster import Cluster
+from integration.cluster.support import (
+    NODE_PATH,
+    agent_env,
+    condition,
+    forbidden_lines,
+    node,
+    sandbox_with_kubeconfig,
+)
 from nodeagent.kube.events import EventRecorder
 from nodeagent.kube.factory import make_client
 from nodeagent.settings import KubeSettings
@@ -31,106 +33,8 @@ from tests.support import wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.root, pytest.mark.cluster]
 
-REPO = Path(__file__).parents[2]
 SA_USER = "system:serviceaccount:nodeagent:nodeagent"
 SA_GROUPS = ["system:serviceaccounts", "system:serviceaccounts:nodeagent", "system:authenticated"]
-NODE_PATH = "/api/v1/nodes/{}"
-
-
-def load(path: Path) -> list[dict[str, Any]]:
-    return [doc for doc in yaml.safe_load_all(path.read_text()) if doc]
-
-
-@pytest.fixture(scope="module")
-def agent_token(cluster: Cluster) -> str:
-    """rbac.yaml and NFD's NodeFeature CRD applied; a token of the agent's ServiceAccount (TokenRequest)."""
-    create_all(cluster.admin, load(REPO / "container/kubernetes/rbac.yaml"))
-    create_all(cluster.admin, load(Path(__file__).parent / "manifests/nodefeature-crd.yaml"))
-    crd = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions/nodefeatures.nfd.k8s-sigs.io"
-
-    def established() -> bool:
-        conditions = cluster.admin.get(crd).get("status", {}).get("conditions", [])
-        return any(c["type"] == "Established" and c["status"] == "True" for c in conditions)
-
-    wait_until(established, timeout_s=30, what="the NodeFeature CRD established")
-    request = {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": {"expirationSeconds": 3600}}
-    answer = cluster.admin.post("/api/v1/namespaces/nodeagent/serviceaccounts/nodeagent/token", request)
-    token: str = answer["status"]["token"]
-    return token
-
-
-def agent_env(cluster: Cluster) -> dict[str, str]:
-    return {
-        "NODE_NAME": cluster.node_name,
-        "NODEAGENT_KUBE__MODE": "kubeconfig",
-        "NODEAGENT_KUBE__KUBECONFIG": "/etc/nodeagent/kubeconfig",
-        "NODEAGENT_KUBE__NAMESPACE": "nodeagent",
-        "NODEAGENT_LABELS__NODE_PATCH": "true",
-        "NODEAGENT_LABELS__NODE_FEATURE": "true",
-        "NODEAGENT_LABELS__RUNTIME_CLASSES": "true",
-        "NODEAGENT_LABELS__START_JITTER_S": "0",
-        "NODEAGENT_GPUHEALTH__TAINT": "true",
-        "NODEAGENT_AGENT__LOG_LEVEL": "debug",
-    }
-
-
-def sandbox_with_kubeconfig(cluster: Cluster, tmp_path: Path, token: str) -> None:
-    """Lay out the simulated node first (a non-empty root is left alone), then add the agent's kubeconfig."""
-    root = tmp_path / "root"
-    laid = subprocess.run(
-        [sys.executable, "-m", "nodeagent", "plan", "--simulate", "--only", "labels", "--root", str(root)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-        cwd=tmp_path,
-    )
-    assert (root / "etc/containerd/config.toml").exists(), laid.stderr
-    (root / "etc/nodeagent").mkdir(parents=True, exist_ok=True)
-    cluster.kubeconfig_for_token(root / "etc/nodeagent/kubeconfig", token)
-
-
-def node(cluster: Cluster) -> dict[str, Any]:
-    doc: dict[str, Any] = cluster.admin.get(NODE_PATH.format(cluster.node_name))
-    return doc
-
-
-def condition(doc: dict[str, Any], kind: str) -> dict[str, Any] | None:
-    return next((c for c in doc["status"].get("conditions", []) if c["type"] == kind), None)
-
-
-def restore_node(cluster: Cluster, before: dict[str, Any]) -> None:
-    """Give the shared Node back as it was: the agent's labels, taints and condition go."""
-    doc = node(cluster)
-    labels = {k: None for k in doc["metadata"].get("labels", {}) if k not in before["metadata"].get("labels", {})}
-    cluster.admin.merge_patch(
-        NODE_PATH.format(cluster.node_name),
-        {"metadata": {"labels": labels}, "spec": {"taints": before["spec"].get("taints")}},
-    )
-    kept = [c for c in doc["status"]["conditions"] if c["type"].startswith(("Memory", "Disk", "PID", "Ready"))]
-    cluster.admin.merge_patch(NODE_PATH.format(cluster.node_name) + "/status", {"status": {"conditions": kept}})
-
-
-@pytest.fixture
-def node_restored(cluster: Cluster) -> Iterator[None]:
-    before = node(cluster)
-    yield
-    restore_node(cluster, before)
-
-
-def forbidden_lines(log: Path) -> list[str]:
-    """The agent's log lines (at debug level, so best-effort writes count too) that mention a refusal."""
-    found = []
-    for line in log.read_text().splitlines():
-        try:
-            fields = json.loads(line)
-        except ValueError:
-            fields = {"line": line}
-        fields.pop("timestamp", None)
-        text = json.dumps(fields).lower()
-        if re.search(r"\b403\b", text) or "forbidden" in text:
-            found.append(line)
-    return found
 
 
 def test_a_full_run_under_the_agents_serviceaccount_gets_no_403(
