@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-test
 
-.PHONY: run test unit integration bench lint docs clean image deploy-check kubebin test-cluster
+.PHONY: run test unit integration bench lint docs contracts clean image deploy-check kubebin test-cluster
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -19,7 +19,7 @@ $(VENV)/.installed-run: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q -e .
 	touch $@
 
-# `make run KUBE=test`: also start the test API server (nodeagent/testing/apiserver.py) with a Node for the
+# `make run KUBE=test`: also start the test API server (nodeagent/testing/apiserver/) with a Node for the
 # simulated node, and have the agent publish its labels to that Node, a NodeFeature and RuntimeClasses.
 KUBE ?=
 KUBE_PORT ?= 16443
@@ -73,10 +73,15 @@ bench: $(STAMP)
 	$(BIN)/python bench/run_all.py
 
 lint: $(STAMP)
-	$(BIN)/ruff check nodeagent tests integration bench
-	$(BIN)/ruff format --check nodeagent tests integration bench
+	$(BIN)/ruff check nodeagent tests integration bench tools
+	$(BIN)/ruff format --check nodeagent tests integration bench tools
 	$(BIN)/mypy
+	$(BIN)/python tools/sync_contracts.py --check
 	$(BIN)/lint-imports
+
+# The import contracts' subsystem lists are generated from the declarations (nodeagent/*/declaration.py).
+contracts: $(STAMP)
+	$(BIN)/python tools/sync_contracts.py
 
 docs: $(STAMP)
 	$(BIN)/python -m nodeagent.settings > docs/configuration.md

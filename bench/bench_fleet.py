@@ -36,6 +36,7 @@ from nodeagent.kube.client import FunnelSettings, KubeClient
 from nodeagent.kube.credentials import Credentials
 from nodeagent.labels.subsystem import LabelsSubsystem
 from nodeagent.model.gpu import GpuHealthState, XidEvent
+from nodeagent.nodegateway import NodeGateway
 from nodeagent.settings import Settings, replace
 from nodeagent.subsystem import Phase
 from nodeagent.testing.apiserver import TestApiServer
@@ -84,10 +85,10 @@ class Agent:
         self.name = f"gpu-node-{index:03d}"
         ctx = testing.context(Root(root), _settings(resync_s), gpus=backend, node_name=self.name)
         self.sub = LabelsSubsystem(ctx)
-        self.sub.watch_timeout_s = max(1, round(LabelsSubsystem.watch_timeout_s / WATCH_SPEEDUP))
+        ctx.node.watch_timeout_s = max(1, round(NodeGateway.watch_timeout_s / WATCH_SPEEDUP))
         creds = Credentials(server=server.url, token=lambda: TOKEN, namespace="nodeagent")
         self.client = KubeClient(creds, settings=FunnelSettings(timeout_s=10))
-        self.sub.set_client(self.client)
+        ctx.node.use(self.client)
         self.stop = asyncio.Event()
         self.task: asyncio.Future[None] | None = None
 
@@ -101,6 +102,7 @@ class Agent:
         if self.task is not None:
             await self.task
         await self.sub.stop()
+        await self.sub.ctx.node.close()
 
 
 def _max_per_second(times: list[float]) -> int:
@@ -178,6 +180,7 @@ async def _measure(
     watches = sum(n for (verb, _), n in delta.items() if verb in ("watch", "list"))
     gets = sum(n for (verb, _), n in delta.items() if verb == "get")
     hour = 3600 / WINDOW_S / AGENTS
+    watch_s = agents[0].sub.ctx.node.watch_timeout_s
     fast = (watches + gets) * hour
     default = watches * hour / WATCH_SPEEDUP + gets * hour / RESYNC_SPEEDUP
     rows += [
@@ -185,12 +188,12 @@ async def _measure(
         [
             "converged: requests per agent per hour, shortened periods",
             f"{fast:.0f} ({watches * hour:.0f} watch/list, {gets * hour:.0f} get)",
-            f"watch {agents[0].sub.watch_timeout_s}-{2 * agents[0].sub.watch_timeout_s} s, resync {resync_s:g} s",
+            f"watch {watch_s}-{2 * watch_s} s, resync {resync_s:g} s",
         ],
         [
             "converged: requests per agent per hour, default periods",
             f"{default:.1f} ({watches * hour / WATCH_SPEEDUP:.1f} watch/list, {gets * hour / RESYNC_SPEEDUP:.1f} get)",
-            f"watch {LabelsSubsystem.watch_timeout_s}-{2 * LabelsSubsystem.watch_timeout_s} s, resync "
+            f"watch {NodeGateway.watch_timeout_s}-{2 * NodeGateway.watch_timeout_s} s, resync "
             f"{Settings().labels.resync_s:g} s",
         ],
     ]

@@ -144,6 +144,8 @@ class Agent:
         await http.stop()
         await aio.cancel_and_wait(self._tasks, timeout_s=1.0)
         with contextlib.suppress(Exception):
+            await self.ctx.node.close()
+        with contextlib.suppress(Exception):
             await self.ctx.gpus.close()
         timer.cancel()
         self.notifier.close()

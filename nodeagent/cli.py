@@ -206,6 +206,7 @@ async def _dispatch(args: argparse.Namespace, settings: settings_mod.Settings, e
             return await generate_command(parts.ctx, args.output)
     finally:
         if args.command != "run":
+            await parts.ctx.node.close()
             await parts.ctx.gpus.close()
         if lock is not None:
             lock.release()

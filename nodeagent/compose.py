@@ -7,7 +7,8 @@ Everything that differs between a node and the simulator is decided here and now
 - runtime control (the real containerd/CRI-O/docker, or a recorder), the kernel-module loader (modprobe, or
   the sandbox's /proc/modules) and how device nodes are made (mknod, or placeholder files);
 - what changes MIG layouts (the simulator, with its state kept in the sandbox, or NVML's control);
-- how the Kubernetes API client is built (in-cluster, a kubeconfig, or the test API server);
+- how the Kubernetes API client is built (in-cluster, a kubeconfig, or the test API server), and the
+  kubelet's PodResources client and the file watches (through the root, so in the sandbox in simulation);
 - the simulator's own HTTP routes (``/debug/sim/*``), which exist only in simulation.
 
 Subsystems receive the finished ``Context`` and never ask whether they are simulated.
@@ -17,7 +18,7 @@ from __future__ import annotations
 
 import os
 import socket
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -30,15 +31,26 @@ from nodeagent.backends.gpu.protocols import GpuBackend, MigControl
 from nodeagent.backends.hostfs import BackupJournal, Root
 from nodeagent.backends.kmod import Modprobe, ModuleLoader
 from nodeagent.backends.runtimectl import HostRuntimeControl, RuntimeControl, SimRuntimeControl
+from nodeagent.backends.watch import FileWatcher
 from nodeagent.errors import ConfigError
 from nodeagent.events import EventBus
 from nodeagent.gpustate import GpuState
 from nodeagent.model.gpu import Inventory
+from nodeagent.nodegateway import NodeGateway
 from nodeagent.selfmetrics import SelfMetrics
 from nodeagent.settings import KubeSettings, Settings
-from nodeagent.subsystem import Backends, Context, DeviceNodeMaker, KubeConnector, Service, StatusBoard
+from nodeagent.subsystem import (
+    Backends,
+    Context,
+    DeviceNodeMaker,
+    KubeConnector,
+    PodResourcesConnector,
+    Service,
+    StatusBoard,
+)
 
 if TYPE_CHECKING:
+    from nodeagent.backends.podresources import PodResourcesClient
     from nodeagent.kube.client import KubeClient
 
 SIM_STATE_FILE = "sim-mig-state.json"
@@ -169,6 +181,8 @@ def host_backends(settings: Settings, root: Root, gpus: GpuBackend) -> Backends:
         device_nodes=device_nodes,
         mig_control=mig_control_for(gpus, settings),
         kube=kube_connector(root),
+        pod_resources=pod_resources_connector(root),
+        file_watcher=file_watcher,
     )
 
 
@@ -187,6 +201,8 @@ def simulated_backends(settings: Settings, root: Root, gpus: GpuBackend, invento
         device_nodes=_device_node_maker(placeholder=True),
         mig_control=mig_control_for(gpus, settings),
         kube=kube_connector(root),
+        pod_resources=pod_resources_connector(root),
+        file_watcher=file_watcher,
     )
 
 
@@ -200,6 +216,22 @@ def kube_connector(root: Root) -> KubeConnector:
         return factory.make_client(settings, resolve=root.resolve)
 
     return connect
+
+
+def pod_resources_connector(root: Root) -> PodResourcesConnector:
+    """The kubelet's PodResources client, its socket resolved through the host root (a sandbox in simulation)."""
+
+    def connect(socket_path: str) -> PodResourcesClient:
+        from nodeagent.backends.podresources import PodResourcesClient
+
+        return PodResourcesClient(root, socket_path)
+
+    return connect
+
+
+def file_watcher(paths: Iterable[Path], *, poll_s: float) -> FileWatcher:
+    """inotify where the kernel has it, else polling: the same on a node and in the sandbox."""
+    return FileWatcher(paths, poll_s=poll_s)
 
 
 def _device_node_maker(*, placeholder: bool) -> DeviceNodeMaker:
@@ -221,12 +253,13 @@ def build_context(
     registry: CollectorRegistry | None = None,
     bus: EventBus | None = None,
 ) -> Context:
-    """A complete context: event bus, GPU-state owner, backup journal under ``agent.state_dir``, the registry
-    with the agent's own series (process, loop lag, subsystem up) and the status board they read."""
+    """A complete context: event bus, GPU-state owner, Node gateway (its client built on first use from the
+    ``kube`` settings), backup journal under ``agent.state_dir``, the registry with the agent's own series
+    (process, loop lag, subsystem up) and the status board they read."""
     bus = bus if bus is not None else EventBus()
     registry = registry if registry is not None else make_registry()
     board = StatusBoard()
-    return Context(
+    ctx = Context(
         settings=settings,
         root=root,
         backends=backends,
@@ -237,7 +270,9 @@ def build_context(
         board=board,
         node_name=node_name,
         self_metrics=SelfMetrics(registry, lambda: board.readiness),
+        node=NodeGateway(node_name, backends.kube, lambda: ctx.settings.kube),
     )
+    return ctx
 
 
 def build_subsystems(ctx: Context, only: list[str] | None = None) -> list[Service]:

@@ -29,10 +29,6 @@ after every MIG reconcile; the validation file ``mig-ready`` follows it."""
 MIG_CONFIG_REQUESTED = "mig.config.requested"
 """Payload: ``model.mig.MigConfigRequest``: the Node's ``nvidia.com/mig.config`` label changed (labels
 publishes it from its watch of the own Node; mig applies the named config)."""
-OPERANDS_PAUSE = "operands.pause"
-"""Payload: ``model.mig.OperandRequest`` (mig asks labels to pause or restore the GPU Operator's operands)."""
-OPERANDS_STATE = "operands.state"
-"""Payload: ``model.mig.OperandState``, the answer to an ``OPERANDS_PAUSE`` with the same request id."""
 NODE_GPU_HEALTH = "gpu.health.node"
 """Payload: ``model.health.NodeGpuHealth``: the classified health of every GPU (gpuhealth publishes it on
 change, rate-limited; labels writes the ``NvidiaGpuHealthy`` condition and the optional taint)."""

@@ -12,12 +12,16 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING
 
 from nodeagent import aio
 from nodeagent.backends.hostfs import Root
 from nodeagent.backends.watch import FileWatcher
 from nodeagent.errors import NodeAgentError
 from nodeagent.events import Event, EventBus
+
+if TYPE_CHECKING:
+    from nodeagent.subsystem import WatcherMaker
 
 Reconcile = Callable[[Event | None], Awaitable[None]]
 
@@ -64,6 +68,7 @@ async def watch_files(
     on_change: Callable[[], Awaitable[None]],
     *,
     poll_s: float = 1.0,
+    watcher: WatcherMaker = FileWatcher,
 ) -> None:
     """The drift watch: call ``on_change`` whenever one of these files (host paths, through the root) is
     changed, replaced or deleted by someone, until ``stop``. The owner then puts back what it owns.
@@ -76,7 +81,7 @@ async def watch_files(
             local.append(root.resolve(path))
         except NodeAgentError:
             continue  # a path that escapes the root is never watched (nor written)
-    changes = FileWatcher(local, poll_s=poll_s).changes(stop, initial=True)
+    changes = watcher(local, poll_s=poll_s).changes(stop, initial=True)
     try:
         async for _ in changes:
             await on_change()

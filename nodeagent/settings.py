@@ -16,6 +16,7 @@ import functools
 import tomllib
 import types
 import typing
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -166,7 +167,13 @@ class RuntimeSettings:
     runtime_path: str = opt(
         "/usr/bin/nvidia-container-runtime", "Binary of the runtime that is added.", check=_absolute
     )
-    set_as_default: bool = opt(False, "Make the added runtime the default one (the previous default is recorded).")
+    set_as_default: bool = opt(
+        False,
+        "Make the added runtime the default one (the previous default is recorded). false takes back a default "
+        "nodeagent set (containerd, CRI-O); a default naming nvidia's handler that someone else set (nvidia-ctk, "
+        "the GPU Operator) is kept with a warning on containerd and docker (GPU pods may rely on it), removed on "
+        "CRI-O (docs/parity.md, Default runtime).",
+    )
     enable_cdi: bool = opt(False, "Enable CDI in the runtime.")
     restart: Literal["auto", "systemd", "signal", "none"] = opt(
         "auto", "How the runtime is restarted after a change (containerd: auto = systemd restart)."
@@ -176,7 +183,6 @@ class RuntimeSettings:
     )
     containerd_version: str = opt("", "containerd version; empty: detect from the binary.", check=_version_string)
     health_timeout_s: float = opt(30.0, "How long the runtime has to come back healthy after a restart.")
-    drift_poll_s: float = opt(1.0, "Polling period of the drift watch where inotify is unavailable.")
     restart_command: list[str] = opt(
         [],
         "Program and arguments that restart the runtime, run instead of `systemctl` by `auto`/`systemd` "
@@ -222,9 +228,6 @@ class MetricsSettings:
     )
     counters_csv: str = opt("", "dcgm-exporter counters CSV; empty: the built-in default set.")
     pod_attribution: bool = opt(True, "Add pod, namespace and container labels from the kubelet.")
-    kubelet_socket: str = opt(
-        "/var/lib/kubelet/pod-resources/kubelet.sock", "Kubelet PodResources socket.", check=_absolute
-    )
     pod_refresh_s: float = opt(10.0, "How often pod attribution is refreshed.", check=at_least(1))
     hostname_label: str = opt(
         "Hostname",
@@ -316,6 +319,29 @@ class GpuHealthSettings:
 
 
 @dataclass(frozen=True)
+class KubeletSettings:
+    """The node's kubelet, shared by every subsystem that talks to it (metrics, MIG, the device plugin)."""
+
+    pod_resources_socket: str = opt(
+        "/var/lib/kubelet/pod-resources/kubelet.sock",
+        "The kubelet's PodResources socket (which pod holds which device).",
+        check=_absolute,
+    )
+    device_plugins_dir: str = opt(
+        "/var/lib/kubelet/device-plugins",
+        "The kubelet's device-plugin directory (its registration socket `kubelet.sock` and the plugins' sockets).",
+        check=_absolute,
+    )
+
+
+@dataclass(frozen=True)
+class WatchSettings:
+    """How the agent notices changes to the files it owns (drift), shared by every subsystem that writes files."""
+
+    poll_s: float = opt(1.0, "Polling period of the file watches where inotify is unavailable.", check=at_least(0.01))
+
+
+@dataclass(frozen=True)
 class KubeSettings:
     mode: Literal["auto", "in-cluster", "kubeconfig", "off"] = opt(
         "auto", "`auto`: the pod's service account in a pod, else `kubeconfig` when set, else no API server."
@@ -340,6 +366,8 @@ class Settings:
     mig: MigSettings = field(default_factory=MigSettings)
     labels: LabelsSettings = field(default_factory=LabelsSettings)
     gpuhealth: GpuHealthSettings = field(default_factory=GpuHealthSettings)
+    kubelet: KubeletSettings = field(default_factory=KubeletSettings)
+    watch: WatchSettings = field(default_factory=WatchSettings)
     kube: KubeSettings = field(default_factory=KubeSettings)
 
     def with_sections(self, sections: dict[str, Any]) -> Settings:
@@ -352,6 +380,87 @@ SECTIONS: dict[str, type[Any]] = {
     for f in dataclasses.fields(Settings)
     if f.name != "version"
 }
+
+
+# -------------------------------------------------------------------------------------------- scoping
+
+
+class UndeclaredSection(LookupError):
+    """A subsystem read a settings section it does not declare: a programming error (its declaration is
+    wrong, and a reload of that section would not restart it)."""
+
+
+class _Undeclared:
+    """Stands in for a section its reader did not declare; any use of it raises UndeclaredSection."""
+
+    def __init__(self, section: str, reader: str, declared: tuple[str, ...]) -> None:
+        self._what = (section, reader, declared)
+
+    def __getattr__(self, attr: str) -> Any:
+        if attr.startswith("__"):  # copy, pickle and friends probe dunders: stay an ordinary object to them
+            raise AttributeError(attr)
+        section, reader, declared = self._what
+        raise UndeclaredSection(
+            f"{reader} read {section}.{attr} but declares only the settings sections "
+            f"{', '.join(declared) or '(none)'}; add {section!r} to its declaration"
+        )
+
+    def __repr__(self) -> str:
+        return f"<settings section {self._what[0]!r}, not declared by {self._what[1]}>"
+
+
+def scoped(settings: Settings, sections: tuple[str, ...], *, reader: str) -> Settings:
+    """A view of ``settings`` where only ``sections`` can be read (same attribute syntax, same type)."""
+    unknown = [name for name in sections if name not in SECTIONS]
+    if unknown:
+        raise ValueError(f"{reader} declares unknown settings sections {unknown}; valid: {', '.join(SECTIONS)}")
+    whole = whole_settings(settings)
+    hidden: dict[str, Any] = {name: _Undeclared(name, reader, sections) for name in SECTIONS if name not in sections}
+    view = dataclasses.replace(whole, **hidden)
+    object.__setattr__(view, "_whole", whole)  # a view of a view starts again from the whole tree
+    return view
+
+
+def whole_settings(settings: Settings) -> Settings:
+    """The complete settings a view was made from (``settings`` itself when it is no view)."""
+    whole: Settings = getattr(settings, "_whole", settings)
+    return whole
+
+
+# ----------------------------------------------------------------------------------------------- aliases
+
+RENAMED: dict[tuple[str, str], tuple[str, str]] = {
+    ("metrics", "kubelet_socket"): ("kubelet", "pod_resources_socket"),
+    ("runtime", "drift_poll_s"): ("watch", "poll_s"),
+}
+"""Old key → new key. The old name keeps working (file, environment, flag) with a warning naming both."""
+
+
+class DeprecatedSetting(FutureWarning):
+    """A settings key that was renamed: it still works, the warning names the new key."""
+
+
+def env_name(section: str, key: str) -> str:
+    return f"{ENV_PREFIX}{section.upper()}__{key.upper()}"
+
+
+def _put(raw: dict[str, dict[str, Any]], sources: Sources, section: str, key: str, value: Any, *, where: str) -> None:
+    """Record one value; an old (renamed) key is stored under its new name, with a warning."""
+    if (section, key) in RENAMED:
+        new_section, new_key = RENAMED[(section, key)]
+        from_env = where.startswith("environment ")
+        old = env_name(section, key) if from_env else f"{section}.{key}"
+        new = env_name(new_section, new_key) if from_env else f"{new_section}.{new_key}"
+        if sources.get((new_section, new_key)) == where:
+            raise ConfigError(f"{old} is the old name of {new}; set only {new}", source=where, key=f"{section}.{key}")
+        place = "" if from_env else f" (in {where})"
+        warnings.warn(f"{old} is deprecated, use {new}{place}", DeprecatedSetting, stacklevel=3)
+        section, key = new_section, new_key
+        sources[("", f"{section}.{key}")] = where  # the old name was used here
+    elif sources.get(("", f"{section}.{key}")) == where:
+        raise ConfigError(f"set twice (also under its old name); set only {section}.{key}", source=where)
+    raw.setdefault(section, {})[key] = value
+    sources[(section, key)] = where
 
 
 # ----------------------------------------------------------------------------------------------- loading
@@ -374,8 +483,9 @@ def load(
         _merge_file(Path(file), raw, sources)
     _merge_env(env or {}, raw, sources)
     for (section, key), value in (cli or {}).items():
-        raw.setdefault(section, {})[key] = value
-        sources[(section, key)] = (cli_names or {}).get((section, key), f"--{key.replace('_', '-')}")
+        _put(
+            raw, sources, section, key, value, where=(cli_names or {}).get((section, key), f"--{key.replace('_', '-')}")
+        )
     return _build(raw, sources)
 
 
@@ -407,8 +517,7 @@ def _merge_file(path: Path, raw: dict[str, dict[str, Any]], sources: Sources) ->
         if not isinstance(table, dict):
             raise ConfigError("must be a table, e.g. [" + section + "]", source=str(path), key=section)
         for key, value in table.items():
-            raw.setdefault(section, {})[key] = value
-            sources[(section, key)] = str(path)
+            _put(raw, sources, section, key, value, where=str(path))
 
 
 def _merge_env(env: Mapping[str, str], raw: dict[str, dict[str, Any]], sources: Sources) -> None:
@@ -418,8 +527,7 @@ def _merge_env(env: Mapping[str, str], raw: dict[str, dict[str, Any]], sources: 
         section, _, key = name[len(ENV_PREFIX) :].lower().partition("__")
         if section not in SECTIONS:
             raise ConfigError(_unknown("section", section, SECTIONS), source=f"environment {name}")
-        raw.setdefault(section, {})[key] = _EnvText(value)
-        sources[(section, key)] = f"environment {name}"
+        _put(raw, sources, section, key, _EnvText(value), where=f"environment {name}")
 
 
 class _EnvText(str):
@@ -559,7 +667,24 @@ def render_docs() -> str:
                 f"| `{section}.{f.name}` | {_type_name(hints[f.name])} | `{_toml_value(default)}` "
                 f"| {f.metadata.get('doc', '')} |"
             )
-    lines += ["", "Environment example: `NODEAGENT_METRICS__INTERVAL_S=5`.", ""]
+    lines += [
+        "",
+        "Environment example: `NODEAGENT_METRICS__INTERVAL_S=5`.",
+        "",
+        "## Renamed keys",
+        "",
+        "The old names still work, in the file, as environment variables and as flags, with a warning that",
+        "names the new key; setting both in one place is an error.",
+        "",
+        "| old key | new key | old variable | new variable |",
+        "|---|---|---|---|",
+    ]
+    for (old_section, old_key), (new_section, new_key) in RENAMED.items():
+        lines.append(
+            f"| `{old_section}.{old_key}` | `{new_section}.{new_key}` | `{env_name(old_section, old_key)}` "
+            f"| `{env_name(new_section, new_key)}` |"
+        )
+    lines.append("")
     return "\n".join(lines)
 
 

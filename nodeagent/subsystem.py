@@ -17,8 +17,10 @@ transitions are logged once (phase changes), never on every tick.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import importlib
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from types import MappingProxyType
@@ -28,20 +30,55 @@ import structlog
 
 from nodeagent.errors import NodeAgentError
 from nodeagent.plan import Plan
+from nodeagent.settings import scoped
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from aiohttp import web
     from prometheus_client import CollectorRegistry
 
     from nodeagent.backends.gpu.protocols import GpuBackend, MigControl
     from nodeagent.backends.hostfs import BackupJournal, Root
     from nodeagent.backends.kmod import ModuleLoader
+    from nodeagent.backends.podresources import PodResourcesClient
     from nodeagent.backends.runtimectl import RuntimeControl
+    from nodeagent.backends.watch import FileWatcher
     from nodeagent.events import EventBus
     from nodeagent.gpustate import GpuState
     from nodeagent.kube.client import KubeClient
+    from nodeagent.nodegateway import NodeGateway
     from nodeagent.selfmetrics import SelfMetrics
     from nodeagent.settings import KubeSettings, Settings
+
+
+@dataclass(frozen=True)
+class Declaration:
+    """Everything the agent knows about a subsystem before importing it, declared once in its package's
+    ``declaration.py``: the table (``nodeagent.subsystem_table``), the import contracts' module lists, the
+    reload rule and the settings view are all derived from it."""
+
+    name: str
+    target: str
+    """``module:Class``, imported only when the subsystem is enabled."""
+    requires: tuple[str, ...] = ()
+    """Subsystems that must be ready before it starts (ignored when not enabled)."""
+    needs_gpu: bool = True
+    """False for subsystems that work without a GPU backend (runtime config before a driver exists)."""
+    companion_of: tuple[str, ...] = ()
+    """Chosen with any of these by ``--only`` (the validation files follow the driver and the runtime)."""
+    settings: tuple[str, ...] = ()
+    """The settings sections it reads: the only ones its view lets it read, and a reload that changes one of
+    them restarts it."""
+
+    @property
+    def package(self) -> str:
+        return self.target.partition(":")[0].rpartition(".")[0]
+
+    def load(self) -> type:
+        module, _, attr = self.target.partition(":")
+        cls: type = getattr(importlib.import_module(module), attr)
+        return cls
 
 
 class Phase(StrEnum):
@@ -97,6 +134,16 @@ class DeviceNodeMaker(Protocol):
     def __call__(self, root: Root, dev_root: str, path: str, *, major: int, minor: int, mode: int) -> None: ...
 
 
+PodResourcesConnector = Callable[[str], "PodResourcesClient"]
+"""The kubelet PodResources client for a socket (a host path, through the root); the caller closes it."""
+
+
+class WatcherMaker(Protocol):
+    """A watch of some local files (inotify, else polling every ``poll_s``)."""
+
+    def __call__(self, paths: Iterable[Path], *, poll_s: float) -> FileWatcher: ...
+
+
 @dataclass(frozen=True)
 class Backends:
     """The host-facing parts a subsystem may use, real or simulated; ``nodeagent.compose`` picks them."""
@@ -109,6 +156,10 @@ class Backends:
     """What changes MIG layouts (None: this backend cannot)."""
     kube: KubeConnector = field(default=lambda settings: None)
     """Builds the Kubernetes API client from the ``kube`` settings (None: no API server)."""
+    pod_resources: PodResourcesConnector = field(kw_only=True)
+    """Builds the kubelet PodResources client (metrics' pod attribution, MIG's holders, the device plugin)."""
+    file_watcher: WatcherMaker = field(kw_only=True)
+    """Watches local files (the drift watches, the driver's files)."""
 
 
 class StatusBoard:
@@ -180,12 +231,18 @@ class Context:
     node_name: str
     self_metrics: SelfMetrics
     """The agent's own series that exist whatever subsystems run (loop lag, subsystem up)."""
+    node: NodeGateway
+    """The one Kubernetes client, watch and writer of the agent's own Node (``nodeagent.nodegateway``)."""
     routes: dict[tuple[str, str], Handler] = field(default_factory=dict)
     """(method, path) → handler, added by subsystems in __init__. The HTTP server looks the handler up at
     every request, so a subsystem restarted by a settings reload serves its routes from the new instance."""
 
     def add_route(self, method: str, path: str, handler: Handler) -> None:
         self.routes[(method, path)] = handler
+
+    def scoped(self, reader: str, sections: tuple[str, ...]) -> Context:
+        """The same context (shared routes, bus, board) whose settings show only ``sections``."""
+        return dataclasses.replace(self, settings=scoped(self.settings, sections, reader=reader))
 
     @property
     def gpus(self) -> GpuBackend:
@@ -255,14 +312,26 @@ async def make_plan(sub: Reconciler) -> Plan:
 
 
 class BaseSubsystem:
-    """Status bookkeeping and a logger bound to the subsystem's name."""
+    """Status bookkeeping, a logger bound to the subsystem's name, and the settings view of its declaration.
 
+    A subclass sets ``declaration``; ``name``, ``requires`` and ``settings_sections`` follow from it.
+    """
+
+    declaration: ClassVar[Declaration | None] = None
     name: ClassVar[str] = ""
     requires: ClassVar[tuple[str, ...]] = ()
     settings_sections: ClassVar[tuple[str, ...]] = ()
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.declaration is not None:
+            cls.name = cls.declaration.name
+            cls.requires = cls.declaration.requires
+            cls.settings_sections = cls.declaration.settings
+
     def __init__(self, ctx: Context) -> None:
-        self.ctx = ctx
+        self.ctx = ctx.scoped(self.name, self.settings_sections)
+        """Its own view of the context: reading a settings section it does not declare raises."""
         self.log = structlog.get_logger(f"nodeagent.{self.name}").bind(subsystem=self.name)
         self._status = Status(Phase.PENDING)
         self.last_plan: Plan | None = None

@@ -1,55 +1,49 @@
-"""The explicit list of subsystems, in dependency order (driver → MIG → runtime/CDI → metrics; validation files).
+"""The subsystems, in dependency order, found from their declarations.
 
-Each entry is imported lazily by dotted path, so a subsystem's dependencies are loaded only when it is
-enabled (design.md: keep imports lazy). The agent orders them by ``requires`` again at start, so this
-list's order is for readers, not a source of truth.
+Each subsystem package under ``nodeagent/`` holds a ``declaration.py`` with one ``DECLARATION``
+(``nodeagent.subsystem.Declaration``): its name, class, requirements, settings sections. Nothing else lists
+the subsystems: this table, the reload rule, the settings views and the import contracts' module lists
+(checked by ``tests/core/test_declarations.py``) all follow from those. Only the declarations are imported
+here; a subsystem's own modules are loaded when it is enabled (design.md: keep imports lazy).
 """
 
 from __future__ import annotations
 
 import importlib
+import pkgutil
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from pathlib import Path
 
+import nodeagent
 from nodeagent.errors import ConfigError
 from nodeagent.settings import Settings
+from nodeagent.subsystem import Declaration
+
+Entry = Declaration
+"""The table's rows are the declarations themselves."""
+
+DECLARATION_MODULE = "declaration"
 
 
-@dataclass(frozen=True)
-class Entry:
-    name: str
-    target: str
-    """``module:Class``."""
-    requires: tuple[str, ...]
-    needs_gpu: bool = True
-    """False for subsystems that work without a GPU backend (runtime config before a driver exists)."""
-    companion_of: tuple[str, ...] = ()
-    """Chosen with any of these by ``--only`` (the validation files follow the driver and the runtime)."""
-
-    def load(self) -> type:
-        module, _, attr = self.target.partition(":")
-        cls: type = getattr(importlib.import_module(module), attr)
-        return cls
-
-
-SUBSYSTEMS: tuple[Entry, ...] = (
-    Entry("driver", "nodeagent.driver.subsystem:DriverSubsystem", ()),
-    Entry("mig", "nodeagent.mig.subsystem:MigSubsystem", ("driver",)),
-    Entry("runtime", "nodeagent.runtime.subsystem:RuntimeSubsystem", ("driver",), needs_gpu=False),
-    Entry("cdi", "nodeagent.cdi.subsystem:CdiSubsystem", ("driver",)),
-    Entry("metrics", "nodeagent.metrics.subsystem:MetricsSubsystem", ("driver",)),
-    Entry("labels", "nodeagent.labels.subsystem:LabelsSubsystem", ("driver",)),
-    Entry("gpuhealth", "nodeagent.gpuhealth.subsystem:GpuHealthSubsystem", ()),
-    Entry(
-        "validation",
-        "nodeagent.validation.subsystem:ValidationSubsystem",
-        (),
-        needs_gpu=False,
-        companion_of=("driver", "runtime", "mig"),
-    ),
-)
-
-BY_NAME = {e.name: e for e in SUBSYSTEMS}
+def discover(
+    package_dir: Path = Path(nodeagent.__file__).parent, prefix: str = "nodeagent."
+) -> tuple[Declaration, ...]:
+    """Every ``<package>/declaration.py`` under ``package_dir``, in dependency order (ties by name)."""
+    found: list[Declaration] = []
+    for pkg in sorted(pkgutil.iter_modules([str(package_dir)]), key=lambda m: m.name):
+        if not pkg.ispkg:
+            continue
+        children = {m.name for m in pkgutil.iter_modules([str(package_dir / pkg.name)])}
+        if DECLARATION_MODULE not in children:
+            continue
+        module = importlib.import_module(f"{prefix}{pkg.name}.{DECLARATION_MODULE}")
+        declaration = getattr(module, "DECLARATION", None)
+        if not isinstance(declaration, Declaration):
+            raise TypeError(f"{module.__name__} has no DECLARATION = Declaration(...)")
+        if declaration.package != f"{prefix}{pkg.name}":
+            raise TypeError(f"{module.__name__} declares a class outside its package: {declaration.target}")
+        found.append(declaration)
+    return tuple(dependency_order(found))
 
 
 def enabled(settings: Settings, only: Iterable[str] = ()) -> list[Entry]:
@@ -91,3 +85,8 @@ def dependency_order(entries: Sequence[Entry]) -> list[Entry]:
     for e in entries:
         visit(e)
     return ordered
+
+
+SUBSYSTEMS: tuple[Declaration, ...] = discover()
+
+BY_NAME = {e.name: e for e in SUBSYSTEMS}

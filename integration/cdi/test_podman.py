@@ -263,6 +263,7 @@ async def test_podman_runs_every_device_request_of_our_spec(podman_node: Path) -
     names = [line.split()[0] for line in hooks]
     assert names.count("update-ldcache") == 4
     assert names.count("enable-cuda-compat") == 4 and names.count("disable-device-node-modification") == 4
+    assert names.count("update-application-profile") == 4
     assert any(line.startswith("create-symlinks") and "/dev/dri/by-path/" in line for line in hooks)
     assert f"--host-driver-version={inv.driver_version}" in "\n".join(hooks)
     assert node.is_dir()

@@ -152,7 +152,9 @@ def test_daemonset_args_and_env_are_settings_the_agent_accepts(overlay: tuple[st
     assert settings.agent.root == "/host"
     assert settings.agent.listen == "0.0.0.0:9400"
     assert settings.runtime.distribution == DISTRIBUTION[name]
-    assert settings.metrics.kubelet_socket == KUBELET_SOCKET.get(name, "/var/lib/kubelet/pod-resources/kubelet.sock")
+    assert settings.kubelet.pod_resources_socket == KUBELET_SOCKET.get(
+        name, "/var/lib/kubelet/pod-resources/kubelet.sock"
+    )
     if name == "gke":  # COS: /usr is read-only, everything NVIDIA lives under the driver's install dir
         assert settings.driver.root == "/home/kubernetes/bin/nvidia"
         for path in (settings.runtime.runtime_path, settings.cdi.hook_path):

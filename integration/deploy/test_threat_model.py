@@ -58,7 +58,13 @@ def test_cdi_spec_selects_devices_by_name_and_no_hook_reads_the_container_enviro
     assert hooks, "the spec is expected to carry nvidia-ctk's hooks"
     # nvidia-ctk's own subcommands, none of which reads the container's environment, each with an
     # environment fixed in the spec
-    allowed = {"create-symlinks", "enable-cuda-compat", "update-ldcache", "disable-device-node-modification"}
+    allowed = {
+        "create-symlinks",
+        "enable-cuda-compat",
+        "update-ldcache",
+        "disable-device-node-modification",
+        "update-application-profile",  # reads the container's /dev, writes one profile file in its root
+    }
     assert {h["args"][1] for h in hooks} == allowed
     for hook in hooks:
         assert hook["path"] == Settings().cdi.hook_path

@@ -353,7 +353,10 @@ def agent(daemon: Daemon, **runtime: Any) -> RuntimeSubsystem:
         "log_path": daemon.log_host,
         "health_timeout_s": 20.0,
     }
+    poll_s = runtime.pop("watch_poll_s", None)
     settings = replace(Settings(), "runtime", **{**values, **runtime})
+    if poll_s is not None:
+        settings = replace(settings, "watch", poll_s=poll_s)
     root = daemon.root
     ctx = testing.context(root, settings, runtime_control=HostRuntimeControl(root), node_name="it-node")
     return RuntimeSubsystem(ctx)

@@ -233,7 +233,7 @@ async def test_c_rejected_change_is_rolled_back(containerd_factory: Any) -> None
 async def test_e_drift_is_repaired_within_two_seconds(containerd_factory: Any) -> None:
     d = containerd_factory()
     original = d.config.read_bytes()
-    sub = agent(d, drift_poll_s=0.5)
+    sub = agent(d, watch_poll_s=0.5)
     stop = asyncio.Event()
     task = asyncio.create_task(sub.run(stop))
     try:

@@ -69,7 +69,7 @@ async def test_d_dockerd_lists_the_runtime_and_keeps_daemon_json(dockerd: Docker
     d = dockerd
     shim, _ = write_shim(d.base)
     original_text = d.config.read_text()
-    assert "nvidia" not in d.runtimes()
+    assert not {"nvidia", "nvidia-cdi", "nvidia-legacy"} & set(d.runtimes())
     sub = agent(d, runtime_path=str(shim), restart_command=[])  # production path: SIGHUP to dockerd
     plan = sub.plan(await sub.observe())
     assert not plan.error, plan.error
@@ -80,10 +80,12 @@ async def test_d_dockerd_lists_the_runtime_and_keeps_daemon_json(dockerd: Docker
     assert d.pid() == pid, "a reload, not a restart"
     assert sub.status().phase == Phase.RUNNING
     runtimes = d.runtimes()
-    assert runtimes.get("nvidia", {}).get("path") == str(shim), runtimes
+    handlers = {"nvidia": str(shim), "nvidia-cdi": f"{shim}.cdi", "nvidia-legacy": f"{shim}.legacy"}
+    for name, path in handlers.items():  # the three handlers of containerd and CRI-O, live in dockerd
+        assert runtimes.get(name, {}).get("path") == path, runtimes
     after = json.loads(d.config.read_text())
     before = json.loads(original_text)
-    assert after.pop("runtimes") == {"nvidia": {"path": str(shim)}}
+    assert after.pop("runtimes") == {name: {"path": path} for name, path in handlers.items()}
     assert after == before and list(after) == list(before)
     for line in original_text.splitlines():  # byte-identical apart from the added member
         assert line.rstrip(",") in {x.rstrip(",") for x in d.config.read_text().splitlines()}
@@ -96,4 +98,4 @@ async def test_d_dockerd_lists_the_runtime_and_keeps_daemon_json(dockerd: Docker
     assert any("next restart" in m for m in result.messages)
     d.start()  # the restart script stops dockerd by pid and starts it again
     wait_until(lambda: d.docker("version").returncode == 0, timeout_s=60, what="dockerd back")
-    assert "nvidia" not in d.runtimes()
+    assert not {"nvidia", "nvidia-cdi", "nvidia-legacy"} & set(d.runtimes())

@@ -5,8 +5,9 @@ Devices: every GPU by index and by UUID, every MIG device as ``<gpu>:<mig index>
 for their ``/dev/dri/by-path`` links. The shared ``containerEdits`` carry the control device nodes, the
 driver's libraries, binaries, GSP firmware, IPC sockets and graphics files as read-only bind mounts, and
 the hooks nvidia-ctk's spec has, in its order: create-symlinks, enable-cuda-compat
-(``--host-driver-version``, for CUDA forward-compatibility images), update-ldcache and
-disable-device-node-modification; every hook's path is the configured hook binary only. Libraries go
+(``--host-driver-version``, for CUDA forward-compatibility images), update-ldcache,
+disable-device-node-modification and update-application-profile (nvidia-ctk 1.20: it restricts EGL and
+Vulkan to the GPUs mounted in the container); every hook's path is the configured hook binary only. Libraries go
 to the container's library directory for the node's architecture (``/usr/lib/aarch64-linux-gnu`` on
 Grace). Host paths are mapped from the driver root the agent reads to the driver root the runtime
 sees; ``cdiVersion`` is the lowest version the content needs.
@@ -196,6 +197,9 @@ def _common(facts: DriverFacts, opts: CdiOptions, ipc: Sequence[str], graphics: 
         hooks.append(_hook(opts, "enable-cuda-compat", [f"--host-driver-version={version}"]))
     hooks.append(_hook(opts, "update-ldcache", [a for d in lib_dirs or [lib_dir] for a in ("--folder", d)]))
     hooks.append(_hook(opts, "disable-device-node-modification", []))
+    # nvidia-ctk >= 1.20 always adds it last (EGL/Vulkan see only the container's GPUs); hook binaries
+    # >= 1.18 skip a hook they do not know, so an older toolkit on the node still starts containers.
+    hooks.append(_hook(opts, "update-application-profile", []))
     nodes = [_dev(facts, p) for p in CONTROL_NODES if p in facts.device_nodes]
     return {
         "env": ["NVIDIA_VISIBLE_DEVICES=void", f"NVIDIA_CTK_LIBCUDA_DIR={lib_dir}"],

@@ -19,6 +19,7 @@ from nodeagent.backends.hostfs import Root
 from nodeagent.cdi import coexist
 from nodeagent.cdi import graphics as cdigraphics
 from nodeagent.cdi import spec as cdispec
+from nodeagent.cdi.declaration import DECLARATION
 from nodeagent.driver import api as driver_api
 from nodeagent.errors import NodeAgentError
 from nodeagent.events import Event
@@ -62,9 +63,7 @@ def _missing_nodes(root: Root, facts: DriverFacts, inventory: Inventory) -> tupl
 
 
 class CdiSubsystem(BaseSubsystem):
-    name = "cdi"
-    requires = ("driver",)
-    settings_sections = ("cdi", "driver")
+    declaration = DECLARATION
 
     def __init__(self, ctx: Context) -> None:
         super().__init__(ctx)
@@ -258,7 +257,8 @@ class CdiSubsystem(BaseSubsystem):
                     self.ctx.root,
                     [self.ctx.settings.cdi.spec_path],
                     self._on_drift,
-                    poll_s=self.ctx.settings.runtime.drift_poll_s,
+                    poll_s=self.ctx.settings.watch.poll_s,
+                    watcher=self.ctx.backends.file_watcher,
                 ),
             },
         )

@@ -18,8 +18,8 @@ from prometheus_client import CollectorRegistry, Gauge
 from nodeagent import aio, events
 from nodeagent.aio import run_blocking
 from nodeagent.backends.kmod import ModuleLoader
-from nodeagent.backends.watch import FileWatcher
 from nodeagent.driver import changes, planner
+from nodeagent.driver.declaration import DECLARATION
 from nodeagent.driver.devnodes import DevNode
 from nodeagent.driver.modules import ModuleLoad
 from nodeagent.driver.observe import DriverObservation, gather
@@ -60,10 +60,7 @@ def _metrics_for(registry: CollectorRegistry) -> _Metrics:
 
 
 class DriverSubsystem(BaseSubsystem):
-    name = "driver"
-    requires = ()
-
-    settings_sections = ("driver",)
+    declaration = DECLARATION
 
     def __init__(self, ctx: Context, *, loader: ModuleLoader | None = None) -> None:
         super().__init__(ctx)
@@ -190,7 +187,7 @@ class DriverSubsystem(BaseSubsystem):
             relay = asyncio.create_task(_set_when(stop, rewatch))
             try:
                 if self._watched:
-                    watcher = FileWatcher(
+                    watcher = self.ctx.backends.file_watcher(
                         [Path(p) for p in sorted(self._watched)], poll_s=self.ctx.settings.driver.recheck_s
                     )
                     async for _changed in watcher.changes(rewatch):

@@ -25,6 +25,7 @@ from nodeagent import events
 from nodeagent.aio import until_stopped
 from nodeagent.errors import NodeAgentError
 from nodeagent.gpuhealth import classify, flapping
+from nodeagent.gpuhealth.declaration import DECLARATION
 from nodeagent.model.gpu import GpuHealthState, Inventory, XidEvent
 from nodeagent.model.health import NodeGpuHealth
 from nodeagent.plan import Plan
@@ -44,9 +45,7 @@ def health_gauge(registry: CollectorRegistry) -> Gauge:
 
 
 class GpuHealthSubsystem(BaseSubsystem):
-    name = "gpuhealth"
-    requires = ()
-    settings_sections = ("gpuhealth",)
+    declaration = DECLARATION
 
     def __init__(self, ctx: Context, clock: Callable[[], float] = time.monotonic) -> None:
         super().__init__(ctx)

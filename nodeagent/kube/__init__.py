@@ -1,1 +1,1 @@
-"""The Kubernetes API client: credentials, one request funnel, watches; and the API's validation rules."""
+"""The Kubernetes API client: credentials, one request funnel, watches; validation rules; pure Node patches."""

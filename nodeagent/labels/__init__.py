@@ -1,1 +1,1 @@
-"""Node labels: GFD-compatible label computation and its publishers (NFD file, Node, NodeFeature)."""
+"""Node labels: GFD label computation and its publishers (NFD file, Node, NodeFeature); the Node as control surface."""

@@ -1,6 +1,13 @@
-"""The Node as a control surface, its writes: the MIG state label and condition, the GPU health condition
-and taint (from the last ``MIG_READY`` and ``NODE_GPU_HEALTH`` on the bus), and the GPU Operator's operand
-labels paused and restored around a MIG change. The patches themselves are pure (``node_status``)."""
+"""The Node as a control surface (the labels subsystem's second job, beside GFD labels), written through the
+Node gateway:
+
+- in: the Node's ``nvidia.com/mig.config`` label, published as ``events.MIG_CONFIG_REQUESTED`` when it changes
+  (the mig subsystem applies it);
+- out: every ``events.MIG_READY`` becomes the ``nvidia.com/mig.config.state`` label, the ``NvidiaMigConfigured``
+  condition and an Event; every ``events.NODE_GPU_HEALTH`` the ``NvidiaGpuHealthy`` condition (and, when asked,
+  the ``nvidia.com/gpu.unhealthy:NoSchedule`` taint). Conditions are patched through ``nodes/status`` only when
+  they change. The patches themselves are pure (``node_status``).
+"""
 
 from __future__ import annotations
 
@@ -11,30 +18,45 @@ from typing import Any
 
 from nodeagent import events
 from nodeagent.events import EventBus
-from nodeagent.kube.client import STRATEGIC_MERGE_PATCH, Conflict, KubeClient, KubeError
-from nodeagent.kube.resources import NODES
+from nodeagent.kube.client import KubeError
 from nodeagent.labels import node_status
 from nodeagent.model.health import CONDITION_TYPE as HEALTH_CONDITION
-from nodeagent.model.health import NodeGpuHealth
-from nodeagent.model.mig import MigReadiness, OperandRequest, OperandState
+from nodeagent.model.health import TAINT_EFFECT, TAINT_KEY, NodeGpuHealth
+from nodeagent.model.mig import MigConfigRequest, MigReadiness
+from nodeagent.nodegateway import NodeGateway
 
-CONFLICT_RETRIES = 3
+STATUS_TOPICS = (events.MIG_READY, events.NODE_GPU_HEALTH)
 
 
 class NodeControl:
     def __init__(
         self,
-        node_name: str,
+        node: NodeGateway,
         bus: EventBus,
         log: Any,
         record_event: Callable[[str, str, str], Awaitable[None]],
     ) -> None:
-        self.node_name = node_name
+        self.node = node
         self.bus = bus
         self.log = log
         self._event = record_event
-        self.operand_poll_s = 1.0
-        """How often the operand pods are listed while a MIG change waits for them (mig-manager: 1 s)."""
+        self._lock = asyncio.Lock()
+        self.mig_request: str | None = None
+        """The ``nvidia.com/mig.config`` value last published as MIG_CONFIG_REQUESTED."""
+
+    # ------------------------------------------------------------------------------------------ in
+
+    def note_node(self, node: dict[str, Any] | None) -> None:
+        """Publish the Node's ``nvidia.com/mig.config`` when it differs from what was published last."""
+        if node is None:
+            return
+        desired = node_status.desired_mig_config(node)
+        if desired != self.mig_request:
+            self.mig_request = desired
+            self.log.info("mig_config_requested", config=desired or "(label removed)")
+            self.bus.publish(events.MIG_CONFIG_REQUESTED, MigConfigRequest(desired))
+
+    # ----------------------------------------------------------------------------------------- out
 
     def out_of_sync(self, node: dict[str, Any]) -> bool:
         readiness: MigReadiness | None = self.bus.last(events.MIG_READY)
@@ -52,110 +74,72 @@ class NodeControl:
             return node_status.taint_patch(node, health) is not None
         return False
 
-    async def patch_fresh(self, client: KubeClient, node: dict[str, Any], make: Any) -> tuple[dict[str, Any], bool]:
-        """Patch the Node with ``make(node)`` (which carries its resourceVersion); on 409 read and remake."""
-        name = self.node_name
-        for attempt in range(CONFLICT_RETRIES):
-            patch = make(node)
-            if patch is None:
-                return node, False
-            try:
-                return await client.patch(NODES, name, patch), True
-            except Conflict:
-                if attempt == CONFLICT_RETRIES - 1:
-                    raise
-                node = await client.get(NODES, name)
-        return node, False
-
-    async def set_condition(
-        self, client: KubeClient, node: dict[str, Any], cond_type: str, condition: tuple[str, str, str]
+    async def _set_condition(
+        self, node: dict[str, Any], cond_type: str, condition: tuple[str, str, str]
     ) -> tuple[dict[str, Any], bool]:
         status, reason, message = condition
-        patch = node_status.condition_patch(node, cond_type, status, reason, message, now=time.time())
-        if patch is None:
-            return node, False
-        node = await client.patch(
-            NODES, self.node_name, patch, content_type=STRATEGIC_MERGE_PATCH, subresource="status"
+        now = time.time()
+        node, wrote = await self.node.patch(
+            lambda n: node_status.condition_patch(n, cond_type, status, reason, message, now=now),
+            node=node,
+            status=True,
         )
-        self.log.info("node_condition", type=cond_type, status=status, reason=reason, message=message)
-        await self._event("Normal" if status == "True" else "Warning", reason, message)
-        return node, True
+        if wrote:
+            self.log.info("node_condition", type=cond_type, status=status, reason=reason, message=message)
+            await self._event("Normal" if status == "True" else "Warning", reason, message)
+        return node, wrote
 
-    async def sync(self, client: KubeClient, node: dict[str, Any]) -> list[str]:
-        """From a fresh read of the Node: write what differs; return what was written."""
-        written: list[str] = []
-        readiness: MigReadiness | None = self.bus.last(events.MIG_READY)
-        if readiness is not None and readiness.config:
-            node, wrote = await self.patch_fresh(client, node, lambda n: node_status.mig_state_patch(n, readiness))
-            if wrote:
-                written.append(f"{node_status.MIG_STATE_LABEL}={readiness.state}")
-            node, wrote = await self.set_condition(
-                client, node, node_status.MIG_CONDITION, node_status.mig_condition(readiness)
-            )
-            if wrote:
-                written.append(node_status.MIG_CONDITION)
-        health: NodeGpuHealth | None = self.bus.last(events.NODE_GPU_HEALTH)
-        if health is not None and health.gpus:
-            node, wrote = await self.set_condition(client, node, HEALTH_CONDITION, health.condition())
-            if wrote:
-                written.append(HEALTH_CONDITION)
-            node, wrote = await self.patch_fresh(client, node, lambda n: node_status.taint_patch(n, health))
-            if wrote:
-                written.append("taint")
-        return written
-
-    async def operands(self, client: KubeClient, request: OperandRequest) -> OperandState:
-        """Pause (and wait, bounded, for the operand pods to leave this node) or restore the operand labels."""
-        name = self.node_name
-        try:
-            node = await client.get(NODES, name)
-            if not request.pause:
-                await self.patch_fresh(client, node, node_status.restore_patch)
-                return OperandState(request.request_id, False)
-            _, operands = node_status.pause_patch(node)
-            await self.patch_fresh(client, node, lambda n: node_status.pause_patch(n)[0])
-            self.log.info("operands_paused", operands=list(operands))
-            left = await self.wait_for_operand_pods(client, operands, request.wait_s)
-        except KubeError as err:
-            return OperandState(request.request_id, request.pause, f"operand labels: {err}")
-        problem = ""
-        if left:
-            problem = (
-                f"operand pods still on node {name} after {request.wait_s:g} s: {', '.join(left)}"
-                " (they hold the GPUs; the change was not started)"
-            )
-        return OperandState(request.request_id, True, problem, operands)
-
-    async def wait_for_operand_pods(self, client: KubeClient, operands: tuple[str, ...], wait_s: float) -> list[str]:
-        """The operand pods still on this node when they are gone or ``wait_s`` has passed (polled, as
-        mig-manager does; the agent's RBAC lists Pods but cannot watch them)."""
-        selectors = node_status.pod_selectors(operands)
-        deadline = time.monotonic() + wait_s
-        while True:
-            left: list[str] = []
-            for selector in selectors:
-                listed = await client.list(
-                    node_status.PODS, labelSelector=selector, fieldSelector=f"spec.nodeName={self.node_name}"
+    async def sync(self) -> list[str]:
+        """From a fresh read of the Node: write what differs from the last MIG_READY and NODE_GPU_HEALTH; return
+        what was written. (Under one lock: a Node read before another of these writes would move a
+        condition's lastTransitionTime.)"""
+        async with self._lock:
+            node = await self.node.get()
+            self.note_node(node)
+            written: list[str] = []
+            readiness: MigReadiness | None = self.bus.last(events.MIG_READY)
+            if readiness is not None and readiness.config:
+                node, wrote = await self.node.patch(lambda n: node_status.mig_state_patch(n, readiness), node=node)
+                if wrote:
+                    written.append(f"{node_status.MIG_STATE_LABEL}={readiness.state}")
+                node, wrote = await self._set_condition(
+                    node, node_status.MIG_CONDITION, node_status.mig_condition(readiness)
                 )
-                for pod in listed.get("items") or []:
-                    meta = pod.get("metadata", {})
-                    left.append(f"{meta.get('namespace', '')}/{meta.get('name', '')}")
-            if not left or time.monotonic() >= deadline:
-                return left
-            await asyncio.sleep(min(self.operand_poll_s, max(0.0, deadline - time.monotonic())))
+                if wrote:
+                    written.append(node_status.MIG_CONDITION)
+            health: NodeGpuHealth | None = self.bus.last(events.NODE_GPU_HEALTH)
+            if health is not None and health.gpus:
+                node, wrote = await self._set_condition(node, HEALTH_CONDITION, health.condition())
+                if wrote:
+                    written.append(HEALTH_CONDITION)
+                if await self.node.set_taint(TAINT_KEY, TAINT_EFFECT, present=health.wants_taint, node=node):
+                    written.append("taint")
+            return written
 
-    async def revert(self, client: KubeClient) -> list[str]:
-        """Take back what the agent put on the Node's status: its conditions, the taint, paused operands."""
-        node = await client.get(NODES, self.node_name)
+    async def follow(self, sub: events.Subscription, on_failure: Callable[[], None]) -> None:
+        """MIG states and health reports are written in the order they come; a failed write calls
+        ``on_failure`` (the subsystem retries at its next refresh)."""
+        async for _ in sub:
+            if self.node.client() is None:
+                continue  # no Kubernetes (yet): the subsystem's refresh says so
+            try:
+                await self.sync()
+            except KubeError as err:
+                self.log.warning("node_status_not_written", error=str(err))
+                on_failure()
+
+    async def revert(self) -> list[str]:
+        """Take back what the agent put on the Node's status: its conditions and the taint."""
+        name = self.node.node_name
         undone: list[str] = []
-        node, wrote = await self.patch_fresh(client, node, node_status.restore_patch)
+        node, wrote = await self.node.patch(lambda n: node_status.taint_patch(n, None))
         if wrote:
-            undone.append(f"Node/{self.node_name} operand labels")
-        node, wrote = await self.patch_fresh(client, node, lambda n: node_status.taint_patch(n, None))
+            undone.append(f"Node/{name} taint")
+        _, wrote = await self.node.patch(
+            lambda n: node_status.remove_conditions_patch(n, (node_status.MIG_CONDITION, HEALTH_CONDITION)),
+            node=node,
+            status=True,
+        )
         if wrote:
-            undone.append(f"Node/{self.node_name} taint")
-        patch = node_status.remove_conditions_patch(node, (node_status.MIG_CONDITION, HEALTH_CONDITION))
-        if patch is not None:
-            await client.patch(NODES, self.node_name, patch, content_type=STRATEGIC_MERGE_PATCH, subresource="status")
-            undone.append(f"Node/{self.node_name} conditions")
+            undone.append(f"Node/{name} conditions")
         return undone

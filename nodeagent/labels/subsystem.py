@@ -3,16 +3,12 @@
 Inputs arrive as events (``INVENTORY_CHANGED`` / ``MIG_CHANGED`` carry the inventory, ``DRIVER_READY``
 says the driver is up, ``RUNTIME_HANDLERS`` names the runtime handlers); nothing is imported from other
 subsystems. Each refresh observes (the files and objects it publishes to), plans with pure functions and
-applies only the differences, so a converged node makes no writes. The own Node is watched, so a label
-someone removes comes back and a Node that appears late gets its labels.
+applies only the differences, so a converged node makes no writes. The own Node is observed through the
+Node gateway (``Context.node``: the agent's one client and one watch), so a label someone removes comes back
+and a Node that appears late gets its labels.
 
-The own Node is also the control surface of MIG and the place of the GPU health signal (``node_status``):
-its ``nvidia.com/mig.config`` label is published as ``events.MIG_CONFIG_REQUESTED`` (the mig subsystem
-applies it), every ``events.MIG_READY`` becomes the ``nvidia.com/mig.config.state`` label, the
-``NvidiaMigConfigured`` condition and an Event, every ``events.NODE_GPU_HEALTH`` the ``NvidiaGpuHealthy``
-condition (and, when asked, the ``nvidia.com/gpu.unhealthy:NoSchedule`` taint), and ``events.OPERANDS_PAUSE``
-requests pause or restore the GPU Operator's operand labels (answered with ``events.OPERANDS_STATE``).
-Conditions are patched through ``nodes/status`` only when they change.
+The own Node is also the control surface of MIG and the place of the GPU health signal: that job is
+``labels.control`` (the MIG config label in, the MIG state label, conditions and taint out).
 
 Trouble with the API server (unreachable, expired credentials, 403, no Node yet) never stops the agent:
 the NFD file is still written, the subsystem is degraded with the reason, and it retries with backoff
@@ -30,29 +26,27 @@ from typing import Any
 
 from nodeagent import aio, events
 from nodeagent.aio import run_blocking
-from nodeagent.errors import ConfigError, NodeAgentError
+from nodeagent.errors import NodeAgentError
 from nodeagent.kube.client import KubeClient, KubeError, NotFound
 from nodeagent.kube.events import EventRecorder
 from nodeagent.kube.resources import NODEFEATURES, NODES, RUNTIMECLASSES
 from nodeagent.labels import (
     inputs,
     labelers,
-    node_status,
     planner,
     publish_node,
     publish_nodefeature,
     publish_runtimeclass,
 )
-from nodeagent.labels.control import NodeControl
+from nodeagent.labels.control import STATUS_TOPICS, NodeControl
+from nodeagent.labels.declaration import DECLARATION
 from nodeagent.labels.facts import MigStrategy, Replication, Sharing, SharingStrategy
 from nodeagent.model.gpu import Inventory
-from nodeagent.model.mig import MigConfigRequest, OperandRequest, OperandState
 from nodeagent.plan import Plan
 from nodeagent.subsystem import ApplyResult, BaseSubsystem, Context, Phase
 
 PCI_DEVICES = "/sys/bus/pci/devices"
 NVIDIA_VENDOR = "0x10de"
-CONFLICT_RETRIES = 3
 
 
 @dataclass(frozen=True)
@@ -69,20 +63,13 @@ def sysfs_pci_address(nvml_bus_id: str) -> str:
 
 
 class LabelsSubsystem(BaseSubsystem):
-    name = "labels"
-    requires = ("driver",)
-    settings_sections = ("labels", "kube", "runtime")
-    watch_timeout_s = 300
-    """Shortest watch of the own Node (each lasts up to twice this); the fleet benchmark shortens it."""
+    declaration = DECLARATION
 
     def __init__(self, ctx: Context) -> None:
         super().__init__(ctx)
         self._daemon = False
         self._inventory: Inventory | None = None
         self._timestamp = int(time.time())
-        self._client: KubeClient | None = None
-        self._client_problem = ""
-        self._client_made = False
         self._dirty = asyncio.Event()
         self._failures = 0
         self._rng = random.Random()
@@ -95,12 +82,9 @@ class LabelsSubsystem(BaseSubsystem):
         self._node_uid = ""
         self.force_revert = False
         """`nodeagent revert --force`: restore the NFD file even when someone changed it since."""
-        self._mig_request: str | None = None
-        """The ``nvidia.com/mig.config`` value last published as MIG_CONFIG_REQUESTED."""
-        self._status_lock = asyncio.Lock()
         self._status_wanted = True
         """A refresh should bring the Node's status in line (at start, after a failed write, after drift)."""
-        self.control = NodeControl(ctx.node_name, ctx.bus, self.log, self._event)
+        self.control = NodeControl(ctx.node, ctx.bus, self.log, self._event)
 
     # ------------------------------------------------------------------------------------ settings
 
@@ -116,7 +100,7 @@ class LabelsSubsystem(BaseSubsystem):
             nfd_file=s.nfd_file_path if s.nfd_file else "",
             node_patch=s.node_patch,
             node_feature=s.node_feature,
-            namespace=self._client.namespace if self._client is not None else "",
+            namespace=client.namespace if (client := self.ctx.node.client()) is not None else "",
             runtime_handlers=handlers,
         )
 
@@ -125,22 +109,8 @@ class LabelsSubsystem(BaseSubsystem):
         return s.node_patch or s.node_feature or s.runtime_classes
 
     def client(self) -> KubeClient | None:
-        """The Kubernetes client from the ``kube`` settings, or None with the reason in ``_client_problem``.
-        A client that cannot be built (kubeconfig not there yet, bad file) is tried again on the next call."""
-        if not self._client_made:
-            try:
-                self._client = self.ctx.backends.kube(self.ctx.settings.kube)
-                self._client_made = True
-                if self._client is None:
-                    self._client_problem = "no API server configured (kube.mode is off, or auto outside a pod)"
-            except (ConfigError, OSError) as err:
-                self._client_problem = f"cannot build the Kubernetes client: {err}"
-        return self._client
-
-    def set_client(self, client: KubeClient | None) -> None:
-        """Use this client (the composition root or a test wires a real or a test API server)."""
-        self._client, self._client_made = client, True
-        self._client_problem = "" if client is not None else "no Kubernetes client given"
+        """The agent's one Kubernetes client (the Node gateway's); None with the reason in ``ctx.node.problem``."""
+        return self.ctx.node.client()
 
     # ----------------------------------------------------------------------------------- observing
 
@@ -222,14 +192,14 @@ class LabelsSubsystem(BaseSubsystem):
             return obs
         client = self.client()
         if client is None:
-            obs.kube_problems["kube"] = self._client_problem
+            obs.kube_problems["kube"] = self.ctx.node.problem
             return obs
         targets = self._targets()
         if targets.node_patch:
             try:
-                obs.node = await client.get(NODES, targets.node_name)
+                obs.node = await self.ctx.node.get()
                 self._node_uid = str(obs.node.get("metadata", {}).get("uid", ""))
-                self._note_node(obs.node)
+                self.control.note_node(obs.node)
             except NotFound:
                 obs.kube_problems["node"] = f"Node {targets.node_name} does not exist (yet)"
             except KubeError as err:
@@ -283,10 +253,10 @@ class LabelsSubsystem(BaseSubsystem):
             if wrote:
                 self.log.info("nfd_file_written", path=target, labels=len(self.labels))
             return wrote
-        client = self._client
+        client = self.client()
         assert client is not None, "kube steps are planned only with a client"
         if action == "patch-node":
-            await self._patch_node(client, payload)
+            await self._patch_node(payload)
         elif action == "create-nodefeature":
             await client.create(NODEFEATURES, payload, payload["metadata"]["namespace"])
         elif action == "update-nodefeature":
@@ -296,20 +266,9 @@ class LabelsSubsystem(BaseSubsystem):
         self.log.info("labels_published", action=action, target=target)
         return True
 
-    async def _patch_node(self, client: KubeClient, patch: dict[str, Any]) -> None:
-        """Patch with the read's resourceVersion; on 409 read again and recompute."""
-        name = self.ctx.node_name
-        for attempt in range(CONFLICT_RETRIES):
-            try:
-                await client.patch(NODES, name, patch)
-                return
-            except KubeError as err:
-                if err.code != 409 or attempt == CONFLICT_RETRIES - 1:
-                    raise
-            fresh = publish_node.node_patch(await client.get(NODES, name), self.labels)
-            if fresh is None:
-                return
-            patch = fresh
+    async def _patch_node(self, planned: dict[str, Any]) -> None:
+        """The planned patch (it carries the read's resourceVersion); on 409 recomputed from a fresh read."""
+        await self.ctx.node.patch(lambda node: publish_node.node_patch(node, self.labels), first=planned)
 
     async def _update_nodefeature(self, client: KubeClient, body: dict[str, Any]) -> None:
         meta = body["metadata"]
@@ -362,12 +321,10 @@ class LabelsSubsystem(BaseSubsystem):
     async def _revert_kube(self, client: KubeClient, targets: planner.Targets, changed: list[str]) -> None:
         if targets.node_patch:
             node = await client.get_or_none(NODES, targets.node_name)
-            patch = publish_node.revert_patch(node) if node is not None else None
-            if patch is not None:
-                await client.patch(NODES, targets.node_name, patch)
+            if node is not None and (await self.ctx.node.patch(publish_node.revert_patch, node=node))[1]:
                 changed.append(f"Node/{targets.node_name}")
             if node is not None:
-                changed.extend(await self.control.revert(client))
+                changed.extend(await self.control.revert())
         if targets.node_feature:
             name = publish_nodefeature.object_name(targets.node_name)
             if await client.get_or_none(NODEFEATURES, name, targets.namespace) is not None:
@@ -410,11 +367,11 @@ class LabelsSubsystem(BaseSubsystem):
             if (
                 self._status_wanted
                 and deferred <= 0
-                and self._client is not None
+                and self.client() is not None
                 and self.ctx.settings.labels.node_patch
             ):
                 self._status_wanted = False
-                result = await self._sync_status_reporting(self._client, result)
+                result = await self._sync_status_reporting(result)
         except (NodeAgentError, OSError) as err:
             self._failures += 1
             self.set_status(Phase.DEGRADED, f"cannot publish labels: {err}")
@@ -426,6 +383,7 @@ class LabelsSubsystem(BaseSubsystem):
             "published_to": list(plan.evidence[1:]),
             "changed": list(result.changed),
             "first_api_writes_in_s": round(deferred, 1),
+            "node_watch": self.ctx.node.watch_status(),
         }
         published = [c for c in result.changed if c.startswith(("Node/", "NodeFeature/"))]
         if published:
@@ -443,73 +401,29 @@ class LabelsSubsystem(BaseSubsystem):
 
     # ------------------------------------------------------------------- the Node as control surface
 
-    def _note_node(self, node: dict[str, Any] | None) -> None:
-        """Publish the Node's ``nvidia.com/mig.config`` when it differs from what was published last."""
-        if node is None:
-            return
-        desired = node_status.desired_mig_config(node)
-        if desired != self._mig_request:
-            self._mig_request = desired
-            self.log.info("mig_config_requested", config=desired or "(label removed)")
-            self.ctx.bus.publish(events.MIG_CONFIG_REQUESTED, MigConfigRequest(desired))
-
-    async def sync_status(self, client: KubeClient) -> list[str]:
-        """Bring the MIG state label, the conditions and the taint in line with the last MIG_READY and
-        NODE_GPU_HEALTH; writes only what differs. Returns what was written. (Reads the Node under the lock:
-        a Node read before another write would move a condition's lastTransitionTime.)"""
-        async with self._status_lock:
-            node = await client.get(NODES, self.ctx.node_name)
-            self._node_uid = str(node.get("metadata", {}).get("uid", ""))
-            self._note_node(node)
-            return await self.control.sync(client, node)
-
-    async def _sync_status_reporting(self, client: KubeClient, result: ApplyResult) -> ApplyResult:
+    async def _sync_status_reporting(self, result: ApplyResult) -> ApplyResult:
         try:
-            written = await self.sync_status(client)
+            written = await self.control.sync()
         except KubeError as err:
             self._status_wanted = True
             return replace(result, messages=(*result.messages, f"node status: {err}"))
         changed = (*result.changed, *(f"Node/{self.ctx.node_name} {w}" for w in written))
         return replace(result, changed=changed)
 
-    async def operands(self, request: OperandRequest) -> OperandState:
-        """Pause (and wait, bounded, for the operand pods to leave this node) or restore the operand labels."""
-        client = self._client if self._client is not None else self.client()
-        if client is None:
-            return OperandState(request.request_id, False, f"cannot pause operands: {self._client_problem}")
-        return await self.control.operands(client, request)
-
-    async def _status_events(self, sub: events.Subscription) -> None:
-        """MIG states and health reports are written in the order they come; operand requests answered (also
-        one made before this subscription existed: mig may ask while this subsystem is still starting)."""
-        pending = self.ctx.bus.last(events.OPERANDS_PAUSE)
-        answered = self.ctx.bus.last(events.OPERANDS_STATE)
-        if isinstance(pending, OperandRequest) and not (
-            isinstance(answered, OperandState) and answered.request_id >= pending.request_id
-        ):
-            self.ctx.bus.publish(events.OPERANDS_STATE, await self.operands(pending))
-        async for event in sub:
-            if event.topic == events.OPERANDS_PAUSE and isinstance(event.payload, OperandRequest):
-                answer = await self.operands(event.payload)
-                self.ctx.bus.publish(events.OPERANDS_STATE, answer)
-                continue
-            client = self._client
-            if client is None or not self.ctx.settings.labels.node_patch:
-                continue
-            try:
-                await self.sync_status(client)
-            except KubeError as err:
-                self.log.warning("node_status_not_written", error=str(err))
-                self._status_wanted = True
-                self._dirty.set()
+    def _status_failed(self) -> None:
+        self._status_wanted = True
+        self._dirty.set()
 
     async def _event(self, kind: str, reason: str, message: str) -> None:
         """A Kubernetes Event about the Node, best effort (no client, no event; a failure is logged)."""
-        if self._client is None or not self._daemon:
+        client = self.ctx.node.client() if self._daemon else None
+        if client is None:
             return
-        if self._recorder is None or self._recorder.client is not self._client:
-            self._recorder = EventRecorder(self._client, self.ctx.node_name)
-        problem = await self._recorder.record(kind, reason, message, node_uid=self._node_uid)
+        if self._recorder is None or self._recorder.client is not client:
+            self._recorder = EventRecorder(client, self.ctx.node_name)
+        seen = (self.ctx.node.node or {}).get("metadata") or {}
+        uid = self._node_uid or str(seen.get("uid", ""))
+        problem = await self._recorder.record(kind, reason, message, node_uid=uid)
         if problem:
             self.log.debug("event_not_recorded", reason=reason, problem=problem)
 
@@ -523,12 +437,15 @@ class LabelsSubsystem(BaseSubsystem):
     async def run(self, stop: asyncio.Event) -> None:
         topics = (events.INVENTORY_CHANGED, events.MIG_CHANGED, events.DRIVER_READY, events.RUNTIME_HANDLERS)
         async with self.ctx.bus.subscribe(*topics) as sub:
-            status_sub = self.ctx.bus.subscribe(
-                events.MIG_READY, events.NODE_GPU_HEALTH, events.OPERANDS_PAUSE, maxsize=64
-            )
-            listener = asyncio.ensure_future(self._listen(sub))
-            watcher = asyncio.ensure_future(self._watch_node(stop))
-            status_writer = asyncio.ensure_future(self._status_events(status_sub))
+            status_sub = self.ctx.bus.subscribe(*STATUS_TOPICS, maxsize=64)
+            tasks = [
+                aio.guarded_task(self._listen(sub), name="labels.inputs"),
+                aio.guarded_task(self._observe_node(), name="labels.node"),
+            ]
+            if self.ctx.settings.labels.node_patch:
+                tasks.append(
+                    aio.guarded_task(self.control.follow(status_sub, self._status_failed), name="labels.status")
+                )
             try:
                 while not stop.is_set():
                     degraded = self.status().phase != Phase.RUNNING
@@ -541,9 +458,9 @@ class LabelsSubsystem(BaseSubsystem):
                     await self.refresh()
             finally:
                 status_sub.close()
-                for task in (listener, watcher, status_writer):
+                for task in tasks:
                     task.cancel()
-                for task in (listener, watcher, status_writer):
+                for task in tasks:
                     with contextlib.suppress(asyncio.CancelledError):
                         await task
 
@@ -553,36 +470,18 @@ class LabelsSubsystem(BaseSubsystem):
                 self._inventory = event.payload
             self._dirty.set()
 
-    async def _watch_node(self, stop: asyncio.Event) -> None:
-        """Watch the own Node; wake a refresh when it appears or its owned labels drift."""
+    async def _observe_node(self) -> None:
+        """Through the gateway's one watch of the own Node: wake a refresh when it appears or its owned labels
+        or status drift."""
         if not self.ctx.settings.labels.node_patch:
             return
-        failures = 0
-        while not stop.is_set():
-            client = self._client
-            if client is None:
-                if self._client_made:
-                    return  # Kubernetes is off
-                await asyncio.sleep(self._retry_delay())  # a refresh is trying to build the client
-                continue
-            try:
-                async for node in client.watch_object(NODES, self.ctx.node_name, timeout_s=self.watch_timeout_s):
-                    failures = 0
-                    self._note_node(node)
-                    if node is not None and self.control.out_of_sync(node):
-                        self._status_wanted = True
-                        self._dirty.set()
-                    if node is None or publish_node.node_patch(node, self.labels) is not None:
-                        self._dirty.set()
-            except KubeError as err:
-                failures += 1
-                self.log.debug("node_watch_failed", error=str(err))
-                if self.status().phase == Phase.RUNNING and failures > 1:
+        async with self.ctx.node.observe() as changes:
+            async for node in changes:
+                self.control.note_node(node)
+                if node is not None and self.control.out_of_sync(node):
+                    self._status_wanted = True
                     self._dirty.set()
-            delay = min(self.ctx.settings.labels.retry_max_s, 2.0 * 2 ** min(failures, 10))
-            await asyncio.sleep(self._rng.uniform(delay / 2, delay))
-
-    async def stop(self) -> None:
-        if self._client is not None:
-            await self._client.close()
-        await super().stop()
+                if node is None or publish_node.node_patch(node, self.labels) is not None:
+                    self._dirty.set()
+                if self.ctx.node.watch_failures > 1 and self.status().phase == Phase.RUNNING:
+                    self._dirty.set()  # the API server may be gone: a refresh finds out and says so

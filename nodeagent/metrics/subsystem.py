@@ -26,6 +26,7 @@ from nodeagent.metrics import attribution, exposition
 from nodeagent.metrics.agent_metrics import AgentMetrics, AgentState
 from nodeagent.metrics.collector import GPM_PRIME_INTERVAL_S, Collector, Snapshot
 from nodeagent.metrics.counters_csv import CounterSet, parse
+from nodeagent.metrics.declaration import DECLARATION
 from nodeagent.metrics.fields import default_counters
 from nodeagent.metrics.response import send_parts
 from nodeagent.metrics.series_labels import EntityKey, PodRef, entities
@@ -62,9 +63,7 @@ async def load_counters(path: str) -> tuple[CounterSet, str]:
 class MetricsSubsystem(BaseSubsystem):
     """A service: it changes nothing on the node, so it has no plan or apply, only ``describe``."""
 
-    name = "metrics"
-    requires = ("driver",)
-    settings_sections = ("metrics",)
+    declaration = DECLARATION
 
     def __init__(self, ctx: Context) -> None:
         super().__init__(ctx)
@@ -125,9 +124,7 @@ class MetricsSubsystem(BaseSubsystem):
             except ValueError as err:  # a previous instance still holds the names
                 self.log.warning("agent_metrics_not_registered", error=str(err))
         if settings.pod_attribution:
-            from nodeagent.backends.podresources import PodResourcesClient
-
-            self._pod_client = PodResourcesClient(self.ctx.root, settings.kubelet_socket)
+            self._pod_client = self.ctx.backends.pod_resources(self.ctx.settings.kubelet.pod_resources_socket)
             await self._refresh_pods()
         else:
             self._pod_problem = "disabled by metrics.pod_attribution"

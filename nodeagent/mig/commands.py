@@ -166,7 +166,7 @@ async def _apply(
         force=bool(args.force),
         hooks=hooks,
         hook_env=hook_env,
-        kubelet_socket=settings.metrics.kubelet_socket,
+        kubelet_socket=settings.kubelet.pod_resources_socket,
     )
     for line in outcome.lines():
         print(line)

@@ -13,15 +13,14 @@ asked for the inventory and refreshes it once after a change.
 The Node's ``nvidia.com/mig.config`` label drives it as it drives mig-manager: the labels subsystem publishes
 the label's value (``events.MIG_CONFIG_REQUESTED``) and this subsystem applies that config (it wins over
 ``mig.config``; an empty label leaves the layouts as they are). With ``mig.pause_operands`` the GPU
-Operator's operands are paused around a change through the labels subsystem (``events.OPERANDS_PAUSE`` /
-``OPERANDS_STATE``) and restored whatever the outcome; the labels subsystem writes the state label, the
+Operator's operands are paused around a change through the Node gateway (``Context.node``, see
+``mig.operands``) and restored whatever the outcome; the labels subsystem writes the state label, the
 ``NvidiaMigConfigured`` condition and the Event from ``MIG_READY``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import itertools
 import json
 import weakref
 from collections.abc import Sequence
@@ -34,22 +33,23 @@ from nodeagent import events
 from nodeagent.aio import run_blocking, until_stopped
 from nodeagent.errors import ConfigError, HostPathError, NodeAgentError
 from nodeagent.gpustate import GpuState
+from nodeagent.kube.client import KubeError
 from nodeagent.mig import config as cfg
+from nodeagent.mig.declaration import DECLARATION
 from nodeagent.mig.executor import SamplingPause
 from nodeagent.mig.generate import generate, to_text
 from nodeagent.mig.observe import gpu_states
+from nodeagent.mig.operands import Operands, restore_patch
 from nodeagent.mig.planner import Action, NodePlan, applied
 from nodeagent.mig.service import execute_plan, plan_or_raise
 from nodeagent.model.gpu import Inventory
-from nodeagent.model.mig import MigConfigRequest, MigReadiness, OperandRequest, OperandState
+from nodeagent.model.mig import MigConfigRequest, MigReadiness
 from nodeagent.plan import Disruption, Plan, Step
 from nodeagent.subsystem import ApplyResult, BaseSubsystem, Context, Phase
 
 STATES = ("pending", "rebooting", "success", "failed")
 DESIRED_FILE = "mig-desired.json"
 GENERATED = "<generated from the GPUs' profiles>"
-OPERAND_ANSWER_GRACE_S = 30.0
-"""How much longer than ``mig.operand_wait_s`` to wait for the labels subsystem's answer."""
 
 
 @dataclass
@@ -99,9 +99,7 @@ def _state_gauge(registry: CollectorRegistry) -> Gauge:
 
 
 class MigSubsystem(BaseSubsystem):
-    name = "mig"
-    requires = ("driver",)
-    settings_sections = ("mig",)
+    declaration = DECLARATION
 
     def __init__(self, ctx: Context, sampling: SamplingPause | None = None) -> None:
         super().__init__(ctx)
@@ -112,9 +110,9 @@ class MigSubsystem(BaseSubsystem):
         self.requested = ""
         """The config the Node's ``nvidia.com/mig.config`` label names ('' when absent or not watched)."""
         self._state_gauge = _state_gauge(ctx.registry)
-        self._request_ids = itertools.count(1)
+        self.operands = Operands(ctx.node, self.log)
         self._daemon = False
-        """Operands are paused only by the running agent (labels answers there; a one-shot apply has no watch)."""
+        """Operands are paused only by the running agent (a one-shot apply leaves the Node alone)."""
 
     # ------------------------------------------------------------------------------ desired config
 
@@ -200,7 +198,7 @@ class MigSubsystem(BaseSubsystem):
         self._set_state(node_plan.config, "pending", "applying")
         pause = self.ctx.settings.mig.pause_operands and self._daemon
         if pause:
-            answer = await self._operands(pause=True)
+            answer = await self.operands.pause(self.ctx.settings.mig.operand_wait_s)
             if answer.problem:
                 await self._restore_operands()
                 self._set_state(node_plan.config, "failed", answer.problem)
@@ -215,31 +213,9 @@ class MigSubsystem(BaseSubsystem):
             self._set_state(node_plan.config, *final)
 
     async def _restore_operands(self) -> None:
-        restored = await self._operands(pause=False)
+        restored = await self.operands.restore()
         if restored.problem:
             self.log.warning("operands_not_restored", problem=restored.problem)
-
-    async def _operands(self, *, pause: bool) -> OperandState:
-        """Ask the labels subsystem to pause or restore the operands; bounded wait for its answer."""
-        request_id = next(self._request_ids)
-        wait_s = self.ctx.settings.mig.operand_wait_s
-        self.ctx.bus.publish(events.OPERANDS_PAUSE, OperandRequest(request_id, pause, wait_s))
-        try:
-            answer: OperandState = await asyncio.wait_for(
-                self.ctx.bus.wait_for(
-                    events.OPERANDS_STATE, lambda a: isinstance(a, OperandState) and a.request_id == request_id
-                ),
-                timeout=wait_s + OPERAND_ANSWER_GRACE_S,
-            )
-        except TimeoutError:
-            what = "pause" if pause else "restore"
-            return OperandState(
-                request_id,
-                False,
-                f"cannot {what} the GPU Operator's operands: the labels subsystem did not answer"
-                " (is labels.node_patch on?)",
-            )
-        return answer
 
     async def _execute(self, node_plan: NodePlan) -> tuple[tuple[str, str], ApplyResult]:
         """Carry the plan out; the final (state, reason) is reported by the caller."""
@@ -251,7 +227,7 @@ class MigSubsystem(BaseSubsystem):
             control,
             root=self.ctx.root,
             inventory=inventory,
-            kubelet_socket=self.ctx.settings.metrics.kubelet_socket,
+            kubelet_socket=self.ctx.settings.kubelet.pod_resources_socket,
             sampling=self.sampling,
         )
         if outcome.report.changed:
@@ -312,6 +288,18 @@ class MigSubsystem(BaseSubsystem):
             await self.apply(plan)
         except NodeAgentError as err:
             self._set_state(self._wanted_name(), "failed", str(err))
+
+    async def revert(self) -> ApplyResult:
+        """Operand labels a MIG change left paused (an agent killed mid-change) go back to ``true``; the MIG
+        layouts stay as they are."""
+        if self.ctx.node.client() is None:
+            return ApplyResult()
+        node = self.ctx.node
+        try:
+            _, wrote = await node.patch(restore_patch)
+        except KubeError as err:
+            return ApplyResult(messages=(f"operand labels: {err}",))
+        return ApplyResult(changed=(f"Node/{node.node_name} operand labels",) if wrote else ())
 
     def _wanted_name(self) -> str:
         return self.requested or self.ctx.settings.mig.config or self.config_name

@@ -50,29 +50,6 @@ class MigConfigRequest:
     source: str = "node label nvidia.com/mig.config"
 
 
-@dataclass(frozen=True)
-class OperandRequest:
-    """Payload of ``events.OPERANDS_PAUSE``: pause (or restore) the GPU Operator's operands on this node by
-    their ``nvidia.com/gpu.deploy.<operand>`` labels, as mig-manager does around a MIG change."""
-
-    request_id: int
-    pause: bool
-    wait_s: float = 300.0
-    """How long to wait for the operand pods to leave the node (pause only)."""
-
-
-@dataclass(frozen=True)
-class OperandState:
-    """Payload of ``events.OPERANDS_STATE``: the answer to an ``OperandRequest`` with the same id."""
-
-    request_id: int
-    paused: bool
-    problem: str = ""
-    """Why the operands could not be paused or restored (pods still running, API error); empty when done."""
-    operands: tuple[str, ...] = ()
-    """The ``gpu.deploy`` labels that were paused (restored later)."""
-
-
 Placement = tuple[int, int]
 """(start, size) in memory slices."""
 

@@ -185,9 +185,27 @@ def _add_handler(
         tomldoc.set_value(entry, "container_annotations", [*have, *CDI_ANNOTATIONS])
     options = tomldoc.ensure_table(entry, ("options",))
     tomldoc.set_value(options, "BinaryName", binary)
-    if tomldoc.plain(entry.get("runtime_type")) == "io.containerd.runtime.v1.linux":
+    if version == 1 or tomldoc.plain(entry.get("runtime_type")) == "io.containerd.runtime.v1.linux":
+        # the v1 shim reads Runtime; nvidia-ctk sets it on every version 1 config (runc v2 ignores it)
         tomldoc.set_value(options, "Runtime", binary)
     return copied
+
+
+OWN_DEFAULT = "# nodeagent: runtime.set_as_default"
+"""Comment on a ``default_runtime_name`` the agent wrote: with set_as_default false it takes that one back."""
+
+
+def own_default(doc: Mapping[str, Any], version: int, spec: RuntimeSpec) -> bool:
+    """Whether ``doc`` sets one of our handlers as the default with the agent's mark on the line.
+
+    Only the mark counts, also in the agent's own drop-in: on containerd < 2.0 that drop-in carries a
+    copy of the main file's CRI table, whose default someone else may have set.
+    """
+    ctd = tomldoc.get_in(doc, containerd_keys(version))
+    item = ctd.get("default_runtime_name") if isinstance(ctd, Mapping) else None
+    if tomldoc.plain(item) not in spec.handler_names():
+        return False
+    return OWN_DEFAULT in str(getattr(getattr(item, "trivia", None), "comment", ""))
 
 
 def add_runtime(
@@ -205,6 +223,7 @@ def add_runtime(
         ctd = tomldoc.ensure_table(doc, containerd_keys(version))
         if tomldoc.set_value(ctd, "default_runtime_name", spec.name) and previous != spec.name:
             copied += f"; default runtime {previous!r} -> {spec.name!r} (the original is kept for revert)"
+            ctd["default_runtime_name"].comment(OWN_DEFAULT.removeprefix("# "))
     if spec.enable_cdi:
         tomldoc.set_value(tomldoc.ensure_table(doc, cri_keys(version)), "enable_cdi", True)
     return copied
@@ -441,7 +460,10 @@ class Containerd:
             order = _with_dir(load_order(self.layout.main, docs, self.listings), extra, docs, self.listings)
             now = self._effective_cri(docs, order, version, deep) or {}
             default = (now.get("containerd") or {}).get("default_runtime_name")
-            if default in spec.handler_names():
+            taken_back = any(
+                e.setting == "default-runtime" and e.after not in spec.handler_names() for e in edit.effects
+            )
+            if default in spec.handler_names() and not taken_back:
                 edit.warnings.append(_DEFAULT_IS_OURS.format(name=default))
         return edit
 
@@ -473,10 +495,14 @@ class Containerd:
         edit.evidence.append(f"mode in-place: {main} imports no drop-in directory")
         order = load_order(main, docs, self.listings) if main in docs else []
         before = self._effective_cri(docs, order, version, deep)
-        if satisfied(before, spec):
+        doc = self._parse(main) if self.files.get(main) is not None else tomlkit.document()
+        release = not spec.set_as_default and own_default(doc, version, spec)
+        if satisfied(before, spec) and not release:
             edit.evidence.append(f"runtime {spec.name!r} already in containerd's effective config")
             return
-        doc = self._parse(main) if self.files.get(main) is not None else tomlkit.document()
+        if release:
+            del tomldoc.get_in(doc, containerd_keys(version))["default_runtime_name"]
+            edit.evidence.append(_TAKEN_BACK.format(path=main))
         if not docs.get(main) and version >= 2:
             # absent, empty or comment-only: without a `version` line containerd reads the file as
             # version 1 and ignores every table keyed by the version 2/3 plugin name
@@ -490,7 +516,9 @@ class Containerd:
             edit.evidence.append("no runtimes table on disk: runc (containerd's default) is written with it")
         edit.evidence.append(add_runtime(doc, version, spec, self._options_cri(before, version)))
         new = tomldoc.dump(doc)
-        self._check(spec=spec, edit=edit, docs=docs, new={main: new}, version=version, deep=deep, target="")
+        self._check(
+            spec=spec, edit=edit, docs=docs, new={main: new}, version=version, deep=deep, target="", release=release
+        )
         verb = "create" if self.files.get(main) is None else "edit"
         edit.put(main, self.files.get(main), new, f"{verb} {main}: add runtime {spec.name!r} (in-place)")
 
@@ -510,6 +538,7 @@ class Containerd:
             return
         existing = self.files.get(target)
         foreign = existing is not None and not existing.startswith(DROPIN_HEADER_MERGE.encode())
+        release = existing is not None and not spec.set_as_default and own_default(self._parse(target), version, spec)
         options_from = before
         if foreign:
             # e.g. nvidia-ctk's conf.d/99-nvidia.toml: every setting in it stays, the handlers are added
@@ -537,9 +566,21 @@ class Containerd:
                     tomldoc.copy_table(DEFAULT_RUNC),
                 )
                 edit.evidence.append("no runtimes on disk: runc (containerd's default) is carried in the drop-in")
+        if release:
+            tomldoc.delete(doc, (*containerd_keys(version), "default_runtime_name"))
+            edit.evidence.append(_TAKEN_BACK.format(path=target))
         edit.evidence.append(add_runtime(doc, version, spec, self._options_cri(options_from, version)))
         new = tomldoc.dump(doc)
-        self._check(spec=spec, edit=edit, docs=docs, new={target: new}, version=version, deep=deep, target=target)
+        self._check(
+            spec=spec,
+            edit=edit,
+            docs=docs,
+            new={target: new},
+            version=version,
+            deep=deep,
+            target=target,
+            release=release,
+        )
         edit.put(target, self.files.get(target), new, f"write drop-in {target}: add runtime {spec.name!r}")
 
     def _check(
@@ -552,6 +593,7 @@ class Containerd:
         version: int,
         deep: bool,
         target: str,
+        release: bool = False,
     ) -> None:
         """Refuse an edit after which containerd's effective config lost something or lacks the runtime."""
         main = self.layout.main
@@ -569,7 +611,7 @@ class Containerd:
         cri_b = tomldoc.get_in(merge_configs([before_docs[p] for p in order_b], deep=deep), cri_keys(version)) or {}
         cri_a = tomldoc.get_in(merge_configs([after_docs[p] for p in order_a], deep=deep), cri_keys(version)) or {}
         where = target or main
-        problems = effective_problems(cri_b, cri_a, spec, deep=deep)
+        problems = effective_problems(cri_b, cri_a, spec, deep=deep, release=release)
         if target and target not in order_a:
             problems.insert(0, f"containerd would not load {target} (not matched by the imports of {main})")
         if problems:
@@ -646,8 +688,10 @@ class Containerd:
 _DEFAULT_IS_OURS = (
     "default_runtime_name = {name!r} in containerd's effective config while runtime.set_as_default = false "
     "(left by nvidia-ctk or the GPU Operator?): every container, system ones too, runs through nvidia's "
-    "runtime; remove it unless that is intended"
+    "runtime. It is kept, because GPU pods without a RuntimeClass may rely on it: set "
+    "runtime.set_as_default = true to make that explicit, or remove the line if it is not intended"
 )
+_TAKEN_BACK = "{path}: default_runtime_name set by nodeagent earlier is taken back (runtime.set_as_default = false)"
 
 
 def _runtimes_of(cri: Mapping[str, Any] | None) -> Mapping[str, Any]:
@@ -676,9 +720,12 @@ def _with_dir(
 
 
 def effective_problems(
-    before: Mapping[str, Any], after: Mapping[str, Any], spec: RuntimeSpec, *, deep: bool
+    before: Mapping[str, Any], after: Mapping[str, Any], spec: RuntimeSpec, *, deep: bool, release: bool = False
 ) -> list[str]:
-    """What the node would lose (or lack) if ``after`` became containerd's effective CRI table."""
+    """What the node would lose (or lack) if ``after`` became containerd's effective CRI table.
+
+    ``release``: the agent takes back a default it set itself, so the default may change to another one.
+    """
     problems: list[str] = []
     if not satisfied(after, spec):
         problems.append(f"runtime {spec.name!r} would not be in the effective config")
@@ -695,6 +742,8 @@ def effective_problems(
     ctd_b = dict(before.get("containerd") or {})
     ctd_a = dict(after.get("containerd") or {})
     want_default = spec.name if spec.set_as_default else ctd_b.get("default_runtime_name")
+    if release and ctd_a.get("default_runtime_name") not in spec.handler_names():
+        want_default = ctd_a.get("default_runtime_name")
     if ctd_a.get("default_runtime_name") != want_default:
         problems.append(f"default runtime would be {ctd_a.get('default_runtime_name')!r}, not {want_default!r}")
     for d in (ctd_a, ctd_b):

@@ -1,4 +1,4 @@
-"""Docker: ``/etc/docker/daemon.json`` ``runtimes.<name>.path``, optional ``default-runtime`` and ``features.cdi``.
+"""Docker: ``/etc/docker/daemon.json`` ``runtimes.<handler>.path``, optional ``default-runtime`` and ``features.cdi``.
 
 Edits are spliced into the text: only the bytes of the values that change are rewritten, and new
 members take the file's own indentation (spaces or tabs, detected) and separators, so key order, inline
@@ -175,15 +175,20 @@ def _nest(path: tuple[str, ...], value: Any) -> Any:
 
 
 def add_runtime(obj: dict[str, Any], spec: RuntimeSpec) -> dict[str, Any]:
-    """A copy of ``obj`` with the runtime added (other keys untouched, in their order)."""
+    """A copy of ``obj`` with the runtime's handlers added (other keys untouched, in their order).
+
+    The same three handlers as on containerd and CRI-O (``nvidia``, ``nvidia-cdi``, ``nvidia-legacy``),
+    as the toolkit's installer configures docker, so each GPU Operator RuntimeClass name works here too.
+    """
     out = copy.deepcopy(obj)
     runtimes = out.setdefault("runtimes", {})
     if not isinstance(runtimes, dict):
         raise ValueError("runtimes must be an object")
-    entry = runtimes.setdefault(spec.name, {})
-    if not isinstance(entry, dict):
-        raise ValueError(f"runtimes.{spec.name} must be an object")
-    entry["path"] = spec.path
+    for name, binary in spec.handlers():
+        entry = runtimes.setdefault(name, {})
+        if not isinstance(entry, dict):
+            raise ValueError(f"runtimes.{name} must be an object")
+        entry["path"] = binary
     if spec.set_as_default:
         out["default-runtime"] = spec.name
     if spec.enable_cdi:
@@ -194,14 +199,16 @@ def add_runtime(obj: dict[str, Any], spec: RuntimeSpec) -> dict[str, Any]:
     return out
 
 
-def remove_runtime(obj: dict[str, Any], name: str) -> dict[str, Any]:
+def remove_runtime(obj: dict[str, Any], names: frozenset[str]) -> dict[str, Any]:
+    """A copy of ``obj`` without the handlers ``names`` (and without a default naming one of them)."""
     out = copy.deepcopy(obj)
     runtimes = out.get("runtimes")
     if isinstance(runtimes, dict):
-        runtimes.pop(name, None)
+        for name in sorted(names):
+            runtimes.pop(name, None)
         if not runtimes:
             del out["runtimes"]
-    if out.get("default-runtime") == name:
+    if out.get("default-runtime") in names:
         del out["default-runtime"]
     return out
 
@@ -247,6 +254,12 @@ class Docker:
             new_obj = add_runtime(obj, spec)
         except ValueError as err:
             raise ConfigError(str(err), source=self.config_path) from None
+        if not spec.set_as_default and obj.get("default-runtime") in spec.handler_names():
+            edit.warnings.append(
+                f'"default-runtime": "{obj["default-runtime"]}" in {self.config_path} while runtime.set_as_default '
+                "= false: every container runs through nvidia's runtime. It is kept (containers may rely on it): "
+                "set runtime.set_as_default = true to make that explicit, or remove it if it is not intended"
+            )
         if new_obj == obj:
             edit.evidence.append(f"runtime {spec.name!r} already in {self.config_path}")
             return edit
@@ -255,14 +268,15 @@ class Docker:
             edit.evidence.append(f"default runtime {previous!r} -> {spec.name!r} (the original is kept for revert)")
         verb = "create" if data is None else "edit"
         new = self._render(data, obj, new_obj, style)
-        edit.put(self.config_path, data, new, f"{verb} {self.config_path}: add runtime {spec.name!r}")
+        handlers = ", ".join(sorted(spec.handler_names()))
+        edit.put(self.config_path, data, new, f"{verb} {self.config_path}: add handlers {handlers}")
         return edit
 
     def removed(self, spec: RuntimeSpec) -> Edit:
         edit = Edit()
         data = self.files.get(self.config_path)
         obj, style = parse(self.config_path, data)
-        new_obj = remove_runtime(obj, spec.name)
+        new_obj = remove_runtime(obj, spec.handler_names())
         if new_obj != obj:
             edit.put(self.config_path, data, self._render(data, obj, new_obj, style), f"remove runtime {spec.name!r}")
         return edit

@@ -29,13 +29,13 @@ from nodeagent.backends.runtimectl import (
     Target,
     VersionInfo,
 )
-from nodeagent.backends.watch import FileWatcher
 from nodeagent.errors import BackendUnavailable, CallTimeout, ConfigError, HostPathError, PermanentError
 from nodeagent.plan import Disruption, Plan, Step, file_diff
 from nodeagent.runtime import containerd as ctd
 from nodeagent.runtime import detect as det
 from nodeagent.runtime import ownership
 from nodeagent.runtime.crio import Crio
+from nodeagent.runtime.declaration import DECLARATION
 from nodeagent.runtime.docker import Docker
 from nodeagent.runtime.engine import BOM, Edit, Engine, RuntimeSpec
 from nodeagent.runtime.restart import restart_policy, transact, wait_healthy
@@ -110,9 +110,7 @@ def _imports_of(path: str, data: bytes, template: bool) -> list[str]:
 
 
 class RuntimeSubsystem(BaseSubsystem):
-    name = "runtime"
-    requires = ("driver",)
-    settings_sections = ("runtime",)
+    declaration = DECLARATION
 
     def __init__(self, ctx: Context, control: RuntimeControl | None = None) -> None:
         super().__init__(ctx)
@@ -520,7 +518,7 @@ class RuntimeSubsystem(BaseSubsystem):
             while not stop.is_set():
                 paths = self._watched
                 local = [p for p in (self._local(h) for h in paths) if p is not None]
-                watcher = FileWatcher(local, poll_s=self.settings.drift_poll_s)
+                watcher = self.ctx.backends.file_watcher(local, poll_s=self.ctx.settings.watch.poll_s)
                 changes = watcher.changes(stop, initial=True)  # an async generator: closed explicitly below
                 try:
                     async for changed in changes:

@@ -14,6 +14,7 @@ test exercises the same wiring as ``nodeagent run --simulate``:
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,7 @@ from nodeagent.backends.runtimectl import RuntimeControl
 from nodeagent.compose import Parts, build_context, simulated_backends
 from nodeagent.model.gpu import Inventory, Sample, SampleRequest
 from nodeagent.settings import Settings
-from nodeagent.subsystem import Backends, Context, Service
+from nodeagent.subsystem import Context, Service
 from nodeagent.testing.scripted import ScriptedGpus
 
 __all__ = ["FixedInventory", "ScriptedGpus", "context", "parts", "sim_gpus"]
@@ -88,13 +89,10 @@ def context(
     if gpus is None:
         gpus = FixedInventory(inventory) if inventory is not None else sim_gpus()
     base = simulated_backends(settings, root, gpus, inventory)
-    backends = Backends(
-        gpus=gpus,
+    backends = dataclasses.replace(
+        base,
         runtime_control=runtime_control or base.runtime_control,
         module_loader=module_loader or base.module_loader,
-        device_nodes=base.device_nodes,
-        mig_control=base.mig_control,
-        kube=base.kube,
     )
     ctx = build_context(settings, root=root, backends=backends, node_name=node_name, registry=registry)
     if inventory is not None:

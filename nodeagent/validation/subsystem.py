@@ -19,15 +19,13 @@ from nodeagent.loops import reconcile_loop, watch_files
 from nodeagent.plan import Plan
 from nodeagent.subsystem import ApplyResult, BaseSubsystem, Context, Phase
 from nodeagent.validation import files
+from nodeagent.validation.declaration import DECLARATION
 
 _NOT_PUBLISHED = object()
 
 
 class ValidationSubsystem(BaseSubsystem):
-    name = "validation"
-    requires = ()
-    settings_sections = ("driver",)
-    """``driver.validations_dir`` says where the files go."""
+    declaration = DECLARATION
 
     def __init__(self, ctx: Context) -> None:
         super().__init__(ctx)
@@ -99,7 +97,12 @@ class ValidationSubsystem(BaseSubsystem):
             {
                 "validation:events": reconcile_loop(stop, self.ctx.bus, topics, self.reconcile, initial=True),
                 "validation:drift": watch_files(
-                    stop, self.ctx.root, paths, self._on_drift, poll_s=self.ctx.settings.runtime.drift_poll_s
+                    stop,
+                    self.ctx.root,
+                    paths,
+                    self._on_drift,
+                    poll_s=self.ctx.settings.watch.poll_s,
+                    watcher=self.ctx.backends.file_watcher,
                 ),
             },
         )

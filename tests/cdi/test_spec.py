@@ -146,15 +146,16 @@ async def test_hooks_point_only_at_the_configured_path(tmp_path: Path) -> None:
     _hook_binary(ctx.root, "/opt/toolkit/bin/nvidia-ctk")
     spec = await _spec_for(ctx)
     hooks = spec["containerEdits"]["hooks"]
-    # nvidia-ctk cdi generate's hooks, in its order (its generate_test.go "default" case).
+    # nvidia-ctk cdi generate's hooks, in its order (1.20's generate_test.go "default" case).
     assert [h["args"][:3] for h in hooks] == [
         ["nvidia-ctk", "hook", "create-symlinks"],
         ["nvidia-ctk", "hook", "enable-cuda-compat"],
         ["nvidia-ctk", "hook", "update-ldcache"],
         ["nvidia-ctk", "hook", "disable-device-node-modification"],
+        ["nvidia-ctk", "hook", "update-application-profile"],
     ]
     assert hooks[1]["args"][3:] == ["--host-driver-version=580.159.04"]
-    assert hooks[3]["args"][3:] == []
+    assert hooks[3]["args"][3:] == [] and hooks[4]["args"][3:] == []
     assert {h["path"] for h in hooks} == {"/opt/toolkit/bin/nvidia-ctk"}
     assert all(h["hookName"] == "createContainer" for h in hooks)
     for device in spec["devices"]:

@@ -70,3 +70,37 @@ async def test_metrics_always_serves_the_agents_own_series(tmp_path: Path) -> No
     assert 'nodeagent_subsystem_up{subsystem="validation"} 1.0' in text
     assert "nodeagent_loop_lag_seconds" in text and "process_resident_memory_bytes" in text
     assert "DCGM_FI_DEV_GPU_TEMP" not in text
+
+
+async def test_the_kubelet_client_and_file_watches_are_built_by_compose(tmp_path: Path) -> None:
+    """Subsystems get the PodResources client and the file watcher from the context, through the root."""
+    import dataclasses
+
+    from nodeagent import testing
+    from nodeagent.backends.hostfs import Root
+    from nodeagent.backends.podresources import PodResourcesClient
+    from nodeagent.backends.watch import FileWatcher
+    from nodeagent.metrics.subsystem import MetricsSubsystem
+
+    settings = replace(load(), "kubelet", pod_resources_socket="/k/pod-resources.sock")
+    parts = await compose(replace(settings, "simulation", enabled=True, sandbox=str(tmp_path / "sb")), {})
+    client = parts.ctx.backends.pod_resources("/k/pod-resources.sock")
+    assert isinstance(client, PodResourcesClient) and client.root is parts.ctx.root
+    assert isinstance(parts.ctx.backends.file_watcher([tmp_path], poll_s=0.5), FileWatcher)
+    # the test context is built the same way: every backend there, none left for subsystems to build
+    ctx = testing.context(Root(tmp_path / "t"), settings)
+    assert {f.name for f in dataclasses.fields(ctx.backends) if getattr(ctx.backends, f.name) is None} == set()
+
+    asked: list[str] = []
+
+    def connector(path: str) -> PodResourcesClient:
+        asked.append(path)
+        return PodResourcesClient(ctx.root, path)
+
+    ctx.backends = dataclasses.replace(ctx.backends, pod_resources=connector)
+    metrics = MetricsSubsystem(ctx)
+    await metrics.start()
+    try:
+        assert asked == ["/k/pod-resources.sock"]
+    finally:
+        await metrics.stop()

@@ -69,3 +69,32 @@ async def test_a_reload_reaches_the_runtime_subsystem(tmp_path: Path) -> None:
     finally:
         agent.request_stop()
         assert await asyncio.wait_for(task, 10) == 0
+
+
+async def test_a_reload_of_the_driver_root_in_runtime_reaches_driver_ready(tmp_path: Path) -> None:
+    """``cdi.driver_root_in_runtime`` is a driver fact: the driver restarts and driver-ready follows."""
+    from nodeagent.backends.sim import sandbox
+    from nodeagent.driver.subsystem import DriverSubsystem
+    from nodeagent.validation.subsystem import ValidationSubsystem
+
+    inv = sandbox.sandbox_inventory(1)
+    settings = fast_settings()
+    ctx = testing.context(Root(tmp_path), settings, inventory=inv)
+    sandbox.populate_sandbox(ctx.root, inv)
+    agent = Agent(testing.parts(ctx, [DriverSubsystem(ctx), ValidationSubsystem(ctx)]))
+    ready_file = ctx.root.resolve(settings.driver.validations_dir) / "driver-ready"
+    task = asyncio.create_task(agent.run())
+    try:
+        await until(lambda: agent.ready() and ready_file.exists())
+        assert b"NVIDIA_DRIVER_ROOT=/\n" in ready_file.read_bytes()
+
+        moved = replace(ctx.settings, "cdi", driver_root_in_runtime="/run/nvidia/driver")
+        restarted = await agent.apply_settings(moved)
+        assert "driver" in restarted
+        # the file is removed and written again while the driver restarts
+        await until(
+            lambda: ready_file.exists() and b"NVIDIA_DRIVER_ROOT=/run/nvidia/driver\n" in ready_file.read_bytes()
+        )
+    finally:
+        agent.request_stop()
+        assert await asyncio.wait_for(task, 10) == 0

@@ -118,3 +118,46 @@ def test_configuration_doc_matches_the_defaults() -> None:
     for section, cls in S.SECTIONS.items():
         for name in cls.__dataclass_fields__:
             assert f"`{section}.{name}`" in doc.read_text()
+
+
+# ------------------------------------------------------------------------------------------- renamed keys
+
+
+def test_old_key_names_still_work_with_a_warning_naming_the_new_one(tmp_path: Path) -> None:
+    path = tmp_path / "s.toml"
+    path.write_text('version = 1\n[metrics]\nkubelet_socket = "/k0s/pod-resources/kubelet.sock"\n')
+    with pytest.warns(
+        S.DeprecatedSetting, match=r"metrics.kubelet_socket is deprecated, use kubelet.pod_resources_socket"
+    ):
+        s = S.load(file=path)
+    assert s.kubelet.pod_resources_socket == "/k0s/pod-resources/kubelet.sock"
+    with pytest.warns(
+        S.DeprecatedSetting, match="NODEAGENT_RUNTIME__DRIFT_POLL_S is deprecated, use NODEAGENT_WATCH__POLL_S"
+    ):
+        s = S.load(env={"NODEAGENT_RUNTIME__DRIFT_POLL_S": "0.25"})
+    assert s.watch.poll_s == 0.25
+    # precedence is kept: the environment's old name beats the file's new name
+    path.write_text("version = 1\n[watch]\npoll_s = 3.0\n")
+    with pytest.warns(S.DeprecatedSetting):
+        assert S.load(file=path, env={"NODEAGENT_RUNTIME__DRIFT_POLL_S": "0.5"}).watch.poll_s == 0.5
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "version = 1\n[watch]\npoll_s = 3.0\n[runtime]\ndrift_poll_s = 2.0\n",
+        "version = 1\n[runtime]\ndrift_poll_s = 2.0\n[watch]\npoll_s = 3.0\n",
+    ],
+)
+@pytest.mark.filterwarnings("ignore::nodeagent.settings.DeprecatedSetting")
+def test_old_and_new_name_in_one_file_is_an_error(tmp_path: Path, text: str) -> None:
+    path = tmp_path / "s.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=r"set only watch\.poll_s"):
+        S.load(file=path)
+
+
+def test_the_docs_list_the_renamed_keys() -> None:
+    doc = (Path(__file__).parents[2] / "docs" / "configuration.md").read_text()
+    assert "| `metrics.kubelet_socket` | `kubelet.pod_resources_socket` |" in doc
+    assert "`NODEAGENT_RUNTIME__DRIFT_POLL_S` | `NODEAGENT_WATCH__POLL_S`" in doc

@@ -45,3 +45,10 @@ def test_disabled_subsystems_are_left_out() -> None:
     s = replace(load(), "metrics", enabled=False)
     assert "metrics" not in names(subsystem_table.enabled(s))
     assert names(subsystem_table.enabled(load()))[0] == "driver"
+
+
+def test_agent_only_in_the_settings_restricts_like_the_flag() -> None:
+    s = replace(load(), "agent", only=["driver"])
+    # the validation files follow the driver; a flag given on top wins over the setting
+    assert names(subsystem_table.enabled(s)) == ["driver", "validation"]
+    assert names(subsystem_table.enabled(s, ["gpuhealth"])) == ["gpuhealth"]

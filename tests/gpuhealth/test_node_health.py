@@ -73,7 +73,7 @@ async def running(tmp_path: Path, server: TestApiServer, s: Settings) -> AsyncIt
     ctx = testing.context(Root(tmp_path), s, gpus=sim, node_name=NODE)
     clock = Clock()
     node = Node(sim, GpuHealthSubsystem(ctx, clock=clock), LabelsSubsystem(ctx), clock)
-    node.labels.set_client(kube_client(server))
+    ctx.node.use(kube_client(server))
     await node.health.start()
     await node.labels.start()
     node.tasks = [asyncio.create_task(node.health.run(node.stop)), asyncio.create_task(node.labels.run(node.stop))]
@@ -85,6 +85,7 @@ async def running(tmp_path: Path, server: TestApiServer, s: Settings) -> AsyncIt
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await node.labels.stop()
+        await ctx.node.close()
         await sim.close()
 
 
@@ -278,7 +279,7 @@ async def test_nvml_hang_sets_the_condition_until_nvml_answers(tmp_path: Path, a
     sim = SimGpuBackend("h100-80gb-hbm3", 2, 0, call_timeout_s=0.2, degraded_backoff_s=0.1)
     ctx = testing.context(Root(tmp_path), settings(), gpus=sim, node_name=NODE)
     health, labels = GpuHealthSubsystem(ctx), LabelsSubsystem(ctx)
-    labels.set_client(kube_client(apiserver))
+    ctx.node.use(kube_client(apiserver))
     await health.start()
     await labels.start()
     stop = asyncio.Event()
@@ -302,6 +303,7 @@ async def test_nvml_hang_sets_the_condition_until_nvml_answers(tmp_path: Path, a
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await labels.stop()
+        await ctx.node.close()
         await sim.close()
 
 

@@ -45,7 +45,7 @@ async def sim_inventory(layout: str) -> Any:
 def make_sub(root: Path, s: Settings, backend: SimGpuBackend, client: KubeClient | None) -> LabelsSubsystem:
     ctx = testing.context(Root(root), s, gpus=backend, node_name="node-a")
     sub = LabelsSubsystem(ctx)
-    sub.set_client(client)
+    sub.ctx.node.use(client)
     return sub
 
 
@@ -151,27 +151,47 @@ async def test_mig_change_replaces_owned_keys_and_leaves_others(
 async def test_removed_label_comes_back_through_the_watch(
     tmp_path: Path, apiserver: TestApiServer, backend: SimGpuBackend
 ) -> None:
+    """Someone removes an owned label: the Node is stored without it, then the watch (not the hourly resync)
+    wakes a refresh that puts it back."""
+    from nodeagent.kube.resources import NODES
+
+    key = "nvidia.com/gpu.count"
     sub = make_sub(tmp_path, settings(node_patch=True), backend, kube_client(apiserver))
     await sub.start()
+    assert key in (apiserver.object("nodes", "node-a") or {})["metadata"]["labels"], "published at start"
     stop = asyncio.Event()
     runner = asyncio.ensure_future(sub.run(stop))
     try:
-        await asyncio.sleep(0.1)
-        admin = kube_client(apiserver, "admin-token")
-        from nodeagent.kube.resources import NODES
 
-        await admin.patch(NODES, "node-a", {"metadata": {"labels": {"nvidia.com/gpu.count": None}}})
+        async def watching() -> None:
+            while not any(w.rt.plural == "nodes" for w in apiserver.store.watchers):
+                await asyncio.sleep(0.02)
+
+        await asyncio.wait_for(watching(), 3)
+        admin = kube_client(apiserver, "admin-token")
+        removed = await admin.patch(NODES, "node-a", {"metadata": {"labels": {key: None}}})
         await admin.close()
+        assert key not in removed["metadata"]["labels"], "the removal was stored"
+        removed_rv = int(removed["metadata"]["resourceVersion"])
 
         async def restored() -> None:
-            while "nvidia.com/gpu.count" not in (apiserver.object("nodes", "node-a") or {})["metadata"]["labels"]:
+            while key not in (apiserver.object("nodes", "node-a") or {})["metadata"]["labels"]:
                 await asyncio.sleep(0.02)
 
         await asyncio.wait_for(restored(), 3)
+        versions = [
+            (rv, key in obj["metadata"].get("labels", {}))
+            for rv, plural, _, obj in apiserver.store.history
+            if plural == "nodes" and obj["metadata"]["name"] == "node-a"
+        ]
+        assert (removed_rv, False) in versions
+        assert any(present for rv, present in versions if rv > removed_rv), "it came back after the removal"
+        assert sub.ctx.settings.labels.resync_s > 3, "not the resync: the watch woke the refresh"
     finally:
         stop.set()
         await runner
         await sub.stop()
+        await sub.ctx.node.close()
 
 
 async def test_plan_shows_the_node_label_diff(tmp_path: Path, apiserver: TestApiServer, backend: SimGpuBackend) -> None:

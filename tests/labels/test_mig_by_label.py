@@ -19,8 +19,9 @@ from nodeagent.backends.hostfs import Root
 from nodeagent.compose import keep_sim_state
 from nodeagent.kube.client import KubeClient
 from nodeagent.kube.resources import NODES
-from nodeagent.labels.node_status import MIG_CONDITION, MIG_CONFIG_LABEL, MIG_STATE_LABEL, PAUSED
+from nodeagent.labels.node_status import MIG_CONDITION, MIG_CONFIG_LABEL, MIG_STATE_LABEL
 from nodeagent.labels.subsystem import LabelsSubsystem
+from nodeagent.mig.operands import PAUSED
 from nodeagent.mig.subsystem import MigSubsystem
 from nodeagent.model.mig import GpuProcess
 from nodeagent.settings import Settings, replace
@@ -57,15 +58,16 @@ class Agent:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await self.labels.stop()
+        await self.labels.ctx.node.close()
 
 
 def agent(root: Path, sim: SimGpuBackend, server: TestApiServer, settings: Settings) -> Agent:
     keep_sim_state(sim, Root(root), settings)
     ctx = testing.context(Root(root), settings, gpus=sim, node_name=NODE)
-    labels = LabelsSubsystem(ctx)
-    labels.set_client(kube_client(server))
-    labels.control.operand_poll_s = 0.05
-    return Agent(MigSubsystem(ctx), labels)
+    ctx.node.use(kube_client(server))
+    mig = MigSubsystem(ctx)
+    mig.operands.poll_s = 0.05
+    return Agent(mig, LabelsSubsystem(ctx))
 
 
 @pytest.fixture
@@ -370,23 +372,17 @@ async def test_a_pod_holding_the_gpu_is_named_in_the_condition(
         await sim.close()
 
 
-async def test_operands_paused_when_mig_asks_before_labels_runs(
+async def test_operands_paused_when_mig_starts_before_labels(
     tmp_path: Path, apiserver: TestApiServer, admin: KubeClient
 ) -> None:
-    """At agent start mig applies ``mig.config`` and asks for the operands to be paused while labels is still
-    starting: the request is answered once labels runs, not lost."""
-    from nodeagent import events
-
+    """At agent start mig applies ``mig.config`` and pauses the operands itself, through the Node gateway, while
+    labels has not started yet: nothing waits for another subsystem."""
     sim = SimGpuBackend("h100-80gb-hbm3", 1, 0)
     for key, value in OPERANDS.items():
         await set_label(admin, key, value)
     a = agent(tmp_path, sim, apiserver, agent_settings(config="all-3g.40gb", pause_operands=True, operand_wait_s=5.0))
-    mig_start = asyncio.create_task(a.mig.start())
     try:
-        await until(lambda: a.mig.ctx.bus.last(events.OPERANDS_PAUSE) is not None, "mig asked")
-        await a.labels.start()
-        a.tasks = [asyncio.create_task(a.labels.run(a.stop))]
-        await mig_start
+        await a.mig.start()
         assert a.mig.state == "success", a.mig.reason
         assert label_history(apiserver, "nvidia.com/gpu.deploy.device-plugin") == ["true", PAUSED, "true"]
     finally:

@@ -1,4 +1,4 @@
-"""The pure Node patches: MIG state label, operand labels, conditions (transition time kept), taint."""
+"""The pure Node patches: MIG state label, conditions (transition time kept), taint."""
 
 from __future__ import annotations
 
@@ -21,19 +21,6 @@ def test_state_label_only_for_the_config_the_label_names() -> None:
     assert ns.mig_state_patch(n, MigReadiness("all-1g.10gb", "success")) is None
     done = node({ns.MIG_CONFIG_LABEL: "all-balanced", ns.MIG_STATE_LABEL: "success"})
     assert ns.mig_state_patch(done, MigReadiness("all-balanced", "success")) is None
-
-
-def test_operands_pause_and_restore_as_mig_manager() -> None:
-    n = node({"nvidia.com/gpu.deploy.device-plugin": "true", "nvidia.com/gpu.deploy.dcgm": "false"})
-    patch, paused = ns.pause_patch(n)
-    assert paused == ("nvidia.com/gpu.deploy.device-plugin",)
-    assert patch == {"metadata": {"resourceVersion": "7", "labels": {"nvidia.com/gpu.deploy.device-plugin": ns.PAUSED}}}
-    assert ns.pod_selectors(paused) == ["app=nvidia-device-plugin-daemonset"]
-    after = node({"nvidia.com/gpu.deploy.device-plugin": ns.PAUSED, "nvidia.com/gpu.deploy.dcgm": "false"})
-    assert ns.restore_patch(after) == {
-        "metadata": {"resourceVersion": "7", "labels": {"nvidia.com/gpu.deploy.device-plugin": "true"}}
-    }
-    assert ns.restore_patch(n) is None
 
 
 def test_condition_patch_on_change_only_and_transition_kept() -> None:

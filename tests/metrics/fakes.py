@@ -23,7 +23,7 @@ def make_context(
 ) -> Context:
     root = tmp_path / "root"
     root.mkdir(exist_ok=True)
-    settings = load(env={"NODEAGENT_METRICS__KUBELET_SOCKET": "/run/k.sock", **(env or {})})
+    settings = load(env={"NODEAGENT_KUBELET__POD_RESOURCES_SOCKET": "/run/k.sock", **(env or {})})
     ctx = testing.context(Root(root), settings, gpus=gpus, node_name="node-a")
     for name, status in (statuses or {}).items():
         ctx.board.track(name, lambda status=status: status)

@@ -55,7 +55,10 @@ class Node:
 def make_node(tmp_path: Path, files: dict[str, bytes] | None = None, **runtime: Any) -> Node:
     root = Root(tmp_path / "root")
     root.path.mkdir(parents=True, exist_ok=True)
+    poll_s = runtime.pop("watch_poll_s", None)
     settings = replace(Settings(), "runtime", **runtime) if runtime else Settings()
+    if poll_s is not None:
+        settings = replace(settings, "watch", poll_s=poll_s)
     control = SimRuntimeControl(version_text=runtime.get("containerd_version") or "1.6.20")
     ctx = testing.context(root, settings, runtime_control=control, node_name="test-node")
     node = Node(root, ctx, control, RuntimeSubsystem(ctx, control=control))

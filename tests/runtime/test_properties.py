@@ -149,7 +149,8 @@ def test_docker(obj: dict[str, Any], indent: str | None, as_default: bool, cdi: 
     path = "/etc/docker/daemon.json"
     new = Docker(path, {path: text.encode()}).desired(spec).writes[path]
     doc = json.loads(new)
-    assert doc["runtimes"] == {"nvidia": {"path": spec.path}}
+    # the three handlers of containerd and CRI-O (the toolkit's installer puts them on docker too)
+    assert doc["runtimes"] == {name: {"path": binary} for name, binary in spec.handlers()}
     assert (doc.get("default-runtime") == "nvidia") == as_default or obj.get("default-runtime") == "nvidia"
     assert list(doc)[: len(obj)] == list(obj)  # key order kept, new keys at the end
     assert {k: v for k, v in doc.items() if k not in ("runtimes", "default-runtime", "features")} == {

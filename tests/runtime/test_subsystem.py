@@ -232,7 +232,7 @@ async def test_drift_is_repaired_within_two_seconds(node_factory: Any, inotify: 
 
     if not inotify:
         monkeypatch.setattr(watch.FileWatcher, "_open_inotify", lambda self: None)
-    node = node_factory({CONFIG: V16}, drift_poll_s=0.2)
+    node = node_factory({CONFIG: V16}, watch_poll_s=0.2)
     stop = asyncio.Event()
     task = asyncio.create_task(node.sub.run(stop))
     try:

@@ -1,0 +1,12 @@
+"""The gpuhealth subsystem's declaration: the one place the agent learns about it (see nodeagent.subsystem_table)."""
+
+from __future__ import annotations
+
+from nodeagent.subsystem import Declaration
+
+DECLARATION = Declaration(
+    name="gpuhealth",
+    target="nodeagent.gpuhealth.subsystem:GpuHealthSubsystem",
+    requires=(),
+    settings=("gpuhealth",),
+)

@@ -1,0 +1,280 @@
+"""The Node gateway: the agent's one Kubernetes client, its one watch of its own Node, and the one writer of it.
+
+Subsystems (labels, mig, gpuhealth through labels, the device plugin and DRA plugin to come) never build a
+client or watch the Node themselves; they get this from ``Context.node``:
+
+- ``client()``: the client (built on first use from the ``kube`` settings; None with ``problem`` saying why:
+  Kubernetes off, or a kubeconfig not there yet, tried again on the next call). ``use`` wires one (tests).
+- ``get()``: a fresh read of the Node. ``observe()``: the Node now, then every change (None while it does not
+  exist), from the one watch (resourceVersion, bookmarks, relist on 410, backoff on errors). The watch runs
+  while someone observes, as a named task; a crash restarts it with backoff, and ``watch_status`` says so.
+- ``patch(make)``, ``set_labels``, ``set_annotations``, ``set_condition``, ``remove_conditions``, ``set_taint``:
+  every write of the Node goes through one lock, so two writers never interleave a read-modify-write; each
+  patch is computed from the Node (with its resourceVersion) and recomputed from a fresh read on 409.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import time
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from typing import Any
+
+import structlog
+
+from nodeagent import aio
+from nodeagent.errors import ConfigError
+from nodeagent.kube import nodepatch
+from nodeagent.kube.client import MERGE_PATCH, STRATEGIC_MERGE_PATCH, Conflict, KubeClient, KubeError
+from nodeagent.kube.resources import NODES
+from nodeagent.settings import KubeSettings
+
+log = structlog.get_logger(__name__)
+
+Node = dict[str, Any]
+MakePatch = Callable[[Node], "dict[str, Any] | None"]
+CONFLICT_RETRIES = 3
+WATCH_TASK = "node-gateway.watch"
+
+
+class NoKubernetes(KubeError):
+    """There is no client: Kubernetes is off, or the client cannot be built yet (the message says which)."""
+
+
+class NodeGateway:
+    watch_timeout_s = 300
+    """Shortest watch (each lasts up to twice this); the fleet benchmark shortens it."""
+    retry_max_s = 30.0
+    """Longest backoff between failed watches."""
+
+    def __init__(
+        self,
+        node_name: str,
+        connect: Callable[[KubeSettings], KubeClient | None],
+        settings: Callable[[], KubeSettings] = KubeSettings,
+    ) -> None:
+        """``connect(settings())`` builds the client from the ``kube`` settings in effect (raises ConfigError or
+        OSError while it cannot yet, returns None when Kubernetes is off). When ``settings()`` changes (a
+        reload), the next ``client()`` builds a new client and the watch moves to it."""
+        self.node_name = node_name
+        self._connect = connect
+        self._settings = settings
+        self._built_for: KubeSettings | None = None
+        self._client: KubeClient | None = None
+        self._made = False
+        self.problem = ""
+        """Why there is no client ('' when there is one)."""
+        self.node: Node | None = None
+        """The Node as the watch saw it last (None: absent, or not watched yet)."""
+        self._version = 0
+        self._watch_from = 0
+        self._changed = asyncio.Event()
+        self._observers = 0
+        self._watch: asyncio.Task[None] | None = None
+        self._write_lock = asyncio.Lock()
+        self._rng = random.Random()
+        self.watch_failures = 0
+        self.watch_restarts = 0
+        self.watch_error = ""
+        self.watch_crash = ""
+        """The last crash the supervisor restarted the watch after (kept after it recovered)."""
+
+    # ------------------------------------------------------------------------------------------ client
+
+    def client(self) -> KubeClient | None:
+        wanted = self._settings()
+        if self._made and wanted != self._built_for:
+            self._reconnect()
+        if not self._made:
+            try:
+                self._client = self._connect(wanted)
+                self._made, self._built_for = True, wanted
+                self.problem = (
+                    ""
+                    if self._client is not None
+                    else "no API server configured (kube.mode is off, or auto outside a pod)"
+                )
+            except (ConfigError, OSError) as err:
+                self.problem = f"cannot build the Kubernetes client: {err}"
+        return self._client
+
+    def _reconnect(self) -> None:
+        old, self._client, self._made = self._client, None, False
+        if old is not None:
+            aio.guarded_task(old.close(), name="node-gateway.close-old-client")
+        if self._watch is not None:  # the watch loop picks the new client up at once
+            self._watch.cancel()
+            self._start_watch()
+        log.info("kube_settings_changed", node=self.node_name)
+
+    def use(self, client: KubeClient | None) -> None:
+        """Use this client from now on (a test wires a real or a test API server)."""
+        self._client, self._made, self._built_for = client, True, self._settings()
+        self.problem = "" if client is not None else "no Kubernetes client given"
+
+    @property
+    def settled(self) -> bool:
+        """True once a client was built or Kubernetes found off (False while a kubeconfig is awaited)."""
+        return self._made
+
+    def _need(self) -> KubeClient:
+        client = self.client()
+        if client is None:
+            raise NoKubernetes(self.problem or "no Kubernetes client")
+        return client
+
+    async def close(self) -> None:
+        if self._watch is not None:
+            await aio.cancel_and_wait([self._watch], timeout_s=2.0)
+            self._watch = None
+        if self._client is not None:
+            await self._client.close()
+
+    # ----------------------------------------------------------------------------------------- reading
+
+    async def get(self) -> Node:
+        """A fresh read of the Node (NotFound when it does not exist)."""
+        return await self._need().get(NODES, self.node_name)
+
+    @contextlib.asynccontextmanager
+    async def observe(self) -> AsyncIterator[AsyncIterator[Node | None]]:
+        """``async with gateway.observe() as changes: async for node in changes``: the Node as the watch sees
+        it first, then after every change (coalesced: a slow observer gets the latest, never a backlog), and
+        the last one seen again when the watch fails (``watch_status()`` says why)."""
+        self._observers += 1
+        if self._watch is None or self._watch.done():
+            self._start_watch()
+        try:
+            yield self._changes()
+        finally:
+            self._observers -= 1
+            if self._observers == 0 and self._watch is not None:
+                await aio.cancel_and_wait([self._watch], timeout_s=2.0)
+                self._watch = None
+
+    def _start_watch(self) -> None:
+        self._watch_from = self._version  # observers wait for this watch's first view, not an older one
+        self._watch = aio.guarded_task(self._supervise(), name=WATCH_TASK)
+
+    async def _changes(self) -> AsyncIterator[Node | None]:
+        seen = self._watch_from
+        while True:
+            while self._version == seen:
+                await self._changed.wait()
+            seen = self._version
+            yield self.node
+
+    def _publish(self, node: Node | None) -> None:
+        self.node = node
+        self._version += 1
+        changed, self._changed = self._changed, asyncio.Event()
+        changed.set()
+
+    def watch_status(self) -> dict[str, Any]:
+        """For /status: whether the watch runs, its API failures in a row and the last one, restarts after a
+        crash and the last crash."""
+        return {
+            "watching": self._watch is not None and not self._watch.done(),
+            "failures": self.watch_failures,
+            "error": self.watch_error,
+            "restarts": self.watch_restarts,
+            "crash": self.watch_crash,
+        }
+
+    def _backoff(self, failures: int) -> float:
+        cap = min(self.retry_max_s, 2.0 * 2 ** min(failures, 10))
+        return self._rng.uniform(cap / 2, cap)
+
+    async def _supervise(self) -> None:
+        """Run the watch; a crash (a bug, not an API error) is logged and the watch restarted with backoff."""
+        while True:
+            try:
+                await self._watch_node()
+                return
+            except Exception as err:
+                self.watch_restarts += 1
+                self.watch_crash = repr(err)
+                log.error("node_watch_crashed", error=repr(err), restarts=self.watch_restarts)
+                await asyncio.sleep(self._backoff(self.watch_restarts))
+
+    async def _watch_node(self) -> None:
+        while True:
+            client = self.client()
+            if client is None:
+                if self._made:
+                    return  # Kubernetes is off
+                await asyncio.sleep(self._backoff(self.watch_failures))  # a kubeconfig is awaited
+                continue
+            try:
+                async for node in client.watch_object(NODES, self.node_name, timeout_s=self.watch_timeout_s):
+                    self.watch_failures, self.watch_error = 0, ""
+                    self._publish(node)
+            except KubeError as err:
+                self.watch_failures += 1
+                self.watch_error = str(err)
+                log.debug("node_watch_failed", error=str(err), failures=self.watch_failures)
+                self._publish(self.node)  # observers look at watch_status(): the API server may be gone
+            await asyncio.sleep(self._backoff(self.watch_failures))
+
+    # ----------------------------------------------------------------------------------------- writing
+
+    async def patch(
+        self,
+        make: MakePatch,
+        *,
+        node: Node | None = None,
+        first: dict[str, Any] | None = None,
+        status: bool = False,
+    ) -> tuple[Node, bool]:
+        """Patch the Node with ``make(node)``: from ``node`` when given (a read the caller just made), else a
+        fresh read; on 409 read again and remake. ``first``: a patch the caller already made from its own read
+        (with that read's resourceVersion), sent as the first attempt without a read. ``status``: a strategic
+        merge patch of ``nodes/status``. Returns the Node after and whether anything was written. Serialised
+        with every other write."""
+        client = self._need()
+        content_type = STRATEGIC_MERGE_PATCH if status else MERGE_PATCH
+        async with self._write_lock:
+            current: Node | None = node
+            if node is None and first is None:
+                current = await client.get(NODES, self.node_name)
+            for attempt in range(CONFLICT_RETRIES):
+                patch = first if attempt == 0 and first is not None else make(current or {})
+                if patch is None:
+                    return current or {}, False
+                try:
+                    after = await client.patch(
+                        NODES, self.node_name, patch, content_type=content_type, subresource="status" if status else ""
+                    )
+                    return after, True
+                except Conflict:
+                    if attempt == CONFLICT_RETRIES - 1:
+                        raise
+                    current = await client.get(NODES, self.node_name)
+        return current or {}, False
+
+    async def set_labels(self, changes: Mapping[str, str | None], *, node: Node | None = None) -> bool:
+        """Set (``None``: remove) these labels; True when something was written."""
+        return (await self.patch(lambda n: nodepatch.label_patch(n, changes), node=node))[1]
+
+    async def set_annotations(self, changes: Mapping[str, str | None], *, node: Node | None = None) -> bool:
+        return (await self.patch(lambda n: nodepatch.annotation_patch(n, changes), node=node))[1]
+
+    async def set_condition(
+        self, cond_type: str, status: str, reason: str, message: str, *, node: Node | None = None
+    ) -> bool:
+        """Set one Node condition through ``nodes/status``; ``lastTransitionTime`` moves only with the status."""
+        now = time.time()
+        make = lambda n: nodepatch.condition_patch(n, cond_type, status, reason, message, now=now)  # noqa: E731
+        return (await self.patch(make, node=node, status=True))[1]
+
+    async def remove_conditions(self, types: Iterable[str], *, node: Node | None = None) -> bool:
+        wanted = tuple(types)
+        return (await self.patch(lambda n: nodepatch.remove_conditions_patch(n, wanted), node=node, status=True))[1]
+
+    async def set_taint(
+        self, key: str, effect: str, *, present: bool, value: str = "true", node: Node | None = None
+    ) -> bool:
+        make = lambda n: nodepatch.taint_patch(n, key, effect, present=present, value=value)  # noqa: E731
+        return (await self.patch(make, node=node))[1]

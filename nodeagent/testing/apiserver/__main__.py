@@ -1,0 +1,3 @@
+from nodeagent.testing.apiserver.cli import main
+
+main()
