@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-test
 
-.PHONY: run test unit integration bench lint docs contracts clean image deploy-check
+.PHONY: run test unit integration bench lint docs contracts clean image deploy-check kubebin test-cluster
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -54,6 +54,17 @@ unit: $(STAMP)
 
 integration: $(STAMP)
 	$(BIN)/python -m pytest integration -q
+
+# The real single-node Kubernetes of integration/cluster: one Go binary (kube-apiserver, controller-manager,
+# scheduler, kubelet, etcd; versions in integration/cluster/versions.env), built once into
+# ~/.cache/nodeagent/kubebin (about 6 minutes cold on 2 cores, nothing warm). `make test` runs the cluster
+# tests too; their fixture builds the binary when it is absent.
+kubebin:
+	integration/cluster/build.sh
+
+test-cluster: $(STAMP)
+	integration/cluster/build.sh > /dev/null
+	$(BIN)/python -m pytest integration -m cluster -q
 
 # ~6 minutes. The benchmarks run the agent from a runtime-only venv they build once under ~/.cache
 # (bench/runtime_venv.py). Longer runs: NODEAGENT_BENCH_SOAK_S=1800 (the RSS soak), NODEAGENT_BENCH_LAG_S=60
