@@ -13,9 +13,19 @@ pytestmark = [pytest.mark.integration, pytest.mark.root, pytest.mark.cluster]
 def test_the_components_are_the_pinned_release(cluster: Cluster) -> None:
     want = versions()
     assert cluster.admin.get("/version")["gitVersion"] == want["KUBERNETES_VERSION"]
-    info = cluster.admin.get(f"/api/v1/nodes/{cluster.node_name}")["status"]["nodeInfo"]
+
+    def node_info() -> dict[str, str]:
+        info: dict[str, str] = cluster.admin.get(f"/api/v1/nodes/{cluster.node_name}")["status"]["nodeInfo"]
+        return info
+
+    # The kubelet may register the Node before its first CRI Version answer ("containerd://Unknown"); the
+    # next status sync fills it in.
+    cluster.wait(
+        "kubelet", lambda: not node_info()["containerRuntimeVersion"].endswith("Unknown"), 60, "reporting the runtime"
+    )
+    info = node_info()
     assert info["kubeletVersion"] == want["KUBERNETES_VERSION"]
-    assert info["containerRuntimeVersion"].startswith("containerd://1.")
+    assert info["containerRuntimeVersion"].startswith("containerd://1."), info
 
 
 def test_the_node_is_ready_and_untainted(cluster: Cluster) -> None:

@@ -100,7 +100,8 @@ def test_restart_410_and_a_conflicting_writer(
         refused = [
             (e["verb"], e["objectRef"].get("resource"), e["responseStatus"]["code"])
             for e in agent_requests(cluster, mark)
-            if e["verb"] in WRITES and e["responseStatus"]["code"] >= 400
+            if e["verb"] in WRITES and e["responseStatus"]["code"] >= 400 and e["responseStatus"]["code"] != 409
         ]
-        # Events about the Node are refused outside `default` (test_rbac's xfail); nothing else may be.
-        assert [r for r in refused if r[1] != "events"] == [], refused
+        # A 409 is the other writer's change winning a race: the gateway reads again and retries (counted in
+        # the write bound above). Nothing else may be refused.
+        assert refused == [], refused

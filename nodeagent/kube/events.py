@@ -1,7 +1,9 @@
 """Kubernetes Events about the agent's Node, as client-go's event recorder writes them.
 
-Events go to the agent's namespace (its Role grants ``events`` create and patch there) and name the Node
-as their ``involvedObject``, so ``kubectl describe node`` lists them. A repeat of the same event (same
+Events go to the ``default`` namespace, as the kubelet's do: the API server refuses an Event about a
+cluster-scoped object (the Node) in any other namespace (422, ``involvedObject.namespace`` does not match),
+so the agent's Role ``nodeagent-events`` grants ``events`` create and patch in ``default`` only. They name
+the Node as their ``involvedObject``, so ``kubectl describe node`` lists them. A repeat of the same event (same
 type, reason and message) patches the first one's ``count`` and ``lastTimestamp`` instead of creating
 another object. Recording is best effort: a failure is returned, never raised.
 """
@@ -16,6 +18,8 @@ from nodeagent.kube.client import KubeClient, KubeError
 from nodeagent.kube.resources import EVENTS
 
 COMPONENT = "nodeagent"
+NAMESPACE = "default"
+"""Where Events about a cluster-scoped object must live (checked by the real API server)."""
 MESSAGE_MAX = 1024
 
 
@@ -36,7 +40,7 @@ class EventRecorder:
         message = message[:MESSAGE_MAX]
         key = (kind, reason, message)
         now = _rfc3339(self.clock())
-        namespace = self.client.namespace
+        namespace = NAMESPACE
         try:
             if key in self._seen:
                 name, count = self._seen[key]
@@ -59,7 +63,7 @@ class EventRecorder:
         return {
             "apiVersion": EVENTS.api_version,
             "kind": "Event",
-            "metadata": {"name": name, "namespace": self.client.namespace},
+            "metadata": {"name": name, "namespace": NAMESPACE},
             "involvedObject": involved,
             "type": kind,
             "reason": reason,

@@ -1,17 +1,28 @@
-"""Kubernetes Events about the Node: created once, counted up on repeats, in the agent's namespace."""
+"""Kubernetes Events about the Node: created once, counted up on repeats, in ``default`` (where the API
+server keeps Events about cluster-scoped objects), granted by the ``nodeagent-events`` Role."""
 
 from __future__ import annotations
 
-from nodeagent.kube.client import FunnelSettings, KubeClient
+from pathlib import Path
+
+import pytest
+import yaml
+
+from nodeagent.kube.client import FunnelSettings, KubeClient, KubeError
 from nodeagent.kube.credentials import Credentials
 from nodeagent.kube.events import EventRecorder
+from nodeagent.kube.resources import EVENTS
 from nodeagent.testing.apiserver import TestApiServer
-from tests.kube.kube_support import AGENT_TOKEN
+from tests.kube.kube_support import ADMIN_TOKEN, AGENT_TOKEN, RBAC
 
 
-def client(server: TestApiServer, namespace: str = "nodeagent") -> KubeClient:
-    creds = Credentials(server=server.url, token=lambda: AGENT_TOKEN, namespace=namespace)
+def client(server: TestApiServer, token: str = AGENT_TOKEN) -> KubeClient:
+    creds = Credentials(server=server.url, token=lambda: token, namespace="nodeagent")
     return KubeClient(creds, settings=FunnelSettings(max_attempts=1))
+
+
+def stored_events(server: TestApiServer) -> list[dict[str, object]]:
+    return [o for (plural, _, _), o in server.store.objects.items() if plural == "events"]
 
 
 async def test_event_created_then_counted(apiserver: TestApiServer) -> None:
@@ -19,16 +30,45 @@ async def test_event_created_then_counted(apiserver: TestApiServer) -> None:
         recorder = EventRecorder(c, "node-a", clock=lambda: 1_800_000_000.0)
         assert await recorder.record("Normal", "GpuLabelsPublished", "27 labels", node_uid="u-1") is None
         assert await recorder.record("Normal", "GpuLabelsPublished", "27 labels") is None
-    events = [o for (plural, _, _), o in apiserver.store.objects.items() if plural == "events"]
-    assert len(events) == 1
-    (event,) = events
-    assert event["metadata"]["namespace"] == "nodeagent"
+    (event,) = stored_events(apiserver)
+    assert event["metadata"]["namespace"] == "default"  # type: ignore[index]
     assert event["involvedObject"] == {"apiVersion": "v1", "kind": "Node", "name": "node-a", "uid": "u-1"}
     assert (event["count"], event["reason"], event["type"]) == (2, "GpuLabelsPublished", "Normal")
     assert event["lastTimestamp"] == "2027-01-15T08:00:00Z"
 
 
-async def test_event_outside_the_granted_namespace_is_reported_not_raised(apiserver: TestApiServer) -> None:
-    async with client(apiserver, namespace="default") as c:
-        problem = await EventRecorder(c, "node-a").record("Warning", "X", "y")
+async def test_an_event_about_the_node_outside_default_is_invalid(apiserver: TestApiServer) -> None:
+    """The test server enforces the real API server's rule (seen on kube-apiserver 1.34: 422)."""
+    event = {
+        "apiVersion": "v1",
+        "kind": "Event",
+        "metadata": {"name": "node-a.1", "namespace": "nodeagent"},
+        "involvedObject": {"apiVersion": "v1", "kind": "Node", "name": "node-a"},
+        "type": "Normal",
+        "reason": "X",
+        "message": "y",
+    }
+    async with client(apiserver, ADMIN_TOKEN) as c:
+        with pytest.raises(KubeError) as refused:
+            await c.create(EVENTS, event, namespace="nodeagent")
+        assert refused.value.code == 422 and "does not match event.namespace" in str(refused.value)
+        event["metadata"] = {"name": "node-a.2", "namespace": "default"}
+        await c.create(EVENTS, event, namespace="default")
+    assert len(stored_events(apiserver)) == 1
+
+
+async def test_an_event_refused_by_rbac_is_reported_not_raised(token_file: Path, tmp_path: Path) -> None:
+    """Without the ``nodeagent-events`` Role the write is forbidden; the recorder returns the reason."""
+    docs = [d for d in yaml.safe_load_all(RBAC.read_text()) if d and d["metadata"]["name"] != "nodeagent-events"]
+    rbac = tmp_path / "rbac.yaml"
+    rbac.write_text(yaml.safe_dump_all(docs))
+    server = TestApiServer(token_file=token_file, rbac=rbac)
+    server.add_node("node-a")
+    await server.start()
+    try:
+        async with client(server) as c:
+            problem = await EventRecorder(c, "node-a").record("Warning", "X", "y")
+    finally:
+        await server.stop()
     assert problem is not None and 'create events in namespace "default"' in problem
+    assert stored_events(server) == []

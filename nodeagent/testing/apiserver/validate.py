@@ -127,9 +127,31 @@ def validate(rt: ResourceType, obj: dict[str, Any], old: dict[str, Any] | None) 
             causes.append(("handler", f'Invalid value: "{handler}": field is immutable'))
     if rt.plural == "nodes":
         causes.extend(node_problems(obj))
+    if rt.plural == "events":
+        causes.extend(event_namespace_problems(obj))
     if rt.plural == "nodefeatures":
         labels = (obj.get("spec") or {}).get("labels") or {}
         if not isinstance(labels, dict) or not all(isinstance(v, str) for v in labels.values()):
             causes.append(("spec.labels", "Invalid value: must be a map of strings"))
     if causes:
         raise invalid(rt, name, causes)
+
+
+CLUSTER_SCOPED_KINDS = frozenset({"Node", "PersistentVolume", "Namespace", "RuntimeClass"})
+
+
+def event_namespace_problems(event: dict[str, Any]) -> list[tuple[str, str]]:
+    """The real API server's rule: an Event about a cluster-scoped object (no involvedObject namespace) lives
+    in ``default`` (or no namespace); one about a namespaced object lives in that object's namespace."""
+    involved = event.get("involvedObject") or {}
+    if not isinstance(involved, dict):
+        return [("involvedObject", "Invalid value: must be an object")]
+    own = event["metadata"].get("namespace", "")
+    theirs = involved.get("namespace") or ""
+    if involved.get("kind") in CLUSTER_SCOPED_KINDS and theirs:
+        return [("involvedObject.namespace", f'Invalid value: "{theirs}": not allowed for kind {involved["kind"]}')]
+    if not theirs and own not in ("", "default"):
+        return [("involvedObject.namespace", 'Invalid value: "": does not match event.namespace')]
+    if theirs and own != theirs:
+        return [("involvedObject.namespace", f'Invalid value: "{theirs}": does not match event.namespace')]
+    return []
