@@ -58,6 +58,10 @@ REPO = Path(__file__).resolve().parent.parent
 TOKEN = "fleet-agent"
 
 
+def node_name(index: int) -> str:
+    return f"gpu-node-{index:03d}"
+
+
 def _settings(resync_s: float) -> Settings:
     s = replace(Settings(), "agent", state_dir="/var/lib/nodeagent")
     health = Settings().gpuhealth
@@ -81,13 +85,14 @@ def _settings(resync_s: float) -> Settings:
 
 
 class Agent:
-    def __init__(self, index: int, server: TestApiServer, root: Path, backend: SimGpuBackend, resync_s: float) -> None:
-        self.name = f"gpu-node-{index:03d}"
+    """One simulated node's labels subsystem on its own Node gateway and Kubernetes client."""
+
+    def __init__(self, index: int, client: KubeClient, root: Path, backend: SimGpuBackend, resync_s: float) -> None:
+        self.name = node_name(index)
         ctx = testing.context(Root(root), _settings(resync_s), gpus=backend, node_name=self.name)
         self.sub = LabelsSubsystem(ctx)
         ctx.node.watch_timeout_s = max(1, round(NodeGateway.watch_timeout_s / WATCH_SPEEDUP))
-        creds = Credentials(server=server.url, token=lambda: TOKEN, namespace="nodeagent")
-        self.client = KubeClient(creds, settings=FunnelSettings(timeout_s=10))
+        self.client = client
         ctx.node.use(self.client)
         self.stop = asyncio.Event()
         self.task: asyncio.Future[None] | None = None
@@ -105,7 +110,7 @@ class Agent:
         await self.sub.ctx.node.close()
 
 
-def _max_per_second(times: list[float]) -> int:
+def max_per_second(times: list[float]) -> int:
     times = sorted(times)
     best, lo = 0, 0
     for hi, t in enumerate(times):
@@ -115,7 +120,7 @@ def _max_per_second(times: list[float]) -> int:
     return best
 
 
-async def _inventories() -> tuple[Any, Any]:
+async def inventories() -> tuple[Any, Any]:
     backend = SimGpuBackend("h100-80gb-hbm3", count=8, mig_layout="3g.40gb*2")
     changed = SimGpuBackend("h100-80gb-hbm3", count=8, mig_layout="1g.10gb*7")
     try:
@@ -126,17 +131,21 @@ async def _inventories() -> tuple[Any, Any]:
 
 
 async def run_fleet() -> list[list[object]]:
-    inventory, changed_inventory = await _inventories()
+    inventory, changed_inventory = await inventories()
     with tempfile.TemporaryDirectory() as tmp:
         tokens = Path(tmp, "tokens.csv")
         tokens.write_text(f'{TOKEN},system:serviceaccount:nodeagent:nodeagent,u1,"system:serviceaccounts"\n')
         server = TestApiServer(token_file=tokens, rbac=REPO / "container" / "kubernetes" / "rbac.yaml", history=5000)
         for i in range(AGENTS):
-            server.add_node(f"gpu-node-{i:03d}")
+            server.add_node(node_name(i))
         await server.start()
         backend = SimGpuBackend("h100-80gb-hbm3", count=1)
         resync_s = max(10.0, Settings().labels.resync_s / RESYNC_SPEEDUP)
-        agents = [Agent(i, server, Path(tmp, "root"), backend, resync_s) for i in range(AGENTS)]
+        creds = Credentials(server=server.url, token=lambda: TOKEN, namespace="nodeagent")
+        agents = [
+            Agent(i, KubeClient(creds, settings=FunnelSettings(timeout_s=10)), Path(tmp, "root"), backend, resync_s)
+            for i in range(AGENTS)
+        ]
         try:
             return await _measure(server, agents, inventory, changed_inventory, resync_s)
         finally:
@@ -169,7 +178,7 @@ async def _measure(
         ["startup: writes per agent", f"{startup_writes / AGENTS:.2f}", ""],
         ["startup: write requests by verb", ", ".join(f"{v} {r} {n}" for (v, r), n in sorted(by_verb.items())), ""],
         ["startup: writes spread over", f"{max(writes) - min(writes):.1f} s", f">= {START_JITTER_S * 0.8:g} s"],
-        ["startup: most writes in one second", _max_per_second(writes), f"<= {3 * AGENTS / START_JITTER_S * 2:.0f}"],
+        ["startup: most writes in one second", max_per_second(writes), f"<= {3 * AGENTS / START_JITTER_S * 2:.0f}"],
     ]
     # converged window: writes, and requests by kind (watch/list from the Node watch, get from resyncs)
     writes_before = len(server.counters.write_times)

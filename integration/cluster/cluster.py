@@ -232,11 +232,7 @@ class Cluster:
     # ------------------------------------------------------------------ start
 
     def start(self) -> None:
-        for name in ("etcd", "etcd-peer", "apiserver", "controller-manager", "scheduler", "kubelet", "kubelet-health"):
-            self.ports[name] = free_port()
-        self.pki = make_pki(self.base / "pki", self.node_name)
-        self._start_etcd()
-        self._start_apiserver()
+        self.start_control_plane()
         self._start_controllers()
         self._start_namespace()
         self._start_containerd()
@@ -248,6 +244,14 @@ class Cluster:
             60,
             "done (no default ServiceAccount)",
         )
+
+    def start_control_plane(self) -> None:
+        """etcd and kube-apiserver only (no root needed): what the fleet bench loads."""
+        for name in ("etcd", "etcd-peer", "apiserver", "controller-manager", "scheduler", "kubelet", "kubelet-health"):
+            self.ports[name] = free_port()
+        self.pki = make_pki(self.base / "pki", self.node_name)
+        self._start_etcd()
+        self._start_apiserver()
 
     def _start_etcd(self) -> None:
         client = f"http://127.0.0.1:{self.ports['etcd']}"

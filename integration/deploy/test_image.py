@@ -27,12 +27,12 @@ import pytest
 import yaml
 
 from integration.agent import answers, get
+from integration.image import BuiltImage
 from integration.runtime.conftest import Containerd, remove_tree, short_tmpdir
 from nodeagent.backends.hostfs import Root
 from nodeagent.settings import Settings
 from tests.support import free_port, wait_until
 
-from .conftest import BuiltImage
 from .kube import OVERLAY_DIR, agent_container, find, literal_env, memory_bytes, render
 
 pytestmark = [pytest.mark.integration, pytest.mark.root]
