@@ -22,7 +22,7 @@ from typing import Any
 
 from nodeagent import events
 from nodeagent.aio import run_blocking, wait_or_stop
-from nodeagent.backends.hostfs import RevertConflict
+from nodeagent.backends.journal import RevertConflict
 from nodeagent.backends.runtimectl import (
     RestartHow,
     RuntimeControl,
