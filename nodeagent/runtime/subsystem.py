@@ -32,6 +32,7 @@ from nodeagent.backends.runtimectl import (
 from nodeagent.errors import BackendUnavailable, CallTimeout, ConfigError, HostPathError, PermanentError
 from nodeagent.plan import Disruption, Plan, Step, file_diff
 from nodeagent.runtime import containerd as ctd
+from nodeagent.runtime import containerd_config as ctdconf
 from nodeagent.runtime import detect as det
 from nodeagent.runtime import ownership
 from nodeagent.runtime.crio import Crio
@@ -104,7 +105,7 @@ def _imports_of(path: str, data: bytes, template: bool) -> list[str]:
     except (tomllib.TOMLDecodeError, UnicodeDecodeError):
         return []
     try:
-        return ctd.import_patterns(path, doc)
+        return ctdconf.import_patterns(path, doc)
     except ConfigError:
         return []
 
@@ -233,10 +234,10 @@ class RuntimeSubsystem(BaseSubsystem):
                 if data is None:
                     continue
                 for pattern in _imports_of(path, data, template=path == d.config_path and d.template == "go"):
-                    if ctd.is_glob(pattern):
+                    if ctdconf.is_glob(pattern):
                         directory = posixpath.dirname(pattern)
                         listdir(directory)
-                        pending.extend(ctd.expand(pattern, listings))
+                        pending.extend(ctdconf.expand(pattern, listings))
                     else:
                         pending.append(pattern)
             if d.dropin_dir:
