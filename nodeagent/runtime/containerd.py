@@ -24,6 +24,7 @@ from __future__ import annotations
 import copy
 import fnmatch
 import posixpath
+import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -59,7 +60,8 @@ from nodeagent.runtime.containerd_handlers import (
     runtimes_of,
     satisfied,
 )
-from nodeagent.runtime.engine import Edit, Effect, Files, RuntimeSpec, decode
+from nodeagent.runtime.detect import Detected
+from nodeagent.runtime.engine import BOM, Edit, Effect, EngineKind, Files, NodeConfig, Reader, RuntimeSpec, decode
 
 DROPIN_NAME = "99-nvidia.toml"
 DROPIN_HEADER = (
@@ -68,6 +70,8 @@ DROPIN_HEADER = (
     "# the effective CRI plugin table (from {source}) plus the runtime it adds.\n"
 )
 DROPIN_HEADER_MERGE = "# Managed by nodeagent (runtime subsystem); `nodeagent revert` removes it.\n"
+MAX_IMPORT_FILES = 4096
+"""Files read through imports before the agent refuses (by name) instead of checking less."""
 
 
 @dataclass(frozen=True)
@@ -408,3 +412,70 @@ def _new_dropin(header: str, version: int) -> TOMLDocument:
     doc.add("version", version)
     doc.add(tomlkit.nl())
     return doc
+
+
+# ------------------------------------------------------------------------------------- on the node
+
+
+class ContainerdKind(EngineKind):
+    """containerd: the main file, what it imports, a distribution's drop-ins or generated file."""
+
+    name = "containerd"
+    versioned = True
+    version_unknown = "containerd version unknown: the drop-in rules of containerd < 2.0 are used (safe on 2.x)"
+    signal_restart = "restart = signal: containerd exits on SIGHUP and comes back only under a supervisor"
+    checks_handler = True
+
+    def gather(self, detected: Detected, reader: Reader) -> None:
+        """The main file and its imports, breadth-first as containerd loads them, then drop-ins and the
+        generated file; more than ``MAX_IMPORT_FILES`` is a named refusal."""
+        d = detected
+        pending = [d.config_path]
+        while pending:
+            path = pending.pop(0)
+            if path in reader.files:
+                continue
+            if len(reader.files) >= MAX_IMPORT_FILES:
+                raise ConfigError(
+                    f"imports load more than {MAX_IMPORT_FILES} files (next: {path}); the agent refuses "
+                    "rather than check containerd's effective config on part of it",
+                    source=d.config_path,
+                    key="imports",
+                )
+            data = reader.read(path)
+            if data is None:
+                continue
+            for pattern in _imports_of(path, data, template=path == d.config_path and d.template == "go"):
+                if is_glob(pattern):
+                    reader.listdir(posixpath.dirname(pattern))
+                    pending.extend(expand(pattern, reader.listings))
+                else:
+                    pending.append(pattern)
+        if d.dropin_dir:
+            for name in reader.listdir(d.dropin_dir):
+                if name.endswith(".toml"):
+                    reader.read(posixpath.join(d.dropin_dir, name))
+        if d.generated:
+            reader.read(d.generated)
+
+    def build(self, detected: Detected, node: NodeConfig) -> Containerd:
+        d = detected
+        layout = Layout(d.config_path, d.distribution, d.dropin_dir, d.template, d.generated)
+        return Containerd(layout, node.files, node.listings, node.version, node.dump)
+
+
+def _imports_of(path: str, data: bytes, template: bool) -> list[str]:
+    """Import patterns of a file; unparseable files import nothing (planning reports them)."""
+    if template:
+        return []
+    try:
+        doc = tomllib.loads(data.removeprefix(BOM).decode("utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError):
+        return []
+    try:
+        return import_patterns(path, doc)
+    except ConfigError:
+        return []
+
+
+KIND = ContainerdKind()
