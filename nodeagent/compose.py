@@ -28,7 +28,8 @@ from prometheus_client import CollectorRegistry, PlatformCollector, ProcessColle
 from nodeagent import subsystem_table
 from nodeagent.backends import chardevs
 from nodeagent.backends.gpu.protocols import GpuBackend, MigControl
-from nodeagent.backends.hostfs import BackupJournal, Root
+from nodeagent.backends.hostfs import Root
+from nodeagent.backends.journal import BackupJournal
 from nodeagent.backends.kmod import Modprobe, ModuleLoader
 from nodeagent.backends.runtimectl import HostRuntimeControl, RuntimeControl, SimRuntimeControl
 from nodeagent.backends.watch import FileWatcher

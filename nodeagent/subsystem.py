@@ -39,7 +39,8 @@ if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
 
     from nodeagent.backends.gpu.protocols import GpuBackend, MigControl
-    from nodeagent.backends.hostfs import BackupJournal, Root
+    from nodeagent.backends.hostfs import Root
+    from nodeagent.backends.journal import BackupJournal
     from nodeagent.backends.kmod import ModuleLoader
     from nodeagent.backends.podresources import PodResourcesClient
     from nodeagent.backends.runtimectl import RuntimeControl

@@ -45,7 +45,7 @@ from typing import Any
 
 import pytest
 
-from nodeagent.runtime import containerd as ctd
+from nodeagent.runtime import containerd_config as ctdconf
 from nodeagent.runtime import crio
 from nodeagent.runtime.engine import RuntimeSpec
 from tests.runtime.conftest import make_node
@@ -210,8 +210,8 @@ def _containerd_merged(root: Path) -> dict[str, Any]:
         docs[str(p)] = tomllib.loads(p.read_text())
         listings.setdefault(str(p.parent), ())
         listings[str(p.parent)] += (p.name,)
-    order = ctd.load_order(str(root / CONTAINERD_CONFIG.lstrip("/")), docs, listings)
-    return ctd.merge_configs([docs[p] for p in order], deep=True)
+    order = ctdconf.load_order(str(root / CONTAINERD_CONFIG.lstrip("/")), docs, listings)
+    return ctdconf.merge_configs([docs[p] for p in order], deep=True)
 
 
 def _crio_effective(root: Path) -> dict[str, Any]:

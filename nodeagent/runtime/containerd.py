@@ -14,6 +14,9 @@ lexical order, relative paths against the importing file, as containerd loads th
 
 Before anything is returned, the effective config (containerd's own merge rules) is computed for the
 files as they would be, and the edit is refused if any runtime or CRI setting the node had would be lost.
+
+How containerd reads its files (versions, imports, merge rules, templates) is ``containerd_config.py``;
+the handler edits on one document and the loss check are ``containerd_handlers.py``.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from __future__ import annotations
 import copy
 import fnmatch
 import posixpath
-import re
+import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -31,10 +34,35 @@ from tomlkit.toml_document import TOMLDocument
 
 from nodeagent.errors import ConfigError
 from nodeagent.runtime import tomldoc
-from nodeagent.runtime.engine import CDI_ANNOTATIONS, Edit, Effect, Files, RuntimeSpec, decode, want_type
+from nodeagent.runtime.containerd_config import (
+    CRI_PLUGIN,
+    check_shape,
+    config_version,
+    containerd_keys,
+    cri_keys,
+    deep_merge,
+    expand,
+    import_patterns,
+    is_glob,
+    join_template,
+    load_order,
+    merge_configs,
+    runtimes_keys,
+    split_template,
+    with_dirs,
+)
+from nodeagent.runtime.containerd_handlers import (
+    DEFAULT_RUNC,
+    add_runtime,
+    effective_problems,
+    own_default,
+    remove_runtime,
+    runtimes_of,
+    satisfied,
+)
+from nodeagent.runtime.detect import Detected
+from nodeagent.runtime.engine import BOM, Edit, Effect, EngineKind, Files, NodeConfig, Reader, RuntimeSpec, decode
 
-CRI_PLUGIN = {1: "cri", 2: "io.containerd.grpc.v1.cri", 3: "io.containerd.cri.v1.runtime"}
-DEFAULT_RUNC: dict[str, Any] = {"runtime_type": "io.containerd.runc.v2"}
 DROPIN_NAME = "99-nvidia.toml"
 DROPIN_HEADER = (
     "# Managed by nodeagent (runtime subsystem); `nodeagent revert` removes it.\n"
@@ -42,323 +70,8 @@ DROPIN_HEADER = (
     "# the effective CRI plugin table (from {source}) plus the runtime it adds.\n"
 )
 DROPIN_HEADER_MERGE = "# Managed by nodeagent (runtime subsystem); `nodeagent revert` removes it.\n"
-BASE_DIRECTIVE = re.compile(r"^\s*\{\{-?\s*template\s+\"base\"\s+\.\s*-?\}\}\s*$")
-PLACEHOLDER = "#@nodeagent-go-template-line-{}"
-_MERGED_TABLES = ("plugins", "proxy_plugins", "stream_processors", "timeouts")
-_UNION_LISTS = ("imports", "required_plugins", "disabled_plugins")
-
-
-KNOWN_VERSIONS = (1, 2, 3, 4)
-
-
-def config_version(doc: Mapping[str, Any]) -> int:
-    """1 when ``version`` is absent; 3 stands for 3 and 4 (same runtime path)."""
-    v = tomldoc.plain(doc.get("version", 1))
-    if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-        raise ValueError(f"version must be a positive integer, got {v!r}")
-    if v not in KNOWN_VERSIONS:
-        raise ValueError(f"version {v} is not a containerd config version (containerd knows 1, 2, 3 and 4)")
-    return min(v, 3)
-
-
-def check_shape(path: str, doc: Mapping[str, Any]) -> None:
-    """Refuse, naming file and key, a value of the wrong type anywhere the agent reads or writes."""
-
-    def want(value: Any, expected: type | tuple[type, ...], key: str, what: str) -> None:
-        want_type(path, value, expected, key, what)
-
-    if "version" in doc:
-        want(doc["version"], int, "version", "a number")
-    if "imports" in doc:
-        want(doc["imports"], list, "imports", "an array of strings")
-    if "plugins" not in doc:
-        return
-    want(doc["plugins"], Mapping, "plugins", "a table")
-    for plugin in ("cri", "io.containerd.grpc.v1.cri", "io.containerd.cri.v1.runtime"):
-        if plugin not in doc["plugins"]:
-            continue
-        base = f'plugins."{plugin}"'
-        cri = doc["plugins"][plugin]
-        want(cri, Mapping, base, "a table")
-        if "enable_cdi" in cri:
-            want(cri["enable_cdi"], bool, f"{base}.enable_cdi", "true or false")
-        if "containerd" not in cri:
-            continue
-        ctd = cri["containerd"]
-        want(ctd, Mapping, f"{base}.containerd", "a table")
-        if "default_runtime_name" in ctd:
-            want(ctd["default_runtime_name"], str, f"{base}.containerd.default_runtime_name", "a string")
-        if "runtimes" not in ctd:
-            continue
-        want(ctd["runtimes"], Mapping, f"{base}.containerd.runtimes", "a table")
-        for name, entry in ctd["runtimes"].items():
-            key = f"{base}.containerd.runtimes.{name}"
-            want(entry, Mapping, key, "a table")
-            if "runtime_type" in entry:
-                want(entry["runtime_type"], str, f"{key}.runtime_type", "a string")
-            if "options" in entry:
-                want(entry["options"], Mapping, f"{key}.options", "a table")
-            if "container_annotations" in entry:
-                want(entry["container_annotations"], list, f"{key}.container_annotations", "an array")
-
-
-def cri_keys(version: int) -> tuple[str, ...]:
-    return ("plugins", CRI_PLUGIN[version])
-
-
-def containerd_keys(version: int) -> tuple[str, ...]:
-    return (*cri_keys(version), "containerd")
-
-
-def runtimes_keys(version: int) -> tuple[str, ...]:
-    return (*containerd_keys(version), "runtimes")
-
-
-def deep_merge(version: str) -> bool:
-    """containerd >= 2.0 deep-merges plugin tables from imports; unknown versions get the safe rule."""
-    try:
-        return int(version.split(".", maxsplit=1)[0]) >= 2
-    except ValueError:
-        return False
-
-
-# ----------------------------------------------------------------------------------- document edits
-
-
-def pick_template(
-    cri: Mapping[str, Any] | None, name: str, ours: frozenset[str] = frozenset()
-) -> tuple[str, Mapping[str, Any]] | None:
-    """The runtime whose options the new one copies: the default (unless nvidia*), then runc, then crun."""
-    if not cri:
-        return None
-    ctd = cri.get("containerd") or {}
-    runtimes = ctd.get("runtimes") or {}
-    for cand in (ctd.get("default_runtime_name") or "runc", "runc", "crun"):
-        if (
-            cand
-            and cand != name
-            and cand not in ours
-            and not cand.startswith("nvidia")
-            and isinstance(runtimes.get(cand), Mapping)
-        ):
-            return cand, runtimes[cand]
-    return None
-
-
-def _runtime_type_of(table: Mapping[str, Any] | None) -> str:
-    """A template's runtime_type; empty or missing means containerd ignores BinaryName: use runc v2."""
-    rtype = tomldoc.plain((table or {}).get("runtime_type"))
-    return rtype if isinstance(rtype, str) and rtype else DEFAULT_RUNC["runtime_type"]
-
-
-def _add_handler(
-    doc: TOMLDocument, version: int, name: str, binary: str, *, cri: Mapping[str, Any] | None, ours: frozenset[str]
-) -> str:
-    runtimes = tomldoc.ensure_table(doc, runtimes_keys(version), holder=True)
-    copied = "existing entry kept"
-    found = pick_template(cri, name, ours)
-    if name in runtimes:
-        entry = runtimes[name]
-        if not tomldoc.plain(entry.get("runtime_type")):
-            tomldoc.set_value(entry, "runtime_type", _runtime_type_of(found[1] if found else None))
-    else:
-        if found is None:
-            source: Any = DEFAULT_RUNC
-            copied = "no runtime to copy options from: io.containerd.runc.v2 defaults"
-        else:
-            same_doc = tomldoc.get_in(doc, (*runtimes_keys(version), found[0]))
-            same = same_doc is not None and tomldoc.plain(same_doc) == tomldoc.plain(found[1])
-            source = same_doc if same else found[1]
-            copied = f"options copied from runtime {found[0]!r}"
-        table = tomldoc.copy_table(source)
-        if not tomldoc.plain(table.get("runtime_type")):
-            if "runtime_type" in table:
-                copied += " (its empty runtime_type, which makes containerd ignore BinaryName, became runc v2)"
-                tomldoc.set_value(table, "runtime_type", DEFAULT_RUNC["runtime_type"])
-            else:
-                table.add("runtime_type", DEFAULT_RUNC["runtime_type"])
-        tomldoc.append(runtimes, name, table)
-        entry = runtimes[name]
-    annotations = tomldoc.plain(entry.get("container_annotations"))
-    if not isinstance(annotations, list) or any(a not in annotations for a in CDI_ANNOTATIONS):
-        have = [a for a in annotations if a not in CDI_ANNOTATIONS] if isinstance(annotations, list) else []
-        tomldoc.set_value(entry, "container_annotations", [*have, *CDI_ANNOTATIONS])
-    options = tomldoc.ensure_table(entry, ("options",))
-    tomldoc.set_value(options, "BinaryName", binary)
-    if version == 1 or tomldoc.plain(entry.get("runtime_type")) == "io.containerd.runtime.v1.linux":
-        # the v1 shim reads Runtime; nvidia-ctk sets it on every version 1 config (runc v2 ignores it)
-        tomldoc.set_value(options, "Runtime", binary)
-    return copied
-
-
-OWN_DEFAULT = "# nodeagent: runtime.set_as_default"
-"""Comment on a ``default_runtime_name`` the agent wrote: with set_as_default false it takes that one back."""
-
-
-def own_default(doc: Mapping[str, Any], version: int, spec: RuntimeSpec) -> bool:
-    """Whether ``doc`` sets one of our handlers as the default with the agent's mark on the line.
-
-    Only the mark counts, also in the agent's own drop-in: on containerd < 2.0 that drop-in carries a
-    copy of the main file's CRI table, whose default someone else may have set.
-    """
-    ctd = tomldoc.get_in(doc, containerd_keys(version))
-    item = ctd.get("default_runtime_name") if isinstance(ctd, Mapping) else None
-    if tomldoc.plain(item) not in spec.handler_names():
-        return False
-    return OWN_DEFAULT in str(getattr(getattr(item, "trivia", None), "comment", ""))
-
-
-def add_runtime(
-    doc: TOMLDocument, version: int, spec: RuntimeSpec, effective_cri: Mapping[str, Any] | None = None
-) -> str:
-    """Add or update the runtime's handlers in ``doc`` (in place); returns where their options came from."""
-    cri = effective_cri if effective_cri is not None else tomldoc.plain(tomldoc.get_in(doc, cri_keys(version)))
-    ours = spec.handler_names()
-    copied = ""
-    for name, binary in spec.handlers():
-        said = _add_handler(doc, version, name, binary, cri=cri, ours=ours)
-        copied = copied or f"handlers {', '.join(sorted(ours))}: {said}"
-    if spec.set_as_default:
-        previous = ((cri or {}).get("containerd") or {}).get("default_runtime_name") or "runc"
-        ctd = tomldoc.ensure_table(doc, containerd_keys(version))
-        if tomldoc.set_value(ctd, "default_runtime_name", spec.name) and previous != spec.name:
-            copied += f"; default runtime {previous!r} -> {spec.name!r} (the original is kept for revert)"
-            ctd["default_runtime_name"].comment(OWN_DEFAULT.removeprefix("# "))
-    if spec.enable_cdi:
-        tomldoc.set_value(tomldoc.ensure_table(doc, cri_keys(version)), "enable_cdi", True)
-    return copied
-
-
-def remove_runtime(doc: TOMLDocument, version: int, spec: RuntimeSpec) -> bool:
-    """Take the handlers (and a default naming one) out of ``doc``; True when something changed."""
-    changed = False
-    for name in sorted(spec.handler_names()):
-        changed = tomldoc.delete(doc, (*runtimes_keys(version), name)) or changed
-    ctd = tomldoc.get_in(doc, containerd_keys(version))
-    if ctd is not None and tomldoc.plain(ctd.get("default_runtime_name")) in spec.handler_names():
-        del ctd["default_runtime_name"]
-        changed = True
-    return changed
-
-
-def satisfied(cri: Mapping[str, Any] | None, spec: RuntimeSpec) -> bool:
-    """Whether an effective CRI table already has every handler as asked."""
-    if not cri:
-        return False
-    ctd = cri.get("containerd") or {}
-    for name, binary in spec.handlers():
-        entry = (ctd.get("runtimes") or {}).get(name)
-        if not isinstance(entry, Mapping) or not entry.get("runtime_type"):
-            return False
-        if (entry.get("options") or {}).get("BinaryName") != binary:
-            return False
-        annotations = entry.get("container_annotations")
-        if not isinstance(annotations, list) or any(a not in annotations for a in CDI_ANNOTATIONS):
-            return False
-    if spec.set_as_default and ctd.get("default_runtime_name") != spec.name:
-        return False
-    return not (spec.enable_cdi and cri.get("enable_cdi") is not True)
-
-
-# ------------------------------------------------------------------------------------ effective config
-
-
-def merge_configs(docs: list[Mapping[str, Any]], *, deep: bool) -> dict[str, Any]:
-    """containerd's mergeConfig over files in load order: plugin tables replaced (< 2.0) or deep-merged."""
-    out: dict[str, Any] = {}
-    for doc in docs:
-        for key, value in doc.items():
-            if key in _UNION_LISTS and isinstance(value, list):
-                have = out.setdefault(key, [])
-                have.extend(v for v in value if v not in have)
-            elif key in _MERGED_TABLES and isinstance(value, Mapping):
-                have = out.setdefault(key, {})
-                for pkey, pval in value.items():
-                    if deep and key == "plugins" and isinstance(pval, Mapping) and isinstance(have.get(pkey), dict):
-                        tomldoc.merge_deep(have[pkey], pval)
-                    else:
-                        have[pkey] = copy.deepcopy(pval)
-            else:
-                out[key] = copy.deepcopy(value)
-    return out
-
-
-def import_patterns(path: str, doc: Mapping[str, Any]) -> list[str]:
-    imports = doc.get("imports") or []
-    if not isinstance(imports, list) or not all(isinstance(i, str) for i in imports):
-        raise ConfigError("imports must be a list of strings", source=path, key="imports")
-    # containerd joins a relative path to the importing file's directory, but globs a relative pattern
-    # as is, i.e. against its working directory, which is / under systemd.
-    base = posixpath.dirname(path)
-    return [
-        posixpath.normpath(i if i.startswith("/") else posixpath.join("/" if is_glob(i) else base, i)) for i in imports
-    ]
-
-
-def is_glob(pattern: str) -> bool:
-    return any(c in pattern for c in "*?[")
-
-
-def expand(pattern: str, listings: Mapping[str, tuple[str, ...]], extra: str = "") -> list[str]:
-    """Files a pattern loads, in lexical order (filepath.Glob); ``extra`` counts as present."""
-    if not is_glob(pattern):
-        return [pattern]
-    directory, base = posixpath.split(pattern)
-    names = set(listings.get(directory, ()))
-    if extra and posixpath.dirname(extra) == directory:
-        names.add(posixpath.basename(extra))
-    return [posixpath.join(directory, n) for n in sorted(names) if fnmatch.fnmatchcase(n, base)]
-
-
-def load_order(
-    main: str, docs: Mapping[str, Mapping[str, Any]], listings: Mapping[str, tuple[str, ...]], extra: str = ""
-) -> list[str]:
-    """Breadth-first import order starting at ``main``; files missing from ``docs`` are skipped."""
-    order: list[str] = []
-    pending = [main]
-    while pending:
-        path = pending.pop(0)
-        if path in order or path not in docs:
-            continue
-        order.append(path)
-        for pattern in import_patterns(path, docs[path]):
-            pending.extend(expand(pattern, listings, extra))
-    return order
-
-
-# ------------------------------------------------------------------------------------------- templates
-
-
-def split_template(path: str, text: str) -> tuple[str, dict[str, str]]:
-    """Go-template lines → TOML comments; refuse any directive other than ``{{ template "base" . }}``."""
-    lines = text.splitlines(keepends=True)
-    kept: dict[str, str] = {}
-    out: list[str] = []
-    for number, line in enumerate(lines, 1):
-        if "{{" not in line:
-            out.append(line)
-            continue
-        if not BASE_DIRECTIVE.match(line):
-            raise ConfigError(
-                f"Go template directive the agent cannot parse: {line.strip()[:80]!r}; supported templates are "
-                'pure TOML, or {{ template "base" . }} followed by TOML',
-                source=path,
-                line=number,
-            )
-        marker = PLACEHOLDER.format(len(kept))
-        kept[marker] = line
-        out.append(marker + ("\n" if line.endswith("\n") else ""))
-    return "".join(out), kept
-
-
-def join_template(text: str, kept: Mapping[str, str]) -> str:
-    for marker, line in kept.items():
-        text = text.replace(marker + "\n", line if line.endswith("\n") else line + "\n", 1)
-        text = text.replace(marker, line.rstrip("\n"), 1)
-    return text
-
-
-# ---------------------------------------------------------------------------------------------- engine
+MAX_IMPORT_FILES = 4096
+"""Files read through imports before the agent refuses (by name) instead of checking less."""
 
 
 @dataclass(frozen=True)
@@ -457,7 +170,7 @@ class Containerd:
             self._in_place(spec, edit, docs, version, deep)
         if not spec.set_as_default:
             extra = [self.layout.dropin_dir] if self.layout.dropin_dir else []
-            order = _with_dir(load_order(self.layout.main, docs, self.listings), extra, docs, self.listings)
+            order = with_dirs(load_order(self.layout.main, docs, self.listings), extra, docs, self.listings)
             now = self._effective_cri(docs, order, version, deep) or {}
             default = (now.get("containerd") or {}).get("default_runtime_name")
             taken_back = any(
@@ -509,7 +222,7 @@ class Containerd:
             doc.add("version", version)
             doc.add(tomlkit.nl())
             edit.evidence.append(f"{main} has no settings: `version = {version}` is written so containerd reads it")
-        if not deep and tomldoc.get_in(doc, runtimes_keys(version)) is None and not _runtimes_of(before):
+        if not deep and tomldoc.get_in(doc, runtimes_keys(version)) is None and not runtimes_of(before):
             tomldoc.append(
                 tomldoc.ensure_table(doc, runtimes_keys(version), holder=True), "runc", tomldoc.copy_table(DEFAULT_RUNC)
             )
@@ -545,7 +258,7 @@ class Containerd:
             doc = self._parse(target)
             extra = [self.layout.dropin_dir] if self.layout.dropin_dir else []
             options_from = self._effective_cri(
-                docs, _with_dir(load_order(main, docs, self.listings), extra, docs, self.listings), version, deep
+                docs, with_dirs(load_order(main, docs, self.listings), extra, docs, self.listings), version, deep
             )
             edit.evidence.append(f"{target} was not written by nodeagent: its settings are kept, handlers added")
         elif deep:
@@ -559,7 +272,7 @@ class Containerd:
                     tomldoc.ensure_table(doc, ("plugins",), holder=True), CRI_PLUGIN[version], copy.deepcopy(cri_table)
                 )
                 edit.evidence.append(f"CRI plugin table copied from {source}")
-            if not _runtimes_of(before):
+            if not runtimes_of(before):
                 tomldoc.append(
                     tomldoc.ensure_table(doc, runtimes_keys(version), holder=True),
                     "runc",
@@ -602,10 +315,10 @@ class Containerd:
         for path, data in new.items():
             after_docs[path] = tomldoc.parse(path, data).unwrap()
         extra_dirs = [self.layout.dropin_dir] if self.layout.dropin_dir else []
-        order_b = _with_dir(
+        order_b = with_dirs(
             load_order(main, before_docs, self.listings), extra_dirs, before_docs, self.listings, target
         )
-        order_a = _with_dir(
+        order_a = with_dirs(
             load_order(main, after_docs, self.listings, target), extra_dirs, after_docs, self.listings, target
         )
         cri_b = tomldoc.get_in(merge_configs([before_docs[p] for p in order_b], deep=deep), cri_keys(version)) or {}
@@ -694,12 +407,6 @@ _DEFAULT_IS_OURS = (
 _TAKEN_BACK = "{path}: default_runtime_name set by nodeagent earlier is taken back (runtime.set_as_default = false)"
 
 
-def _runtimes_of(cri: Mapping[str, Any] | None) -> Mapping[str, Any]:
-    if not cri:
-        return {}
-    return ((cri.get("containerd") or {}).get("runtimes")) or {}
-
-
 def _new_dropin(header: str, version: int) -> TOMLDocument:
     doc = tomlkit.parse(header)
     doc.add("version", version)
@@ -707,56 +414,68 @@ def _new_dropin(header: str, version: int) -> TOMLDocument:
     return doc
 
 
-def _with_dir(
-    order: list[str],
-    dirs: list[str],
-    docs: Mapping[str, Any],
-    listings: Mapping[str, tuple[str, ...]],
-    extra: str = "",
-) -> list[str]:
-    for d in dirs:
-        order = order + [p for p in expand(posixpath.join(d, "*.toml"), listings, extra) if p in docs]
-    return list(dict.fromkeys(order))
+# ------------------------------------------------------------------------------------- on the node
 
 
-def effective_problems(
-    before: Mapping[str, Any], after: Mapping[str, Any], spec: RuntimeSpec, *, deep: bool, release: bool = False
-) -> list[str]:
-    """What the node would lose (or lack) if ``after`` became containerd's effective CRI table.
+class ContainerdKind(EngineKind):
+    """containerd: the main file, what it imports, a distribution's drop-ins or generated file."""
 
-    ``release``: the agent takes back a default it set itself, so the default may change to another one.
-    """
-    problems: list[str] = []
-    if not satisfied(after, spec):
-        problems.append(f"runtime {spec.name!r} would not be in the effective config")
-    rt_b, rt_a = _runtimes_of(before), _runtimes_of(after)
-    if not rt_b and not deep:
-        rt_b = {"runc": DEFAULT_RUNC}
-    for name, table in rt_b.items():
-        if name in spec.handler_names():
-            continue
-        if name not in rt_a:
-            problems.append(f"runtime {name!r} would disappear")
-        elif not deep and rt_a[name] != table:
-            problems.append(f"runtime {name!r} would change")
-    ctd_b = dict(before.get("containerd") or {})
-    ctd_a = dict(after.get("containerd") or {})
-    want_default = spec.name if spec.set_as_default else ctd_b.get("default_runtime_name")
-    if release and ctd_a.get("default_runtime_name") not in spec.handler_names():
-        want_default = ctd_a.get("default_runtime_name")
-    if ctd_a.get("default_runtime_name") != want_default:
-        problems.append(f"default runtime would be {ctd_a.get('default_runtime_name')!r}, not {want_default!r}")
-    for d in (ctd_a, ctd_b):
-        d.pop("runtimes", None)
-        d.pop("default_runtime_name", None)
-    rest_b = {k: v for k, v in before.items() if k not in ("containerd", "enable_cdi")}
-    rest_a = {k: v for k, v in after.items() if k not in ("containerd", "enable_cdi")}
-    lost = sorted(
-        {k for k in rest_b if rest_a.get(k) != rest_b[k]}
-        | {f"containerd.{k}" for k in ctd_b if ctd_a.get(k) != ctd_b[k]}
-    )
-    if lost:
-        problems.append("CRI settings would change: " + ", ".join(lost[:8]))
-    if not spec.enable_cdi and before.get("enable_cdi") != after.get("enable_cdi"):
-        problems.append("enable_cdi would change")
-    return problems
+    name = "containerd"
+    versioned = True
+    version_unknown = "containerd version unknown: the drop-in rules of containerd < 2.0 are used (safe on 2.x)"
+    signal_restart = "restart = signal: containerd exits on SIGHUP and comes back only under a supervisor"
+    checks_handler = True
+
+    def gather(self, detected: Detected, reader: Reader) -> None:
+        """The main file and its imports, breadth-first as containerd loads them, then drop-ins and the
+        generated file; more than ``MAX_IMPORT_FILES`` is a named refusal."""
+        d = detected
+        pending = [d.config_path]
+        while pending:
+            path = pending.pop(0)
+            if path in reader.files:
+                continue
+            if len(reader.files) >= MAX_IMPORT_FILES:
+                raise ConfigError(
+                    f"imports load more than {MAX_IMPORT_FILES} files (next: {path}); the agent refuses "
+                    "rather than check containerd's effective config on part of it",
+                    source=d.config_path,
+                    key="imports",
+                )
+            data = reader.read(path)
+            if data is None:
+                continue
+            for pattern in _imports_of(path, data, template=path == d.config_path and d.template == "go"):
+                if is_glob(pattern):
+                    reader.listdir(posixpath.dirname(pattern))
+                    pending.extend(expand(pattern, reader.listings))
+                else:
+                    pending.append(pattern)
+        if d.dropin_dir:
+            for name in reader.listdir(d.dropin_dir):
+                if name.endswith(".toml"):
+                    reader.read(posixpath.join(d.dropin_dir, name))
+        if d.generated:
+            reader.read(d.generated)
+
+    def build(self, detected: Detected, node: NodeConfig) -> Containerd:
+        d = detected
+        layout = Layout(d.config_path, d.distribution, d.dropin_dir, d.template, d.generated)
+        return Containerd(layout, node.files, node.listings, node.version, node.dump)
+
+
+def _imports_of(path: str, data: bytes, template: bool) -> list[str]:
+    """Import patterns of a file; unparseable files import nothing (planning reports them)."""
+    if template:
+        return []
+    try:
+        doc = tomllib.loads(data.removeprefix(BOM).decode("utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError):
+        return []
+    try:
+        return import_patterns(path, doc)
+    except ConfigError:
+        return []
+
+
+KIND = ContainerdKind()

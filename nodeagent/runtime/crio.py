@@ -18,7 +18,8 @@ import tomlkit
 
 from nodeagent.errors import ConfigError
 from nodeagent.runtime import tomldoc
-from nodeagent.runtime.engine import Edit, Effect, Files, RuntimeSpec, want_type
+from nodeagent.runtime.detect import Detected
+from nodeagent.runtime.engine import Edit, Effect, EngineKind, Files, NodeConfig, Reader, RuntimeSpec, want_type
 
 
 def check_shape(path: str, doc: Mapping[str, Any]) -> None:
@@ -104,7 +105,7 @@ class Crio:
 
     @property
     def dropin_dir(self) -> str:
-        return posixpath.join(posixpath.dirname(self.config_path), "crio.conf.d")
+        return dropin_dir_of(self.config_path)
 
     @property
     def target(self) -> str:
@@ -229,3 +230,27 @@ class Crio:
         if data is not None:
             edit.put(self.target, data, None, f"remove drop-in {self.target}")
         return edit
+
+
+def dropin_dir_of(config_path: str) -> str:
+    """``crio.conf.d`` beside the main file: CRI-O reads every regular file in it after ``crio.conf``."""
+    return posixpath.join(posixpath.dirname(config_path), "crio.conf.d")
+
+
+class CrioKind(EngineKind):
+    """CRI-O: ``crio.conf`` and its ``crio.conf.d`` drop-ins; SIGHUP reloads them."""
+
+    name = "crio"
+
+    def gather(self, detected: Detected, reader: Reader) -> None:
+        reader.read(detected.config_path)
+        dropins = dropin_dir_of(detected.config_path)
+        for name in reader.listdir(dropins):
+            reader.read(posixpath.join(dropins, name))
+
+    def build(self, detected: Detected, node: NodeConfig) -> Crio:
+        listing = tuple(node.listings.get(dropin_dir_of(detected.config_path), ()))
+        return Crio(detected.config_path, node.files, listing)
+
+
+KIND = CrioKind()

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import copy
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from nodeagent.errors import ConfigError
-from nodeagent.runtime.engine import Edit, Files, RuntimeSpec, decode
+from nodeagent.runtime.detect import Detected
+from nodeagent.runtime.engine import Edit, EngineKind, Files, NodeConfig, Reader, RuntimeSpec, decode
 
 DEFAULT_PATH = "/etc/docker/daemon.json"
 
@@ -288,3 +290,29 @@ class Docker:
         if json.loads(text) != new:  # the splice must give exactly the intended object
             return render(new, style)
         return text.encode("utf-8")
+
+
+class DockerKind(EngineKind):
+    """dockerd: one file, ``daemon.json``; SIGHUP reloads it."""
+
+    name = "docker"
+
+    def gather(self, detected: Detected, reader: Reader) -> None:
+        reader.read(detected.config_path)
+
+    def build(self, detected: Detected, node: NodeConfig) -> Docker:
+        return Docker(detected.config_path, node.files)
+
+    def revert_notes(
+        self, detected: Detected, spec: RuntimeSpec, read: Callable[[str], bytes | None]
+    ) -> tuple[str, ...]:
+        restored = read(detected.config_path)
+        if restored is None or b'"runtimes"' not in restored:
+            return (
+                "dockerd keeps the runtimes it has when a reload finds no `runtimes` key; "
+                f"{spec.name!r} stays listed until dockerd's next restart",
+            )
+        return ()
+
+
+KIND = DockerKind()

@@ -2,18 +2,27 @@
 
 Engines are pure: given the bytes of the files they read (``Files``), they return the bytes each file
 should have (``Edit``). They never touch the host; the subsystem reads and writes through the Root.
+
+Each engine module also has an ``EngineKind`` (its ``KIND``): which files the engine needs on a node
+(``gather``, through a ``Reader`` the subsystem backs with the Root), how its ``Engine`` is built from them,
+and the few things that differ between daemons (a version that changes the merge rules, SIGHUP, what a
+reload keeps). ``runtime/engines.py`` finds the kind by the name ``detect.py`` gives; the subsystem never
+asks which engine it has.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from nodeagent.errors import ConfigError
+from nodeagent.runtime.detect import Detected
 
 Files = Mapping[str, bytes | None]
 """Host path → current bytes (None: absent)."""
+Listings = Mapping[str, tuple[str, ...]]
+"""Host directory → the names of the regular files in it."""
 
 
 @dataclass(frozen=True)
@@ -92,6 +101,72 @@ class Engine(Protocol):
 
     def removed(self, spec: RuntimeSpec) -> Edit:
         """Take the runtime out again (files the agent created are removed)."""
+
+
+class Reader:
+    """The host files and directory listings an engine reads on a node, each read once.
+
+    The subsystem backs it with the Root (off the loop, size-limited); an engine's ``gather`` only says
+    what to read.
+    """
+
+    def __init__(self, read_file: Callable[[str], bytes | None], list_files: Callable[[str], list[str]]) -> None:
+        self._read_file = read_file
+        self._list_files = list_files
+        self.files: dict[str, bytes | None] = {}
+        self.listings: dict[str, tuple[str, ...]] = {}
+
+    def read(self, path: str) -> bytes | None:
+        if path not in self.files:
+            self.files[path] = self._read_file(path)
+        return self.files[path]
+
+    def listdir(self, directory: str) -> tuple[str, ...]:
+        if directory not in self.listings:
+            self.listings[directory] = tuple(self._list_files(directory))
+        return self.listings[directory]
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    """What was read from the node for one engine: the files, the listings, the daemon's own view."""
+
+    files: Files
+    listings: Listings = field(default_factory=dict)
+    version: str = ""
+    """The daemon's version ('' when unknown or not asked for)."""
+    dump: bytes | None = None
+    """The daemon's dump of its effective config, when settings ask for it (containerd)."""
+
+
+class EngineKind(Protocol):
+    """One container runtime as the runtime subsystem meets it, before an ``Engine`` exists.
+
+    Engine modules subclass it (``KIND``) and inherit the defaults.
+    """
+
+    name: str
+    """The name ``detect.py`` gives the engine (``Detected.engine``)."""
+    versioned: bool = False
+    """The edit depends on the daemon's version, and its ``config dump`` may stand in for the files."""
+    version_unknown: str = ""
+    """Plan evidence when a versioned daemon's version cannot be found."""
+    signal_restart: str = ""
+    """Plan warning for ``restart = signal`` when SIGHUP does not just reload the daemon."""
+    checks_handler: bool = False
+    """After a restart, runtime control checks the handler in the daemon's own dump of its config."""
+
+    def gather(self, detected: Detected, reader: Reader) -> None:
+        """Read (through ``reader``) every file the engine needs; raise ConfigError on bad input."""
+
+    def build(self, detected: Detected, node: NodeConfig) -> Engine:
+        """The engine for what ``gather`` read."""
+
+    def revert_notes(
+        self, detected: Detected, spec: RuntimeSpec, read: Callable[[str], bytes | None]
+    ) -> tuple[str, ...]:
+        """What the operator should know after a revert and a restart (blocking: ``read`` reads a file)."""
+        return ()
 
 
 BOM = b"\xef\xbb\xbf"

@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 import structlog
 
 from nodeagent.aio import run_blocking
-from nodeagent.backends.hostfs import BackupJournal, Root
+from nodeagent.backends.hostfs import Root
+from nodeagent.backends.journal import BackupJournal
 from nodeagent.backends.runtimectl import Health, RestartHow, RuntimeControl, Target
 from nodeagent.errors import BackendUnavailable, CallTimeout, HostPathError
 

@@ -14,7 +14,6 @@ import contextlib
 import hashlib
 import posixpath
 import stat
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +21,7 @@ from typing import Any
 
 from nodeagent import events
 from nodeagent.aio import run_blocking, wait_or_stop
-from nodeagent.backends.hostfs import RevertConflict
+from nodeagent.backends.journal import RevertConflict
 from nodeagent.backends.runtimectl import (
     RestartHow,
     RuntimeControl,
@@ -31,13 +30,11 @@ from nodeagent.backends.runtimectl import (
 )
 from nodeagent.errors import BackendUnavailable, CallTimeout, ConfigError, HostPathError, PermanentError
 from nodeagent.plan import Disruption, Plan, Step, file_diff
-from nodeagent.runtime import containerd as ctd
 from nodeagent.runtime import detect as det
 from nodeagent.runtime import ownership
-from nodeagent.runtime.crio import Crio
 from nodeagent.runtime.declaration import DECLARATION
-from nodeagent.runtime.docker import Docker
-from nodeagent.runtime.engine import BOM, Edit, Engine, RuntimeSpec
+from nodeagent.runtime.engine import Edit, Engine, EngineKind, NodeConfig, Reader, RuntimeSpec
+from nodeagent.runtime.engines import kind_of
 from nodeagent.runtime.restart import restart_policy, transact, wait_healthy
 from nodeagent.subsystem import ApplyResult, BaseSubsystem, Context, Phase
 
@@ -46,8 +43,6 @@ MAX_CONFIG_BYTES = 4 << 20
 """A runtime config file larger than this is refused by name (real ones are a few KiB)."""
 READ_TIMEOUT_S = 20.0
 """Reading the runtime's files longer than this (a hung filesystem) is a named error, not a stuck agent."""
-MAX_IMPORT_FILES = 4096
-"""containerd files read through imports before the agent refuses (by name) instead of checking less."""
 RUNTIME_DIRS = tuple(d + "/" for d in ownership.RUNTIME_DIRS)
 """Backed-up files under these directories belong to this subsystem (for revert)."""
 
@@ -93,20 +88,6 @@ def _kind(root: Any, host_path: str) -> det.Kind | None:
     if stat.S_ISDIR(st.st_mode):
         return "dir"
     return "file" if stat.S_ISREG(st.st_mode) else "other"
-
-
-def _imports_of(path: str, data: bytes, template: bool) -> list[str]:
-    """Import patterns of a containerd file; unparseable files import nothing (the engine reports them)."""
-    if template:
-        return []
-    try:
-        doc = tomllib.loads(data.removeprefix(BOM).decode("utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError):
-        return []
-    try:
-        return ctd.import_patterns(path, doc)
-    except ConfigError:
-        return []
 
 
 class RuntimeSubsystem(BaseSubsystem):
@@ -157,8 +138,9 @@ class RuntimeSubsystem(BaseSubsystem):
             detected = det.detect(probe, self.settings)
         except ConfigError as err:
             return Observed(error=str(err), bad_input=True)
+        kind = kind_of(detected)
         try:
-            files, listings = await asyncio.wait_for(run_blocking(self._gather, detected), READ_TIMEOUT_S)
+            files, listings = await asyncio.wait_for(run_blocking(self._gather, kind, detected), READ_TIMEOUT_S)
         except TimeoutError:
             return Observed(detected, error=_read_timeout(f"reading {detected.config_path} and what it imports"))
         except ConfigError as err:
@@ -167,13 +149,13 @@ class RuntimeSubsystem(BaseSubsystem):
             return Observed(detected, error=str(err), evidence=detected.evidence)
         version: VersionInfo | None = None
         dump: bytes | None = None
-        if detected.engine == "containerd":
+        if kind.versioned:
             version = await self._detect_version(detected)
             if self.settings.config_source == "command":
                 try:
                     dump = await self.control.dump_config(self._target(detected))
                 except (BackendUnavailable, CallTimeout) as err:
-                    return Observed(detected, files, listings, version, error=f"containerd config dump: {err}")
+                    return Observed(detected, files, listings, version, error=f"{kind.name} config dump: {err}")
         changed = await run_blocking(self._changed_since_written, files)
         return Observed(detected, files, listings, version, dump, evidence=detected.evidence, changed_since=changed)
 
@@ -193,59 +175,12 @@ class RuntimeSubsystem(BaseSubsystem):
             if path in files and entry.written is not None and digest(files[path]) != entry.written
         )
 
-    def _gather(self, d: det.Detected) -> tuple[dict[str, bytes | None], dict[str, tuple[str, ...]]]:
+    def _gather(self, kind: EngineKind, d: det.Detected) -> tuple[dict[str, bytes | None], dict[str, tuple[str, ...]]]:
         """Read every file the engine needs (blocking; runs off the loop)."""
         root = self.ctx.root
-        files: dict[str, bytes | None] = {}
-        listings: dict[str, tuple[str, ...]] = {}
-
-        def read(path: str) -> bytes | None:
-            if path not in files:
-                files[path] = root.read_bytes(path, max_bytes=MAX_CONFIG_BYTES)
-            return files[path]
-
-        def listdir(directory: str) -> tuple[str, ...]:
-            if directory not in listings:
-                listings[directory] = tuple(root.list_files(directory))
-            return listings[directory]
-
-        if d.engine == "docker":
-            read(d.config_path)
-        elif d.engine == "crio":
-            read(d.config_path)
-            dropins = posixpath.join(posixpath.dirname(d.config_path), "crio.conf.d")
-            for name in listdir(dropins):
-                read(posixpath.join(dropins, name))
-        else:
-            pending = [d.config_path]
-            while pending:
-                path = pending.pop(0)
-                if path in files:
-                    continue
-                if len(files) >= MAX_IMPORT_FILES:
-                    raise ConfigError(
-                        f"imports load more than {MAX_IMPORT_FILES} files (next: {path}); the agent refuses "
-                        "rather than check containerd's effective config on part of it",
-                        source=d.config_path,
-                        key="imports",
-                    )
-                data = read(path)
-                if data is None:
-                    continue
-                for pattern in _imports_of(path, data, template=path == d.config_path and d.template == "go"):
-                    if ctd.is_glob(pattern):
-                        directory = posixpath.dirname(pattern)
-                        listdir(directory)
-                        pending.extend(ctd.expand(pattern, listings))
-                    else:
-                        pending.append(pattern)
-            if d.dropin_dir:
-                for name in listdir(d.dropin_dir):
-                    if name.endswith(".toml"):
-                        read(posixpath.join(d.dropin_dir, name))
-            if d.generated:
-                read(d.generated)
-        return files, listings
+        reader = Reader(lambda path: root.read_bytes(path, max_bytes=MAX_CONFIG_BYTES), root.list_files)
+        kind.gather(d, reader)
+        return reader.files, reader.listings
 
     async def _detect_version(self, d: det.Detected) -> VersionInfo | None:
         if self.settings.containerd_version:
@@ -273,21 +208,15 @@ class RuntimeSubsystem(BaseSubsystem):
             restart_command=tuple(self.settings.restart_command),
             log_path=self.settings.log_path,
             validate=not d.template,
-            handler=self.spec.name if d.engine == "containerd" else "",
+            handler=self.spec.name if kind_of(d).checks_handler else "",
             handler_binary=self.spec.path,
         )
 
     def engine_for(self, observed: Observed) -> Engine:
         d = observed.detected
         assert d is not None
-        if d.engine == "docker":
-            return Docker(d.config_path, observed.files)
-        if d.engine == "crio":
-            dropins = posixpath.join(posixpath.dirname(d.config_path), "crio.conf.d")
-            return Crio(d.config_path, observed.files, tuple(observed.listings.get(dropins, ())))
-        layout = ctd.Layout(d.config_path, d.distribution, d.dropin_dir, d.template, d.generated)
         version = observed.version.version if observed.version else ""
-        return ctd.Containerd(layout, observed.files, observed.listings, version, observed.dump)
+        return kind_of(d).build(d, NodeConfig(observed.files, observed.listings, version, observed.dump))
 
     def plan(self, observed: Observed) -> Plan:
         d = observed.detected
@@ -295,11 +224,12 @@ class RuntimeSubsystem(BaseSubsystem):
         self.bad_input = observed.bad_input
         if d is None or observed.error:
             return Plan(self.name, evidence=tuple(evidence), error=observed.error or "nothing detected")
+        kind = kind_of(d)
         evidence.append(f"engine {d.engine}, config {d.config_path}, socket {d.socket}")
         if observed.version:
-            evidence.append(f"containerd {observed.version.version} (from {observed.version.source})")
-        elif d.engine == "containerd":
-            evidence.append("containerd version unknown: the drop-in rules of containerd < 2.0 are used (safe on 2.x)")
+            evidence.append(f"{kind.name} {observed.version.version} (from {observed.version.source})")
+        elif kind.version_unknown:
+            evidence.append(kind.version_unknown)
         if observed.dump is not None:
             evidence.append("options copied from `containerd config dump` (settings runtime.config_source = command)")
         try:
@@ -338,8 +268,8 @@ class RuntimeSubsystem(BaseSubsystem):
         ]
         if steps:
             steps.append(self._restart_step(d, target, warnings))
-        if self.settings.restart == "signal" and d.engine == "containerd":
-            warnings.append("restart = signal: containerd exits on SIGHUP and comes back only under a supervisor")
+        if self.settings.restart == "signal" and kind.signal_restart:
+            warnings.append(kind.signal_restart)
         return Plan(self.name, tuple(steps), tuple(evidence), tuple(warnings))
 
     def _restart_step(self, d: det.Detected, target: Target, warnings: list[str]) -> Step:
@@ -492,13 +422,8 @@ class RuntimeSubsystem(BaseSubsystem):
                     self.set_status(Phase.FAILED, f"reverted files, but {d.engine} is unhealthy: {health.reason}")
                     raise PermanentError(health.reason)
         messages: tuple[str, ...] = ()
-        if changed and d is not None and d.engine == "docker" and restarted:
-            restored = await run_blocking(self.ctx.root.read_bytes, d.config_path)
-            if restored is None or b'"runtimes"' not in restored:
-                messages = (
-                    "dockerd keeps the runtimes it has when a reload finds no `runtimes` key; "
-                    f"{self.spec.name!r} stays listed until dockerd's next restart",
-                )
+        if changed and d is not None and restarted:
+            messages = await run_blocking(kind_of(d).revert_notes, d, self.spec, self.ctx.root.read_bytes)
         self._publish(False)
         self.set_status(Phase.STOPPED, "reverted", reverted=changed)
         return ApplyResult(changed=tuple(changed), restarted=restarted, messages=messages)

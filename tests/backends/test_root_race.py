@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from nodeagent.backends.hostfs import BackupJournal, Root
+from nodeagent.backends.hostfs import Root
+from nodeagent.backends.journal import BackupJournal
 from nodeagent.errors import HostPathError
 
 APPLIES = 500
@@ -91,7 +92,8 @@ def test_a_directory_swapped_for_an_escaping_link_never_gets_a_byte_outside(tmp_
 
 WRITER = """
 import sys
-from nodeagent.backends.hostfs import BackupJournal, Root
+from nodeagent.backends.hostfs import Root
+from nodeagent.backends.journal import BackupJournal
 root = Root(sys.argv[1])
 journal = BackupJournal(root, "/var/lib/nodeagent")
 big = [b"version = 2\\n" + bytes([65 + n]) * 300_000 + b"\\n" for n in range(2)]

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from nodeagent.backends.hostfs import BackupJournal, Root, atomic_write
+from nodeagent.backends.hostfs import Root, atomic_write
+from nodeagent.backends.journal import BackupJournal
 from nodeagent.errors import HostPathError
 
 

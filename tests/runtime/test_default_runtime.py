@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from nodeagent.runtime import containerd as ctd
+from nodeagent.runtime import containerd_config as ctdconf
 
 from .conftest import fixture, make_node
 
@@ -35,7 +35,9 @@ def _effective_default(node: Any, version: str) -> str:
     listings["/etc/containerd/conf.d"] = tuple(
         p.rsplit("/", 1)[1] for p in docs if p.startswith("/etc/containerd/conf.d")
     )
-    merged = ctd.merge_configs([docs[p] for p in ctd.load_order(CONFIG, docs, listings)], deep=ctd.deep_merge(version))
+    merged = ctdconf.merge_configs(
+        [docs[p] for p in ctdconf.load_order(CONFIG, docs, listings)], deep=ctdconf.deep_merge(version)
+    )
     cri = merged["plugins"]["io.containerd.grpc.v1.cri"]
     return str(cri["containerd"].get("default_runtime_name") or "runc")
 

@@ -16,7 +16,8 @@ from typing import Any
 
 import pytest
 
-from nodeagent.runtime import containerd as ctd
+from nodeagent.runtime import containerd_config as ctdconf
+from nodeagent.runtime import tomldoc
 from nodeagent.runtime.detect import K3S_DIR, MICROK8S_ARGS, RKE2_DIR
 
 from .conftest import fixture
@@ -213,17 +214,19 @@ def _effective_containerd(node: Any, case: Case) -> dict[str, Any]:
     docs = engine._docs()  # the same parser containerd.py plans with
     main = engine.layout.main
     if engine.layout.template == "go":
-        text, _ = ctd.split_template(main, observed.files[main].decode())
+        text, _ = ctdconf.split_template(main, observed.files[main].decode())
         gen = tomllib.loads(observed.files[engine.layout.generated].decode())
-        return ctd.tomldoc.get_in(ctd.merge_configs([gen, tomllib.loads(text)], deep=True), ctd.cri_keys(case.version))
-    order = ctd._with_dir(
-        ctd.load_order(main, docs, observed.listings),
+        return tomldoc.get_in(
+            ctdconf.merge_configs([gen, tomllib.loads(text)], deep=True), ctdconf.cri_keys(case.version)
+        )
+    order = ctdconf.with_dirs(
+        ctdconf.load_order(main, docs, observed.listings),
         [engine.layout.dropin_dir] if engine.layout.dropin_dir else [],
         docs,
         observed.listings,
     )
-    merged = ctd.merge_configs([docs[p] for p in order], deep=ctd.deep_merge(engine.version))
-    return ctd.tomldoc.get_in(merged, ctd.cri_keys(case.version))
+    merged = ctdconf.merge_configs([docs[p] for p in order], deep=ctdconf.deep_merge(engine.version))
+    return tomldoc.get_in(merged, ctdconf.cri_keys(case.version))
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)

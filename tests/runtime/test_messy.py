@@ -139,9 +139,9 @@ async def test_more_than_256_dropins_are_all_read(node_factory: Any) -> None:
 
 
 async def test_too_many_imported_files_is_a_named_refusal(node_factory: Any, monkeypatch: Any) -> None:
-    from nodeagent.runtime import subsystem
+    from nodeagent.runtime import containerd
 
-    monkeypatch.setattr(subsystem, "MAX_IMPORT_FILES", 40)
+    monkeypatch.setattr(containerd, "MAX_IMPORT_FILES", 40)
     node = node_factory(_many_dropins(60), containerd_version="2.0.4")
     plan = await plan_of(node)
     assert plan.error.startswith(f"{CONFIG}: imports: imports load more than 40 files"), plan.error

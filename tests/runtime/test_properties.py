@@ -13,7 +13,8 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from nodeagent.runtime.containerd import CRI_PLUGIN, Containerd, Layout
+from nodeagent.runtime.containerd import Containerd, Layout
+from nodeagent.runtime.containerd_config import CRI_PLUGIN
 from nodeagent.runtime.docker import Docker
 from nodeagent.runtime.engine import RuntimeSpec
 
