@@ -43,10 +43,9 @@ rm "$stage/rootfs.tar"
 echo "build: base $base after $((SECONDS - started)) s"
 
 # nodeagent's wheel, its runtime dependencies' wheels and pip's own (stage 1 runs pip from it). The wheel
-# is built from a clean copy of the sources: a build/ left in the checkout could carry deleted modules.
-mkdir "$stage/src"
-(cd "$repo" && tar --exclude=__pycache__ -cf - pyproject.toml README.md nodeagent $(ls LICENSE* 2>/dev/null)) |
-  tar -xf - -C "$stage/src"
+# is built from a clean copy of the sources (a build/ left in the checkout could carry deleted modules)
+# holding only what ships: container/stage.sh leaves the test-only code out.
+"$repo/container/stage.sh" "$stage/src"
 if ! "$python" -m pip wheel --quiet --disable-pip-version-check -w "$stage/wheels" "$stage/src" pip > "$stage/pip.log" 2>&1; then
   cat "$stage/pip.log" >&2
   echo "build: pip wheel failed (log above)" >&2

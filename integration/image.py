@@ -11,6 +11,7 @@ recipe, see container/base/rootfs.sh); CI starts cold.
 from __future__ import annotations
 
 import gzip
+import io
 import json
 import os
 import subprocess
@@ -38,10 +39,12 @@ class BuiltImage:
     unpacked_bytes: int
     """The layers' contents, what the image takes on the node's disk."""
     build_s: float
+    files: frozenset[str]
+    """Every regular file of every layer, as a path without the leading ``/`` (``opt/nodeagent/...``)."""
 
 
-def _layers(archive: Path) -> tuple[dict[str, object], int, int]:
-    """Image config, compressed and uncompressed size of the layers of an oci-archive."""
+def _layers(archive: Path) -> tuple[dict[str, object], int, int, frozenset[str]]:
+    """Image config, compressed and uncompressed size, and the regular files of the layers of an oci-archive."""
     with tarfile.open(archive) as tar:
 
         def blob(digest: str) -> bytes:
@@ -54,10 +57,15 @@ def _layers(archive: Path) -> tuple[dict[str, object], int, int]:
         config = json.loads(blob(manifest["config"]["digest"]))
         compressed = sum(layer["size"] for layer in manifest["layers"])
         unpacked = 0
+        files: set[str] = set()
         for layer in manifest["layers"]:
             data = blob(layer["digest"])
-            unpacked += len(gzip.decompress(data)) if layer["mediaType"].endswith("gzip") else len(data)
-    return config, compressed, unpacked
+            if layer["mediaType"].endswith("gzip"):
+                data = gzip.decompress(data)
+            unpacked += len(data)
+            with tarfile.open(fileobj=io.BytesIO(data)) as contents:
+                files |= {m.name.removeprefix("./").lstrip("/") for m in contents.getmembers() if m.isfile()}
+    return config, compressed, unpacked, frozenset(files)
 
 
 def build_image() -> Iterator[BuiltImage]:
@@ -79,10 +87,10 @@ def build_image() -> Iterator[BuiltImage]:
         )
         assert done.returncode == 0, f"container/build.sh failed:\n{done.stdout}\n{done.stderr}"
         build_s = time.monotonic() - started
-        config, compressed, unpacked = _layers(archive)
+        config, compressed, unpacked, files = _layers(archive)
         entrypoint = config["config"]["Entrypoint"]  # type: ignore[index]
         print(f"\n{done.stdout}image built in {build_s:.0f} s")
-        yield BuiltImage(TAG, archive, list(entrypoint), compressed, unpacked, build_s)
+        yield BuiltImage(TAG, archive, list(entrypoint), compressed, unpacked, build_s, files)
     finally:
         subprocess.run(
             [

@@ -1,4 +1,4 @@
-"""The subsystem contract (design.md, "The subsystem contract").
+"""The subsystem contract: what every subsystem offers the agent, and what the agent gives it.
 
 A subsystem has a ``name`` and the names of the subsystems it ``requires``. The agent gives it a
 ``Context`` and calls, in this order:

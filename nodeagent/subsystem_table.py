@@ -4,7 +4,7 @@ Each subsystem package under ``nodeagent/`` holds a ``declaration.py`` with one 
 (``nodeagent.subsystem.Declaration``): its name, class, requirements, settings sections. Nothing else lists
 the subsystems: this table, the reload rule, the settings views and the import contracts' module lists
 (checked by ``tests/core/test_declarations.py``) all follow from those. Only the declarations are imported
-here; a subsystem's own modules are loaded when it is enabled (design.md: keep imports lazy).
+here; a subsystem's own modules are loaded only when it is enabled, so a process imports what it runs.
 """
 
 from __future__ import annotations

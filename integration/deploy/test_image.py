@@ -27,7 +27,7 @@ import pytest
 import yaml
 
 from integration.agent import answers, get
-from integration.image import BuiltImage
+from integration.image import REPO, BuiltImage
 from integration.runtime.conftest import Containerd, remove_tree, short_tmpdir
 from nodeagent.backends.hostfs import Root
 from nodeagent.settings import Settings
@@ -94,6 +94,18 @@ def proc_status_kib(pid: int, field: str) -> int:
     match = re.search(rf"^{field}:\s+(\d+) kB", Path(f"/proc/{pid}/status").read_text(), re.MULTILINE)
     assert match, field
     return int(match.group(1))
+
+
+def test_image_ships_the_agent_without_test_only_code(image: BuiltImage) -> None:
+    """Every package of nodeagent/ is installed in the image except the test-only nodeagent/testing/."""
+    installed = "opt/nodeagent/nodeagent"
+    leaked = sorted(f for f in image.files if f.startswith(f"{installed}/testing/"))
+    assert not leaked, f"test-only files in the image: {leaked}"
+    packages = {p.parent.relative_to(REPO).as_posix() for p in (REPO / "nodeagent").rglob("__init__.py")}
+    shipped = {p for p in packages if p != "nodeagent/testing" and not p.startswith("nodeagent/testing/")}
+    missing = sorted(p for p in shipped if f"opt/nodeagent/{p}/__init__.py" not in image.files)
+    assert not missing, f"packages missing from the image: {missing}"
+    assert f"{installed}/backends/gpu/sim/backend.py" in image.files  # the simulator ships
 
 
 def test_image_runs_in_containerd_as_the_daemonset_would(image: BuiltImage, containerd_factory: Any) -> None:

@@ -82,7 +82,7 @@ class FieldSpec:
 
     @property
     def tier(self) -> Tier:
-        """GPM samples cost ~7 ms per GPU on an H100 (design.md), so they join the slow tier."""
+        """GPM samples cost ~7 ms per GPU on a real H100 (cheap readings: 2-10 us), so they join the slow tier."""
         if self.reading is None:
             return Tier.FAST
         if self.reading in GPM_READINGS:
