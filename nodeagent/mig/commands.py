@@ -123,10 +123,10 @@ async def run_mig(args: argparse.Namespace, settings: Settings, env: Mapping[str
 
 
 async def _states(gpus: GpuBackend) -> tuple[Any, list[Any]]:
-    from nodeagent.mig.observe import gpu_states
+    from nodeagent.mig.observe import mig_layouts
 
     inventory = await gpus.inventory()
-    return inventory, gpu_states(inventory)
+    return inventory, mig_layouts(inventory)
 
 
 async def _apply(

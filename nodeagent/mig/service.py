@@ -24,7 +24,7 @@ from nodeagent.mig.executor import (
 )
 from nodeagent.mig.holders import find_holders
 from nodeagent.mig.hooks import Hooks
-from nodeagent.mig.observe import gpu_states
+from nodeagent.mig.observe import mig_layouts
 from nodeagent.mig.planner import Action, GpuPlan, NodePlan, plan_node
 from nodeagent.model.gpu import Inventory
 
@@ -67,7 +67,7 @@ class ApplyOutcome:
 
 def plan_or_raise(config: MigConfig, inventory: Inventory, *, mode_only: bool = False) -> NodePlan:
     """The node's plan; ConfigError (file, config, entry) when a GPU cannot take its entry."""
-    states = gpu_states(inventory)
+    states = mig_layouts(inventory)
     config.validate([s.gpu for s in states])
     plan = plan_node(config, states, mode_only=mode_only)
     if states and not plan.gpus:

@@ -38,7 +38,7 @@ from nodeagent.mig import config as cfg
 from nodeagent.mig.declaration import DECLARATION
 from nodeagent.mig.executor import SamplingPause
 from nodeagent.mig.generate import generate, to_text
-from nodeagent.mig.observe import gpu_states
+from nodeagent.mig.observe import mig_layouts
 from nodeagent.mig.operands import Operands, restore_patch
 from nodeagent.mig.planner import Action, NodePlan, applied
 from nodeagent.mig.service import execute_plan, plan_or_raise
@@ -140,7 +140,7 @@ class MigSubsystem(BaseSubsystem):
         except NodeAgentError as err:
             return MigObservation(None, None, error=f"no GPU inventory: {err}")
         assert inventory is not None
-        gpus = [s.gpu for s in gpu_states(inventory)]
+        gpus = [s.gpu for s in mig_layouts(inventory)]
         persisted = await run_blocking(self._persisted)
         name, path, source = settings.config, settings.config_file, "settings"
         if self.requested:
@@ -280,7 +280,7 @@ class MigSubsystem(BaseSubsystem):
                 self._set_state(name, "success")
                 return
             if observed.after_reboot and observed.inventory is not None:
-                mode_ok, _ = applied(observed.config, gpu_states(observed.inventory), mode_only=True)
+                mode_ok, _ = applied(observed.config, mig_layouts(observed.inventory), mode_only=True)
                 if not mode_ok:
                     await self._forget()
                     self._set_state(name, "failed", "the MIG mode change did not take effect after rebooting")
