@@ -14,8 +14,9 @@ from nodeagent.backends.hostfs import Root
 from nodeagent.gpuhealth.subsystem import GpuHealthSubsystem
 from nodeagent.labels.subsystem import LabelsSubsystem
 from nodeagent.testing.apiserver import TestApiServer
-from tests.gpuhealth.test_node_health import NODE, condition_is, settings, until
+from tests.gpuhealth.test_node_health import NODE, condition_is, settings
 from tests.labels.test_labels_subsystem import kube_client
+from tests.support import wait_until
 
 
 async def test_an_xid_turns_the_condition_false_without_the_metrics_subsystem(
@@ -34,9 +35,9 @@ async def test_an_xid_turns_the_condition_false_without_the_metrics_subsystem(
         asyncio.create_task(labels.run(stop)),
     ]
     try:
-        await until(condition_is(apiserver, "True", "GpusHealthy"), "healthy at first")
+        await wait_until(condition_is(apiserver, "True", "GpusHealthy"), "healthy at first")
         sim.inject_xid(1, 79)
-        await until(condition_is(apiserver, "False", "XidFallenOffBus"), "XID 79 on the Node")
+        await wait_until(condition_is(apiserver, "False", "XidFallenOffBus"), "XID 79 on the Node")
     finally:
         stop.set()
         await asyncio.gather(*tasks)
