@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tests.support import free_port, wait_until_blocking
+from tests.support import free_port, wait_until
 
 NODE_NAME = "sim-node-7"
 
@@ -77,7 +77,7 @@ def simulated_agent(tmp_path: Path, env: Mapping[str, str] | None = None) -> Ite
         )
     agent = Agent(proc, f"http://127.0.0.1:{port}", log)
     try:
-        wait_until_blocking(
+        wait_until(
             lambda: proc.poll() is not None or answers(f"{agent.url}/metrics"), timeout_s=60, what="agent /metrics"
         )
         assert proc.poll() is None, log.read_text()

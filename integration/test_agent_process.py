@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from integration.agent import answers, get
-from tests.support import free_port, wait_until_blocking
+from tests.support import free_port, wait_until
 
 NODEAGENT = [sys.executable, "-m", "nodeagent"]
 H100 = "NVIDIA H100 80GB HBM3"
@@ -45,7 +45,7 @@ def _agent(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], str, float
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        wait_until_blocking(lambda: proc.poll() is not None or answers(f"{url}/readyz"), timeout_s=30, what="/readyz")
+        wait_until(lambda: proc.poll() is not None or answers(f"{url}/readyz"), timeout_s=30, what="/readyz")
         assert proc.poll() is None, proc.stdout.read().decode() if proc.stdout else ""
         yield proc, url, time.monotonic() - started
     finally:

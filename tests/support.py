@@ -1,10 +1,11 @@
-"""Helpers shared by unit and integration tests: ``from tests.support import require, free_port, wait_until``."""
+"""Helpers shared by unit and integration tests: ``from tests.support import require, free_port, until``."""
 
 from __future__ import annotations
 
 import asyncio
 import os
 import socket
+import time
 from collections.abc import Callable
 
 import pytest
@@ -28,22 +29,28 @@ def free_port() -> int:
         return port
 
 
-async def wait_until(
+def wait_until(predicate: Callable[[], bool], *, timeout_s: float, what: str, step_s: float = 0.05) -> None:
+    """Poll an external process's state (a daemon we cannot await) until true or fail after timeout. It blocks:
+    a test that waits for the agent's own tasks (in its event loop) awaits ``until`` instead."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(step_s)
+    pytest.fail(f"timed out after {timeout_s}s waiting for {what}")
+
+
+async def until(
     predicate: Callable[[], object], what: str = "", *, timeout_s: float = 10.0, step_s: float = 0.01
 ) -> None:
-    """Wait until ``predicate()`` is true: a state that the agent's tasks (in this loop) or a process beside the
-    test reach, and that the test cannot await directly. Fails the test, naming ``what``, after ``timeout_s``."""
+    """Wait until ``predicate()`` is true: a state the agent's tasks (in this loop) reach that the test cannot
+    await directly. Fails the test, naming ``what``, after ``timeout_s``. The one such helper of the tests."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout_s
     while not predicate():
         if loop.time() >= deadline:
             pytest.fail(f"timed out after {timeout_s}s waiting for {what or _describe(predicate)}")
         await asyncio.sleep(step_s)
-
-
-def wait_until_blocking(predicate: Callable[[], object], what: str, *, timeout_s: float, step_s: float = 0.05) -> None:
-    """``wait_until`` for a test without an event loop (one that polls a daemon it started as a process)."""
-    asyncio.run(wait_until(predicate, what, timeout_s=timeout_s, step_s=step_s))
 
 
 def _describe(predicate: Callable[[], object]) -> str:

@@ -30,7 +30,7 @@ from integration.agent import answers, get
 from integration.runtime.conftest import Containerd, remove_tree, short_tmpdir
 from nodeagent.backends.hostfs import Root
 from nodeagent.settings import Settings
-from tests.support import free_port, wait_until_blocking
+from tests.support import free_port, wait_until
 
 from .conftest import BuiltImage
 from .kube import OVERLAY_DIR, agent_container, find, literal_env, memory_bytes, render
@@ -113,7 +113,7 @@ def test_image_runs_in_containerd_as_the_daemonset_would(image: BuiltImage, cont
         def logs() -> str:
             return log.read_text(errors="replace")[-4000:] if log.exists() else ""
 
-        wait_until_blocking(
+        wait_until(
             lambda: answers(f"{url}/readyz") or task_pid_and_status(d, name)[1] != "RUNNING",
             timeout_s=90,
             what="the container's /readyz",
@@ -157,9 +157,7 @@ def test_image_runs_in_containerd_as_the_daemonset_would(image: BuiltImage, cont
 
         # SIGTERM, as the kubelet stops a pod: a clean exit within the grace period
         d.ctr("tasks", "kill", "--signal", "SIGTERM", name)
-        wait_until_blocking(
-            lambda: task_pid_and_status(d, name)[1] == "STOPPED", timeout_s=grace_s, what="exit on SIGTERM"
-        )
+        wait_until(lambda: task_pid_and_status(d, name)[1] == "STOPPED", timeout_s=grace_s, what="exit on SIGTERM")
         events = [json.loads(line)["event"] for line in logs().splitlines() if line.startswith("{")]
         assert events and events[-1] == "agent_stopped", logs()
     finally:

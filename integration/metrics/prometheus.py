@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from integration.agent import answers
-from tests.support import free_port, require, wait_until_blocking
+from tests.support import free_port, require, wait_until
 
 HEADER = "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  evaluation_interval: 1s\nscrape_configs:\n"
 
@@ -44,9 +44,7 @@ def prometheus(tmp_path: Path, jobs: str) -> Iterator[str]:
         )
         url = f"http://127.0.0.1:{port}"
         try:
-            wait_until_blocking(
-                lambda: proc.poll() is not None or answers(f"{url}/-/ready"), timeout_s=30, what="prometheus"
-            )
+            wait_until(lambda: proc.poll() is not None or answers(f"{url}/-/ready"), timeout_s=30, what="prometheus")
             assert proc.poll() is None, (tmp_path / "prometheus.log").read_text()
             yield url
         finally:

@@ -31,7 +31,7 @@ import pytest
 
 from integration.agent import Agent, get, simulated_agent
 from integration.metrics.prometheus import job, prometheus
-from tests.support import require, wait_until_blocking
+from tests.support import require, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -108,7 +108,7 @@ def test_every_panel_of_dcgm_exporters_dashboard(scraped: tuple[str, dict[str, A
     url, agents = scraped
     instance = {name: a.url.removeprefix("http://") for name, a in agents.items()}
     # Every node scraped, GPM readings (tensor activity) in: the slowest panel has data everywhere.
-    wait_until_blocking(
+    wait_until(
         lambda: len(query(url, "count by (job) (DCGM_FI_PROF_PIPE_TENSOR_ACTIVE)")) == len(NODES),
         timeout_s=90,
         what="every node's profiling metrics in Prometheus",

@@ -16,7 +16,7 @@ import pytest
 
 from integration.agent import NODE_NAME, Agent, get, simulated_agent
 from integration.metrics.prometheus import job, prometheus
-from tests.support import wait_until_blocking
+from tests.support import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -44,7 +44,7 @@ def test_prometheus_scrapes_every_gpu_with_dcgm_labels(scraped: tuple[Agent, str
     agent, url = scraped
     started = time.monotonic()
     # ~20 s of 1 s scrapes: wait (with a deadline) until Prometheus holds that many samples per GPU
-    wait_until_blocking(
+    wait_until(
         lambda: len(query(url, f"count_over_time(DCGM_FI_DEV_GPU_TEMP[1m]) >= {SCRAPE_RUN_S}")) == 8,
         timeout_s=SCRAPE_RUN_S + 40,
         what=f"{SCRAPE_RUN_S} scrapes of every GPU",

@@ -10,7 +10,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from integration.agent import simulated_agent
-from tests.support import wait_until_blocking
+from tests.support import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -35,9 +35,7 @@ def test_injected_xid_reaches_the_metrics(tmp_path: Path) -> None:
         request = urllib.request.Request(f"{agent.url}/debug/sim/xid?gpu=3&xid=48", method="POST", data=b"")
         with urllib.request.urlopen(request, timeout=5) as resp:
             assert resp.status == 200
-        wait_until_blocking(
-            lambda: xids(agent.metrics().decode())[0].get("3") == 48, timeout_s=10, what="XID 48 on gpu 3"
-        )
+        wait_until(lambda: xids(agent.metrics().decode())[0].get("3") == 48, timeout_s=10, what="XID 48 on gpu 3")
         per_gpu, totals = xids(agent.metrics().decode())
         assert {g: v for g, v in per_gpu.items() if v} == {"3": 48}
         assert totals == {"48": 1}

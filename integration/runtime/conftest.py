@@ -34,7 +34,7 @@ from nodeagent.backends.hostfs import Root
 from nodeagent.backends.runtimectl import HostRuntimeControl
 from nodeagent.runtime.subsystem import RuntimeSubsystem
 from nodeagent.settings import Settings, replace
-from tests.support import require, wait_until_blocking
+from tests.support import require, wait_until
 
 sys.path.insert(0, str(Path(__file__).parent / "cri"))
 
@@ -189,7 +189,7 @@ class Containerd(Daemon):
         return None
 
     def wait_cri_ok(self, timeout_s: float = 30) -> None:
-        wait_until_blocking(
+        wait_until(
             lambda: self.cri_status() == "ok",
             timeout_s=timeout_s,
             what=f"containerd CRI plugin ok\n{self.log_text()[-3000:]}",

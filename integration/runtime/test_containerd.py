@@ -31,7 +31,7 @@ from integration.agent import answers
 from nodeagent.errors import PermanentError
 from nodeagent.plan import Step
 from nodeagent.subsystem import Phase
-from tests.support import free_port, wait_until_blocking
+from tests.support import free_port, wait_until
 
 from .conftest import Containerd, agent, write_shim
 
@@ -238,14 +238,12 @@ async def test_e_drift_is_repaired_within_two_seconds(containerd_factory: Any) -
     task = asyncio.create_task(sub.run(stop))
     try:
         await asyncio.to_thread(
-            wait_until_blocking, lambda: b"runtimes.nvidia" in d.config.read_bytes(), timeout_s=30, what="apply"
+            wait_until, lambda: b"runtimes.nvidia" in d.config.read_bytes(), timeout_s=30, what="apply"
         )
-        await asyncio.to_thread(
-            wait_until_blocking, lambda: sub.status().phase == Phase.RUNNING, timeout_s=30, what="healthy"
-        )
+        await asyncio.to_thread(wait_until, lambda: sub.status().phase == Phase.RUNNING, timeout_s=30, what="healthy")
         restarts = sub.restarts
         print(f"drift repaired in {await rewrite_and_time_repair(d, original):.3f}s")
-        await asyncio.to_thread(wait_until_blocking, lambda: sub.restarts == restarts + 1, timeout_s=30, what="restart")
+        await asyncio.to_thread(wait_until, lambda: sub.restarts == restarts + 1, timeout_s=30, what="restart")
         d.wait_cri_ok()
         # reconciling a node in the desired state: no writes, no restarts
         pid, data = d.pid(), d.config.read_bytes()
@@ -288,15 +286,12 @@ async def test_e_drift_is_repaired_behind_a_running_nodeagent_process(containerd
     )
     try:
         await asyncio.to_thread(
-            wait_until_blocking,
-            lambda: b"runtimes.nvidia" in d.config.read_bytes(),
-            timeout_s=60,
-            what="apply by the agent",
+            wait_until, lambda: b"runtimes.nvidia" in d.config.read_bytes(), timeout_s=60, what="apply by the agent"
         )
         d.wait_cri_ok()
         # The agent has settled (restart done, health checked, watching) once it reports ready.
         await asyncio.to_thread(
-            wait_until_blocking, lambda: answers(f"http://127.0.0.1:{port}/readyz"), timeout_s=60, what="agent /readyz"
+            wait_until, lambda: answers(f"http://127.0.0.1:{port}/readyz"), timeout_s=60, what="agent /readyz"
         )
         print(f"drift repaired by the agent process in {await rewrite_and_time_repair(d, original):.3f}s")
     finally:

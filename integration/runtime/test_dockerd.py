@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from nodeagent.subsystem import Phase
-from tests.support import wait_until_blocking
+from tests.support import wait_until
 
 from .conftest import Daemon, agent, need_root_and, remove_tree, short_tmpdir, write_shim
 
@@ -58,9 +58,7 @@ def dockerd() -> Iterator[Dockerd]:
     d.write_restart_script(binary_args=f"--config-file {d.config}")
     d.start()
     try:
-        wait_until_blocking(
-            lambda: d.docker("version").returncode == 0, timeout_s=60, what=f"dockerd\n{d.log_text()[-2000:]}"
-        )
+        wait_until(lambda: d.docker("version").returncode == 0, timeout_s=60, what=f"dockerd\n{d.log_text()[-2000:]}")
         yield d
     finally:
         d.stop()
@@ -99,5 +97,5 @@ async def test_d_dockerd_lists_the_runtime_and_keeps_daemon_json(dockerd: Docker
     # runtime is gone once dockerd restarts on the original file
     assert any("next restart" in m for m in result.messages)
     d.start()  # the restart script stops dockerd by pid and starts it again
-    wait_until_blocking(lambda: d.docker("version").returncode == 0, timeout_s=60, what="dockerd back")
+    wait_until(lambda: d.docker("version").returncode == 0, timeout_s=60, what="dockerd back")
     assert not {"nvidia", "nvidia-cdi", "nvidia-legacy"} & set(d.runtimes())

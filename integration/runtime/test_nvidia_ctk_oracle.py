@@ -49,7 +49,7 @@ from nodeagent.runtime import containerd as ctd
 from nodeagent.runtime import crio
 from nodeagent.runtime.engine import RuntimeSpec
 from tests.runtime.conftest import make_node
-from tests.support import require, wait_until_blocking
+from tests.support import require, wait_until
 
 from . import nvidia_ctk
 from .conftest import Containerd, need_root_and
@@ -294,7 +294,7 @@ def cri_status(root: Path) -> str:
     d.write_restart_script(f"--config {d.config} --root {root}/var/lib/ctd --state {root}/run/ctd --address {d.sock}")
     try:
         d.start()
-        wait_until_blocking(lambda: d.cri_status() in ("ok", "error"), timeout_s=30, what=f"containerd on {root}")
+        wait_until(lambda: d.cri_status() in ("ok", "error"), timeout_s=30, what=f"containerd on {root}")
         return d.cri_status() or ""
     finally:
         d.stop()

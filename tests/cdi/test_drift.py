@@ -15,7 +15,7 @@ from nodeagent.errors import HostPathError
 from nodeagent.subsystem import Phase, Status
 from nodeagent.validation.subsystem import ValidationSubsystem
 from tests.driver.fakes import make_ctx
-from tests.support import wait_until
+from tests.support import until
 
 SPEC = "/var/run/cdi/nvidia.yaml"
 DRIVER_READY = "/run/nvidia/validations/driver-ready"
@@ -33,10 +33,10 @@ async def test_a_deleted_or_edited_cdi_spec_is_written_again(tmp_path: Path) -> 
     task = asyncio.create_task(cdi.run(stop))
     try:
         ctx.root.remove(SPEC)
-        await wait_until(lambda: ctx.root.exists(SPEC))
+        await until(lambda: ctx.root.exists(SPEC))
         assert ctx.root.read_bytes(SPEC) == original
         ctx.root.write_atomic(SPEC, b"cdiVersion: 0.3.0\nkind: someone/else\n")
-        await wait_until(lambda: ctx.root.read_bytes(SPEC) == original)
+        await until(lambda: ctx.root.read_bytes(SPEC) == original)
         assert cdi.status().phase is Phase.RUNNING
     finally:
         stop.set()
@@ -58,7 +58,7 @@ async def test_a_deleted_validation_file_is_written_again(tmp_path: Path) -> Non
     task = asyncio.create_task(files.run(stop))
     try:
         ctx.root.remove(DRIVER_READY)
-        await wait_until(lambda: ctx.root.exists(DRIVER_READY))
+        await until(lambda: ctx.root.exists(DRIVER_READY))
         assert ctx.root.read_bytes(DRIVER_READY) == content
     finally:
         stop.set()

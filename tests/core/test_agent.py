@@ -19,7 +19,7 @@ from nodeagent.errors import ConfigError
 from nodeagent.settings import Settings, load, replace
 from nodeagent.subsystem import Phase, make_plan
 from tests.core.fakes import Scripted, make_context, make_parts
-from tests.support import free_port, wait_until
+from tests.support import free_port, until
 
 
 def fast_settings(**agent: Any) -> Settings:
@@ -57,7 +57,7 @@ async def test_subsystems_start_after_their_requirements_and_stop_in_reverse(tmp
         tmp_path, [sub("driver", fail_starts=2), sub("runtime", ("driver",)), sub("metrics", ("driver", "runtime"))]
     )
     task = asyncio.create_task(agent.run())
-    await wait_until(agent.ready)
+    await until(agent.ready)
     starts = [e for e in journal if e.startswith("start")]
     assert starts == ["start:driver", "start:driver", "start:driver", "start:runtime", "start:metrics"]
     agent.request_stop("test")
@@ -72,8 +72,8 @@ async def test_a_crashing_subsystem_is_restarted_with_backoff_and_never_takes_ot
     )
     task = asyncio.create_task(agent.run())
     flaky, steady = agent.subsystems["flaky"], agent.subsystems["steady"]
-    await wait_until(steady.running.is_set)  # type: ignore[attr-defined]
-    await wait_until(flaky.running.is_set)  # type: ignore[attr-defined]
+    await until(steady.running.is_set)  # type: ignore[attr-defined]
+    await until(flaky.running.is_set)  # type: ignore[attr-defined]
     assert flaky.calls.count("run") == 4  # type: ignore[attr-defined]
     assert steady.calls == ["start", "run"]  # type: ignore[attr-defined]
     assert agent._restarts["flaky"] == 3
@@ -94,7 +94,7 @@ async def test_backoff_delays_grow_exponentially_with_jitter(tmp_path: Path) -> 
 
     agent._override = spy  # type: ignore[method-assign]
     task = asyncio.create_task(agent.run())
-    await wait_until(lambda: len(delays) == 4)
+    await until(lambda: len(delays) == 4)
     agent.request_stop()
     await asyncio.wait_for(task, 5)
     for got, nominal in zip(delays, [0.05, 0.1, 0.2, 0.2], strict=True):
@@ -110,7 +110,7 @@ async def test_permanent_failure_is_not_retried_and_readyz_says_why(tmp_path: Pa
         ],
     )
     task = asyncio.create_task(agent.run())
-    await wait_until(lambda: agent.statuses()["driver"].phase == Phase.FAILED)
+    await until(lambda: agent.statuses()["driver"].phase == Phase.FAILED)
     url = f"http://{agent.ctx.settings.agent.listen}"
     async with aiohttp.ClientSession() as http:
         async with http.get(f"{url}/readyz") as resp:
@@ -128,7 +128,7 @@ async def test_permanent_failure_is_not_retried_and_readyz_says_why(tmp_path: Pa
 async def test_readyz_and_status_when_everything_runs(tmp_path: Path) -> None:
     agent = make_agent(tmp_path, [lambda c: Scripted(c, name="driver")])
     task = asyncio.create_task(agent.run())
-    await wait_until(agent.ready)
+    await until(agent.ready)
     url = f"http://{agent.ctx.settings.agent.listen}"
     async with aiohttp.ClientSession() as http:
         async with http.get(f"{url}/readyz") as resp:
@@ -146,7 +146,7 @@ async def test_readyz_and_status_when_everything_runs(tmp_path: Path) -> None:
 async def test_sigterm_stops_everything_and_exits_zero(tmp_path: Path) -> None:
     agent = make_agent(tmp_path, [lambda c: Scripted(c, name="driver")])
     task = asyncio.create_task(agent.run())
-    await wait_until(agent.ready)
+    await until(agent.ready)
     os.kill(os.getpid(), signal.SIGTERM)
     assert await asyncio.wait_for(task, 5) == 0
     assert agent.statuses()["driver"].phase == Phase.STOPPED
@@ -157,7 +157,7 @@ async def test_a_subsystem_that_will_not_stop_is_cancelled_within_the_timeout(tm
     settings = fast_settings(shutdown_timeout_s=0.2)
     agent = make_agent(tmp_path, [lambda c: Scripted(c, name="slow", stop_delay_s=30)], settings)
     task = asyncio.create_task(agent.run())
-    await wait_until(agent.ready)
+    await until(agent.ready)
     loop = asyncio.get_running_loop()
     started = loop.time()
     agent.request_stop()
@@ -180,12 +180,12 @@ async def test_sighup_reloads_valid_settings_and_keeps_old_ones_when_invalid(tmp
 
     agent = make_agent(tmp_path, [lambda c: Scripted(c, name="driver")], good, reload_settings=reload)
     task = asyncio.create_task(agent.run())
-    await wait_until(agent.ready)
+    await until(agent.ready)
     os.kill(os.getpid(), signal.SIGHUP)
-    await wait_until(lambda: len(candidates) == 1)
+    await until(lambda: len(candidates) == 1)
     assert agent.ctx.settings.metrics.interval_s == good.metrics.interval_s
     os.kill(os.getpid(), signal.SIGHUP)
-    await wait_until(lambda: agent.ctx.settings.metrics.interval_s == 5.0)
+    await until(lambda: agent.ctx.settings.metrics.interval_s == 5.0)
     agent.request_stop()
     await asyncio.wait_for(task, 5)
 
@@ -222,7 +222,7 @@ async def test_status_describes_the_agent_and_the_last_plans(tmp_path: Path) -> 
     """/status carries the agent's own description and each subsystem's latest plan, as JSON."""
     agent = make_agent(tmp_path, [lambda c: Scripted(c, name="driver")])
     task = asyncio.create_task(agent.run())
-    await wait_until(agent.ready)
+    await until(agent.ready)
     sub = agent.subsystems["driver"]
     assert isinstance(sub, Scripted)
     await make_plan(sub)

@@ -17,7 +17,7 @@ from nodeagent.runtime.subsystem import RuntimeSubsystem
 from nodeagent.settings import changed_sections, replace
 from tests.core.test_agent import fast_settings
 from tests.runtime.conftest import fixture
-from tests.support import wait_until
+from tests.support import until
 
 CONFIG = "/etc/containerd/config.toml"
 
@@ -39,7 +39,7 @@ async def test_a_reload_reaches_the_runtime_subsystem(tmp_path: Path) -> None:
     agent = Agent(testing.parts(ctx, [RuntimeSubsystem(ctx)]))
     task = asyncio.create_task(agent.run())
     try:
-        await wait_until(agent.ready)
+        await until(agent.ready)
         assert b"runtimes.nvidia]" in local.read_bytes()
         first = agent.subsystems["runtime"]
 
@@ -59,7 +59,7 @@ async def test_a_reload_reaches_the_runtime_subsystem(tmp_path: Path) -> None:
         fresh = agent.subsystems["runtime"]
         assert fresh is not first and isinstance(fresh, RuntimeSubsystem)
         assert fresh.settings.runtime_class == "nvidia-reloaded"
-        await wait_until(lambda: b"runtimes.nvidia-reloaded]" in local.read_bytes() and agent.ready())
+        await until(lambda: b"runtimes.nvidia-reloaded]" in local.read_bytes() and agent.ready())
     finally:
         agent.request_stop()
         assert await asyncio.wait_for(task, 10) == 0
@@ -79,14 +79,14 @@ async def test_a_reload_of_the_driver_root_in_runtime_reaches_driver_ready(tmp_p
     ready_file = ctx.root.resolve(settings.driver.validations_dir) / "driver-ready"
     task = asyncio.create_task(agent.run())
     try:
-        await wait_until(lambda: agent.ready() and ready_file.exists())
+        await until(lambda: agent.ready() and ready_file.exists())
         assert b"NVIDIA_DRIVER_ROOT=/\n" in ready_file.read_bytes()
 
         moved = replace(ctx.settings, "cdi", driver_root_in_runtime="/run/nvidia/driver")
         restarted = await agent.apply_settings(moved)
         assert "driver" in restarted
         # the file is removed and written again while the driver restarts
-        await wait_until(
+        await until(
             lambda: ready_file.exists() and b"NVIDIA_DRIVER_ROOT=/run/nvidia/driver\n" in ready_file.read_bytes()
         )
     finally:

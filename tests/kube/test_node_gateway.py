@@ -32,7 +32,7 @@ from nodeagent.testing.apiserver import TestApiServer, write_kubeconfig
 from tests.core.fakes import Scripted
 from tests.kube.kube_support import ADMIN_TOKEN, AGENT_TOKEN
 from tests.labels.test_labels_subsystem import kube_client
-from tests.support import free_port, wait_until
+from tests.support import free_port, until
 
 NODE = "node-a"
 DEVICE_PLUGIN = "nvidia.com/gpu.deploy.device-plugin"
@@ -91,7 +91,7 @@ async def test_labels_mig_and_gpuhealth_share_one_client_and_one_watch(
     agent = Agent(testing.parts(ctx, subsystems))
     task = asyncio.create_task(agent.run())
     try:
-        await wait_until(lambda: node_watches(apiserver) == 1, "the Node watched")
+        await until(lambda: node_watches(apiserver) == 1, "the Node watched")
         await admin.patch(NODES, NODE, {"metadata": {"labels": {MIG_CONFIG_LABEL: "all-3g.40gb"}}})
 
         def node() -> dict[str, Any]:
@@ -99,10 +99,10 @@ async def test_labels_mig_and_gpuhealth_share_one_client_and_one_watch(
             assert found is not None
             return found
 
-        await wait_until(lambda: node()["metadata"]["labels"].get(MIG_STATE_LABEL) == "success", "MIG applied")
+        await until(lambda: node()["metadata"]["labels"].get(MIG_STATE_LABEL) == "success", "MIG applied")
         sim.inject_xid(0, 79)
         await ctx.gpu_state.sample(SampleRequest(frozenset()))
-        await wait_until(
+        await until(
             lambda: any(
                 c["type"] == CONDITION_TYPE and c["status"] == "False" for c in node()["status"].get("conditions", [])
             ),
@@ -126,7 +126,7 @@ async def test_labels_mig_and_gpuhealth_share_one_client_and_one_watch(
         await asyncio.wait_for(task, 10)
         await admin.close()
         await sim.close()
-    await wait_until(lambda: node_watches(apiserver) == 0, "the watch ends with the agent (the server notices)")
+    await until(lambda: node_watches(apiserver) == 0, "the watch ends with the agent (the server notices)")
 
 
 async def test_concurrent_writers_never_interleave_a_read_modify_write(apiserver: TestApiServer) -> None:
@@ -212,8 +212,8 @@ async def test_a_reload_of_the_kube_settings_moves_the_client_and_the_watch(apis
             assert gateway.client() is built[0]
             in_effect[0] = KubeSettings(timeout_s=3.0)
             assert gateway.client() is built[1], "a new client for the new settings"
-            await wait_until(lambda: built[0]._session is None, "the old client closed")
-            await wait_until(lambda: apiserver.counters.by_verb[("watch", "nodes")] == 2, "the watch moved")
+            await until(lambda: built[0]._session is None, "the old client closed")
+            await until(lambda: apiserver.counters.by_verb[("watch", "nodes")] == 2, "the watch moved")
             await admin.patch(NODES, NODE, {"metadata": {"labels": {"team": "ml"}}})
             seen = None
             while (seen or {}).get("metadata", {}).get("labels", {}).get("team") != "ml":

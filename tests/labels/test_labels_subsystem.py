@@ -23,7 +23,7 @@ from nodeagent.settings import Settings, replace
 from nodeagent.subsystem import Phase
 from nodeagent.testing.apiserver import TestApiServer, write_kubeconfig
 from tests.kube.kube_support import AGENT_TOKEN, RBAC, TOKENS
-from tests.support import wait_until
+from tests.support import until
 
 NFD = "/etc/kubernetes/node-feature-discovery/features.d/nodeagent"
 NF_NAME = "nvidia-features-for-node-a"
@@ -163,14 +163,14 @@ async def test_removed_label_comes_back_through_the_watch(
     stop = asyncio.Event()
     runner = asyncio.ensure_future(sub.run(stop))
     try:
-        await wait_until(lambda: any(w.rt.plural == "nodes" for w in apiserver.store.watchers), "the Node watch")
+        await until(lambda: any(w.rt.plural == "nodes" for w in apiserver.store.watchers), "the Node watch")
         admin = kube_client(apiserver, "admin-token")
         removed = await admin.patch(NODES, "node-a", {"metadata": {"labels": {key: None}}})
         await admin.close()
         assert key not in removed["metadata"]["labels"], "the removal was stored"
         removed_rv = int(removed["metadata"]["resourceVersion"])
 
-        await wait_until(
+        await until(
             lambda: key in (apiserver.object("nodes", "node-a") or {})["metadata"]["labels"],
             "the label back",
             timeout_s=3,

@@ -28,7 +28,7 @@ from nodeagent.settings import Settings, replace
 from nodeagent.testing.apiserver import TestApiServer
 from tests.kube.kube_support import ADMIN_TOKEN
 from tests.labels.test_labels_subsystem import kube_client
-from tests.support import wait_until
+from tests.support import until
 
 NODE = "node-a"
 
@@ -139,14 +139,14 @@ async def test_label_reconfigures_the_gpus_to_success(
     await a.start()
     try:
         await set_label(admin, MIG_CONFIG_LABEL, "all-1g.10gb")
-        await wait_until(state_is(apiserver, "success"), "state success")
+        await until(state_is(apiserver, "success"), "state success")
         assert label_history(apiserver, MIG_STATE_LABEL) == ["pending", "success"]
         inv = await sim.inventory()
         assert [len(g.mig_devices) for g in inv.gpus] == [7, 7]
         cond = condition(apiserver, MIG_CONDITION)
         assert (cond["status"], cond["reason"]) == ("True", "MigConfigApplied")
         assert cond["message"] == "MIG config 'all-1g.10gb': success"
-        await wait_until(lambda: "MigConfigApplied" in [e["reason"] for e in events_about_node(apiserver)], "event")
+        await until(lambda: "MigConfigApplied" in [e["reason"] for e in events_about_node(apiserver)], "event")
         assert "MigConfigPending" in [e["reason"] for e in events_about_node(apiserver)]
         # Converged (the GFD labels of the new layout published too): a resync writes nothing.
         await settled(apiserver)
@@ -157,7 +157,7 @@ async def test_label_reconfigures_the_gpus_to_success(
         assert condition(apiserver, MIG_CONDITION)["lastTransitionTime"] == transition
         # A new config from the label: pending again, then success, GPUs changed.
         await set_label(admin, MIG_CONFIG_LABEL, "all-3g.40gb")
-        await wait_until(
+        await until(
             lambda: (
                 label_history(apiserver, MIG_STATE_LABEL)[-1:] == ["success"]
                 and len(label_history(apiserver, MIG_STATE_LABEL)) == 4
@@ -180,13 +180,13 @@ async def test_unknown_config_fails_and_touches_nothing(
     await a.start()
     try:
         await set_label(admin, MIG_CONFIG_LABEL, "all-9g.1gb")
-        await wait_until(state_is(apiserver, "failed"), "state failed")
+        await until(state_is(apiserver, "failed"), "state failed")
         assert label_history(apiserver, MIG_STATE_LABEL) == ["failed"]
         cond = condition(apiserver, MIG_CONDITION)
         assert (cond["status"], cond["reason"]) == ("False", "MigConfigFailed")
         assert "no config named 'all-9g.1gb'" in cond["message"]
         assert await sim.inventory() == before
-        await wait_until(lambda: any(e["type"] == "Warning" for e in events_about_node(apiserver)), "event")
+        await until(lambda: any(e["type"] == "Warning" for e in events_about_node(apiserver)), "event")
         (warning,) = [e for e in events_about_node(apiserver) if e["type"] == "Warning"]
         assert warning["reason"] == "MigConfigFailed" and warning["involvedObject"]["name"] == NODE
     finally:
@@ -201,7 +201,7 @@ async def test_a_failure_half_way_names_the_gpu(tmp_path: Path, apiserver: TestA
     await a.start()
     try:
         await set_label(admin, MIG_CONFIG_LABEL, "all-1g.10gb")
-        await wait_until(state_is(apiserver, "failed"), "state failed")
+        await until(state_is(apiserver, "failed"), "state failed")
         assert label_history(apiserver, MIG_STATE_LABEL) == ["pending", "failed"]
         message = condition(apiserver, MIG_CONDITION)["message"]
         assert "GPU 1: in use by pid 4242 (trainer)" in message
@@ -221,7 +221,7 @@ async def test_reboot_between_rebooting_and_success(
     a = agent(tmp_path, sim, apiserver, agent_settings())
     await a.start()
     await set_label(admin, MIG_CONFIG_LABEL, "all-balanced")
-    await wait_until(state_is(apiserver, "rebooting"), "state rebooting")
+    await until(state_is(apiserver, "rebooting"), "state rebooting")
     assert "after a reboot" in condition(apiserver, MIG_CONDITION)["message"]
     await a.close()
     await sim.close()
@@ -236,7 +236,7 @@ async def test_reboot_between_rebooting_and_success(
     await b.labels.start()
     b.tasks = [asyncio.create_task(b.mig.run(b.stop)), asyncio.create_task(b.labels.run(b.stop))]
     try:
-        await wait_until(state_is(apiserver, "success"), "state success after the reboot")
+        await until(state_is(apiserver, "success"), "state success after the reboot")
         assert label_history(apiserver, MIG_STATE_LABEL) == ["pending", "rebooting", "success"]
         assert [len(g.mig_devices) for g in (await rebooted.inventory()).gpus] == [4, 4]
         assert condition(apiserver, MIG_CONDITION)["status"] == "True"
@@ -251,14 +251,14 @@ async def test_mode_unchanged_after_reboot_fails(tmp_path: Path, apiserver: Test
     a = agent(tmp_path, sim, apiserver, agent_settings())
     await a.start()
     await set_label(admin, MIG_CONFIG_LABEL, "all-7g.80gb")
-    await wait_until(state_is(apiserver, "rebooting"), "state rebooting")
+    await until(state_is(apiserver, "rebooting"), "state rebooting")
     await a.close()
     await sim.close()
     again = SimGpuBackend("h100-80gb-hbm3", 1, 0)  # the agent restarts, but the node did not reboot
     b = agent(tmp_path, again, apiserver, agent_settings())
     await b.start()
     try:
-        await wait_until(state_is(apiserver, "failed"), "state failed")
+        await until(state_is(apiserver, "failed"), "state failed")
         assert label_history(apiserver, MIG_STATE_LABEL) == ["pending", "rebooting", "failed"]
         assert "did not take effect after rebooting" in condition(apiserver, MIG_CONDITION)["message"]
     finally:
@@ -294,7 +294,7 @@ async def test_operands_paused_then_restored_when_the_change_fails(
 
     async def daemonsets_react() -> None:
         """The DaemonSet controller: paused label → its pod on this node goes away."""
-        await wait_until(
+        await until(
             lambda: node(apiserver)["metadata"]["labels"]["nvidia.com/gpu.deploy.device-plugin"] == PAUSED, "paused"
         )
         apiserver.delete_object("pods", "nvidia-device-plugin-daemonset-x1", "gpu-operator")
@@ -303,7 +303,7 @@ async def test_operands_paused_then_restored_when_the_change_fails(
     reacting = asyncio.create_task(daemonsets_react())
     try:
         await set_label(admin, MIG_CONFIG_LABEL, "all-1g.10gb")
-        await wait_until(state_is(apiserver, "failed"), "state failed")
+        await until(state_is(apiserver, "failed"), "state failed")
         await reacting
         assert label_history(apiserver, "nvidia.com/gpu.deploy.device-plugin") == ["true", PAUSED, "true"]
         assert label_history(apiserver, "nvidia.com/gpu.deploy.dcgm-exporter") == ["true", PAUSED, "true"]
@@ -326,7 +326,7 @@ async def test_operand_pods_that_stay_fail_the_change_and_are_named(
     await a.start()
     try:
         await set_label(admin, MIG_CONFIG_LABEL, "all-1g.10gb")
-        await wait_until(state_is(apiserver, "failed"), "state failed")
+        await until(state_is(apiserver, "failed"), "state failed")
         message = condition(apiserver, MIG_CONDITION)["message"]
         assert "gpu-operator/nvidia-device-plugin-daemonset-x1" in message
         assert "gpu-operator/nvidia-dcgm-exporter-x2" in message and "y2" not in message
@@ -355,7 +355,7 @@ async def test_a_pod_holding_the_gpu_is_named_in_the_condition(
     await a.start()
     try:
         await set_label(admin, MIG_CONFIG_LABEL, "all-1g.10gb")
-        await wait_until(state_is(apiserver, "failed"), "state failed")
+        await until(state_is(apiserver, "failed"), "state failed")
         message = condition(apiserver, MIG_CONDITION)["message"]
         assert f"pod uid {uid}" in message and "4321" in message, message
         assert [d.profile for d in (await sim.inventory()).gpu(0).mig_devices] == ["7g.80gb"]

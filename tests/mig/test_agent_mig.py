@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from integration.agent import simulated_agent
-from tests.support import wait_until_blocking
+from tests.support import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -25,7 +25,7 @@ def test_agent_applies_mig_and_everything_follows(tmp_path: Path) -> None:
             seen.append(body)
             return b'GPU_I_PROFILE="3g.40gb"' in body
 
-        wait_until_blocking(mig_series, timeout_s=30, what="MIG series on /metrics")
+        wait_until(mig_series, timeout_s=30, what="MIG series on /metrics")
         body = seen[-1].decode()
         profiles = set(re.findall(r'GPU_I_PROFILE="([^"]+)"', body))
         assert profiles == {"1g.10gb", "2g.20gb", "3g.40gb"}
@@ -41,5 +41,5 @@ def test_agent_applies_mig_and_everything_follows(tmp_path: Path) -> None:
             spec = yaml.safe_load(spec_path.read_text())
             return any(d["name"] == "7:3" for d in spec["devices"])
 
-        wait_until_blocking(cdi_has_mig, timeout_s=30, what="MIG devices in the CDI spec")
+        wait_until(cdi_has_mig, timeout_s=30, what="MIG devices in the CDI spec")
         assert 'nodeagent_mig_config_state{config="all-balanced",state="success"} 1.0' in agent.metrics().decode()

@@ -12,7 +12,7 @@ import pytest
 
 from nodeagent.agent_lock import AgentLocked, acquire
 from nodeagent.backends.hostfs import Root
-from tests.support import free_port, wait_until_blocking
+from tests.support import free_port, wait_until
 
 from .conftest import fixture
 
@@ -51,9 +51,7 @@ def test_apply_and_revert_refused_while_an_agent_runs_on_the_root(tmp_path: Path
     )
     lock_file = root / "var/lib/nodeagent/agent.lock"
     try:
-        wait_until_blocking(
-            lambda: lock_file.exists() and b"(run)" in lock_file.read_bytes(), timeout_s=60, what="lock"
-        )
+        wait_until(lambda: lock_file.exists() and b"(run)" in lock_file.read_bytes(), timeout_s=60, what="lock")
         for command in ("apply", "revert", "run"):
             done = nodeagent(command, *common)
             assert done.returncode == 1, done.stderr

@@ -17,7 +17,7 @@ import pytest
 
 from nodeagent.backends.hostfs import Root
 from nodeagent.runtime import subsystem
-from tests.support import free_port, wait_until_blocking
+from tests.support import free_port, wait_until
 
 from .conftest import fixture
 
@@ -130,9 +130,7 @@ def test_sigterm_ends_the_process_even_with_a_read_stuck_in_a_thread(tmp_path: P
         lines: list[bytes] = []
         reader = threading.Thread(target=lambda: lines.extend(iter(proc.stdout.readline, b"")), daemon=True)  # type: ignore[union-attr]
         reader.start()
-        wait_until_blocking(
-            lambda: any(b"took longer than 0.5s" in line for line in lines), timeout_s=30, what="stuck read"
-        )
+        wait_until(lambda: any(b"took longer than 0.5s" in line for line in lines), timeout_s=30, what="stuck read")
         proc.send_signal(signal.SIGTERM)
         rc = proc.wait(20)  # far below hard_exit_timeout_s: the exit guard, not the hard-exit timer
         log.write_bytes(b"".join(lines))

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import free_port, wait_until_blocking
+from tests.support import free_port, wait_until
 
 from .conftest import fixture
 
@@ -81,9 +81,7 @@ def test_ctrl_c_during_apply_exits_130_and_says_what_was_not_done(tmp_path: Path
         stderr=subprocess.PIPE,
         text=True,
     )
-    wait_until_blocking(
-        lambda: b"nvidia" in (root / "etc/containerd/config.toml").read_bytes(), timeout_s=60, what="write"
-    )
+    wait_until(lambda: b"nvidia" in (root / "etc/containerd/config.toml").read_bytes(), timeout_s=60, what="write")
     time.sleep(0.3)  # in the restart now (the restart command sleeps)
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=30)
@@ -116,7 +114,7 @@ def test_a_second_sigterm_during_shutdown_keeps_exit_code_0(tmp_path: Path) -> N
         stderr=subprocess.DEVNULL,
     )
     lock = root / "var/lib/nodeagent/agent.lock"
-    wait_until_blocking(
+    wait_until(
         lambda: lock.exists() and b"nvidia" in (root / "etc/containerd/config.toml").read_bytes(),
         timeout_s=60,
         what="agent running",
