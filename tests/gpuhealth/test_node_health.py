@@ -1,6 +1,7 @@
 """GPU health end to end: XIDs injected into the simulator reach the GPU-state owner through a sweep, the
-gpuhealth subsystem classifies them, the labels subsystem writes the ``NvidiaGpuHealthy`` condition (and the
-taint when enabled) on the test API server, and the metric follows. Time is a fake clock the test moves."""
+gpuhealth subsystem classifies them and writes the ``NvidiaGpuHealthy`` condition (and the taint when enabled)
+on the test API server through the Node gateway, and the metric follows. The labels subsystem runs beside it
+(it shares the gateway, and writes none of these). Time is a fake clock the test moves."""
 
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ from nodeagent.model.health import CONDITION_TYPE, TAINT_KEY
 from nodeagent.settings import Settings, replace
 from nodeagent.testing.apiserver import TestApiServer
 from tests.labels.test_labels_subsystem import kube_client
-from tests.support import wait_until
+from tests.support import until
 
 NODE = "node-a"
 WINDOW = 60.0
@@ -118,7 +119,7 @@ def condition_is(server: TestApiServer, status: str, reason: str) -> Callable[[]
 
 async def test_healthy_node_gets_a_true_condition_and_passing_series(tmp_path: Path, apiserver: TestApiServer) -> None:
     async with running(tmp_path, apiserver, settings()) as node:
-        await wait_until(condition_is(apiserver, "True", "GpusHealthy"), "healthy condition")
+        await until(condition_is(apiserver, "True", "GpusHealthy"), "healthy condition")
         assert condition(apiserver)["message"] == "2 of 2 GPUs healthy"
         assert node.metric(0, "MEM") == ("DCGM_FR_OK", 0.0) and node.metric(1, "ALL") == ("DCGM_FR_OK", 0.0)
         assert taints(apiserver) == []
@@ -126,16 +127,16 @@ async def test_healthy_node_gets_a_true_condition_and_passing_series(tmp_path: P
 
 async def test_xid_48_sets_the_condition_and_the_window_clears_it(tmp_path: Path, apiserver: TestApiServer) -> None:
     async with running(tmp_path, apiserver, settings(taint=True)) as node:
-        await wait_until(condition_is(apiserver, "True", "GpusHealthy"), "healthy first")
+        await until(condition_is(apiserver, "True", "GpusHealthy"), "healthy first")
         healthy_since = condition(apiserver)["lastTransitionTime"]
         node.sim.inject_xid(0, 48)
         await node.sweep()
-        await wait_until(condition_is(apiserver, "False", "XidDoubleBitEcc"), "unhealthy condition")
+        await until(condition_is(apiserver, "False", "XidDoubleBitEcc"), "unhealthy condition")
         cond = condition(apiserver)
         assert "1 of 2 GPUs unhealthy" in cond["message"] and "XID 48 double-bit ECC error" in cond["message"]
         assert node.metric(0, "MEM") == ("DCGM_FR_VOLATILE_DBE_DETECTED", 20.0)
         assert node.metric(1, "MEM") == ("DCGM_FR_OK", 0.0)
-        await wait_until(lambda: [t["key"] for t in taints(apiserver)] == [TAINT_KEY], "taint")
+        await until(lambda: [t["key"] for t in taints(apiserver)] == [TAINT_KEY], "taint")
         assert taints(apiserver)[0]["effect"] == "NoSchedule"
         assert node.health.status().details["gpus"]["0"]["verdict"] == "fail"
         unhealthy_since = cond["lastTransitionTime"]
@@ -144,15 +145,15 @@ async def test_xid_48_sets_the_condition_and_the_window_clears_it(tmp_path: Path
         # A second failing GPU: the message changes, the status does not, so the transition time stays.
         node.sim.inject_xid(1, 95)
         await node.sweep()
-        await wait_until(condition_is(apiserver, "False", "GpuUnhealthy"), "two GPUs unhealthy")
+        await until(condition_is(apiserver, "False", "GpuUnhealthy"), "two GPUs unhealthy")
         assert condition(apiserver)["lastTransitionTime"] == unhealthy_since
         assert node.metric(1, "ALL") == ("DCGM_FR_UNCONTAINED_ERROR", 20.0)
 
         # The XID window passes without the XIDs coming back: healthy again, taint gone, series pass.
         node.clock.t += WINDOW + 1
         node.health.evaluate()
-        await wait_until(condition_is(apiserver, "True", "GpusHealthy"), "recovered")
-        await wait_until(lambda: taints(apiserver) == [], "taint removed")
+        await until(condition_is(apiserver, "True", "GpusHealthy"), "recovered")
+        await until(lambda: taints(apiserver) == [], "taint removed")
         assert node.metric(0, "MEM") == ("DCGM_FR_OK", 0.0)
 
 
@@ -162,7 +163,7 @@ async def test_xid_79_gpu_off_the_bus_until_nvml_answers_and_the_window_passes(
     async with running(tmp_path, apiserver, settings()) as node:
         node.sim.lose_gpu(1)  # XID 79, then every call: GPU is lost
         await node.sweep()
-        await wait_until(condition_is(apiserver, "False", "GpuUnhealthy"), "lost GPU")
+        await until(condition_is(apiserver, "False", "GpuUnhealthy"), "lost GPU")
         message = condition(apiserver)["message"]
         assert "XID 79 GPU has fallen off the bus" in message and "NVML reports the GPU lost" in message
         assert node.metric(1, "ALL") == ("DCGM_FR_FALLEN_OFF_BUS", 20.0)
@@ -170,10 +171,10 @@ async def test_xid_79_gpu_off_the_bus_until_nvml_answers_and_the_window_passes(
         node.clock.t += WINDOW + 1  # the XID is old, but NVML still says lost
         node.health.evaluate()
         await asyncio.sleep(0.1)
-        await wait_until(condition_is(apiserver, "False", "GpuLost"), "still lost")
+        await until(condition_is(apiserver, "False", "GpuLost"), "still lost")
         await node.sim.reset_gpu(1)  # the GPU is back
         await node.sweep()
-        await wait_until(condition_is(apiserver, "True", "GpusHealthy"), "recovered")
+        await until(condition_is(apiserver, "True", "GpusHealthy"), "recovered")
 
 
 async def test_xid_94_warns_and_13_is_ignored(tmp_path: Path, apiserver: TestApiServer) -> None:
@@ -181,11 +182,11 @@ async def test_xid_94_warns_and_13_is_ignored(tmp_path: Path, apiserver: TestApi
         node.sim.inject_xid(0, 13)
         await node.sweep()
         await asyncio.sleep(0.1)
-        await wait_until(condition_is(apiserver, "True", "GpusHealthy"), "13 ignored")
+        await until(condition_is(apiserver, "True", "GpusHealthy"), "13 ignored")
         assert node.metric(0, "ALL") == ("DCGM_FR_OK", 0.0)
         node.sim.inject_xid(0, 94)
         await node.sweep()
-        await wait_until(condition_is(apiserver, "True", "GpuWarnings"), "94 warns")
+        await until(condition_is(apiserver, "True", "GpuWarnings"), "94 warns")
         assert "XID 94 contained ECC error" in condition(apiserver)["message"]
         assert node.metric(0, "MEM") == ("DCGM_FR_XID_ERROR", 10.0)
         assert taints(apiserver) == [], "a warning does not taint"
@@ -195,27 +196,27 @@ async def test_13_counts_when_removed_from_the_ignore_list(tmp_path: Path, apise
     async with running(tmp_path, apiserver, settings(ignored_xids=[43])) as node:
         node.sim.inject_xid(0, 13)
         await node.sweep()
-        await wait_until(condition_is(apiserver, "False", "XidCritical"), "13 counted")
+        await until(condition_is(apiserver, "False", "XidCritical"), "13 counted")
 
 
 async def test_a_flapping_gpu_is_held_unhealthy_and_rate_limited(tmp_path: Path, apiserver: TestApiServer) -> None:
     s = settings(xid_window_s=5.0, min_publish_interval_s=30.0)
     async with running(tmp_path, apiserver, s) as node:
-        await wait_until(condition_is(apiserver, "True", "GpusHealthy"), "healthy first")
+        await until(condition_is(apiserver, "True", "GpusHealthy"), "healthy first")
         first = node.health.publishes
         for _ in range(10):  # 10 flaps in 60 s: an XID, 6 s later healthy again
             node.sim.inject_xid(0, 48)
             await node.sweep()
-            await wait_until(lambda: node.health.report is not None and not node.health.report.healthy, "seen")
+            await until(lambda: node.health.report is not None and not node.health.report.healthy, "seen")
             node.clock.t += 6
             node.health.evaluate()
         node.clock.t += 30
         node.health.evaluate()
-        await wait_until(condition_is(apiserver, "False", "GpuFlapping"), "held unhealthy while it flaps")
+        await until(condition_is(apiserver, "False", "GpuFlapping"), "held unhealthy while it flaps")
         assert "went unhealthy repeatedly" in condition(apiserver)["message"]
         node.clock.t += 3600  # healthy for the longest hold: reported healthy again
         node.health.evaluate()
-        await wait_until(condition_is(apiserver, "True", "GpusHealthy"), "the last state reaches the Node")
+        await until(condition_is(apiserver, "True", "GpusHealthy"), "the last state reaches the Node")
         assert node.health.publishes - first <= 4, node.health.publishes - first
         statuses = [
             c["status"]
@@ -239,10 +240,8 @@ async def test_the_window_ends_by_itself(tmp_path: Path, apiserver: TestApiServe
     try:
         sim.inject_xid(0, 79)
         await ctx.gpu_state.sample(SampleRequest(frozenset()))
-        await wait_until(lambda: health.published is not None and not health.published.healthy, "unhealthy")
-        await wait_until(
-            lambda: health.published is not None and health.published.healthy, "healthy again", timeout_s=5.0
-        )
+        await until(lambda: health.published is not None and not health.published.healthy, "unhealthy")
+        await until(lambda: health.published is not None and health.published.healthy, "healthy again", timeout_s=5.0)
     finally:
         stop.set()
         await task
@@ -253,14 +252,14 @@ async def test_a_steady_fault_writes_the_node_once(tmp_path: Path, apiserver: Te
     async with running(tmp_path, apiserver, settings()) as node:
         node.sim.inject_xid(0, 48)
         await node.sweep()
-        await wait_until(condition_is(apiserver, "False", "XidDoubleBitEcc"), "unhealthy")
+        await until(condition_is(apiserver, "False", "XidDoubleBitEcc"), "unhealthy")
         await asyncio.sleep(0.2)
         stored = sum(apiserver.counters.stored.values())
         for _ in range(5):  # the same XID again and again, inside its window
             node.clock.t += 1
             node.sim.inject_xid(0, 48)
             await node.sweep()
-        await wait_until(lambda: node.health.status().details["gpus"]["0"]["xids_seen"] == {"48": 6}, "all seen")
+        await until(lambda: node.health.status().details["gpus"]["0"]["xids_seen"] == {"48": 6}, "all seen")
         await asyncio.sleep(0.2)
         assert sum(apiserver.counters.stored.values()) == stored
 
@@ -281,7 +280,7 @@ async def test_nvml_hang_sets_the_condition_until_nvml_answers(tmp_path: Path, a
     try:
         sim.hang_calls(1, 3.0)
         await ctx.gpu_state.sample(request)
-        await wait_until(condition_is(apiserver, "False", "NvmlNotAnswering"), "hang seen")
+        await until(condition_is(apiserver, "False", "NvmlNotAnswering"), "hang seen")
         assert (
             "GPU 1" in condition(apiserver)["message"]
             and "NVML calls on the GPU hang" in condition(apiserver)["message"]
@@ -289,7 +288,7 @@ async def test_nvml_hang_sets_the_condition_until_nvml_answers(tmp_path: Path, a
         sim.hang_calls(1, 0)
         await asyncio.sleep(0.2)  # the degraded GPU's backoff
         await ctx.gpu_state.sample(request)
-        await wait_until(condition_is(apiserver, "True", "GpusHealthy"), "NVML answers again")
+        await until(condition_is(apiserver, "True", "GpusHealthy"), "NVML answers again")
     finally:
         stop.set()
         for task in tasks:
@@ -304,12 +303,13 @@ async def test_revert_takes_the_condition_and_the_taint_back(tmp_path: Path, api
     async with running(tmp_path, apiserver, settings(taint=True)) as node:
         node.sim.inject_xid(0, 95)
         await node.sweep()
-        await wait_until(lambda: [t["key"] for t in taints(apiserver)] == [TAINT_KEY], "taint")
+        await until(lambda: [t["key"] for t in taints(apiserver)] == [TAINT_KEY], "taint")
         node.stop.set()  # `nodeagent revert` runs with the agent stopped
         for task in node.tasks:
             await task
-        result = await node.labels.revert()
-        assert f"Node/{NODE} taint" in result.changed and f"Node/{NODE} conditions" in result.changed
+        assert not any("taint" in c or "conditions" in c for c in (await node.labels.revert()).changed)
+        result = await node.health.revert()
+        assert result.changed == (f"Node/{NODE} taint", f"Node/{NODE} conditions")
         assert taints(apiserver) == [] and not has_condition(apiserver)
         found = apiserver.object("nodes", NODE)
         assert found is not None and [c["type"] for c in found["status"]["conditions"]] == ["Ready"]
