@@ -1,6 +1,6 @@
 """The Node gateway: the agent's one Kubernetes client, its one watch of its own Node, and the one writer of it.
 
-Subsystems (labels, mig, gpuhealth through labels, the device plugin and DRA plugin to come) never build a
+Subsystems (labels, mig, gpuhealth, the device plugin and DRA plugin to come) never build a
 client or watch the Node themselves; they get this from ``Context.node``:
 
 - ``client()``: the client (built on first use from the ``kube`` settings; None with ``problem`` saying why:
