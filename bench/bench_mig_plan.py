@@ -24,11 +24,11 @@ async def _layouts() -> dict[str, object]:
     from nodeagent.mig import service
     from nodeagent.mig.config import parse_text
     from nodeagent.mig.generate import generate, to_text
-    from nodeagent.mig.observe import gpu_states
+    from nodeagent.mig.observe import mig_layouts
 
     sim = SimGpuBackend("h100-80gb-hbm3", 8, 0)
     inventory = await sim.inventory()
-    generated = parse_text(to_text(generate([s.gpu for s in gpu_states(inventory)])), source="generated")
+    generated = parse_text(to_text(generate([s.gpu for s in mig_layouts(inventory)])), source="generated")
     layouts: dict[str, object] = {"MIG off": inventory}
     for name in ("all-balanced", "all-1g.10gb"):
         await service.apply_config(generated.select(name), sim, root=Root("/nonexistent"), inventory=inventory)

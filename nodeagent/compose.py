@@ -132,12 +132,24 @@ def keep_sim_state(gpus: GpuBackend, root: Root, settings: Settings) -> None:
         gpus.use_state_file(root.resolve(settings.agent.state_dir) / SIM_STATE_FILE)
 
 
-async def open_gpus(settings: Settings) -> tuple[Root, GpuBackend, MigControl | None]:
-    """For the one-shot ``nodeagent mig`` commands: the host root, the opened GPU backend and its MIG control."""
+@dataclass(frozen=True)
+class OpenedGpus:
+    """What the one-shot ``nodeagent mig`` commands work with (``mig.commands.GpuAccess``)."""
+
+    root: Root
+    gpus: GpuBackend
+    """Opened; the command closes it."""
+    mig_control: MigControl | None
+    pod_resources: PodResourcesConnector
+
+
+async def open_gpus(settings: Settings) -> OpenedGpus:
+    """For the one-shot ``nodeagent mig`` commands: the host root, the opened GPU backend, its MIG control and
+    the kubelet's PodResources client (through the root), as the agent's context has them."""
     root = choose_root(settings)
     gpus = await open_gpu_backend(settings, driver_root=driver_root_for_nvml(settings, root))
     keep_sim_state(gpus, root, settings)
-    return root, gpus, mig_control_for(gpus, settings)
+    return OpenedGpus(root, gpus, mig_control_for(gpus, settings), pod_resources_connector(root))
 
 
 def choose_root(settings: Settings) -> Root:

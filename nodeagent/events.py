@@ -31,7 +31,7 @@ MIG_CONFIG_REQUESTED = "mig.config.requested"
 publishes it from its watch of the own Node; mig applies the named config)."""
 NODE_GPU_HEALTH = "gpu.health.node"
 """Payload: ``model.health.NodeGpuHealth``: the classified health of every GPU (gpuhealth publishes it on
-change, rate-limited; labels writes the ``NvidiaGpuHealthy`` condition and the optional taint)."""
+change, rate-limited; gpuhealth writes it as the ``NvidiaGpuHealthy`` condition and the optional taint)."""
 XID = "gpu.xid"
 """Payload: a ``model.gpu.XidEvent``."""
 GPU_HEALTH = "gpu.health"

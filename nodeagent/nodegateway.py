@@ -1,6 +1,6 @@
 """The Node gateway: the agent's one Kubernetes client, its one watch of its own Node, and the one writer of it.
 
-Subsystems (labels, mig, gpuhealth through labels, the device plugin and DRA plugin to come) never build a
+Subsystems (labels, mig, gpuhealth, the device plugin and DRA plugin to come) never build a
 client or watch the Node themselves; they get this from ``Context.node``:
 
 - ``client()``: the client (built on first use from the ``kube`` settings; None with ``problem`` saying why:
@@ -11,6 +11,8 @@ client or watch the Node themselves; they get this from ``Context.node``:
 - ``patch(make)``, ``set_labels``, ``set_annotations``, ``set_condition``, ``remove_conditions``, ``set_taint``:
   every write of the Node goes through one lock, so two writers never interleave a read-modify-write; each
   patch is computed from the Node (with its resourceVersion) and recomputed from a fresh read on 409.
+- ``record_event``: a Kubernetes Event about the Node, through the one ``EventRecorder`` (built for the
+  client in use, so a repeat from any subsystem counts up the same Event), best effort.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from nodeagent import aio
 from nodeagent.errors import ConfigError
 from nodeagent.kube import nodepatch
 from nodeagent.kube.client import MERGE_PATCH, STRATEGIC_MERGE_PATCH, Conflict, KubeClient, KubeError
+from nodeagent.kube.events import EventRecorder
 from nodeagent.kube.resources import NODES
 from nodeagent.settings import KubeSettings
 
@@ -68,6 +71,9 @@ class NodeGateway:
         """Why there is no client ('' when there is one)."""
         self.node: Node | None = None
         """The Node as the watch saw it last (None: absent, or not watched yet)."""
+        self.uid = ""
+        """The Node's uid, from the last read, write or watch event that showed it ('' until then)."""
+        self._recorder: EventRecorder | None = None
         self._version = 0
         self._watch_from = 0
         self._changed = asyncio.Event()
@@ -136,7 +142,13 @@ class NodeGateway:
 
     async def get(self) -> Node:
         """A fresh read of the Node (NotFound when it does not exist)."""
-        return await self._need().get(NODES, self.node_name)
+        return self._seen(await self._need().get(NODES, self.node_name))
+
+    def _seen(self, node: Node) -> Node:
+        uid = (node.get("metadata") or {}).get("uid")
+        if uid:
+            self.uid = str(uid)
+        return node
 
     @contextlib.asynccontextmanager
     async def observe(self) -> AsyncIterator[AsyncIterator[Node | None]]:
@@ -167,7 +179,7 @@ class NodeGateway:
             yield self.node
 
     def _publish(self, node: Node | None) -> None:
-        self.node = node
+        self.node = node if node is None else self._seen(node)
         self._version += 1
         changed, self._changed = self._changed, asyncio.Event()
         changed.set()
@@ -247,7 +259,7 @@ class NodeGateway:
                     after = await client.patch(
                         NODES, self.node_name, patch, content_type=content_type, subresource="status" if status else ""
                     )
-                    return after, True
+                    return self._seen(after), True
                 except Conflict:
                     if attempt == CONFLICT_RETRIES - 1:
                         raise
@@ -278,3 +290,15 @@ class NodeGateway:
     ) -> bool:
         make = lambda n: nodepatch.taint_patch(n, key, effect, present=present, value=value)  # noqa: E731
         return (await self.patch(make, node=node))[1]
+
+    # ------------------------------------------------------------------------------------------ events
+
+    async def record_event(self, kind: str, reason: str, message: str) -> str | None:
+        """A Kubernetes Event about the Node (``kind`` Normal or Warning), best effort: returns the problem when
+        it was not written (no client, refused), never raises."""
+        client = self.client()
+        if client is None:
+            return self.problem or "no Kubernetes client"
+        if self._recorder is None or self._recorder.client is not client:
+            self._recorder = EventRecorder(client, self.node_name)
+        return await self._recorder.record(kind, reason, message, node_uid=self.uid)

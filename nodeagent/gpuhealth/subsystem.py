@@ -10,31 +10,44 @@ incident starts or ends (an XID window passes, NVML answers again); it is publis
 previous one went out less than ``gpuhealth.min_publish_interval_s`` ago, then the latest report goes out when
 that interval ends, so a flapping GPU costs one Node write per interval at most; and a GPU that keeps going
 unhealthy stays reported unhealthy until it has stayed healthy for a hold time that doubles with each recent
-fault (``flapping.py``). The labels subsystem turns reports into the ``NvidiaGpuHealthy`` condition and the
-optional taint.
+fault (``flapping.py``).
+
+It writes each published report on its Node itself, through the Node gateway (``Context.node``, the agent's one
+client and watch): the ``NvidiaGpuHealthy`` condition, an Event when it changes, and the optional
+``nvidia.com/gpu.unhealthy:NoSchedule`` taint (``node_writer``; the patches are pure, ``node_status``). So the
+condition follows the GPUs whatever else runs (``--only gpuhealth`` too). A failed write is retried with
+backoff; someone removing the condition or the taint is seen through the gateway's watch and put right.
+With no Kubernetes (``kube.mode = "off"``, or outside a cluster) nothing is written. ``revert`` takes both
+back.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import random
 import time
 from collections.abc import Callable
 from typing import Any
 
-from nodeagent import events
+from nodeagent import aio, events
 from nodeagent.aio import until_stopped
 from nodeagent.errors import NodeAgentError
-from nodeagent.gpuhealth import classify, flapping
+from nodeagent.gpuhealth import classify, flapping, node_status
 from nodeagent.gpuhealth.declaration import DECLARATION
+from nodeagent.gpuhealth.node_writer import NodeHealthWriter
 from nodeagent.gpustate import Registration, SamplingNeeds
+from nodeagent.kube.client import KubeError
 from nodeagent.model.gpu import GpuHealthState, Inventory, XidEvent
 from nodeagent.model.health import NodeGpuHealth
 from nodeagent.plan import Plan
-from nodeagent.subsystem import BaseSubsystem, Context, Phase
+from nodeagent.subsystem import ApplyResult, BaseSubsystem, Context, Phase
 
 METRIC = "DCGM_EXP_GPU_HEALTH_STATUS"
 HEALTH_INTERVAL_S = 10.0
 """How often the GPU-state owner sweeps for health when nothing else asks more often (metrics' default)."""
+NODE_RETRY_MAX_S = 30.0
+"""Longest backoff between failed writes of the Node."""
 
 
 class GpuHealthSubsystem(BaseSubsystem):
@@ -56,6 +69,13 @@ class GpuHealthSubsystem(BaseSubsystem):
         self.published: NodeGpuHealth | None = None
         self.publishes = 0
         self._last_publish = float("-inf")
+        self.node_writer = NodeHealthWriter(ctx.node, self.log)
+        self._node_wanted = asyncio.Event()
+        """The Node should be brought in line with the published report (a new one, drift, a failed write)."""
+        self.node_problem = ""
+        """Why the Node does not show the published report ('' when it does, or without Kubernetes)."""
+        self._rng = random.Random()
+        self._shown: tuple[Phase, str, list[str]] = (Phase.STARTING, "", [])
 
     # ----------------------------------------------------------------------------------------- input
 
@@ -112,7 +132,8 @@ class GpuHealthSubsystem(BaseSubsystem):
             self.report = report
         status, reason, message = report.condition()
         phase = Phase.RUNNING if report.healthy else Phase.DEGRADED
-        self.set_status(phase, "" if report.healthy else message, condition=[status, reason], gpus=self._details())
+        self._shown = (phase, "" if report.healthy else message, [status, reason])
+        self._show()
         waits = [
             w
             for w in (
@@ -138,6 +159,13 @@ class GpuHealthSubsystem(BaseSubsystem):
         status, reason, _ = report.condition()
         self.log.info("gpu_health_published", healthy=report.healthy, status=status, reason=reason)
         self.ctx.bus.publish(events.NODE_GPU_HEALTH, report)
+        self._node_wanted.set()
+
+    def _show(self) -> None:
+        """The status: the report's phase and condition, each GPU, and whether the Node shows the report."""
+        phase, reason, condition = self._shown
+        node = {"error": self.node_problem, "kubernetes": self.ctx.node.problem or "connected"}
+        self.set_status(phase, reason, condition=condition, gpus=self._details(), node=node)
 
     def _forget_expired(self, now: float) -> None:
         window = self.ctx.settings.gpuhealth.xid_window_s
@@ -149,7 +177,8 @@ class GpuHealthSubsystem(BaseSubsystem):
                 del self._xids[index]
 
     def _details(self) -> dict[str, Any]:
-        assert self.report is not None
+        if self.report is None:  # an inventory change, until the next evaluation
+            return {}
         return {
             str(g.index): {
                 "uuid": g.uuid,
@@ -166,8 +195,8 @@ class GpuHealthSubsystem(BaseSubsystem):
         ignored = ", ".join(map(str, s.ignored_xids)) or "none"
         evidence = (
             f"classifies XIDs (ignored: {ignored}; window {s.xid_window_s:g} s) and NVML's view of each GPU",
-            f"NvidiaGpuHealthy condition through labels; taint {'on' if s.taint else 'off'}; at most one change "
-            f"per {s.min_publish_interval_s:g} s",
+            f"NvidiaGpuHealthy condition on the Node (through the Node gateway); taint {'on' if s.taint else 'off'}; "
+            f"at most one change per {s.min_publish_interval_s:g} s",
             f"{METRIC} per GPU and health watch (by the metrics subsystem, when its counters select it)",
         )
         return Plan(self.name, evidence=evidence)
@@ -191,6 +220,15 @@ class GpuHealthSubsystem(BaseSubsystem):
             self._sampling = None
         await super().stop()
 
+    async def revert(self) -> ApplyResult:
+        """``nodeagent revert``: the condition and the taint come off the Node."""
+        if self.ctx.node.client() is None:
+            return ApplyResult()
+        try:
+            return ApplyResult(changed=tuple(await self.node_writer.revert()))
+        except KubeError as err:
+            return ApplyResult(messages=(f"Node/{self.ctx.node_name}: {err}",))
+
     def handle(self, event: events.Event) -> None:
         if event.topic == events.XID and isinstance(event.payload, XidEvent):
             self.record_xid(event.payload)
@@ -202,15 +240,72 @@ class GpuHealthSubsystem(BaseSubsystem):
 
     async def run(self, stop: asyncio.Event) -> None:
         topics = (events.XID, events.GPU_HEALTH, events.INVENTORY_CHANGED)
-        async with self.ctx.bus.subscribe(*topics, maxsize=256) as sub:
-            wait = self.evaluate()
-            while not stop.is_set():
-                try:
-                    event = await asyncio.wait_for(until_stopped(stop, sub.get()), timeout=wait)
-                except TimeoutError:
-                    event = None
-                if event is not None:
-                    self.handle(event)
-                    while sub.pending():  # a burst of XIDs is one evaluation
-                        self.handle(await sub.get())
+        tasks = [
+            aio.guarded_task(self._keep_node(stop), name="gpuhealth.node"),
+            aio.guarded_task(self._observe_node(), name="gpuhealth.node-watch"),
+        ]
+        try:
+            async with self.ctx.bus.subscribe(*topics, maxsize=256) as sub:
                 wait = self.evaluate()
+                while not stop.is_set():
+                    try:
+                        event = await asyncio.wait_for(until_stopped(stop, sub.get()), timeout=wait)
+                    except TimeoutError:
+                        event = None
+                    if event is not None:
+                        self.handle(event)
+                        while sub.pending():  # a burst of XIDs is one evaluation
+                            self.handle(await sub.get())
+                    wait = self.evaluate()
+        finally:
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+
+    # ------------------------------------------------------------------------------------ the Node
+
+    async def _keep_node(self, stop: asyncio.Event) -> None:
+        """Bring the Node in line with the published report each time it should be; retry a failed write with
+        backoff (a Node that does not exist yet, an API server away, a kubeconfig not there yet)."""
+        failures = 0
+        while True:
+            retry = self._retry_delay(failures) if failures else None
+            if await aio.first_of(stop, self._node_wanted, timeout_s=retry) is stop:
+                return
+            self._node_wanted.clear()
+            report = self.published
+            if report is None or not report.gpus:
+                continue
+            if self.ctx.node.client() is None:
+                failures = 0 if self.ctx.node.settled else failures + 1  # off, or a kubeconfig awaited
+                continue
+            try:
+                written = await self.node_writer.write(report)
+            except KubeError as err:
+                failures += 1
+                if self.node_problem != str(err):
+                    self.log.warning("node_health_not_written", error=str(err))
+                self.node_problem = str(err)
+            else:
+                failures = 0
+                self.node_problem = ""
+                if written:
+                    self.log.debug("node_health_written", written=written)
+            self._show()
+
+    async def _observe_node(self) -> None:
+        """Through the gateway's one watch: the Node appearing, or someone taking the condition or the taint
+        away, asks for a write."""
+        async with self.ctx.node.observe() as changes:
+            async for node in changes:
+                report = self.published
+                if node is None or report is None or not report.gpus:
+                    continue
+                if node_status.out_of_sync(node, report):
+                    self._node_wanted.set()
+
+    def _retry_delay(self, failures: int) -> float:
+        cap = min(NODE_RETRY_MAX_S, 1.0 * 2 ** min(failures, 10))
+        return self._rng.uniform(cap / 2, cap)

@@ -4,9 +4,11 @@ Node gateway:
 - in: the Node's ``nvidia.com/mig.config`` label, published as ``events.MIG_CONFIG_REQUESTED`` when it changes
   (the mig subsystem applies it);
 - out: every ``events.MIG_READY`` becomes the ``nvidia.com/mig.config.state`` label, the ``NvidiaMigConfigured``
-  condition and an Event; every ``events.NODE_GPU_HEALTH`` the ``NvidiaGpuHealthy`` condition (and, when asked,
-  the ``nvidia.com/gpu.unhealthy:NoSchedule`` taint). Conditions are patched through ``nodes/status`` only when
-  they change. The patches themselves are pure (``node_status``).
+  condition and an Event. The condition is patched through ``nodes/status`` only when it changes. The patches
+  themselves are pure (``node_status``).
+
+The ``NvidiaGpuHealthy`` condition and the GPU-unhealthy taint are not written here: the gpuhealth subsystem
+writes its own through the same gateway.
 """
 
 from __future__ import annotations
@@ -20,12 +22,10 @@ from nodeagent import events
 from nodeagent.events import EventBus
 from nodeagent.kube.client import KubeError
 from nodeagent.labels import node_status
-from nodeagent.model.health import CONDITION_TYPE as HEALTH_CONDITION
-from nodeagent.model.health import TAINT_EFFECT, TAINT_KEY, NodeGpuHealth
 from nodeagent.model.mig import MigConfigRequest, MigReadiness
 from nodeagent.nodegateway import NodeGateway
 
-STATUS_TOPICS = (events.MIG_READY, events.NODE_GPU_HEALTH)
+STATUS_TOPICS = (events.MIG_READY,)
 
 
 class NodeControl:
@@ -60,18 +60,12 @@ class NodeControl:
 
     def out_of_sync(self, node: dict[str, Any]) -> bool:
         readiness: MigReadiness | None = self.bus.last(events.MIG_READY)
-        health: NodeGpuHealth | None = self.bus.last(events.NODE_GPU_HEALTH)
         if readiness is not None and readiness.config:
             if node_status.mig_state_patch(node, readiness) is not None:
                 return True
             status, reason, message = node_status.mig_condition(readiness)
             if node_status.condition_patch(node, node_status.MIG_CONDITION, status, reason, message, now=0) is not None:
                 return True
-        if health is not None and health.gpus:
-            status, reason, message = health.condition()
-            if node_status.condition_patch(node, HEALTH_CONDITION, status, reason, message, now=0) is not None:
-                return True
-            return node_status.taint_patch(node, health) is not None
         return False
 
     async def _set_condition(
@@ -90,9 +84,9 @@ class NodeControl:
         return node, wrote
 
     async def sync(self) -> list[str]:
-        """From a fresh read of the Node: write what differs from the last MIG_READY and NODE_GPU_HEALTH; return
-        what was written. (Under one lock: a Node read before another of these writes would move a
-        condition's lastTransitionTime.)"""
+        """From a fresh read of the Node: write what differs from the last MIG_READY; return what was written.
+        (Under one lock: a Node read before another of these writes would move a condition's
+        lastTransitionTime.)"""
         async with self._lock:
             node = await self.node.get()
             self.note_node(node)
@@ -107,18 +101,11 @@ class NodeControl:
                 )
                 if wrote:
                     written.append(node_status.MIG_CONDITION)
-            health: NodeGpuHealth | None = self.bus.last(events.NODE_GPU_HEALTH)
-            if health is not None and health.gpus:
-                node, wrote = await self._set_condition(node, HEALTH_CONDITION, health.condition())
-                if wrote:
-                    written.append(HEALTH_CONDITION)
-                if await self.node.set_taint(TAINT_KEY, TAINT_EFFECT, present=health.wants_taint, node=node):
-                    written.append("taint")
             return written
 
     async def follow(self, sub: events.Subscription, on_failure: Callable[[], None]) -> None:
-        """MIG states and health reports are written in the order they come; a failed write calls
-        ``on_failure`` (the subsystem retries at its next refresh)."""
+        """MIG states are written in the order they come; a failed write calls ``on_failure`` (the subsystem
+        retries at its next refresh)."""
         async for _ in sub:
             if self.node.client() is None:
                 continue  # no Kubernetes (yet): the subsystem's refresh says so
@@ -129,17 +116,6 @@ class NodeControl:
                 on_failure()
 
     async def revert(self) -> list[str]:
-        """Take back what the agent put on the Node's status: its conditions and the taint."""
-        name = self.node.node_name
-        undone: list[str] = []
-        node, wrote = await self.node.patch(lambda n: node_status.taint_patch(n, None))
-        if wrote:
-            undone.append(f"Node/{name} taint")
-        _, wrote = await self.node.patch(
-            lambda n: node_status.remove_conditions_patch(n, (node_status.MIG_CONDITION, HEALTH_CONDITION)),
-            node=node,
-            status=True,
-        )
-        if wrote:
-            undone.append(f"Node/{name} conditions")
-        return undone
+        """Take back what this surface put on the Node's status: the ``NvidiaMigConfigured`` condition."""
+        wrote = await self.node.remove_conditions((node_status.MIG_CONDITION,))
+        return [f"Node/{self.node.node_name} conditions"] if wrote else []

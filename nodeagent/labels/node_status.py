@@ -1,5 +1,5 @@
-"""Pure patches for the Node as a control surface: the MIG config label and its state, the MIG and GPU-health
-conditions and the GPU-unhealthy taint (over the generic ones in ``kube.nodepatch``). Each function returns
+"""Pure patches for the Node as MIG's control surface: the MIG config label and its state and the
+``NvidiaMigConfigured`` condition (over the generic ones in ``kube.nodepatch``). Each function returns
 ``None`` when the Node already is as wanted, so a converged node makes no writes.
 
 The contracts kept are mig-manager's (``nvidia.com/mig.config`` in, ``nvidia.com/mig.config.state`` out with
@@ -13,7 +13,6 @@ from collections.abc import Mapping
 from typing import Any
 
 from nodeagent.kube import nodepatch
-from nodeagent.model.health import TAINT_EFFECT, TAINT_KEY, NodeGpuHealth
 from nodeagent.model.mig import MigReadiness
 
 MIG_CONFIG_LABEL = "nvidia.com/mig.config"
@@ -51,8 +50,3 @@ def mig_condition(readiness: MigReadiness) -> tuple[str, str, str]:
 condition_patch = nodepatch.condition_patch
 has_condition = nodepatch.has_condition
 remove_conditions_patch = nodepatch.remove_conditions_patch
-
-
-def taint_patch(node: Mapping[str, Any], health: NodeGpuHealth | None) -> dict[str, Any] | None:
-    """Add or remove ``nvidia.com/gpu.unhealthy:NoSchedule`` as the health report wants; other taints stay."""
-    return nodepatch.taint_patch(node, TAINT_KEY, TAINT_EFFECT, present=health is not None and health.wants_taint)

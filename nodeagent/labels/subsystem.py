@@ -7,8 +7,9 @@ applies only the differences, so a converged node makes no writes. The own Node 
 Node gateway (``Context.node``: the agent's one client and one watch), so a label someone removes comes back
 and a Node that appears late gets its labels.
 
-The own Node is also the control surface of MIG and the place of the GPU health signal: that job is
-``labels.control`` (the MIG config label in, the MIG state label, conditions and taint out).
+The own Node is also the control surface of MIG: that job is ``labels.control`` (the MIG config label in,
+the MIG state label and the ``NvidiaMigConfigured`` condition out). The GPU health condition and taint are
+the gpuhealth subsystem's own. Events about the Node go through the gateway's one recorder.
 
 Trouble with the API server (unreachable, expired credentials, 403, no Node yet) never stops the agent:
 the NFD file is still written, the subsystem is degraded with the reason, and it retries with backoff
@@ -28,7 +29,6 @@ from nodeagent import aio, events
 from nodeagent.aio import run_blocking
 from nodeagent.errors import NodeAgentError
 from nodeagent.kube.client import KubeClient, KubeError, NotFound
-from nodeagent.kube.events import EventRecorder
 from nodeagent.kube.resources import NODEFEATURES, NODES, RUNTIMECLASSES
 from nodeagent.labels import (
     inputs,
@@ -78,8 +78,6 @@ class LabelsSubsystem(BaseSubsystem):
         self.labels: dict[str, str] = {}
         """The last computed label set (for status and tests)."""
         self._logged_drops: set[tuple[str, str]] = set()
-        self._recorder: EventRecorder | None = None
-        self._node_uid = ""
         self.force_revert = False
         """`nodeagent revert --force`: restore the NFD file even when someone changed it since."""
         self._status_wanted = True
@@ -198,7 +196,6 @@ class LabelsSubsystem(BaseSubsystem):
         if targets.node_patch:
             try:
                 obs.node = await self.ctx.node.get()
-                self._node_uid = str(obs.node.get("metadata", {}).get("uid", ""))
                 self.control.note_node(obs.node)
             except NotFound:
                 obs.kube_problems["node"] = f"Node {targets.node_name} does not exist (yet)"
@@ -415,15 +412,10 @@ class LabelsSubsystem(BaseSubsystem):
         self._dirty.set()
 
     async def _event(self, kind: str, reason: str, message: str) -> None:
-        """A Kubernetes Event about the Node, best effort (no client, no event; a failure is logged)."""
-        client = self.ctx.node.client() if self._daemon else None
-        if client is None:
+        """A Kubernetes Event about the Node, by the running agent only, best effort (a failure is logged)."""
+        if not self._daemon or self.ctx.node.client() is None:
             return
-        if self._recorder is None or self._recorder.client is not client:
-            self._recorder = EventRecorder(client, self.ctx.node_name)
-        seen = (self.ctx.node.node or {}).get("metadata") or {}
-        uid = self._node_uid or str(seen.get("uid", ""))
-        problem = await self._recorder.record(kind, reason, message, node_uid=uid)
+        problem = await self.ctx.node.record_event(kind, reason, message)
         if problem:
             self.log.debug("event_not_recorded", reason=reason, problem=problem)
 

@@ -21,12 +21,13 @@ import argparse
 import sys
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from nodeagent.backends.gpu.protocols import GpuBackend, MigControl
     from nodeagent.backends.hostfs import Root
     from nodeagent.settings import Settings
+    from nodeagent.subsystem import PodResourcesConnector
 
 EXIT_OK, EXIT_NOT_APPLIED, EXIT_USAGE = 0, 1, 2
 _TRUE = ("1", "true", "yes", "on")
@@ -74,7 +75,27 @@ def _flag(args: argparse.Namespace, name: str, env: Mapping[str, str], var: str,
     return default
 
 
-OpenGpus = Callable[["Settings"], Awaitable[tuple["Root", "GpuBackend", "MigControl | None"]]]
+class GpuAccess(Protocol):
+    """What a one-shot ``mig`` command works with, chosen by the composition root (``compose.open_gpus``)."""
+
+    @property
+    def root(self) -> Root: ...
+
+    @property
+    def gpus(self) -> GpuBackend:
+        """Opened; the command closes it."""
+        ...
+
+    @property
+    def mig_control(self) -> MigControl | None: ...
+
+    @property
+    def pod_resources(self) -> PodResourcesConnector:
+        """The kubelet's PodResources client for a socket, to name the pods holding a GPU."""
+        ...
+
+
+OpenGpus = Callable[["Settings"], Awaitable[GpuAccess]]
 """Opens the host root, the GPU backend and its MIG control (the composition root's ``open_gpus``)."""
 
 
@@ -102,16 +123,15 @@ async def run_mig(args: argparse.Namespace, settings: Settings, env: Mapping[str
     from nodeagent.errors import BackendUnavailable
 
     try:
-        root, gpus, control = await open_gpus(settings)
+        access = await open_gpus(settings)
     except BackendUnavailable as err:
         print(f"nodeagent mig: {err}", file=sys.stderr)
         return EXIT_USAGE
+    gpus = access.gpus
     try:
         if command == "apply":
             assert parsed is not None
-            return await _apply(
-                args, env, parsed, root=root, gpus=gpus, control=control, settings=settings, hooks=hooks
-            )
+            return await _apply(args, env, parsed, access=access, settings=settings, hooks=hooks)
         if command == "assert":
             assert parsed is not None
             return await _assert(args, env, parsed, gpus)
@@ -123,10 +143,10 @@ async def run_mig(args: argparse.Namespace, settings: Settings, env: Mapping[str
 
 
 async def _states(gpus: GpuBackend) -> tuple[Any, list[Any]]:
-    from nodeagent.mig.observe import gpu_states
+    from nodeagent.mig.observe import mig_layouts
 
     inventory = await gpus.inventory()
-    return inventory, gpu_states(inventory)
+    return inventory, mig_layouts(inventory)
 
 
 async def _apply(
@@ -134,14 +154,15 @@ async def _apply(
     env: Mapping[str, str],
     config: Any,
     *,
-    root: Root,
-    gpus: GpuBackend,
-    control: MigControl | None,
+    access: GpuAccess,
     settings: Settings,
     hooks: Any,
 ) -> int:
     from nodeagent.mig import service
+    from nodeagent.mig.hooks import Hooks
+    from nodeagent.mig.options import ApplyOptions
 
+    gpus, control = access.gpus, access.mig_control
     if control is None:
         print(f"nodeagent mig: the {gpus.kind} GPU backend cannot change MIG layouts", file=sys.stderr)
         return EXIT_NOT_APPLIED
@@ -156,18 +177,21 @@ async def _apply(
         "MIG_PARTED_SKIP_RESET": str(skip_reset).lower(),
         "MIG_PARTED_MODE_CHANGE_ONLY": str(mode_only).lower(),
     }
-    outcome = await service.apply_config(
-        config,
-        control,
-        root=root,
-        inventory=inventory,
+    socket = settings.kubelet.pod_resources_socket
+    pods = access.pod_resources(socket) if socket else None
+    options = ApplyOptions(
         mode_only=mode_only,
         skip_reset=skip_reset,
         force=bool(args.force),
-        hooks=hooks,
+        hooks=hooks or Hooks(),
         hook_env=hook_env,
-        kubelet_socket=settings.kubelet.pod_resources_socket,
+        pods=pods,
     )
+    try:
+        outcome = await service.apply_config(config, control, root=access.root, inventory=inventory, options=options)
+    finally:
+        if pods is not None:
+            await pods.close()
     for line in outcome.lines():
         print(line)
     if outcome.ok:

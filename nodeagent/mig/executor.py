@@ -12,7 +12,6 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Protocol
 
 import structlog
 
@@ -20,28 +19,11 @@ from nodeagent.backends.gpu.protocols import MigControl, MigInUse, MigResetUnava
 from nodeagent.errors import NodeAgentError
 from nodeagent.mig.holders import Holder, blocking
 from nodeagent.mig.hooks import HookFailed, Hooks
+from nodeagent.mig.options import ApplyOptions
 from nodeagent.mig.planner import Action, GpuPlan, MigStep, NodePlan
 from nodeagent.model.gpu import MigDevice
 
 log = structlog.get_logger("nodeagent.mig")
-
-
-class SamplingPause(Protocol):
-    """The GPU-state owner's side: stop the agent's own NVML use of some GPUs during a change."""
-
-    async def pause(self, indexes: Sequence[int]) -> None: ...
-
-    async def resume(self, indexes: Sequence[int]) -> None: ...
-
-
-class NoSamplingPause:
-    """For one-shot commands (nothing samples) and until the GPU-state owner provides the real one."""
-
-    async def pause(self, indexes: Sequence[int]) -> None:
-        return None
-
-    async def resume(self, indexes: Sequence[int]) -> None:
-        return None
 
 
 class Outcome(StrEnum):
@@ -100,16 +82,14 @@ async def execute(
     plan: NodePlan,
     control: MigControl,
     *,
+    options: ApplyOptions,
     holders: Mapping[int, Sequence[Holder]] | None = None,
-    force: bool = False,
-    sampling: SamplingPause | None = None,
-    hooks: Hooks | None = None,
-    hook_env: Mapping[str, str] | None = None,
     reset_blocked_hint: Callable[[], Awaitable[str]] | None = None,
 ) -> ApplyReport:
-    hooks = hooks or Hooks()
-    env = dict(hook_env or {})
-    sampling = sampling or NoSamplingPause()
+    hooks = options.hooks
+    env = dict(options.hook_env)
+    sampling = options.sampling
+    force = options.force
     results = {g.gpu: GpuResult(g.gpu) for g in plan.gpus}
     report = ApplyReport(results)
     try:

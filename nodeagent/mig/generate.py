@@ -18,7 +18,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from nodeagent.mig.config import VERSION, GpuIdentity, render
-from nodeagent.mig.planner import GpuState
+from nodeagent.mig.planner import GpuMigLayout
 from nodeagent.model.gpu import MigProfile
 
 BALANCED = {7: {1: 2, 2: 1, 3: 1}, 4: {1: 2, 2: 1}}
@@ -93,7 +93,7 @@ def _balanced(profiles: Sequence[MigProfile]) -> dict[str, int]:
     return dict(sorted((chosen[g].name, n) for g, n in formula.items()))
 
 
-def export(states: Sequence[GpuState], label: str = "current") -> Configs:
+def export(states: Sequence[GpuMigLayout], label: str = "current") -> Configs:
     """The GPUs' current layout as one config, merged as mig-parted's export does."""
     specs: list[dict[str, Any]] = []
     for s in states:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from nodeagent.mig.config import DeviceId, GpuIdentity
-from nodeagent.mig.planner import GpuState, instances_of
+from nodeagent.mig.planner import GpuMigLayout, instances_of
 from nodeagent.model.gpu import GpuInfo, Inventory
 from nodeagent.model.mig import MigTable
 
@@ -19,10 +19,10 @@ def identity(gpu: GpuInfo, inventory: Inventory) -> GpuIdentity:
     )
 
 
-def gpu_states(inventory: Inventory) -> list[GpuState]:
+def mig_layouts(inventory: Inventory) -> list[GpuMigLayout]:
     """Every GPU's identity, MIG mode and GPU instances."""
     return [
-        GpuState(
+        GpuMigLayout(
             gpu=identity(g, inventory),
             mig_enabled=g.mig_enabled,
             mig_pending=g.mig_pending,

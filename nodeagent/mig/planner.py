@@ -46,8 +46,8 @@ class Instance:
 
 
 @dataclass(frozen=True)
-class GpuState:
-    """One GPU's identity, MIG mode and instances."""
+class GpuMigLayout:
+    """One GPU's MIG layout: its identity, MIG mode (current and pending) and GPU instances."""
 
     gpu: GpuIdentity
     mig_enabled: bool
@@ -127,7 +127,7 @@ def instances_of(devices: Iterable[MigDevice]) -> tuple[Instance, ...]:
     return tuple(sorted(seen.values(), key=lambda i: (i.start, i.gpu_instance_id)))
 
 
-def plan_node(config: MigConfig, states: Sequence[GpuState], *, mode_only: bool = False) -> NodePlan:
+def plan_node(config: MigConfig, states: Sequence[GpuMigLayout], *, mode_only: bool = False) -> NodePlan:
     plans = []
     unmatched = []
     for state in states:
@@ -139,7 +139,7 @@ def plan_node(config: MigConfig, states: Sequence[GpuState], *, mode_only: bool 
     return NodePlan(config.name, tuple(plans), tuple(unmatched))
 
 
-def plan_gpu(state: GpuState, entry: MigEntry, *, mode_only: bool = False) -> GpuPlan:
+def plan_gpu(state: GpuMigLayout, entry: MigEntry, *, mode_only: bool = False) -> GpuPlan:
     """The steps that take one GPU to ``entry``'s layout with the least disruption."""
     gpu = state.gpu
     if entry.mig_enabled and not gpu.mig_capable:
@@ -191,7 +191,7 @@ def plan_gpu(state: GpuState, entry: MigEntry, *, mode_only: bool = False) -> Gp
     return GpuPlan(gpu.index, entry, tuple(steps), kept=kept, rebuild=bool(state.instances) and not kept)
 
 
-def _plan_disable(state: GpuState, entry: MigEntry) -> GpuPlan:
+def _plan_disable(state: GpuMigLayout, entry: MigEntry) -> GpuPlan:
     if not state.mig_enabled and not state.mig_pending:
         return GpuPlan(state.index, entry)
     steps = [
@@ -210,7 +210,7 @@ def _plan_disable(state: GpuState, entry: MigEntry) -> GpuPlan:
     return GpuPlan(state.index, entry, tuple(steps))
 
 
-def _mode_steps(state: GpuState, enabled: bool) -> list[MigStep]:
+def _mode_steps(state: GpuMigLayout, enabled: bool) -> list[MigStep]:
     steps = []
     reset = state.mig_enabled != enabled
     if state.mig_pending != enabled:
@@ -293,7 +293,7 @@ def _profile(table: MigTable, name: str) -> MigProfile:
 # --------------------------------------------------------------------------------------------- assertion
 
 
-def applied(config: MigConfig, states: Sequence[GpuState], *, mode_only: bool = False) -> tuple[bool, list[str]]:
+def applied(config: MigConfig, states: Sequence[GpuMigLayout], *, mode_only: bool = False) -> tuple[bool, list[str]]:
     """Whether the config is in place on every GPU (as ``nvidia-mig-parted assert``), and what differs."""
     differences = []
     for state in states:

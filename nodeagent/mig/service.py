@@ -6,25 +6,17 @@ the entry, raised before anything is touched.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 from nodeagent.backends.gpu.protocols import MigControl
 from nodeagent.backends.hostfs import Root
-from nodeagent.backends.podresources import PodResourcesClient
 from nodeagent.errors import ConfigError, HostPathError
 from nodeagent.mig.config import MigConfig
-from nodeagent.mig.executor import (
-    NVIDIA_DRM_HINT,
-    ApplyReport,
-    Outcome,
-    SamplingPause,
-    execute,
-    nvidia_drm_loaded,
-)
+from nodeagent.mig.executor import NVIDIA_DRM_HINT, ApplyReport, Outcome, execute, nvidia_drm_loaded
 from nodeagent.mig.holders import find_holders
-from nodeagent.mig.hooks import Hooks
-from nodeagent.mig.observe import gpu_states
+from nodeagent.mig.observe import mig_layouts
+from nodeagent.mig.options import ApplyOptions
 from nodeagent.mig.planner import Action, GpuPlan, NodePlan, plan_node
 from nodeagent.model.gpu import Inventory
 
@@ -67,7 +59,7 @@ class ApplyOutcome:
 
 def plan_or_raise(config: MigConfig, inventory: Inventory, *, mode_only: bool = False) -> NodePlan:
     """The node's plan; ConfigError (file, config, entry) when a GPU cannot take its entry."""
-    states = gpu_states(inventory)
+    states = mig_layouts(inventory)
     config.validate([s.gpu for s in states])
     plan = plan_node(config, states, mode_only=mode_only)
     if states and not plan.gpus:
@@ -104,30 +96,15 @@ async def apply_config(
     *,
     root: Root,
     inventory: Inventory,
-    mode_only: bool = False,
-    skip_reset: bool = False,
-    force: bool = False,
-    hooks: Hooks | None = None,
-    hook_env: Mapping[str, str] | None = None,
-    kubelet_socket: str = "",
-    sampling: SamplingPause | None = None,
+    options: ApplyOptions | None = None,
 ) -> ApplyOutcome:
     """Plan (ConfigError before anything is touched) and carry the plan out."""
-    plan = plan_or_raise(config, inventory, mode_only=mode_only)
+    options = options or ApplyOptions()
+    plan = plan_or_raise(config, inventory, mode_only=options.mode_only)
     pending: tuple[int, ...] = ()
-    if skip_reset:
+    if options.skip_reset:
         plan, pending = without_reset(plan)
-    outcome = await execute_plan(
-        plan,
-        control,
-        root=root,
-        inventory=inventory,
-        force=force,
-        hooks=hooks,
-        hook_env=hook_env,
-        kubelet_socket=kubelet_socket,
-        sampling=sampling,
-    )
+    outcome = await execute_plan(plan, control, root=root, inventory=inventory, options=options)
     outcome.pending_reset = pending
     return outcome
 
@@ -138,22 +115,15 @@ async def execute_plan(
     *,
     root: Root,
     inventory: Inventory,
-    force: bool = False,
-    hooks: Hooks | None = None,
-    hook_env: Mapping[str, str] | None = None,
-    kubelet_socket: str = "",
-    sampling: SamplingPause | None = None,
+    options: ApplyOptions | None = None,
 ) -> ApplyOutcome:
-    """Find the holders of the GPUs that change, then execute."""
+    """Find the holders of the GPUs that change (their processes, and their pods when ``options.pods``), then
+    execute."""
+    options = options or ApplyOptions()
     changing = [g for g in inventory.gpus if any(gp.gpu == g.index and gp.steps for gp in plan.gpus)]
     holders = {}
     if changing:
-        pods = PodResourcesClient(root, kubelet_socket) if kubelet_socket else None
-        try:
-            holders = await find_holders(changing, root=root, processes=control, pods=pods)
-        finally:
-            if pods is not None:
-                await pods.close()
+        holders = await find_holders(changing, root=root, processes=control, pods=options.pods)
 
     async def drm_hint() -> str:
         try:
@@ -162,16 +132,7 @@ async def execute_plan(
             return ""
         return NVIDIA_DRM_HINT if nvidia_drm_loaded(modules) else ""
 
-    report = await execute(
-        plan,
-        control,
-        holders=holders,
-        force=force,
-        sampling=sampling,
-        hooks=hooks,
-        hook_env=hook_env,
-        reset_blocked_hint=drm_hint,
-    )
+    report = await execute(plan, control, options=options, holders=holders, reset_blocked_hint=drm_hint)
     return ApplyOutcome(plan, report)
 
 

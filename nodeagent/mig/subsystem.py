@@ -36,10 +36,10 @@ from nodeagent.gpustate import GpuState
 from nodeagent.kube.client import KubeError
 from nodeagent.mig import config as cfg
 from nodeagent.mig.declaration import DECLARATION
-from nodeagent.mig.executor import SamplingPause
 from nodeagent.mig.generate import generate, to_text
-from nodeagent.mig.observe import gpu_states
+from nodeagent.mig.observe import mig_layouts
 from nodeagent.mig.operands import Operands, restore_patch
+from nodeagent.mig.options import ApplyOptions, SamplingPause
 from nodeagent.mig.planner import Action, NodePlan, applied
 from nodeagent.mig.service import execute_plan, plan_or_raise
 from nodeagent.model.gpu import Inventory
@@ -140,7 +140,7 @@ class MigSubsystem(BaseSubsystem):
         except NodeAgentError as err:
             return MigObservation(None, None, error=f"no GPU inventory: {err}")
         assert inventory is not None
-        gpus = [s.gpu for s in gpu_states(inventory)]
+        gpus = [s.gpu for s in mig_layouts(inventory)]
         persisted = await run_blocking(self._persisted)
         name, path, source = settings.config, settings.config_file, "settings"
         if self.requested:
@@ -222,14 +222,14 @@ class MigSubsystem(BaseSubsystem):
         control = self.ctx.backends.mig_control
         assert control is not None
         inventory = await self.ctx.gpu_state.current()
-        outcome = await execute_plan(
-            node_plan,
-            control,
-            root=self.ctx.root,
-            inventory=inventory,
-            kubelet_socket=self.ctx.settings.kubelet.pod_resources_socket,
-            sampling=self.sampling,
-        )
+        socket = self.ctx.settings.kubelet.pod_resources_socket
+        pods = self.ctx.backends.pod_resources(socket) if socket else None
+        try:
+            options = ApplyOptions(sampling=self.sampling, pods=pods)
+            outcome = await execute_plan(node_plan, control, root=self.ctx.root, inventory=inventory, options=options)
+        finally:
+            if pods is not None:
+                await pods.close()
         if outcome.report.changed:
             new = await self.ctx.gpu_state.refresh()  # publishes INVENTORY_CHANGED: CDI, metrics, driver follow
             self.ctx.bus.publish(events.MIG_CHANGED, new)
@@ -280,7 +280,7 @@ class MigSubsystem(BaseSubsystem):
                 self._set_state(name, "success")
                 return
             if observed.after_reboot and observed.inventory is not None:
-                mode_ok, _ = applied(observed.config, gpu_states(observed.inventory), mode_only=True)
+                mode_ok, _ = applied(observed.config, mig_layouts(observed.inventory), mode_only=True)
                 if not mode_ok:
                     await self._forget()
                     self._set_state(name, "failed", "the MIG mode change did not take effect after rebooting")

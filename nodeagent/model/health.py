@@ -1,7 +1,8 @@
 """GPU health as the node reports it: incidents per GPU (in DCGM's health-watch terms) and the node's verdict.
 
-Produced by ``nodeagent.gpuhealth`` (classification of XIDs and the GPU-state owner's health), consumed by
-the labels subsystem (the ``NvidiaGpuHealthy`` Node condition and the optional taint). Pure values.
+Produced by ``nodeagent.gpuhealth`` (classification of XIDs and the GPU-state owner's health), which also writes
+it on the Node (the ``NvidiaGpuHealthy`` condition and the optional taint); the metrics subsystem renders it as
+``DCGM_EXP_GPU_HEALTH_STATUS``. Pure values.
 """
 
 from __future__ import annotations

@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 from dataclasses import replace
 
+from nodeagent.backends.gpu.sim.profiles import DEFAULT_PROFILE, GpuProfile, load_profile
 from nodeagent.model.gpu import (
     GpuHealthState,
     GpuInfo,
@@ -24,7 +25,9 @@ from nodeagent.model.gpu import (
     XidEvent,
 )
 
-H100 = "NVIDIA H100 80GB HBM3"
+MODEL: GpuProfile = load_profile(DEFAULT_PROFILE)
+"""The GPU model the scripted GPUs are: the built-in h100-80gb-hbm3 (nodeagent/model/gpu_models/, a real capture)."""
+H100 = MODEL.name
 
 DEFAULT_VALUES: dict[Reading, float] = {
     Reading.SM_CLOCK_MHZ: 1980,
@@ -38,9 +41,9 @@ DEFAULT_VALUES: dict[Reading, float] = {
     Reading.MEM_COPY_UTIL_PCT: 0,
     Reading.ENC_UTIL_PCT: 0,
     Reading.DEC_UTIL_PCT: 0,
-    Reading.FB_FREE_MIB: 81079,
+    Reading.FB_FREE_MIB: MODEL.memory_total_mib - MODEL.memory_reserved_mib,
     Reading.FB_USED_MIB: 0,
-    Reading.FB_RESERVED_MIB: 480,
+    Reading.FB_RESERVED_MIB: MODEL.memory_reserved_mib,
     Reading.UNCORRECTABLE_REMAPPED_ROWS: 0,
     Reading.CORRECTABLE_REMAPPED_ROWS: 0,
     Reading.ROW_REMAP_FAILURE: 0,
@@ -63,7 +66,9 @@ MIG_VALUES: dict[Reading, float] = {
 
 
 def gpu_info(index: int, *, migs: int = 0) -> GpuInfo:
+    """GPU ``index`` of the model in ``MODEL``, with ``migs`` 1g.10gb instances (GI 7, 8, ...)."""
     uuid = f"GPU-07ad00dd-2cf1-3178-492d-1bffa49e50{index:02x}"
+    small = MODEL.mig_profile("1g.10gb")
     devices = tuple(
         MigDevice(
             uuid=f"MIG-{index:02x}{m:02x}0000-aaaa-bbbb-cccc-dddddddddddd",
@@ -71,32 +76,32 @@ def gpu_info(index: int, *, migs: int = 0) -> GpuInfo:
             mig_index=m,
             gpu_instance_id=7 + m,
             compute_instance_id=0,
-            profile="1g.10gb",
-            placement_start=m,
-            placement_size=1,
-            memory_total_mib=9984,
+            profile=small.name,
+            placement_start=small.starts[m],
+            placement_size=small.slices,
+            memory_total_mib=small.memory_mib,
         )
         for m in range(migs)
     )
     return GpuInfo(
         index=index,
         uuid=uuid,
-        name=H100,
+        name=MODEL.name,
         pci_bus_id=f"00000000:{0x18 + index:02X}:00.0",
-        pci_device_id=0x2330,
-        pci_subsystem_id=0x16C110DE,
+        pci_device_id=MODEL.pci_device_id,
+        pci_subsystem_id=MODEL.pci_subsystem_id,
         minor_number=index,
-        memory_total_mib=81559,
-        compute_capability=(9, 0),
-        architecture="hopper",
-        brand="NVIDIA",
-        serial=f"16515240587{index:02d}",
-        vbios_version="96.00.DA.00.0C",
-        mig_capable=True,
+        memory_total_mib=MODEL.memory_total_mib,
+        compute_capability=MODEL.compute_capability,
+        architecture=MODEL.architecture,
+        brand=MODEL.brand,
+        serial=f"{MODEL.serial_prefix}5240587{index:02d}"[:13],
+        vbios_version=MODEL.vbios_version,
+        mig_capable=MODEL.mig_capable,
         mig_enabled=migs > 0,
         mig_pending=migs > 0,
         mig_devices=devices,
-        gpm_supported=True,  # an H100: NVML's GPM works
+        gpm_supported=MODEL.gpm_supported,
     )
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -16,15 +15,10 @@ from nodeagent.errors import HostPathError
 from nodeagent.subsystem import Phase, Status
 from nodeagent.validation.subsystem import ValidationSubsystem
 from tests.driver.fakes import make_ctx
+from tests.support import until
 
 SPEC = "/var/run/cdi/nvidia.yaml"
 DRIVER_READY = "/run/nvidia/validations/driver-ready"
-
-
-async def until(predicate: Callable[[], bool], timeout_s: float = 10.0) -> None:
-    async with asyncio.timeout(timeout_s):
-        while not predicate():
-            await asyncio.sleep(0.02)
 
 
 async def test_a_deleted_or_edited_cdi_spec_is_written_again(tmp_path: Path) -> None:

@@ -19,7 +19,7 @@ from nodeagent.errors import ConfigError
 from nodeagent.settings import Settings, load, replace
 from nodeagent.subsystem import Phase, make_plan
 from tests.core.fakes import Scripted, make_context, make_parts
-from tests.support import free_port
+from tests.support import free_port, until
 
 
 def fast_settings(**agent: Any) -> Settings:
@@ -39,14 +39,6 @@ def make_agent(tmp_path: Path, subs: list[Any], settings: Settings | None = None
     ctx = make_context(Root(tmp_path), settings)
     built = [factory(ctx) for factory in subs]
     return Agent(make_parts(Root(tmp_path), settings, built, ctx=ctx), **kwargs)
-
-
-async def until(predicate: Any, timeout: float = 5.0) -> None:
-    async def loop() -> None:
-        while not predicate():
-            await asyncio.sleep(0.005)
-
-    await asyncio.wait_for(loop(), timeout)
 
 
 async def test_subsystems_start_after_their_requirements_and_stop_in_reverse(tmp_path: Path) -> None:

@@ -118,11 +118,32 @@ def test_corrupt_journal_is_a_clear_error(root: Root) -> None:
         journal.entries()
 
 
+class WatchingJournal(BackupJournal):
+    """A journal that notes, each time it is asked to keep an original, whether the file was still there."""
+
+    def __init__(self, root: Root, state_dir: str) -> None:
+        super().__init__(root, state_dir)
+        self.asked: list[tuple[str, bool]] = []
+
+    def prepare(self, root: Root, host_path: str, data: bytes | None) -> tuple[bool, str | None]:
+        self.asked.append((host_path, root.exists(host_path)))
+        return super().prepare(root, host_path, data)
+
+
 def test_remove_records_first(root: Root) -> None:
-    journal = BackupJournal(root, "/state")
+    journal = WatchingJournal(root, "/state")
     (root.path / "etc" / "gone").write_bytes(b"bytes")
     assert root.remove("/etc/gone", journal=journal) is True
+    assert journal.asked == [("/etc/gone", True)], "the original is kept while the file is still there"
+    assert journal.original("/etc/gone") == b"bytes"
     assert not (root.path / "etc" / "gone").exists()
+    # A journal that cannot keep the original (its state directory is a file): nothing is removed.
+    (root.path / "etc" / "kept").write_bytes(b"kept")
+    (root.path / "blocked").write_bytes(b"")
+    with pytest.raises(HostPathError):
+        root.remove("/etc/kept", journal=BackupJournal(root, "/blocked"))
+    assert (root.path / "etc" / "kept").read_bytes() == b"kept"
+    (root.path / "etc" / "kept").unlink()
     journal.restore(root, "/etc/gone")
     assert (root.path / "etc" / "gone").read_bytes() == b"bytes"
     assert [p.name for p in (root.path / "etc").iterdir()] == ["gone"]

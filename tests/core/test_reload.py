@@ -17,15 +17,9 @@ from nodeagent.runtime.subsystem import RuntimeSubsystem
 from nodeagent.settings import changed_sections, replace
 from tests.core.test_agent import fast_settings
 from tests.runtime.conftest import fixture
+from tests.support import until
 
 CONFIG = "/etc/containerd/config.toml"
-
-
-async def until(predicate: object, timeout_s: float = 10.0) -> None:
-    assert callable(predicate)
-    async with asyncio.timeout(timeout_s):
-        while not predicate():
-            await asyncio.sleep(0.01)
 
 
 def test_changed_sections_names_only_what_differs() -> None:

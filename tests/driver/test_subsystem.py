@@ -17,6 +17,7 @@ from nodeagent.model.driver import DriverFacts
 from nodeagent.subsystem import Context, Phase, Status
 from nodeagent.validation.subsystem import ValidationSubsystem
 from tests.driver.fakes import host_node, make_ctx, make_settings, prefixed_node, real_usr_local_nvidia
+from tests.support import until
 
 VERSION = "580.159.04"
 READY = "/run/nvidia/validations/driver-ready"
@@ -303,10 +304,10 @@ async def test_toolkit_ready_follows_runtime_health(tmp_path: Path) -> None:
     task = asyncio.create_task(files.run(stop))
     try:
         ctx.bus.publish(events.RUNTIME_HEALTHY, True)
-        await _until(lambda: ctx.root.exists(TOOLKIT))
+        await until(lambda: ctx.root.exists(TOOLKIT))
         assert ctx.root.read_bytes(TOOLKIT) == b""
         ctx.bus.publish(events.RUNTIME_HEALTHY, False)
-        await _until(lambda: not ctx.root.exists(TOOLKIT))
+        await until(lambda: not ctx.root.exists(TOOLKIT))
         assert ctx.root.exists(READY)
     finally:
         stop.set()
@@ -344,10 +345,3 @@ async def test_helpers_on_an_nvswitch_system(tmp_path: Path) -> None:
     await drv.reconcile()
     assert drv.status().phase == Phase.RUNNING
     assert "nv-fabricmanager: running (pid 11)" in drv.status().details["helpers"]
-
-
-async def _until(predicate: object, timeout_s: float = 5.0) -> None:
-    assert callable(predicate)
-    async with asyncio.timeout(timeout_s):
-        while not predicate():
-            await asyncio.sleep(0.01)

@@ -1,6 +1,7 @@
 """GPU health end to end: XIDs injected into the simulator reach the GPU-state owner through a sweep, the
-gpuhealth subsystem classifies them, the labels subsystem writes the ``NvidiaGpuHealthy`` condition (and the
-taint when enabled) on the test API server, and the metric follows. Time is a fake clock the test moves."""
+gpuhealth subsystem classifies them and writes the ``NvidiaGpuHealthy`` condition (and the taint when enabled)
+on the test API server through the Node gateway, and the metric follows. The labels subsystem runs beside it
+(it shares the gateway, and writes none of these). Time is a fake clock the test moves."""
 
 from __future__ import annotations
 
@@ -12,8 +13,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from nodeagent import events, testing
 from nodeagent.backends.gpu.sim.backend import SimGpuBackend
 from nodeagent.backends.hostfs import Root
@@ -24,6 +23,7 @@ from nodeagent.model.health import CONDITION_TYPE, TAINT_KEY
 from nodeagent.settings import Settings, replace
 from nodeagent.testing.apiserver import TestApiServer
 from tests.labels.test_labels_subsystem import kube_client
+from tests.support import until
 
 NODE = "node-a"
 WINDOW = 60.0
@@ -104,14 +104,6 @@ def taints(server: TestApiServer) -> list[dict[str, Any]]:
     found = server.object("nodes", NODE)
     assert found is not None
     return list(found.get("spec", {}).get("taints") or [])
-
-
-async def until(predicate: Callable[[], bool], what: str, timeout_s: float = 10.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout_s
-    while not predicate():
-        if asyncio.get_running_loop().time() > deadline:
-            pytest.fail(f"timed out waiting for {what}")
-        await asyncio.sleep(0.02)
 
 
 def condition_is(server: TestApiServer, status: str, reason: str) -> Callable[[], bool]:
@@ -249,7 +241,7 @@ async def test_the_window_ends_by_itself(tmp_path: Path, apiserver: TestApiServe
         sim.inject_xid(0, 79)
         await ctx.gpu_state.sample(SampleRequest(frozenset()))
         await until(lambda: health.published is not None and not health.published.healthy, "unhealthy")
-        await until(lambda: health.published is not None and health.published.healthy, "healthy again", 5.0)
+        await until(lambda: health.published is not None and health.published.healthy, "healthy again", timeout_s=5.0)
     finally:
         stop.set()
         await task
@@ -315,8 +307,9 @@ async def test_revert_takes_the_condition_and_the_taint_back(tmp_path: Path, api
         node.stop.set()  # `nodeagent revert` runs with the agent stopped
         for task in node.tasks:
             await task
-        result = await node.labels.revert()
-        assert f"Node/{NODE} taint" in result.changed and f"Node/{NODE} conditions" in result.changed
+        assert not any("taint" in c or "conditions" in c for c in (await node.labels.revert()).changed)
+        result = await node.health.revert()
+        assert result.changed == (f"Node/{NODE} taint", f"Node/{NODE} conditions")
         assert taints(apiserver) == [] and not has_condition(apiserver)
         found = apiserver.object("nodes", NODE)
         assert found is not None and [c["type"] for c in found["status"]["conditions"]] == ["Ready"]

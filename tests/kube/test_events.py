@@ -72,3 +72,29 @@ async def test_an_event_refused_by_rbac_is_reported_not_raised(token_file: Path,
         await server.stop()
     assert problem is not None and 'create events in namespace "default"' in problem
     assert stored_events(server) == []
+
+
+async def test_the_node_gateway_records_through_one_recorder(apiserver: TestApiServer) -> None:
+    """Every subsystem's Events go through the gateway's one recorder: a repeat from another writer counts up
+    the same Event, which names the Node's uid as the gateway last saw it."""
+    from nodeagent.nodegateway import NodeGateway
+
+    c = client(apiserver)
+    gateway = NodeGateway("node-a", lambda settings: c)
+    uid = (await gateway.get())["metadata"]["uid"]
+    assert await gateway.record_event("Warning", "XidFallenOffBus", "GPU 1 fell off the bus") is None  # gpuhealth
+    assert await gateway.record_event("Warning", "XidFallenOffBus", "GPU 1 fell off the bus") is None  # again
+    assert await gateway.record_event("Normal", "MigConfigApplied", "all-balanced") is None  # labels
+    await gateway.close()
+    by_reason = {e["reason"]: e for e in stored_events(apiserver)}
+    assert sorted(by_reason) == ["MigConfigApplied", "XidFallenOffBus"]
+    assert by_reason["XidFallenOffBus"]["count"] == 2
+    assert by_reason["XidFallenOffBus"]["involvedObject"]["uid"] == uid  # type: ignore[index]
+
+
+async def test_without_kubernetes_the_gateway_records_nothing_and_says_why() -> None:
+    from nodeagent.nodegateway import NodeGateway
+
+    gateway = NodeGateway("node-a", lambda settings: None)
+    problem = await gateway.record_event("Normal", "X", "y")
+    assert problem is not None and "no API server configured" in problem

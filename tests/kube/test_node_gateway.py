@@ -32,21 +32,10 @@ from nodeagent.testing.apiserver import TestApiServer, write_kubeconfig
 from tests.core.fakes import Scripted
 from tests.kube.kube_support import ADMIN_TOKEN, AGENT_TOKEN
 from tests.labels.test_labels_subsystem import kube_client
-from tests.support import free_port
+from tests.support import free_port, until
 
 NODE = "node-a"
 DEVICE_PLUGIN = "nvidia.com/gpu.deploy.device-plugin"
-
-
-async def until(predicate: Callable[[], bool], what: str, timeout_s: float = 10.0) -> None:
-    async def loop() -> None:
-        while not predicate():
-            await asyncio.sleep(0.02)
-
-    try:
-        await asyncio.wait_for(loop(), timeout_s)
-    except TimeoutError:
-        raise AssertionError(f"timed out waiting for: {what}") from None
 
 
 def node_watches(server: TestApiServer) -> int:

@@ -23,6 +23,7 @@ from nodeagent.settings import Settings, replace
 from nodeagent.subsystem import Phase
 from nodeagent.testing.apiserver import TestApiServer, write_kubeconfig
 from tests.kube.kube_support import AGENT_TOKEN, RBAC, TOKENS
+from tests.support import until
 
 NFD = "/etc/kubernetes/node-feature-discovery/features.d/nodeagent"
 NF_NAME = "nvidia-features-for-node-a"
@@ -162,23 +163,18 @@ async def test_removed_label_comes_back_through_the_watch(
     stop = asyncio.Event()
     runner = asyncio.ensure_future(sub.run(stop))
     try:
-
-        async def watching() -> None:
-            while not any(w.rt.plural == "nodes" for w in apiserver.store.watchers):
-                await asyncio.sleep(0.02)
-
-        await asyncio.wait_for(watching(), 3)
+        await until(lambda: any(w.rt.plural == "nodes" for w in apiserver.store.watchers), "the Node watch")
         admin = kube_client(apiserver, "admin-token")
         removed = await admin.patch(NODES, "node-a", {"metadata": {"labels": {key: None}}})
         await admin.close()
         assert key not in removed["metadata"]["labels"], "the removal was stored"
         removed_rv = int(removed["metadata"]["resourceVersion"])
 
-        async def restored() -> None:
-            while key not in (apiserver.object("nodes", "node-a") or {})["metadata"]["labels"]:
-                await asyncio.sleep(0.02)
-
-        await asyncio.wait_for(restored(), 3)
+        await until(
+            lambda: key in (apiserver.object("nodes", "node-a") or {})["metadata"]["labels"],
+            "the label back",
+            timeout_s=3,
+        )
         versions = [
             (rv, key in obj["metadata"].get("labels", {}))
             for rv, plural, _, obj in apiserver.store.history

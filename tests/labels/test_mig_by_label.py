@@ -28,6 +28,7 @@ from nodeagent.settings import Settings, replace
 from nodeagent.testing.apiserver import TestApiServer
 from tests.kube.kube_support import ADMIN_TOKEN
 from tests.labels.test_labels_subsystem import kube_client
+from tests.support import until
 
 NODE = "node-a"
 
@@ -106,15 +107,6 @@ def condition(server: TestApiServer, cond_type: str) -> dict[str, Any]:
 
 def events_about_node(server: TestApiServer) -> list[dict[str, Any]]:
     return [o for (plural, _, _), o in server.store.objects.items() if plural == "events"]
-
-
-async def until(predicate: Callable[[], bool], what: str, timeout_s: float = 10.0) -> None:
-    """Wait for the agent's tasks (in this loop) to reach a state."""
-    deadline = asyncio.get_running_loop().time() + timeout_s
-    while not predicate():
-        if asyncio.get_running_loop().time() > deadline:
-            pytest.fail(f"timed out waiting for {what}")
-        await asyncio.sleep(0.02)
 
 
 async def settled(server: TestApiServer, quiet_s: float = 0.3) -> None:

@@ -1,11 +1,10 @@
-"""The pure Node patches: MIG state label, conditions (transition time kept), taint."""
+"""The pure Node patches of the MIG control surface: the state label, conditions (transition time kept)."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from nodeagent.labels import node_status as ns
-from nodeagent.model.health import TAINT_KEY, GpuHealthReport, GpuIncident, NodeGpuHealth, Verdict
 from nodeagent.model.mig import MigReadiness
 
 
@@ -35,17 +34,3 @@ def test_condition_patch_on_change_only_and_transition_kept() -> None:
     assert same_status["status"]["conditions"][0]["lastTransitionTime"] == "2026-01-01T00:00:00Z"
     flipped = ns.condition_patch(n, "X", "True", "R", "m", now=5)
     assert flipped["status"]["conditions"][0]["lastTransitionTime"] == "1970-01-01T00:00:05Z"
-
-
-def test_taint_follows_and_keeps_other_taints() -> None:
-    bad = GpuHealthReport(0, "u", (GpuIncident("ALL", "DCGM_FR_FALLEN_OFF_BUS", Verdict.FAIL, "R", "m"),))
-    other = {"key": "dedicated", "value": "ml", "effect": "NoSchedule"}
-    n = node(spec={"taints": [other]})
-    patch = ns.taint_patch(n, NodeGpuHealth((bad,), taint=True))
-    assert patch is not None and patch["spec"]["taints"] == [
-        other,
-        {"key": TAINT_KEY, "value": "true", "effect": "NoSchedule"},
-    ]
-    assert ns.taint_patch(n, NodeGpuHealth((bad,), taint=False)) is None
-    tainted = node(spec={"taints": patch["spec"]["taints"]})
-    assert ns.taint_patch(tainted, NodeGpuHealth((GpuHealthReport(0, "u"),), taint=True))["spec"]["taints"] == [other]

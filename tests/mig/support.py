@@ -6,7 +6,7 @@ from collections.abc import Iterable
 
 from nodeagent.backends.gpu.sim.profiles import load_profile
 from nodeagent.mig.config import DeviceId, GpuIdentity
-from nodeagent.mig.planner import GpuState, Instance
+from nodeagent.mig.planner import GpuMigLayout, Instance
 from nodeagent.model.mig import MigTable, gpu_instance_id
 
 H100 = load_profile("h100-80gb-hbm3")
@@ -26,7 +26,7 @@ def identity(index: int = 0, model: str = "h100-80gb-hbm3") -> GpuIdentity:
 
 def state(
     layout: Iterable[tuple[str, int]] = (), *, enabled: bool = True, index: int = 0, model: str = "h100-80gb-hbm3"
-) -> GpuState:
+) -> GpuMigLayout:
     """A GPU with MIG ``enabled`` and instances (profile, start)."""
     gpu = identity(index, model)
     instances = []
@@ -35,4 +35,4 @@ def state(
         assert profile is not None
         gi = gpu_instance_id(start, profile.slices)
         instances.append(Instance(gi, name, start, f"MIG-{index}-{gi}"))
-    return GpuState(gpu, enabled, enabled, tuple(instances))
+    return GpuMigLayout(gpu, enabled, enabled, tuple(instances))

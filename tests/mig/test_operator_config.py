@@ -14,7 +14,7 @@ from nodeagent.backends.hostfs import Root
 from nodeagent.errors import ConfigError
 from nodeagent.mig import service
 from nodeagent.mig.config import load_file
-from nodeagent.mig.observe import gpu_states
+from nodeagent.mig.observe import mig_layouts
 from nodeagent.mig.planner import applied
 
 OPERATOR = load_file(Path(__file__).parent / "fixtures" / "gpu-operator-default-mig-parted-config.yaml")
@@ -87,7 +87,7 @@ def test_every_config_of_the_operator_file_on_an_eight_gpu_node(model: str, tmp_
                 assert await sim.inventory() == before  # nothing touched
                 continue
             assert outcome.ok, (name, outcome.reasons())
-            ok, differences = applied(config, gpu_states(await sim.inventory()))
+            ok, differences = applied(config, mig_layouts(await sim.inventory()))
             assert ok, (name, differences)
             applied_names.append(name)
         assert sorted(applied_names) == sorted(FOR_MODEL[model])

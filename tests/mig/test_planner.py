@@ -14,7 +14,7 @@ from collections import Counter
 from collections.abc import Iterator
 
 from nodeagent.mig.config import MigEntry
-from nodeagent.mig.planner import Action, GpuPlan, GpuState, plan_gpu
+from nodeagent.mig.planner import Action, GpuMigLayout, GpuPlan, plan_gpu
 from nodeagent.model.mig import misfit_reason
 from tests.mig.support import H100, state
 
@@ -85,7 +85,7 @@ def entry(counts: dict[str, int] | Counter[str], enabled: bool = True) -> MigEnt
     return MigEntry("t", 0, None, (), enabled, tuple(sorted(counts.items())))
 
 
-def _check_layout(plan: GpuPlan, before: GpuState, want: Counter[str]) -> None:
+def _check_layout(plan: GpuPlan, before: GpuMigLayout, want: Counter[str]) -> None:
     """The layout after the plan is a valid packing with exactly the wanted profiles."""
     destroyed = {s.gpu_instance_id for s in plan.steps if s.action == Action.DESTROY}
     after = [(i.profile, i.start) for i in before.instances if i.gpu_instance_id not in destroyed]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from nodeagent import events, testing
 from nodeagent import settings as S
 from nodeagent.backends.gpu.sim.backend import SimGpuBackend
 from nodeagent.backends.hostfs import Root
+from nodeagent.backends.podresources import ContainerDevices
 from nodeagent.cli import main
 from nodeagent.mig.subsystem import MigSubsystem
 from nodeagent.model.mig import GpuProcess, MigReadiness
@@ -218,3 +220,34 @@ def test_one_shot_apply_does_not_wait_for_operands(
     root = str(tmp_path / "node")
     assert main(["apply", "--simulate", "h100-80gb-hbm3:1", "--root", root, "--only", "mig"]) == 0
     assert "mig: changed GPU 0" in capsys.readouterr().out
+
+
+class KubeletPods:
+    """The kubelet's pod resources as the composition root's connector hands them out: one pod holds GPU 0."""
+
+    def __init__(self, uuid: str) -> None:
+        self.uuid = uuid
+        self.sockets: list[str] = []
+        self.closed = 0
+
+    def __call__(self, socket: str) -> KubeletPods:
+        self.sockets.append(socket)
+        return self
+
+    async def list(self) -> tuple[ContainerDevices, ...]:
+        return (ContainerDevices("ml", "trainer-0", "main", "nvidia.com/gpu", (self.uuid,)),)
+
+    async def close(self) -> None:
+        self.closed += 1
+
+
+async def test_pods_holding_a_gpu_come_from_the_contexts_kubelet_client(tmp_path: Path) -> None:
+    sim = SimGpuBackend("h100-80gb-hbm3", 1, 0)
+    sub, _ = make(tmp_path, sim)
+    pods = KubeletPods((await sim.inventory()).gpus[0].uuid)
+    sub.ctx.backends = dataclasses.replace(sub.ctx.backends, pod_resources=pods)  # type: ignore[arg-type]
+    await sub.start()
+    assert sub.state == "failed"
+    assert "GPU 0: in use by ml/trainer-0 (main) [kubelet]" in sub.reason
+    assert pods.sockets == [sub.ctx.settings.kubelet.pod_resources_socket] and pods.closed == 1
+    await sim.close()

@@ -7,7 +7,6 @@ import os
 import socket
 import stat
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -21,6 +20,7 @@ from nodeagent.backends.runtimectl import (
     peer_pid,
 )
 from nodeagent.backends.watch import FileWatcher
+from tests.support import until
 
 CTR_OK = """TYPE                                  ID                       PLATFORMS      STATUS
 io.containerd.content.v1              content                  -              ok
@@ -119,11 +119,11 @@ async def test_file_watcher_sees_rename_and_rewrite(tmp_path: Path, inotify: boo
         tmp = tmp_path / "etc/.config.toml.tmp"
         tmp.write_text("bb")
         tmp.replace(watched)
-        await _until(lambda: seen, 2)
+        await until(lambda: seen, "the watch to report", timeout_s=2)
         assert seen[0] == {watched}
         seen.clear()
         watched.write_text("ccc")
-        await _until(lambda: seen, 2)
+        await until(lambda: seen, "the watch to report", timeout_s=2)
         assert seen[0] == {watched}
     finally:
         stop.set()
@@ -140,16 +140,8 @@ async def test_file_watcher_polls_a_directory_that_does_not_exist_yet(tmp_path: 
         await asyncio.sleep(0.1)
         watched.parent.mkdir()
         watched.write_text("x")
-        await _until(lambda: seen, 2)
+        await until(lambda: seen, "the watch to report", timeout_s=2)
         assert seen[0] == {watched}
     finally:
         stop.set()
         await asyncio.wait_for(task, 2)
-
-
-async def _until(predicate: Any, timeout_s: float) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout_s
-    while not predicate():
-        assert loop.time() < deadline, "timed out"
-        await asyncio.sleep(0.01)

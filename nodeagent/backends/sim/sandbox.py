@@ -375,10 +375,16 @@ def sandbox_inventory(
 ) -> Inventory:
     """A small H100 inventory for tests and sandbox layouts (the simulated GPU backend makes richer ones).
 
-    GPUs whose index is in ``mig_on`` carry two MIG devices (3g.40gb at GI 1 and GI 2, CI 0 each).
+    The GPUs' model facts (name, brand, PCI ids, memory, MIG profiles) come from the built-in
+    ``h100-80gb-hbm3`` model (``nodeagent/model/gpu_models/``, a real capture); only the per-GPU
+    identities (UUIDs, bus ids, serials) are made up here. GPUs whose index is in ``mig_on`` carry two
+    MIG devices (3g.40gb at GI 1 and GI 2, CI 0 each).
     """
+    from nodeagent.backends.gpu.sim.profiles import DEFAULT_PROFILE, load_profile
     from nodeagent.model.gpu import MigDevice
 
+    model = load_profile(DEFAULT_PROFILE)
+    half = model.mig_profile("3g.40gb")
     gpus = []
     for i in range(count):
         uuid = f"GPU-07ad00dd-2cf1-3178-492d-1bffa49e5{i:03x}"
@@ -389,10 +395,10 @@ def sandbox_inventory(
                 mig_index=m,
                 gpu_instance_id=m + 1,
                 compute_instance_id=0,
-                profile="3g.40gb",
-                placement_start=m * 4,
-                placement_size=4,
-                memory_total_mib=40192,
+                profile=half.name,
+                placement_start=half.starts[m],
+                placement_size=half.slices,
+                memory_total_mib=half.memory_mib,
             )
             for m in range(2 if i in mig_on else 0)
         )
@@ -400,21 +406,22 @@ def sandbox_inventory(
             GpuInfo(
                 index=i,
                 uuid=uuid,
-                name="NVIDIA H100 80GB HBM3",
+                name=model.name,
                 pci_bus_id=f"00000000:{0x18 + i * 0x10:02X}:00.0",
-                pci_device_id=0x2330,
-                pci_subsystem_id=0x16C1,
+                pci_device_id=model.pci_device_id,
+                pci_subsystem_id=model.pci_subsystem_id,
                 minor_number=i,
-                memory_total_mib=81559,
-                compute_capability=(9, 0),
-                architecture="hopper",
-                brand="nvidia",
-                serial=f"16523220{i:05d}",
-                vbios_version="96.00.DA.00.0C",
-                mig_capable=True,
+                memory_total_mib=model.memory_total_mib,
+                compute_capability=model.compute_capability,
+                architecture=model.architecture,
+                brand=model.brand,
+                serial=f"{model.serial_prefix}3220{i:05d}"[:13],
+                vbios_version=model.vbios_version,
+                mig_capable=model.mig_capable,
                 mig_enabled=bool(migs),
                 mig_pending=bool(migs),
                 mig_devices=migs,
+                gpm_supported=model.gpm_supported,
             )
         )
     return Inventory(
