@@ -147,8 +147,8 @@ def _quiet(args: argparse.Namespace) -> bool:
 
 
 async def _dispatch(args: argparse.Namespace, settings: settings_mod.Settings, env: dict[str, str]) -> int:
-    if args.command == "status" and not settings.simulation.enabled:
-        remote = _remote_status(settings.agent.listen)
+    if args.command == "status":
+        remote = _running_agent_status(settings)
         if remote is not None:
             return _print_status(remote, as_json=args.json)
     if args.command == "sim":
@@ -226,6 +226,30 @@ async def _sim_record(args: argparse.Namespace, settings: settings_mod.Settings)
         return EXIT_FAILURE
     print(f"wrote {out}")
     return EXIT_OK
+
+
+def _running_agent_status(settings: settings_mod.Settings) -> dict[str, Any] | None:
+    """The /status of the agent on ``agent.listen`` when it runs on the root this command would use.
+
+    Without simulation any agent answering there is the node's. With it, only a simulated agent on the same
+    sandbox is (another one's status would describe other GPUs); otherwise the local status is shown, with a note.
+    """
+    remote = _remote_status(settings.agent.listen)
+    if remote is None or not settings.simulation.enabled:
+        return remote
+    from nodeagent.compose import choose_root
+
+    here = os.path.realpath(choose_root(settings).path)
+    there = os.path.realpath(str(remote.get("root", "")))
+    if remote.get("simulate") and here == there:
+        return remote
+    kind = "a simulated" if remote.get("simulate") else "a real"
+    print(
+        f"nodeagent: the agent on {settings.agent.listen} is {kind} one on root {remote.get('root', '?')}, "
+        f"not this sandbox ({here}); showing this sandbox's status instead",
+        file=sys.stderr,
+    )
+    return None
 
 
 def _remote_status(listen: str) -> dict[str, Any] | None:
