@@ -154,10 +154,7 @@ async def _dispatch(args: argparse.Namespace, settings: settings_mod.Settings, e
     if args.command == "sim":
         return await _sim_record(args, settings)
     if args.command == "mig":
-        from nodeagent.compose import open_gpus
-        from nodeagent.mig.commands import run_mig
-
-        return await run_mig(args, settings, env, open_gpus)
+        return await _mig(args, settings, env)
     from nodeagent.compose import compose
 
     try:
@@ -214,6 +211,26 @@ async def _dispatch(args: argparse.Namespace, settings: settings_mod.Settings, e
 
 
 _LOCKED = ("run", "apply", "revert")
+
+
+async def _mig(args: argparse.Namespace, settings: settings_mod.Settings, env: dict[str, str]) -> int:
+    """``nodeagent mig ...``; ``mig apply`` changes the GPUs, so it holds the root's agent lock like ``apply``:
+    beside a running agent (which owns the MIG layout) it is refused, naming the agent's pid."""
+    from nodeagent.agent_lock import acquire
+    from nodeagent.compose import choose_root, open_gpus
+    from nodeagent.mig.commands import run_mig
+
+    if args.mig_command != "apply":
+        return await run_mig(args, settings, env, open_gpus)
+    try:
+        lock = acquire(choose_root(settings), settings.agent.state_dir, "mig apply")
+    except NodeAgentError as err:
+        print(f"nodeagent: {err}", file=sys.stderr)
+        return EXIT_FAILURE
+    try:
+        return await run_mig(args, settings, env, open_gpus)
+    finally:
+        lock.release()
 
 
 async def _sim_record(args: argparse.Namespace, settings: settings_mod.Settings) -> int:
