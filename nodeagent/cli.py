@@ -1,6 +1,7 @@
 """Command line: parse, load settings, pick backends, dispatch. No logic of its own.
 
-Exit codes: 0 ok, 1 failure at run time, 2 bad usage or bad settings (or no driver without --simulate).
+Exit codes: 0 ok, 1 failure at run time (``run``: also its HTTP address taken; a one-shot command refused
+beside a running agent), 2 bad usage or bad settings (or no driver without --simulate).
 """
 
 from __future__ import annotations
