@@ -34,7 +34,9 @@ DEFAULT_SIMULATION = "h100-80gb-hbm3:8"
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", metavar="FILE", help="settings file (TOML, starts with `version = 1`)")
+    parser.add_argument(
+        "--config", metavar="FILE", help="settings file (TOML, starts with `version = 1`; not a mig-parted YAML)"
+    )
     parser.add_argument("--root", metavar="DIR", help="host root (default /; in simulation a sandbox)")
     parser.add_argument(
         "--simulate",
@@ -113,11 +115,37 @@ def cli_overrides(args: argparse.Namespace) -> tuple[dict[tuple[str, str], Any],
 
 def load_settings(args: argparse.Namespace, env: Mapping[str, str]) -> settings_mod.Settings:
     values, names = cli_overrides(args)
-    settings = settings_mod.load(file=args.config, env=env, cli=values, cli_names=names)
+    try:
+        settings = settings_mod.load(file=args.config, env=env, cli=values, cli_names=names)
+    except ConfigError as err:
+        if args.config and err.source == str(args.config) and err.bare_message.startswith("malformed TOML"):
+            yaml_problem = _yaml_given_as_settings(Path(args.config))
+            if yaml_problem:
+                raise ConfigError(yaml_problem, source=err.source) from None
+        raise
     from nodeagent.runtime.ownership import check_owned_paths
 
     check_owned_paths(settings)  # two subsystems may never own one path
     return settings
+
+
+def _yaml_given_as_settings(path: Path) -> str:
+    """When the settings file that is not TOML is a YAML mapping: what it is and where it goes; else ''."""
+    import yaml
+
+    try:
+        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return ""
+    if not isinstance(doc, dict):
+        return ""
+    settings_hint = "--config takes the agent's settings, a TOML file (`version = 1` first; docs/configuration.md)"
+    if "mig-configs" in doc:
+        return (
+            f"a YAML file, not TOML: it is a mig-parted config; give it with -f/--config-file "
+            f"(`nodeagent mig apply -f {path} -c NAME`); {settings_hint}"
+        )
+    return f"a YAML file, not TOML: {settings_hint}; a mig-parted config goes to `nodeagent mig apply -f FILE`"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
