@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import json
 import os
+import re
 import signal
 import sys
 import urllib.error
@@ -75,6 +76,7 @@ def make_parser() -> argparse.ArgumentParser:
     p = sim.add_parser("record", help="capture this node's GPUs through NVML into a simulation profile")
     _common(p)
     p.add_argument("--output", metavar="FILE", required=True, help="profile JSON to write")
+    p = sim.add_parser("profiles", help="list the built-in simulation profiles (for --simulate PROFILE[:COUNT])")
     from nodeagent.mig.commands import add_mig_parser
 
     add_mig_parser(sub, _common)
@@ -90,36 +92,41 @@ def cli_overrides(args: argparse.Namespace) -> tuple[dict[tuple[str, str], Any],
         values[(section, key)] = value
         names[(section, key)] = flag
 
-    if args.root:
-        if args.simulate is not None and os.path.realpath(args.root) == "/":
+    root, listen, only = getattr(args, "root", None), getattr(args, "listen", None), getattr(args, "only", None)
+    log_format, simulate = getattr(args, "log_format", None), getattr(args, "simulate", None)
+    if root:
+        if simulate is not None and os.path.realpath(root) == "/":
             raise ConfigError("simulation never runs on the real root; give a sandbox directory", source="--root")
-        put("agent", "root", str(Path(args.root).absolute()), "--root")
-    if args.listen:
-        put("agent", "listen", args.listen, "--listen")
-    if args.only:
-        put("agent", "only", list(args.only), "--only")
-    if args.log_format:
-        put("agent", "log_format", args.log_format, "--log-format")
-    if args.simulate is not None:
+        put("agent", "root", str(Path(root).absolute()), "--root")
+    if listen:
+        put("agent", "listen", listen, "--listen")
+    if only:
+        put("agent", "only", list(only), "--only")
+    if log_format:
+        put("agent", "log_format", log_format, "--log-format")
+    if simulate is not None:
         put("simulation", "enabled", True, "--simulate")
-        profile, _, count = args.simulate.rpartition(":") if ":" in args.simulate else (args.simulate, "", "")
+        profile, _, count = simulate.rpartition(":") if ":" in simulate else (simulate, "", "")
         if profile:
             put("simulation", "profile", profile, "--simulate")
         if count:
             try:
                 put("simulation", "count", int(count), "--simulate")
             except ValueError:
-                raise ConfigError(f"COUNT must be a number, got {count!r}", source="--simulate") from None
+                from nodeagent.backends.gpu.sim.profiles import count_problem
+
+                raise ConfigError(count_problem(count), source="--simulate", key="simulation.count") from None
     return values, names
 
 
 def load_settings(args: argparse.Namespace, env: Mapping[str, str]) -> settings_mod.Settings:
     values, names = cli_overrides(args)
+    config = getattr(args, "config", None)
     try:
-        settings = settings_mod.load(file=args.config, env=env, cli=values, cli_names=names)
+        settings = settings_mod.load(file=config, env=env, cli=values, cli_names=names)
     except ConfigError as err:
-        if args.config and err.source == str(args.config) and err.bare_message.startswith("malformed TOML"):
-            yaml_problem = _yaml_given_as_settings(Path(args.config))
+        if config and err.source == str(config) and err.bare_message.startswith("malformed TOML"):
+            yaml_problem = _yaml_given_as_settings(Path(config))
             if yaml_problem:
                 raise ConfigError(yaml_problem, source=err.source) from None
         raise
@@ -181,13 +188,13 @@ async def _dispatch(args: argparse.Namespace, settings: settings_mod.Settings, e
         if remote is not None:
             return _print_status(remote, as_json=args.json)
     if args.command == "sim":
-        return await _sim_record(args, settings)
+        return _sim_profiles() if args.sim_command == "profiles" else await _sim_record(args, settings)
     if args.command == "mig":
         return await _mig(args, settings, env)
     from nodeagent.compose import compose
 
     try:
-        parts = await compose(settings, env, only=args.only or [])
+        parts = await compose(settings, env, only=getattr(args, "only", None) or [])
     except BackendUnavailable as err:
         print(f"nodeagent: {err}", file=sys.stderr)
         if not settings.simulation.enabled:
@@ -262,13 +269,30 @@ async def _mig(args: argparse.Namespace, settings: settings_mod.Settings, env: d
         lock.release()
 
 
+_SIMULATE_ADVICE = re.compile(
+    r"[;,] (?:or use --simulate to run without a GPU|to try the agent without a GPU, use --simulate)"
+)
+"""The NVML backend's advice to simulate, where the command itself cannot (``sim record``)."""
+
+
 async def _sim_record(args: argparse.Namespace, settings: settings_mod.Settings) -> int:
+    """Exit 2 when there is no driver or no GPU to record (as every command without a driver), 1 on other errors."""
     from nodeagent.backends.gpu.record import record_profile
 
     try:
         out = record_profile(driver_root=settings.driver.root or None, out=Path(args.output))
+    except BackendUnavailable as err:
+        reason = _SIMULATE_ADVICE.sub("", str(err))  # recording needs a real GPU: no circle back to --simulate
+        print(f"nodeagent sim record: {reason}", file=sys.stderr)
+        print(
+            "nodeagent sim record: hint: it reads a real GPU through NVML, so run it on the GPU node (with "
+            "driver.root, or NODEAGENT_DRIVER__ROOT, when the driver is elsewhere); without a GPU, simulate a "
+            "built-in profile instead (`nodeagent sim profiles` lists them; `nodeagent run --simulate PROFILE`)",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
     except NodeAgentError as err:
-        print(f"nodeagent: {err}", file=sys.stderr)
+        print(f"nodeagent sim record: {err}", file=sys.stderr)
         return EXIT_FAILURE
     print(f"wrote {out}")
     return EXIT_OK
@@ -296,6 +320,18 @@ def _running_agent_status(settings: settings_mod.Settings) -> dict[str, Any] | N
         file=sys.stderr,
     )
     return None
+
+
+def _sim_profiles() -> int:
+    from nodeagent.backends.gpu.sim.profiles import DEFAULT_PROFILE, builtin_names, load_profile
+
+    for key in builtin_names():
+        p = load_profile(key)
+        mig = f"{len(p.mig_profiles)} MIG profiles" if p.mig_capable else "no MIG"
+        default = "  (the default)" if key == DEFAULT_PROFILE else ""
+        print(f"{key:<18} {p.name}, {p.memory_total_mib} MiB, {mig}, {p.default_count} GPUs by default{default}")
+    print("or a JSON profile written by `nodeagent sim record --output FILE` (--simulate FILE[:COUNT])")
+    return EXIT_OK
 
 
 def _remote_status(listen: str) -> dict[str, Any] | None:
