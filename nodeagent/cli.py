@@ -34,53 +34,139 @@ EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report Ctrl-C
 DEFAULT_SIMULATION = "h100-80gb-hbm3:8"
 
 
-def _common(parser: argparse.ArgumentParser) -> None:
+def _common(
+    parser: argparse.ArgumentParser, *, root: bool = True, simulate: bool = True, listen: str = "", only: bool = True
+) -> None:
+    """The shared options, only where the command uses them (``listen``: the help of --listen, when it has one)."""
     parser.add_argument(
         "--config", metavar="FILE", help="settings file (TOML, starts with `version = 1`; not a mig-parted YAML)"
     )
-    parser.add_argument("--root", metavar="DIR", help="host root (default /; in simulation a sandbox)")
-    parser.add_argument(
-        "--simulate",
-        nargs="?",
-        const="",  # bare --simulate: profile and count from the settings (default h100-80gb-hbm3:8)
-        metavar="PROFILE[:COUNT]",
-        help=f"simulated GPUs and a sandbox host (default {DEFAULT_SIMULATION}); PROFILE may be a JSON profile",
-    )
-    parser.add_argument("--listen", metavar="HOST:PORT", help="HTTP listener (default 127.0.0.1:9400)")
-    parser.add_argument("--only", metavar="NAME", action="append", help="restrict to this subsystem (repeatable)")
+    if root:
+        parser.add_argument("--root", metavar="DIR", help="host root (default /; in simulation a sandbox)")
+    if simulate:
+        parser.add_argument(
+            "--simulate",
+            nargs="?",
+            const="",  # bare --simulate: profile and count from the settings (default h100-80gb-hbm3:8)
+            metavar="PROFILE[:COUNT]",
+            help=f"simulated GPUs and a sandbox host (default {DEFAULT_SIMULATION}); PROFILE is a built-in "
+            "(`nodeagent sim profiles`) or a JSON profile",
+        )
+    if listen:
+        parser.add_argument("--listen", metavar="HOST:PORT", help=listen)
+    if only:
+        parser.add_argument("--only", metavar="NAME", action="append", help="restrict to this subsystem (repeatable)")
     parser.add_argument("--log-format", choices=["auto", "json", "console"], help="log format")
+
+
+def _command(sub: Any, name: str, help: str, description: str = "") -> argparse.ArgumentParser:
+    """A subcommand whose ``--help`` starts with what it does."""
+    parser: argparse.ArgumentParser = sub.add_parser(name, help=help, description=description or help)
+    return parser
+
+
+def _group(sub: Any, name: str, help: str, dest: str) -> Any:
+    """A command with subcommands of its own; given alone, it prints its usage and subcommands (exit 2)."""
+    parser = _command(sub, name, help)
+    parser.set_defaults(_group=(parser, dest))
+    return parser.add_subparsers(dest=dest, metavar=dest.upper())
 
 
 def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nodeagent", description="GPU node agent.")
     parser.add_argument("--version", action="version", version=f"nodeagent {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    p = sub.add_parser("run", help="run the agent (long-lived)")
-    _common(p)
-    p = sub.add_parser("plan", help="print every enabled subsystem's plan; change nothing")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    parser.set_defaults(_group=(parser, "command"))
+    p = _command(
+        sub,
+        "run",
+        "run the agent (long-lived)",
+        "Run the agent: supervise the enabled subsystems and serve /metrics, /healthz, /readyz and /status "
+        "until SIGTERM; SIGHUP reloads the settings. Exit 1 when the HTTP address is taken.",
+    )
+    _common(p, listen="HTTP listener (default 127.0.0.1:9400; also NODEAGENT_AGENT__LISTEN)")
+    p = _command(sub, "plan", "print every enabled subsystem's plan; change nothing")
     _common(p)
     p.add_argument("--json", action="store_true", help="machine-readable output")
-    p = sub.add_parser("apply", help="apply every enabled subsystem's plan once and exit")
+    p = _command(
+        sub,
+        "apply",
+        "apply every enabled subsystem's plan once and exit",
+        "Apply every enabled subsystem's plan once and exit; refused (exit 1) while an agent runs on the root.",
+    )
     _common(p)
-    p = sub.add_parser("revert", help="restore every file the agent changed to its original bytes")
+    p = _command(
+        sub,
+        "revert",
+        "restore every file the agent changed to its original bytes",
+        "Restore every file the agent changed to its original bytes; refused (exit 1) while an agent runs on "
+        "the root (it would apply its changes again).",
+    )
     _common(p)
     p.add_argument("--force", action="store_true", help="restore even files someone else changed since")
-    p = sub.add_parser("status", help="GPU inventory and each subsystem's phase and reason")
-    _common(p)
+    p = _command(
+        sub,
+        "status",
+        "GPU inventory and each subsystem's phase and reason",
+        "GPU inventory and each subsystem's phase and reason: the running agent's (asked on --listen; with "
+        "--simulate, a simulated agent on the same sandbox), else what the subsystems would change.",
+    )
+    _common(p, listen="where to ask the running agent (default 127.0.0.1:9400)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
-    cdi = sub.add_parser("cdi", help="CDI spec commands").add_subparsers(dest="cdi_command", required=True)
-    p = cdi.add_parser("generate", help="generate the CDI spec")
-    _common(p)
+    cdi = _group(sub, "cdi", "CDI spec commands", "cdi_command")
+    p = _command(
+        cdi,
+        "generate",
+        "generate the CDI spec",
+        "Generate the CDI spec once: to cdi.spec_path under the root (stdout says where), to --output PATH, "
+        "or to stdout with --output -.",
+    )
+    _common(p, only=False)
     p.add_argument("--output", metavar="PATH", help="write here instead of cdi.spec_path ('-' for stdout)")
-    sim = sub.add_parser("sim", help="simulation tools").add_subparsers(dest="sim_command", required=True)
-    p = sim.add_parser("record", help="capture this node's GPUs through NVML into a simulation profile")
-    _common(p)
+    sim = _group(sub, "sim", "simulation tools", "sim_command")
+    p = _command(
+        sim,
+        "record",
+        "capture this node's GPUs through NVML into a simulation profile",
+        "Capture this node's GPU model through NVML into a JSON profile for --simulate FILE; needs the NVIDIA "
+        "driver (exit 2 without it).",
+    )
+    _common(p, root=False, simulate=False, only=False)
     p.add_argument("--output", metavar="FILE", required=True, help="profile JSON to write")
-    p = sim.add_parser("profiles", help="list the built-in simulation profiles (for --simulate PROFILE[:COUNT])")
+    _command(sim, "profiles", "list the built-in simulation profiles (for --simulate PROFILE[:COUNT])")
     from nodeagent.mig.commands import add_mig_parser
 
-    add_mig_parser(sub, _common)
+    add_mig_parser(sub, lambda p: _common(p, only=False))
+    _finish(parser)
     return parser
+
+
+def _finish(parser: argparse.ArgumentParser) -> None:
+    """Every subcommand (also those ``add_mig_parser`` adds) gets a description; a command with subcommands
+    given alone prints its usage instead of argparse's "required: ..." (see ``_group``)."""
+    for action in parser._actions:
+        if not isinstance(action, argparse._SubParsersAction):
+            continue
+        action.required = False
+        helps = {a.dest: a.help for a in action._choices_actions}
+        for name, child in action.choices.items():
+            if child.description is None:
+                child.description = helps.get(name)
+            if child.get_default("_group") is None and any(
+                isinstance(a, argparse._SubParsersAction) for a in child._actions
+            ):
+                dest = next(a.dest for a in child._actions if isinstance(a, argparse._SubParsersAction))
+                child.set_defaults(_group=(child, dest))
+            _finish(child)
+
+
+def _incomplete(args: argparse.Namespace) -> argparse.ArgumentParser | None:
+    """The parser of a command given without its subcommand (``nodeagent cdi``), or None."""
+    group = getattr(args, "_group", None)
+    if group is None:
+        return None
+    parser, dest = group
+    return parser if getattr(args, dest, None) is None else None
 
 
 def cli_overrides(args: argparse.Namespace) -> tuple[dict[tuple[str, str], Any], dict[tuple[str, str], str]]:
@@ -158,6 +244,10 @@ def _yaml_given_as_settings(path: Path) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = make_parser()
     args = parser.parse_args(argv)
+    incomplete = _incomplete(args)
+    if incomplete is not None:
+        incomplete.print_help(sys.stderr)
+        return EXIT_USAGE
     env = dict(os.environ)
     try:
         settings = load_settings(args, env)
