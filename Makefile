@@ -21,6 +21,11 @@ $(VENV)/.installed-run: pyproject.toml | $(BIN)/python
 
 # `make run KUBE=test`: also start the test API server (nodeagent/testing/apiserver/) with a Node for the
 # simulated node, and have the agent publish its labels to that Node, a NodeFeature and RuntimeClasses.
+# `make run PORT=9500` (or `LISTEN=0.0.0.0:9500`): the agent's HTTP address; unset, the settings decide
+# (NODEAGENT_AGENT__LISTEN, else 127.0.0.1:9400).
+PORT ?=
+LISTEN ?= $(if $(PORT),127.0.0.1:$(PORT))
+LISTEN_FLAG := $(if $(LISTEN),--listen $(LISTEN))
 KUBE ?=
 KUBE_PORT ?= 16443
 KUBE_NODE ?= sim-node
@@ -41,9 +46,9 @@ ifeq ($(KUBE),test)
 		--node $(KUBE_NODE) --kubeconfig-out $(SIM_ROOT)/etc/nodeagent/kubeconfig & echo $$! > $(KUBE_DIR)/apiserver.pid; \
 	trap 'kill $$(cat $(KUBE_DIR)/apiserver.pid)' EXIT INT TERM; \
 	sleep 1; echo "Node labels: curl -H 'Authorization: Bearer sim-admin-token' http://127.0.0.1:$(KUBE_PORT)/api/v1/nodes/$(KUBE_NODE)"; \
-	$(KUBE_ENV) $(BIN)/nodeagent run --simulate
+	$(KUBE_ENV) $(BIN)/nodeagent run --simulate $(LISTEN_FLAG)
 else
-	$(BIN)/nodeagent run --simulate
+	$(BIN)/nodeagent run --simulate $(LISTEN_FLAG)
 endif
 
 test: $(STAMP)

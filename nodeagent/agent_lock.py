@@ -1,9 +1,10 @@
 """One agent per root: an exclusive flock on ``<state_dir>/agent.lock`` under the Root.
 
-``run``, ``apply`` and ``revert`` hold it for their whole life; a second one on the same root fails at
+``run``, ``apply``, ``revert`` and ``mig apply`` hold it for their whole life; a second one on the same root fails at
 once with a message naming the holder's pid and command (read from the lock file, where each holder
 writes them). The kernel drops the lock when the holder exits, even on kill -9, so it never goes stale.
-A revert refused this way is the point: a running agent would re-apply its change a second later.
+A revert refused this way is the point: a running agent would re-apply its change a second later; so is a
+``mig apply``: the running agent owns the MIG layout (it is asked through the Node label or its settings).
 """
 
 from __future__ import annotations
@@ -24,13 +25,18 @@ class AgentLocked(NodeAgentError):
     """Another nodeagent process holds the root."""
 
     def __init__(self, lock_path: str, holder: str, command: str) -> None:
-        advice = (
-            "stop the running agent first (it would re-apply what revert restores)"
-            if command == "revert"
-            else "wait for it to finish, or stop it"
-        )
+        advice = _ADVICE.get(command, "wait for it to finish, or stop it")
         super().__init__(f"{lock_path}: another nodeagent holds this root ({holder}); `{command}` refused: {advice}")
         self.holder = holder
+
+
+_ADVICE = {
+    "revert": "stop the running agent first (it would re-apply what revert restores)",
+    "mig apply": (
+        "the running agent owns the MIG layout and would put its own back; ask it instead (the Node label "
+        "nvidia.com/mig.config, or the settings mig.config and mig.config_file, then SIGHUP), or stop it first"
+    ),
+}
 
 
 @dataclass

@@ -6,6 +6,8 @@
   subsystem never takes the others down.
 - SIGTERM / SIGINT: STOPPING=1, then every subsystem is stopped in reverse order within
   ``agent.shutdown_timeout_s`` each; a hard-exit timer guarantees the process ends. Exit code 0.
+- The HTTP listener cannot be opened (a busy port): one plain line on stderr naming ``--listen`` and
+  ``NODEAGENT_AGENT__LISTEN`` besides the log line, and exit code 1 (``EXIT_LISTEN_FAILED``).
 - SIGHUP: settings are loaded again; invalid new settings are rejected and the old ones stay.
 - With NOTIFY_SOCKET set: READY=1 once started, WATCHDOG=1 at half of WATCHDOG_USEC, STOPPING=1.
 """
@@ -14,8 +16,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import random
 import signal
+import sys
 import time
 from collections.abc import Callable, Coroutine
 from typing import Any
@@ -37,6 +41,24 @@ SettingsLoader = Callable[[], Settings]
 HEARTBEAT_S = 1.0
 AGENT_SECTIONS = ("agent", "simulation", "gpu")
 """Settings read while composing the agent: a change of these needs a restart of the process."""
+
+
+EXIT_LISTEN_FAILED = 1
+"""``nodeagent run`` could not open its HTTP listener (the port is taken, or not ours to bind)."""
+
+
+def listen_problem(listen: str, err: OSError) -> str:
+    """One plain line: why ``listen`` cannot be bound and how to pick another address."""
+    if err.errno == errno.EADDRINUSE:
+        why = "the address is already in use (another nodeagent, or dcgm-exporter, which also uses 9400?)"
+    elif err.errno == errno.EACCES:
+        why = "permission denied (ports below 1024 need root)"
+    else:
+        why = err.strerror or str(err)
+    return (
+        f"cannot listen on {listen}: {why}; choose another address with --listen HOST:PORT or "
+        "NODEAGENT_AGENT__LISTEN=HOST:PORT (`make run PORT=9500`)"
+    )
 
 
 class Agent:
@@ -115,8 +137,10 @@ class Agent:
         try:
             await http.start(self.ctx.settings.agent.listen)
         except OSError as err:
-            log.error("http_listen_failed", listen=self.ctx.settings.agent.listen, error=str(err))
-            return 1
+            listen = self.ctx.settings.agent.listen
+            log.error("http_listen_failed", listen=listen, error=str(err))
+            print(f"nodeagent: {listen_problem(listen, err)}", file=sys.stderr)  # for a person, not a log reader
+            return EXIT_LISTEN_FAILED
         log.info(
             "agent_started",
             listen=http.address,

@@ -104,9 +104,9 @@ async def revert(parts: Parts, *, force: bool = False) -> int:
             print(f"{sub.name}: revert failed: {err}", file=sys.stderr)
             failed = True
             continue
-        restored = ", ".join(result.changed) or "nothing to restore"
+        restored = f"restored {', '.join(result.changed)}" if result.changed else "nothing to restore"
         restarted = f"; restarted {', '.join(result.restarted)}" if result.restarted else ""
-        print(f"{sub.name}: restored {restored}{restarted}")
+        print(f"{sub.name}: {restored}{restarted}")
     return 1 if failed else 0
 
 

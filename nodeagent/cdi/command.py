@@ -1,8 +1,8 @@
 """``nodeagent cdi generate [--output PATH]``: generate the spec once, without the daemon.
 
 Without ``--output`` the spec goes to ``cdi.spec_path`` under the host root (the sandbox in simulation),
-atomically and only when it changed. ``--output -`` prints it; any other path is written as given, in
-JSON when the name ends in .json, else YAML.
+atomically and only when it changed, and stdout says where (the path on this machine) and whether it changed.
+``--output -`` prints it; any other path is written as given, in JSON when the name ends in .json, else YAML.
 """
 
 from __future__ import annotations
@@ -39,12 +39,13 @@ async def generate_command(ctx: Context, output: str | None) -> int:
         if output:
             data = cdispec.render(spec, cdispec.format_for(output))
             await run_blocking(atomic_write, Path(output), data, mode=0o644)
-            print(f"wrote {output} ({what})", file=sys.stderr)
+            print(f"wrote {output}: {what}")
             return 0
         result = await sub.apply(plan)
     except (NodeAgentError, OSError) as err:
         print(f"nodeagent cdi generate: cannot write the spec: {err}", file=sys.stderr)
         return 1
     path = ctx.settings.cdi.spec_path
-    print(f"{'wrote' if result.changed else 'unchanged'} {path} ({what})", file=sys.stderr)
+    here = path if ctx.root.path == Path("/") else f"{ctx.root.path / path.lstrip('/')} (cdi.spec_path {path})"
+    print(f"{'wrote' if result.changed else 'unchanged'} {here}: {what}; `--output -` prints it")
     return 0

@@ -219,8 +219,9 @@ class CdiSubsystem(BaseSubsystem):
         if self.ctx.bus.last(events.DRIVER_READY) is not None or not self._driver_subsystem_runs:
             await self.refresh()
 
-    async def refresh(self) -> None:
-        """Generate and write when changed; the status says what happened."""
+    async def refresh(self) -> tuple[str, ...]:
+        """Generate and write when changed; the status says what happened. Returns the paths written."""
+        result = ApplyResult()
         try:
             observed = await self.observe()
             plan = self.plan(observed)
@@ -228,11 +229,11 @@ class CdiSubsystem(BaseSubsystem):
             self.spec = self.spec_for(observed)
             if plan.error:
                 self.set_status(Phase.FAILED, plan.error)
-                return
-            await self.apply(plan)
+                return ()
+            result = await self.apply(plan)
         except (NodeAgentError, OSError) as err:
             self.set_status(Phase.FAILED, f"cannot write the CDI spec: {err}")
-            return
+            return ()
         details: dict[str, Any] = {"spec_path": self.ctx.settings.cdi.spec_path, "evidence": list(plan.evidence)}
         if self.spec is not None:
             details["devices"] = len(self.spec["devices"])
@@ -241,6 +242,7 @@ class CdiSubsystem(BaseSubsystem):
             self.set_status(Phase.DEGRADED, "; ".join(plan.warnings), **details)
         else:
             self.set_status(Phase.RUNNING, "", **details)
+        return result.changed
 
     async def run(self, stop: asyncio.Event) -> None:
         if self.status().phase not in (Phase.RUNNING, Phase.DEGRADED) and self._driver_subsystem_runs:
@@ -264,10 +266,11 @@ class CdiSubsystem(BaseSubsystem):
         )
 
     async def _on_drift(self) -> None:
-        """Someone changed or deleted the spec: write it again (when the driver is ready)."""
-        if self.ctx.bus.last(events.DRIVER_READY) is not None or not self._driver_subsystem_runs:
-            self.log.info("cdi_spec_drift", path=self.ctx.settings.cdi.spec_path)
-            await self.refresh()
+        """The spec may have changed (the watch's first look, our own write, or someone else): write it again
+        when it differs (and the driver is ready). Drift is logged only when the spec had to be put back."""
+        ready = self.ctx.bus.last(events.DRIVER_READY) is not None or not self._driver_subsystem_runs
+        if ready and await self.refresh():
+            self.log.info("cdi_spec_drift", path=self.ctx.settings.cdi.spec_path, put_back=True)
 
     async def _on_event(self, event: Event | None) -> None:
         if event is not None and event.topic == events.DRIVER_READY and event.payload is None:

@@ -37,7 +37,13 @@ def add_mig_parser(sub: Any, common: Callable[[argparse.ArgumentParser], None]) 
     """Add ``mig`` and its subcommands to the top-level subparsers (``common`` adds --simulate, --root...)."""
     mig = sub.add_parser("mig", help="MIG partitioning, compatible with nvidia-mig-parted")
     cmds = mig.add_subparsers(dest="mig_command", required=True, metavar="MIG_COMMAND")
-    p = cmds.add_parser("apply", help="apply a MIG config (least disruption: only the difference is changed)")
+    p = cmds.add_parser(
+        "apply",
+        help="apply a MIG config (least disruption: only the difference is changed)",
+        description="Apply a MIG config (least disruption: only the difference is changed). Refused (exit 1) "
+        "while an agent runs on the root: it owns the MIG layout; ask it through the nvidia.com/mig.config "
+        "label or its mig.config setting instead.",
+    )
     common(p)
     _config_flags(p)
     p.add_argument("-m", "--mode-only", action="store_true", default=None, help="only change MIG modes")
@@ -54,7 +60,13 @@ def add_mig_parser(sub: Any, common: Callable[[argparse.ArgumentParser], None]) 
     common(p)
     p.add_argument("-l", "--config-label", metavar="NAME", help="name of the config (default current)")
     p.add_argument("-o", "--output-format", choices=["yaml", "json"], help="default yaml")
-    p = cmds.add_parser("generate-config", help="a mig-parted config with every layout these GPUs allow")
+    p = cmds.add_parser(
+        "generate-config",
+        help="a mig-parted config as mig-parted generates it: all-disabled, all-enabled, all-<profile>, all-balanced",
+        description="A mig-parted config for these GPUs, as mig-parted generates it: all-disabled, all-enabled "
+        "(MIG on, no instances), all-<profile> for each MIG profile at its maximum count, and all-balanced. "
+        "Not every mix the GPUs allow: write those by hand (`mig assert -a` checks one).",
+    )
     common(p)
     p.add_argument("-f", "--output-file", metavar="FILE", help="write here instead of stdout")
     p.add_argument("-o", "--output-format", choices=["yaml", "json"], help="default yaml")

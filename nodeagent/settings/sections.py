@@ -90,8 +90,13 @@ class AgentSettings:
 @dataclass(frozen=True)
 class SimulationSettings:
     enabled: bool = opt(False, "Run against simulated GPUs and a sandbox host root instead of the real node.")
-    profile: str = opt("h100-80gb-hbm3", "Simulated GPU model (see `nodeagent status --simulate`).")
-    count: int = opt(8, "Number of simulated GPUs.", check=at_least(1))
+    profile: str = opt(
+        "h100-80gb-hbm3",
+        "Simulated GPU model: a built-in one (`nodeagent sim profiles` lists them) or a JSON profile file.",
+    )
+    count: int = opt(
+        8, "Number of simulated GPUs.", check=lambda v: None if 1 <= v <= 64 else "must be between 1 and 64"
+    )
     seed: int = opt(0, "Seed for UUIDs, bus ids and readings; the same seed gives the same node.")
     sandbox: str = opt(
         "./.nodeagent/sim",

@@ -249,11 +249,13 @@ async def test_generate_command(tmp_path: Path, capsys: pytest.CaptureFixture[st
     sandbox.populate_sandbox(ctx.root, inv)
     sandbox.write_device_placeholders(ctx.root, inv)
     assert await generate_command(ctx, None) == 0
-    assert f"wrote {SPEC}" in capsys.readouterr().err
+    where = f"{node}/var/run/cdi/nvidia.yaml (cdi.spec_path {SPEC})"
+    assert f"\nwrote {where}: " in "\n" + capsys.readouterr().out  # where it went, on stdout (issue 23 item 25)
     assert await generate_command(ctx, None) == 0
-    assert f"unchanged {SPEC}" in capsys.readouterr().err
+    assert f"\nunchanged {where}: " in "\n" + capsys.readouterr().out
     out = tmp_path / "spec.json"
     assert await generate_command(ctx, str(out)) == 0
+    assert f"\nwrote {out}: " in "\n" + capsys.readouterr().out
     as_json = json.loads(out.read_text())
     _validate(as_json)
     assert as_json == yaml.safe_load(ctx.root.read_bytes(SPEC) or b"")

@@ -19,7 +19,7 @@ from nodeagent.backends.gpu.nvml.backend import NvmlBackend
 from nodeagent.backends.gpu.sim.profiles import PROFILE_FORMAT, profile_from_json
 from nodeagent.backends.gpu.sweep import Hop
 from nodeagent.backends.hostfs import atomic_write
-from nodeagent.errors import BackendUnavailable, ConfigError
+from nodeagent.errors import BackendUnavailable, ConfigError, NodeAgentError
 from nodeagent.model.gpu import GPM_READINGS, GpuInfo, Inventory, MigProfile, Reading
 
 log = structlog.get_logger(__name__)
@@ -30,7 +30,8 @@ _MIG_HIDES = frozenset({Reading.GPU_UTIL_PCT, Reading.MEM_COPY_UTIL_PCT})
 
 def record_profile(*, driver_root: str | None, out: Path, nvml: Any = None) -> Path:
     """Write a profile of GPU 0's model to ``out`` (atomically) and return its path.
-    Raises BackendUnavailable when NVML cannot be used."""
+    Raises BackendUnavailable when NVML cannot be used or sees no GPU, NodeAgentError when the GPU does not fit
+    the profile format."""
     backend = NvmlBackend(driver_root=driver_root, nvml=nvml)
     hop = Hop()
     count = backend.init_blocking()
@@ -48,7 +49,7 @@ def record_profile(*, driver_root: str | None, out: Path, nvml: Any = None) -> P
     try:
         profile_from_json(doc, source=str(out), key=str(out))
     except ConfigError as err:  # a GPU we cannot describe in the format: say so instead of writing junk
-        raise BackendUnavailable(f"cannot record this GPU as a simulation profile: {err}") from None
+        raise NodeAgentError(f"cannot record this GPU as a simulation profile: {err}") from None
     atomic_write(out, (json.dumps(doc, indent=2) + "\n").encode())
     log.info("sim_profile_recorded", path=str(out), gpu=inventory.gpus[0].name, count=doc["count"])
     return out

@@ -15,7 +15,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 from nodeagent.backends.gpu.sim.device import SimGpu
-from nodeagent.backends.gpu.sim.profiles import DEFAULT_PROFILE, MAX_COUNT, GpuProfile, load_profile, parse_mig_layout
+from nodeagent.backends.gpu.sim.profiles import (
+    DEFAULT_PROFILE,
+    MAX_COUNT,
+    GpuProfile,
+    count_problem,
+    load_profile,
+    parse_mig_layout,
+)
 from nodeagent.backends.gpu.sweep import GpuLost, GpuSweeper, Hop
 from nodeagent.errors import ConfigError
 from nodeagent.model.gpu import (
@@ -42,7 +49,7 @@ class SimBase:
         self.profile = load_profile(profile) if isinstance(profile, str) else profile
         self.count = self.profile.default_count if count is None else count
         if not 1 <= self.count <= MAX_COUNT:
-            raise ConfigError(f"must be between 1 and {MAX_COUNT}, got {self.count}", key="simulation.count")
+            raise ConfigError(count_problem(self.count), key="simulation.count")
         self.seed = seed
         self._clock = clock
         self._monotonic = monotonic

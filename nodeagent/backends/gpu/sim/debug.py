@@ -4,6 +4,8 @@
 (``gpu``), ``hang`` (``gpu``, ``seconds``), ``holders`` (``gpu``, ``pid``, ``name``; no ``pid`` clears them: a
 process that keeps MIG from changing the GPU), ``reset`` (``block`` = ``reboot`` | ``in-use`` | empty: how GPU
 resets fail) and ``reboot`` (what a node reboot does to the GPUs). A real node has no such routes at all.
+``gpu`` (and ``xid`` for ``xid``) must be given: a request without them is a 400 naming what is missing, never
+a fault on a GPU nobody chose.
 """
 
 from __future__ import annotations
@@ -35,12 +37,23 @@ def debug_routes(gpus: object) -> list[tuple[str, str, Handler]]:
     return [("POST", "/debug/sim/{fault}", inject)]
 
 
+REQUIRED = {"xid": ("gpu", "xid"), "lose": ("gpu",), "hang": ("gpu",), "holders": ("gpu",)}
+"""Query parameters each fault needs."""
+
+
 def _inject(sim: SimGpuBackend, request: web.Request) -> web.Response:
     fault = request.match_info["fault"]
+    missing = [name for name in REQUIRED.get(fault, ()) if not request.query.get(name, "").strip()]
+    if missing:
+        example = "gpu=0&xid=79" if fault == "xid" else "gpu=0"
+        return web.json_response(
+            {"error": f"{fault}: missing query parameter(s) {', '.join(missing)}, e.g. /debug/sim/{fault}?{example}"},
+            status=400,
+        )
     try:
         gpu = int(request.query.get("gpu", "0"))
         if fault == "xid":
-            sim.inject_xid(gpu, int(request.query.get("xid", "79")))
+            sim.inject_xid(gpu, int(request.query["xid"]))
         elif fault == "lose":
             sim.lose_gpu(gpu)
         elif fault == "hang":

@@ -30,6 +30,11 @@ DEFAULT_COUNT = 8
 MAX_COUNT = 64
 
 
+def count_problem(count: object) -> str:
+    """How every bad GPU count is worded (``--simulate P:COUNT``, ``simulation.count``, a profile's ``count``)."""
+    return f"{count!r} must be between 1 and {MAX_COUNT}"
+
+
 @dataclass(frozen=True)
 class GpuProfile:
     """One GPU model as the simulator replays it."""
@@ -129,11 +134,23 @@ def load_profile(name_or_path: str) -> GpuProfile:
         return _builtin(spec)
     if "/" in spec or spec.endswith(".json") or Path(spec).is_file():
         return load_profile_file(Path(spec))
-    close = difflib.get_close_matches(spec, names, n=1)
-    hint = f"; did you mean {close[0]!r}?" if close else ""
+    close = closest_profiles(spec, names)
+    hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
     raise ConfigError(
         f"unknown simulation profile {spec!r}{hint} (built-in: {', '.join(names)}; or a path to a JSON profile)"
     )
+
+
+def closest_profiles(spec: str, names: list[str]) -> list[str]:
+    """The built-in names ``spec`` most likely means: of the same model (its first part), those sharing most
+    of its parts (``a100-40gb`` is ``a100-sxm4-40gb``, ``h200`` is ``h200-141gb-hbm3e``; ``a100`` either A100),
+    else the closest spelling."""
+    parts = [p for p in re.split(r"[-_ ]+", spec.lower()) if p]
+    scores = {n: sum(p in n.split("-") for p in parts) for n in names if parts and n.split("-")[0] == parts[0]}
+    if scores:
+        best = max(scores.values())
+        return [n for n, score in scores.items() if score == best][:3]
+    return difflib.get_close_matches(spec.lower(), names, n=1)
 
 
 def load_profile_file(path: Path) -> GpuProfile:
@@ -168,7 +185,7 @@ def parse_simulate_spec(spec: str | None) -> tuple[str, int]:
         return profile, loaded.default_count
     count = int(count_text)
     if not 1 <= count <= MAX_COUNT:
-        raise ConfigError(f"COUNT must be between 1 and {MAX_COUNT}, got {count}", source="--simulate")
+        raise ConfigError(count_problem(count), source="--simulate", key="simulation.count")
     return profile, count
 
 
@@ -194,7 +211,7 @@ class _Doc:
         self.seen.add(key)
         if key not in self.value:
             if default is _REQUIRED:
-                raise self.error("missing", key)
+                raise self.error("missing (a required key)", key)
             return default
         return self.value[key]
 
@@ -204,13 +221,13 @@ class _Doc:
             raise self.error(f"expected a string, got {v!r}", key)
         return v
 
-    def int_(self, key: str, default: Any = None, *, low: int = 0) -> int:
+    def int_(self, key: str, default: Any = None, *, low: int | None = 0) -> int:
         v = self._get(key, _REQUIRED if default is None else default)
         if isinstance(v, str) and re.fullmatch(r"0[xX][0-9a-fA-F]+", v):
             v = int(v, 16)
         if isinstance(v, bool) or not isinstance(v, int):
             raise self.error(f"expected an integer, got {v!r}", key)
-        if v < low:
+        if low is not None and v < low:
             raise self.error(f"must be >= {low}, got {v}", key)
         return v
 
@@ -259,15 +276,23 @@ _REQUIRED = object()
 
 def profile_from_json(doc: Any, *, source: str, key: str) -> GpuProfile:
     """Validate a profile document; ConfigError names the file and the key path of the first problem."""
+    if not isinstance(doc, dict) or "format" not in doc:
+        what = "a JSON object without a format key" if isinstance(doc, dict) else f"a JSON {type(doc).__name__}"
+        raise ConfigError(
+            f'missing: {what} is not a nodeagent GPU profile (one starts with "format": "{PROFILE_FORMAT}", '
+            "as `nodeagent sim record` writes it)",
+            source=source,
+            key="format" if isinstance(doc, dict) else "",
+        )
     root = _Doc(doc, source=source)
     fmt = root.str_("format")
     if fmt != PROFILE_FORMAT:
         raise root.error(f"unsupported profile format {fmt!r}; expected {PROFILE_FORMAT!r}", "format")
     description = root.str_("description", "")
     origin = root.str_("source", "")
-    count = root.int_("count", DEFAULT_COUNT, low=1)
-    if count > MAX_COUNT:
-        raise root.error(f"must be <= {MAX_COUNT}", "count")
+    count = root.int_("count", DEFAULT_COUNT, low=None)
+    if not 1 <= count <= MAX_COUNT:
+        raise root.error(count_problem(count), "count")
     drv = root.req_obj("driver")
     driver_version, nvml_version = drv.str_("version"), drv.str_("nvml_version")
     cuda = drv.int_("cuda_driver_version")
