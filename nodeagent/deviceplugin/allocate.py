@@ -6,9 +6,10 @@ the kubelet's ``cdi_devices`` field, which containerd and CRI-O inject from the 
 a device it does not name, an unknown or unhealthy device, or (``failRequestsGreaterThanOne``) more than one
 replica of a shared resource refuses the whole request: never a half-answer.
 
-Preferred allocation is best effort: the devices the kubelet must include, then the rest from the NUMA node
-that holds most of them, replicas spread over distinct GPUs first; IDs the plugin does not list healthy are
-skipped, so one lost GPU never makes a request fail.
+Preferred allocation is best effort: the devices the kubelet must include, then replicas of GPUs not chosen
+yet before a second replica of one, and among those the NUMA node that holds most of the chosen (or free)
+ones; IDs the plugin does not list healthy are skipped, so one lost GPU never makes a request fail. (The
+inventory has no NVLink topology yet, so NVLink does not weigh in.)
 """
 
 from __future__ import annotations
@@ -92,7 +93,7 @@ def preferred(
 
     def rank(device_id: str) -> tuple[bool, int, int, str, str]:
         u = listed[device_id].unit
-        return (u.numa_node != home, used[u.key], u.gpu_index, u.key, device_id)
+        return (used[u.key], u.numa_node != home, u.gpu_index, u.key, device_id)
 
     while len(chosen) < size and pool:
         best = min(pool, key=rank)
