@@ -91,7 +91,7 @@ def preferred(
     home = numa.most_common(1)[0][0]
     used = Counter(u.key for u in taken)
 
-    def rank(device_id: str) -> tuple[bool, int, int, str, str]:
+    def rank(device_id: str) -> tuple[int, bool, int, str, str]:
         u = listed[device_id].unit
         return (used[u.key], u.numa_node != home, u.gpu_index, u.key, device_id)
 
