@@ -12,7 +12,9 @@ gets the new list; a MIG change (``MIG_CHANGED``, ``INVENTORY_CHANGED``) adverti
 an empty list for the old ones (their allocatable drops to zero). ``kubelet.sock`` is watched (the file-watch
 backend): a kubelet restart deletes the plugin sockets and recreates it, and the plugin serves again and
 re-registers; with no kubelet yet, it waits for one. If NVIDIA's device plugin serves a resource
-(``nvidia-<name>.sock`` in the directory), that resource is left to it and ``/status`` says so.
+(``nvidia-<name>.sock`` in the directory), or the GPU Operator deploys it on this Node (its
+``nvidia.com/gpu.deploy.device-plugin`` label is ``true``, seen through the Node gateway), the resource is left
+to it and ``/status`` says so.
 """
 
 from __future__ import annotations
@@ -50,6 +52,9 @@ RECHECK_S = 10.0
 RETRY_S = 1.0
 """Delay before a failed Register or bind is tried again."""
 KUBELET_EVENT = "deviceplugin.kubelet"
+NODE_EVENT = "deviceplugin.node"
+OPERATOR_LABEL = "nvidia.com/gpu.deploy.device-plugin"
+"""The GPU Operator deploys NVIDIA's device plugin on a Node where this label is ``true``."""
 
 OPTIONS = Options(get_preferred_allocation_available=True)
 
@@ -106,6 +111,8 @@ class DevicePluginSubsystem(BaseSubsystem):
         self._health_wait: float | None = None
         self._retry = False
         self._queue: asyncio.Queue[events.Event] = asyncio.Queue()
+        self.node_labels: dict[str, str] = {}
+        """The own Node's labels, as last read (empty without Kubernetes)."""
 
     # ------------------------------------------------------------------------------------ settings
 
@@ -195,8 +202,9 @@ class DevicePluginSubsystem(BaseSubsystem):
     async def _sync_one(self, name: str, kubelet: int | None, present: set[str]) -> None:
         theirs = nvidia_socket(name)
         server = self.servers.get(name)
-        if theirs in present:
-            self.yielded[name] = f"NVIDIA's device plugin serves {name} ({theirs}): not registered by nodeagent"
+        why = self._nvidia_plugin(name, theirs in present)
+        if why:
+            self.yielded[name] = why
             if server is not None:
                 await server.stop()
                 del self.servers[name]
@@ -243,6 +251,16 @@ class DevicePluginSubsystem(BaseSubsystem):
         self.registrations += 1
         self.problems.pop(name, None)
         self.log.info("registered", resource=name, socket=server.socket_name, devices=len(server.devices))
+
+    def _nvidia_plugin(self, name: str, socket_present: bool) -> str:
+        """Why NVIDIA's device plugin has ``name`` ('' when it does not): its socket, or the operator's label."""
+        if socket_present:
+            return f"NVIDIA's device plugin serves {name} ({nvidia_socket(name)}): not registered by nodeagent"
+        if self.node_labels.get(OPERATOR_LABEL) == "true":
+            return (
+                f"the GPU Operator deploys NVIDIA's device plugin here ({OPERATOR_LABEL}=true): {name} not registered"
+            )
+        return ""
 
     def _report(self) -> None:
         details: dict[str, Any] = {
@@ -301,6 +319,22 @@ class DevicePluginSubsystem(BaseSubsystem):
         async for _ in watcher.changes(stop):
             self._queue.put_nowait(events.Event(KUBELET_EVENT, str(local)))
 
+    async def _observe_node(self, stop: asyncio.Event) -> None:
+        """The operator's label on the own Node (through the Node gateway; nothing when Kubernetes is off)."""
+        if self.ctx.node.client() is None:
+            return
+        async with self.ctx.node.observe() as changes:
+            while not stop.is_set():
+                got = await until_stopped(stop, anext(changes))
+                if stop.is_set():
+                    return
+                self._seen_node(got)
+                self._queue.put_nowait(events.Event(NODE_EVENT, got))
+
+    def _seen_node(self, node: dict[str, Any] | None) -> None:
+        labels = (node or {}).get("metadata", {}).get("labels") or {}
+        self.node_labels = {str(k): str(v) for k, v in labels.items()}
+
     # ---------------------------------------------------------------------------------------- life
 
     async def start(self) -> None:
@@ -311,12 +345,18 @@ class DevicePluginSubsystem(BaseSubsystem):
         except NodeAgentError as err:
             self.log.warning("no_inventory", error=str(err))
         self.health.states(dict(self.ctx.gpu_state.health))
+        if self.ctx.node.client() is not None:  # know the operator's label before the first registration
+            try:
+                self._seen_node(await asyncio.wait_for(self.ctx.node.get(), timeout=5.0))
+            except (NodeAgentError, TimeoutError) as err:
+                self.log.warning("node_not_read", error=str(err))
         self.replan()
 
     async def run(self, stop: asyncio.Event) -> None:
         tasks = [
             asyncio.create_task(self._forward(stop), name="deviceplugin-events"),
             asyncio.create_task(self._watch_kubelet(stop), name="deviceplugin-kubelet-watch"),
+            asyncio.create_task(self._observe_node(stop), name="deviceplugin-node"),
         ]
         try:
             await self.sync()

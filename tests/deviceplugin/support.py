@@ -15,6 +15,7 @@ from nodeagent import testing
 from nodeagent.backends.gpu.sim.backend import SimGpuBackend
 from nodeagent.backends.hostfs import Root
 from nodeagent.deviceplugin.subsystem import DevicePluginSubsystem
+from nodeagent.kube.client import KubeClient
 from nodeagent.model.gpu import Inventory
 from nodeagent.settings import Settings, replace
 from nodeagent.subsystem import Context
@@ -67,12 +68,15 @@ async def running(
     sim: SimGpuBackend | None = None,
     inv: Inventory | None = None,
     kubelet_first: bool = True,
+    kube: KubeClient | None = None,
 ) -> AsyncIterator[Running]:
     """The plugin running (with the GPU-state owner's loop) beside a stand-in kubelet on ``tmp_path``."""
     root = Root(tmp_path)
     if sim is None and inv is None:
         sim = SimGpuBackend("h100-80gb-hbm3", 2, 0)
     ctx = testing.context(root, s or settings(), gpus=sim, inventory=inv)
+    if kube is not None:
+        ctx.node.use(kube)
     kubelet = KubeletDevicePlugins(root.resolve(PLUGIN_DIR))
     if kubelet_first:
         await kubelet.start()
@@ -87,6 +91,7 @@ async def running(
         await asyncio.gather(*tasks)
         await plugin.stop()
         await kubelet.stop()
+        await ctx.node.close()
         if sim is not None:
             await sim.close()
 

@@ -12,10 +12,9 @@ from grpclib.exceptions import GRPCError
 
 from nodeagent import events
 from nodeagent.backends.deviceplugin_server import register
-from nodeagent.backends.hostfs import Root
 from nodeagent.errors import BackendUnavailable
 from nodeagent.subsystem import Phase
-from tests.deviceplugin.support import PLUGIN_DIR, bind_socket, inventory, running, settings, until, write_cdi_spec
+from tests.deviceplugin.support import PLUGIN_DIR, inventory, running, settings, until, write_cdi_spec
 
 GPU = "nvidia.com/gpu"
 
@@ -129,19 +128,6 @@ async def test_a_mig_change_advertises_the_new_resources_and_drops_the_old_to_ze
         await r.kubelet.wait_for(lambda: r.kubelet.allocatable("nvidia.com/mig-1g.10gb") == 14)
         await r.kubelet.wait_for(lambda: r.kubelet.allocatable(GPU) == 0)
         assert "nvidia.com/gpu" in r.kubelet.plugins  # still registered, with an empty list
-
-
-async def test_yields_a_resource_nvidias_plugin_serves(tmp_path: Path) -> None:
-    theirs = Root(tmp_path).resolve(PLUGIN_DIR)
-    theirs.mkdir(parents=True)
-    sock = bind_socket(theirs, "nvidia-gpu.sock")
-    try:
-        async with running(tmp_path) as r:
-            await until(lambda: bool(r.plugin.yielded), "the plugin yielding nvidia.com/gpu")
-            assert r.kubelet.registrations == []
-            assert "NVIDIA's device plugin serves nvidia.com/gpu" in r.plugin.status().details["yielded"][GPU]
-    finally:
-        sock.close()
 
 
 @pytest.mark.parametrize(
