@@ -50,8 +50,9 @@ class DevicePluginSettings:
     config_file: str = opt(
         "",
         "NVIDIA's device-plugin config file (version v1: `flags.migStrategy`, `flags.plugin.deviceIDStrategy`, "
-        "`flags.plugin.deviceListStrategy`, `sharing.timeSlicing`), a path in the agent's filesystem; its "
-        "values override the keys below. Anything else in it (MPS included) is an error.",
+        "`flags.plugin.deviceListStrategy`, `sharing.timeSlicing`), a path in the agent's filesystem, watched "
+        "(a ConfigMap update is used live); its values override the keys below. Anything else in it (MPS "
+        "included) is an error.",
     )
     replicas: int = opt(1, "Time-slicing: replicas of every GPU (1: no sharing).", check=at_least(1))
     replicas_per_gpu: dict[str, int] = opt(

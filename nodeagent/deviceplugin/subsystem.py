@@ -52,6 +52,7 @@ RECHECK_S = 10.0
 RETRY_S = 1.0
 """Delay before a failed Register or bind is tried again."""
 KUBELET_EVENT = "deviceplugin.kubelet"
+CONFIG_EVENT = "deviceplugin.config"
 NODE_EVENT = "deviceplugin.node"
 OPERATOR_LABEL = "nvidia.com/gpu.deploy.device-plugin"
 """The GPU Operator deploys NVIDIA's device plugin on a Node where this label is ``true``."""
@@ -111,6 +112,7 @@ class DevicePluginSubsystem(BaseSubsystem):
         self._health_wait: float | None = None
         self._retry = False
         self._queue: asyncio.Queue[events.Event] = asyncio.Queue()
+        self.config_problem = ""
         self.node_labels: dict[str, str] = {}
         """The own Node's labels, as last read (empty without Kubernetes)."""
 
@@ -281,7 +283,9 @@ class DevicePluginSubsystem(BaseSubsystem):
             "config": self.config.source if self.config is not None else "",
         }
         failures = [v for k, v in self.problems.items() if k in self.servers and self.kubelet_present]
-        if not self.kubelet_present:
+        if self.config_problem:
+            failures.append(self.config_problem)
+        if not self.kubelet_present and not self.config_problem:
             reason = f"waiting for the kubelet ({self.plugin_dir.rstrip('/')}/{KUBELET_SOCKET})"
             self.set_status(Phase.RUNNING, reason, **details)
         elif failures or self.advertised.problems or self.unhealthy:
@@ -296,14 +300,28 @@ class DevicePluginSubsystem(BaseSubsystem):
 
     # ------------------------------------------------------------------------------------- events
 
-    def handle(self, event: events.Event) -> None:
-        """Take one event (the next ``sync`` acts on it)."""
+    def handle(self, event: events.Event) -> bool:
+        """Take one event (the next ``sync`` acts on it); True when the config file changed."""
+        if event.topic == CONFIG_EVENT:
+            return True
         if event.topic == events.XID and isinstance(event.payload, XidEvent):
             self.health.xid(event.payload, self.clock())
         elif event.topic == events.GPU_HEALTH and event.payload is not None:
             self.health.states({int(k): GpuHealthState(v) for k, v in dict(event.payload).items()})
         elif event.topic in (events.INVENTORY_CHANGED, events.MIG_CHANGED) and isinstance(event.payload, Inventory):
             self.inventory = event.payload
+        return False
+
+    async def _reload_config(self) -> None:
+        """The config file changed: use it, or keep the old values and say why."""
+        try:
+            self.config = await self.load_config()
+        except ConfigError as err:
+            self.config_problem = f"{err}; the previous config stays in effect"
+            self.log.error("config_rejected", error=str(err))
+            return
+        self.config_problem = ""
+        self.log.info("config_reloaded", source=self.config.source)
 
     async def _forward(self, stop: asyncio.Event) -> None:
         topics = (events.XID, events.GPU_HEALTH, events.INVENTORY_CHANGED, events.MIG_CHANGED)
@@ -313,11 +331,17 @@ class DevicePluginSubsystem(BaseSubsystem):
                 if event is not None:
                     self._queue.put_nowait(event)
 
-    async def _watch_kubelet(self, stop: asyncio.Event) -> None:
+    async def _watch_files(self, stop: asyncio.Event) -> None:
+        """``kubelet.sock`` (a kubelet restart recreates it) and NVIDIA's config file (a ConfigMap update)."""
         local = self.ctx.root.resolve(self.plugin_dir) / KUBELET_SOCKET
-        watcher = self.ctx.backends.file_watcher([local], poll_s=self.ctx.settings.watch.poll_s)
-        async for _ in watcher.changes(stop):
-            self._queue.put_nowait(events.Event(KUBELET_EVENT, str(local)))
+        config_file = self.ctx.settings.deviceplugin.config_file
+        paths = [local, *([Path(config_file).absolute()] if config_file else [])]
+        watcher = self.ctx.backends.file_watcher(paths, poll_s=self.ctx.settings.watch.poll_s)
+        async for changed in watcher.changes(stop):
+            if local in changed:
+                self._queue.put_nowait(events.Event(KUBELET_EVENT, str(local)))
+            if changed - {local}:
+                self._queue.put_nowait(events.Event(CONFIG_EVENT, config_file))
 
     async def _observe_node(self, stop: asyncio.Event) -> None:
         """The operator's label on the own Node (through the Node gateway; nothing when Kubernetes is off)."""
@@ -355,7 +379,7 @@ class DevicePluginSubsystem(BaseSubsystem):
     async def run(self, stop: asyncio.Event) -> None:
         tasks = [
             asyncio.create_task(self._forward(stop), name="deviceplugin-events"),
-            asyncio.create_task(self._watch_kubelet(stop), name="deviceplugin-kubelet-watch"),
+            asyncio.create_task(self._watch_files(stop), name="deviceplugin-watch"),
             asyncio.create_task(self._observe_node(stop), name="deviceplugin-node"),
         ]
         try:
@@ -371,9 +395,11 @@ class DevicePluginSubsystem(BaseSubsystem):
                 if stop.is_set():
                     break
                 if event is not None:
-                    self.handle(event)
+                    reload = self.handle(event)
                     while not self._queue.empty():  # a burst is one re-plan
-                        self.handle(self._queue.get_nowait())
+                        reload = self.handle(self._queue.get_nowait()) or reload
+                    if reload:
+                        await self._reload_config()
                 await self.sync()  # re-plans first: a changed device list is on the streams before any socket work
         finally:
             for t in tasks:

@@ -128,3 +128,21 @@ async def test_a_bad_file_fails_the_subsystem_with_the_file_and_key(tmp_path: Pa
     missing = replace(Settings(), "deviceplugin", config_file=str(tmp_path / "nope.yaml"))
     with pytest.raises(ConfigError, match="config file not found"):
         await DevicePluginSubsystem(testing.context(Root(tmp_path / "root"), missing)).start()
+
+
+async def test_a_changed_config_file_is_used_live_and_a_bad_one_keeps_the_old(tmp_path: Path) -> None:
+    from tests.deviceplugin.support import running, settings, until
+
+    path = tmp_path / "plugin.yaml"
+    path.write_text("version: v1\n")
+    s = replace(settings(), "deviceplugin", config_file=str(path))
+    async with running(tmp_path / "root", s) as r:
+        await r.kubelet.wait_for(lambda: r.kubelet.allocatable("nvidia.com/gpu") == 2)
+        path.write_text(
+            "version: v1\nsharing:\n  timeSlicing:\n    resources:\n    - {name: nvidia.com/gpu, replicas: 3}\n"
+        )
+        await r.kubelet.wait_for(lambda: r.kubelet.allocatable("nvidia.com/gpu") == 6)
+        path.write_text("version: v1\nsharing: {mps: {}}\n")
+        await until(lambda: "MPS is out of scope" in r.plugin.status().reason, "the bad file reported")
+        assert "the previous config stays in effect" in r.plugin.status().reason
+        assert r.kubelet.allocatable("nvidia.com/gpu") == 6
