@@ -3,7 +3,8 @@
 Benchmarks: scrape throughput and latency against two baselines, event-loop lag under 50 scrapes/s,
 whole-agent footprint, (real GPU only) sweep cost against NVML and nvidia-smi, MIG planning time, and a
 200-agent fleet against the test API server (label writes at startup and when converged, requests per agent
-per hour), and an injected XID to gpuhealth's verdict.
+per hour), an injected XID to gpuhealth's verdict, and the device plugin (RPC latency, XID to Unhealthy,
+kubelet restart, memory).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import (
+    bench_deviceplugin,
     bench_driver_recheck,
     bench_fleet,
     bench_footprint,
@@ -38,6 +40,7 @@ BENCHMARKS = (
     bench_mig_plan,
     bench_fleet,
     bench_xid_latency,
+    bench_deviceplugin,
 )
 
 
