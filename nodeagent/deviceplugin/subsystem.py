@@ -289,11 +289,10 @@ class DevicePluginSubsystem(BaseSubsystem):
             reason = f"waiting for the kubelet ({self.plugin_dir.rstrip('/')}/{KUBELET_SOCKET})"
             self.set_status(Phase.RUNNING, reason, **details)
         elif failures or self.advertised.problems or self.unhealthy:
-            reason = "; ".join(
-                failures
-                + list(self.advertised.problems)
-                + [f"GPU {k} unhealthy: {v}" for k, v in self.unhealthy.items()]
-            )
+            sick = [f"GPU {k} unhealthy: {v}" for k, v in sorted(self.unhealthy.items())[:3]]
+            if len(self.unhealthy) > 3:
+                sick.append(f"{len(self.unhealthy) - 3} more GPUs unhealthy (details: unhealthy)")
+            reason = "; ".join(failures + list(self.advertised.problems) + sick)
             self.set_status(Phase.DEGRADED, reason, **details)
         else:
             self.set_status(Phase.RUNNING, "", **details)
