@@ -53,6 +53,7 @@ RETRY_S = 1.0
 """Delay before a failed Register or bind is tried again."""
 KUBELET_EVENT = "deviceplugin.kubelet"
 CONFIG_EVENT = "deviceplugin.config"
+REPLANNED_EVENT = "deviceplugin.replanned"
 NODE_EVENT = "deviceplugin.node"
 OPERATOR_LABEL = "nvidia.com/gpu.deploy.device-plugin"
 """The GPU Operator deploys NVIDIA's device plugin on a Node where this label is ``true``."""
@@ -207,6 +208,7 @@ class DevicePluginSubsystem(BaseSubsystem):
         why = self._nvidia_plugin(name, theirs in present)
         if why:
             self.yielded[name] = why
+            self.problems.pop(name, None)
             if server is not None:
                 await server.stop()
                 del self.servers[name]
@@ -300,7 +302,8 @@ class DevicePluginSubsystem(BaseSubsystem):
     # ------------------------------------------------------------------------------------- events
 
     def handle(self, event: events.Event) -> bool:
-        """Take one event (the next ``sync`` acts on it); True when the config file changed."""
+        """Take one event: a GPU event from the bus (``_forward`` re-plans after it), or the loop's own
+        (kubelet, config file, Node, re-planned; the next ``sync`` acts on them). True when the config file changed."""
         if event.topic == CONFIG_EVENT:
             return True
         if event.topic == events.XID and isinstance(event.payload, XidEvent):
@@ -323,12 +326,19 @@ class DevicePluginSubsystem(BaseSubsystem):
         self.log.info("config_reloaded", source=self.config.source)
 
     async def _forward(self, stop: asyncio.Event) -> None:
+        """GPU events re-plan the devices here, at once: the streams never wait for socket work (a slow
+        Register) in the main loop, which then only serves and registers what changed."""
         topics = (events.XID, events.GPU_HEALTH, events.INVENTORY_CHANGED, events.MIG_CHANGED)
         async with self.ctx.bus.subscribe(*topics, maxsize=256) as sub:
             while not stop.is_set():
                 event = await until_stopped(stop, sub.get())
-                if event is not None:
-                    self._queue.put_nowait(event)
+                if event is None:
+                    continue
+                self.handle(event)
+                while sub.pending():  # a burst is one re-plan
+                    self.handle(await sub.get())
+                self.replan()
+                self._queue.put_nowait(events.Event(REPLANNED_EVENT, None))
 
     async def _watch_files(self, stop: asyncio.Event) -> None:
         """``kubelet.sock`` (a kubelet restart recreates it) and NVIDIA's config file (a ConfigMap update)."""

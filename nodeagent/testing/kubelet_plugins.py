@@ -96,6 +96,8 @@ class KubeletDevicePlugins:
         self._server: Server | None = None
         self._changed = asyncio.Event()
         self._dir_fd: int | None = None
+        self.hold_register: asyncio.Event | None = None
+        """When set to an Event, Register waits for it before answering (a slow kubelet)."""
 
     # --------------------------------------------------------------------------------- life
 
@@ -140,6 +142,9 @@ class KubeletDevicePlugins:
 
     async def register(self, request: Any) -> None:
         self.registrations.append((request.version, request.resource_name, request.endpoint))
+        self._notify()
+        if self.hold_register is not None:
+            await self.hold_register.wait()
         problem = None
         if request.version != "v1beta1":
             problem = f"requested device plugin version {request.version!r} is not supported (v1beta1)"

@@ -3,7 +3,9 @@ GetPreferredAllocation, health updates, kubelet restarts and a kubelet that come
 
 from __future__ import annotations
 
+import asyncio
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -141,3 +143,25 @@ async def test_the_stand_in_refuses_what_the_kubelet_refuses(tmp_path: Path, res
             await register(r.ctx.root, PLUGIN_DIR, resource_name=resource, endpoint="nodeagent-gpu.sock")
         with pytest.raises(BackendUnavailable, match="no plugin socket"):
             await register(r.ctx.root, PLUGIN_DIR, resource_name="nvidia.com/x", endpoint="missing.sock")
+
+
+async def test_a_slow_register_never_delays_a_health_update(tmp_path: Path) -> None:
+    s = settings()
+    s = type(s).with_sections(s, {"labels": type(s.labels)(mig_strategy="mixed")})
+    async with running(tmp_path, s) as r:
+        assert r.sim is not None
+        await r.kubelet.wait_for(lambda: r.kubelet.allocatable(GPU) == 2)
+        await r.ctx.gpu_state.started.wait()
+        inv = await r.ctx.gpu_state.current()
+        mig = await inventory(2, mig_layout="1g.10gb*7")
+        r.kubelet.hold_register = asyncio.Event()  # the next Register (the new MIG resource) hangs
+        r.ctx.bus.publish(events.MIG_CHANGED, replace(inv, gpus=(mig.gpus[0], inv.gpus[1])))
+        await r.kubelet.wait_for(lambda: len(r.kubelet.registrations) == 2)
+        assert r.kubelet.registrations[1][1] == "nvidia.com/mig-1g.10gb"
+        await r.kubelet.wait_for(lambda: r.kubelet.allocatable(GPU) == 1)  # GPU 0 went MIG
+        injected = time.perf_counter()
+        r.sim.inject_xid(1, 79)
+        await r.kubelet.wait_for(lambda: r.kubelet.allocatable(GPU) == 0)
+        assert time.perf_counter() - injected < 0.1
+        r.kubelet.hold_register.set()
+        await r.kubelet.wait_for(lambda: r.kubelet.allocatable("nvidia.com/mig-1g.10gb") == 7)
