@@ -14,7 +14,8 @@ time-slicing and the health of each GPU:
 
 Device IDs are the UUID (default) or the index (``0``; MIG ``<gpu>:<mig index>``, the CDI spec's names);
 under time-slicing each of a device's replicas is ``<id>::<n>``. A device of a GPU that is unhealthy is listed
-``Unhealthy`` (the kubelet stops counting it), never dropped, so a lost GPU lowers allocatable by its own share.
+``Unhealthy`` (the kubelet stops counting it), never dropped, so a lost GPU lowers allocatable by its own share;
+an XID naming a GPU instance lowers it by that MIG device only.
 """
 
 from __future__ import annotations
@@ -54,6 +55,8 @@ class Unit:
     profile: str = ""
     """The MIG profile; empty for a whole GPU."""
     numa_node: int | None = None
+    gpu_instance_id: int | None = None
+    """The MIG device's GPU instance; None for a whole GPU."""
 
 
 @dataclass(frozen=True)
@@ -142,7 +145,14 @@ def _gpu_unit(gpu: GpuInfo, numa: Mapping[int, int | None]) -> Unit:
 
 def _mig_units(gpu: GpuInfo, numa: Mapping[int, int | None]) -> list[Unit]:
     return [
-        Unit(f"{gpu.index}:{m.mig_index}", m.uuid, gpu.index, profile=m.profile, numa_node=numa.get(gpu.index))
+        Unit(
+            f"{gpu.index}:{m.mig_index}",
+            m.uuid,
+            gpu.index,
+            profile=m.profile,
+            numa_node=numa.get(gpu.index),
+            gpu_instance_id=m.gpu_instance_id,
+        )
         for m in sorted(gpu.mig_devices, key=lambda m: m.mig_index)
     ]
 
@@ -199,10 +209,15 @@ def plan(
     id_strategy: str = "uuid",
     sharing: TimeSlicing = TimeSlicing(),
     unhealthy: Mapping[int, str] | None = None,
+    unhealthy_instances: Mapping[tuple[int, int], str] | None = None,
     numa: Mapping[int, int | None] | None = None,
 ) -> Advertised:
-    """Every resource to advertise and its devices. ``unhealthy``: GPU index → why (its MIG devices too)."""
+    """Every resource to advertise and its devices. ``unhealthy``: GPU index → why (its MIG devices too);
+    ``unhealthy_instances``: (GPU index, GPU-instance id) → why (that MIG device; a whole GPU with an unhealthy
+    instance id is unhealthy too, as no MIG device stands between)."""
     unhealthy = unhealthy or {}
+    sick_instances = unhealthy_instances or {}
+    sick_gpus = {g for g, _ in sick_instances}
     by_base, problems = units_by_resource(inventory, strategy, numa or {})
     devices: dict[str, list[PlannedDevice]] = {}
     shared: set[str] = set()
@@ -211,7 +226,12 @@ def plan(
         for unit in units:
             replicas, name = sharing.replication(base, unit)
             ident = unit.uuid if id_strategy == "uuid" else unit.key
-            healthy = unit.gpu_index not in unhealthy
+            if unit.gpu_instance_id is None:
+                healthy = unit.gpu_index not in unhealthy and unit.gpu_index not in sick_gpus
+            else:
+                healthy = (
+                    unit.gpu_index not in unhealthy and (unit.gpu_index, unit.gpu_instance_id) not in sick_instances
+                )
             listed = devices.setdefault(name, [])
             ids: list[tuple[str, int | None]]
             if replicas > 1:

@@ -102,6 +102,7 @@ class DevicePluginSubsystem(BaseSubsystem):
         self.inventory: Inventory | None = None
         self.advertised = resources.Advertised(())
         self.unhealthy: dict[int, str] = {}
+        self.unhealthy_instances: dict[tuple[int, int], str] = {}
         self.servers: dict[str, DevicePluginServer] = {}
         self.registered: dict[str, int] = {}
         """Resource → the inode of the kubelet.sock it registered on (a new kubelet has a new one)."""
@@ -142,7 +143,9 @@ class DevicePluginSubsystem(BaseSubsystem):
         assert self.config is not None
         inventory = self.inventory
         gpus = [g.index for g in inventory.gpus] if inventory is not None else []
-        self.unhealthy, self._health_wait = self.health.evaluate(gpus, self.clock())
+        verdicts = self.health.evaluate(gpus, self.clock())
+        self.unhealthy, self.unhealthy_instances = dict(verdicts.gpus), dict(verdicts.instances)
+        self._health_wait = verdicts.wait_s
         if inventory is None:
             self.advertised = resources.Advertised((), ("no GPU inventory",))
         else:
@@ -152,6 +155,7 @@ class DevicePluginSubsystem(BaseSubsystem):
                 id_strategy=self.config.device_id_strategy,
                 sharing=self.config.time_slicing,
                 unhealthy=self.unhealthy,
+                unhealthy_instances=self.unhealthy_instances,
                 numa={g.index: g.numa_node for g in inventory.gpus},
             )
         for name, server in self.servers.items():
@@ -279,7 +283,8 @@ class DevicePluginSubsystem(BaseSubsystem):
             },
             "kubelet": "present" if self.kubelet_present else "absent",
             "registrations": self.registrations,
-            "unhealthy": {str(k): v for k, v in sorted(self.unhealthy.items())},
+            "unhealthy": {str(k): v for k, v in sorted(self.unhealthy.items())}
+            | {f"{g}/gi{i}": v for (g, i), v in sorted(self.unhealthy_instances.items())},
             "problems": list(self.advertised.problems) + sorted(f"{k}: {v}" for k, v in self.problems.items()),
             "yielded": dict(self.yielded),
             "config": self.config.source if self.config is not None else "",
@@ -290,10 +295,11 @@ class DevicePluginSubsystem(BaseSubsystem):
         if not self.kubelet_present and not self.config_problem:
             reason = f"waiting for the kubelet ({self.plugin_dir.rstrip('/')}/{KUBELET_SOCKET})"
             self.set_status(Phase.RUNNING, reason, **details)
-        elif failures or self.advertised.problems or self.unhealthy:
-            sick = [f"GPU {k} unhealthy: {v}" for k, v in sorted(self.unhealthy.items())[:3]]
-            if len(self.unhealthy) > 3:
-                sick.append(f"{len(self.unhealthy) - 3} more GPUs unhealthy (details: unhealthy)")
+        elif failures or self.advertised.problems or self.unhealthy or self.unhealthy_instances:
+            every = [f"GPU {k} unhealthy: {v}" for k, v in sorted(self.unhealthy.items())] + [
+                f"GPU {g} instance {i} unhealthy: {v}" for (g, i), v in sorted(self.unhealthy_instances.items())
+            ]
+            sick = every[:3] + ([f"{len(every) - 3} more unhealthy (details: unhealthy)"] if len(every) > 3 else [])
             reason = "; ".join(failures + list(self.advertised.problems) + sick)
             self.set_status(Phase.DEGRADED, reason, **details)
         else:

@@ -14,6 +14,7 @@ from grpclib.exceptions import GRPCError
 
 from nodeagent import events
 from nodeagent.backends.deviceplugin_server import register
+from nodeagent.backends.gpu.sim.backend import SimGpuBackend
 from nodeagent.errors import BackendUnavailable
 from nodeagent.subsystem import Phase
 from tests.deviceplugin.support import PLUGIN_DIR, inventory, running, settings, until, write_cdi_spec
@@ -165,3 +166,18 @@ async def test_a_slow_register_never_delays_a_health_update(tmp_path: Path) -> N
         assert time.perf_counter() - injected < 0.1
         r.kubelet.hold_register.set()
         await r.kubelet.wait_for(lambda: r.kubelet.allocatable("nvidia.com/mig-1g.10gb") == 7)
+
+
+async def test_an_xid_on_a_gpu_instance_lowers_allocatable_by_that_mig_device(tmp_path: Path) -> None:
+    s = settings()
+    s = type(s).with_sections(s, {"labels": type(s.labels)(mig_strategy="mixed")})
+    sim = SimGpuBackend("h100-80gb-hbm3", 2, 0, mig_layout="1g.10gb*7")
+    mig = "nvidia.com/mig-1g.10gb"
+    async with running(tmp_path, s, sim=sim) as r:
+        await r.kubelet.wait_for(lambda: r.kubelet.allocatable(mig) == 14)
+        await r.ctx.gpu_state.started.wait()
+        inv = await r.ctx.gpu_state.current()
+        device = inv.gpus[1].mig_devices[4]
+        sim.inject_xid(1, 48, gpu_instance_id=device.gpu_instance_id)
+        await r.kubelet.wait_for(lambda: r.kubelet.allocatable(mig) == 13)
+        assert device.uuid not in r.kubelet.plugins[mig].healthy()

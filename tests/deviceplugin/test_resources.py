@@ -119,6 +119,17 @@ async def test_unhealthy_gpus_are_listed_unhealthy_with_their_mig_devices() -> N
     assert [d.healthy for d in mig.devices] == [True] * 7 + [False] * 7
 
 
+async def test_an_unhealthy_gpu_instance_is_its_mig_device_only() -> None:
+    inv = await inventory(2, mig_layout="1g.10gb*7")
+    gi = inv.gpus[0].mig_devices[2].gpu_instance_id
+    adv = plan(inv, strategy="mixed", unhealthy_instances={(0, gi): "XID 48"})
+    mig = adv.resource("nvidia.com/mig-1g.10gb")
+    assert mig is not None
+    assert [d.unit.key for d in mig.devices if not d.healthy] == ["0:2"]
+    whole = plan(await inventory(2), strategy="none", unhealthy_instances={(1, 3): "XID 48"}).resources[0]
+    assert [d.healthy for d in whole.devices] == [True, False]  # an instance id on a whole GPU: the GPU
+
+
 def test_an_unknown_strategy_is_a_programming_error() -> None:
     with pytest.raises(ValueError, match="unknown MIG strategy"):
         plan(Inventory("sim", "", "", 0), strategy="split")
