@@ -244,3 +244,28 @@ class _Registration(grpc.RegistrationBase):  # type: ignore[misc]
         request = await stream.recv_message()
         await self.kubelet.register(request)
         await stream.send_message(pb.Empty())
+
+
+async def _serve_forever(directory: Path) -> None:
+    kubelet = KubeletDevicePlugins(directory)
+    await kubelet.start()
+    print(f"stand-in kubelet on {directory / 'kubelet.sock'}", flush=True)
+    seen: dict[str, int] = {}
+    try:
+        while True:
+            await kubelet._changed.wait()
+            for name, plugin in kubelet.plugins.items():
+                if len(plugin.updates) != seen.get(name):
+                    seen[name] = len(plugin.updates)
+                    print(f"{name}: {len(plugin.healthy())}/{len(plugin.devices)} healthy", flush=True)
+    finally:
+        await kubelet.stop()
+
+
+if __name__ == "__main__":
+    import sys
+
+    # python -m nodeagent.testing.kubelet_plugins DIR: a kubelet for `nodeagent run --simulate --root ROOT`
+    # (DIR = ROOT/var/lib/kubelet/device-plugins); prints each resource's allocatable as it changes.
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(_serve_forever(Path(sys.argv[1])))
