@@ -4,8 +4,8 @@ cluster tests' control plane is built (the first build takes about 6 minutes mor
 Benchmarks: scrape throughput and latency against two baselines, event-loop lag under 50 scrapes/s,
 whole-agent footprint, (real GPU only) sweep cost against NVML and nvidia-smi, MIG planning time, and a
 200-agent fleet against the test API server (label writes at startup and when converged, requests per agent
-per hour), an injected XID to gpuhealth's verdict, and a 500-node fleet against the real kube-apiserver and
-etcd (bench_fleet_real).
+per hour), an injected XID to gpuhealth's verdict, the device plugin (RPC latency, XID to Unhealthy,
+kubelet restart, memory), and a 500-node fleet against the real kube-apiserver and etcd (bench_fleet_real).
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import (
+    bench_deviceplugin,
     bench_driver_recheck,
     bench_fleet,
     bench_fleet_real,
@@ -41,6 +42,7 @@ BENCHMARKS = (
     bench_mig_plan,
     bench_fleet,
     bench_xid_latency,
+    bench_deviceplugin,
     bench_fleet_real,
 )
 

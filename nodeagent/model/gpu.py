@@ -182,6 +182,8 @@ class GpuInfo:
     health_reason: str = ""
     gpm_supported: bool = False
     """Whether NVML's GPM (the profiling metrics, Hopper and newer) works on this GPU."""
+    numa_node: int | None = None
+    """The NUMA node the GPU is attached to (the device plugin's topology); None when unknown."""
 
     @property
     def device_name(self) -> str:

@@ -348,6 +348,9 @@ class KubeSettings:
     max_attempts: int = opt(5, "Attempts per request before it is reported as failed.", check=at_least(1))
 
 
+from nodeagent.deviceplugin.settings import DevicePluginSettings  # noqa: E402 - its section, defined with opt above
+
+
 @dataclass(frozen=True)
 class Settings:
     version: int = opt(SETTINGS_VERSION, "Settings format version; must be 1.")
@@ -361,6 +364,7 @@ class Settings:
     mig: MigSettings = field(default_factory=MigSettings)
     labels: LabelsSettings = field(default_factory=LabelsSettings)
     gpuhealth: GpuHealthSettings = field(default_factory=GpuHealthSettings)
+    deviceplugin: DevicePluginSettings = field(default_factory=DevicePluginSettings)
     kubelet: KubeletSettings = field(default_factory=KubeletSettings)
     watch: WatchSettings = field(default_factory=WatchSettings)
     kube: KubeSettings = field(default_factory=KubeSettings)

@@ -66,6 +66,8 @@ class FakeDevice:
     mig_mode: tuple[int, int] | None = (0, 0)
     migs: list[FakeMig] = field(default_factory=list)
     gpm_supported: bool = True
+    numa_node: int | None = None
+    """None: nvmlDeviceGetNumaNodeId answers NotSupported (a machine without NUMA)."""
     gpm_values: dict[int, float] = field(
         default_factory=lambda: {
             1: 50.0,
@@ -239,6 +241,13 @@ class FakeNvml:
         d = self._enter("nvmlDeviceGetPciInfo", h)
         assert d is not None
         return SimpleNamespace(busId=d.bus_id.encode(), pciDeviceId=d.pci_device_id, pciSubSystemId=d.pci_subsystem_id)
+
+    def nvmlDeviceGetNumaNodeId(self, h: Any) -> int:
+        d = self._enter("nvmlDeviceGetNumaNodeId", h)
+        assert d is not None
+        if d.numa_node is None:
+            raise error(NS)
+        return d.numa_node
 
     def nvmlDeviceGetMinorNumber(self, h: Any) -> int:
         d = self._enter("nvmlDeviceGetMinorNumber", h)

@@ -99,6 +99,19 @@ async def test_inventory_maps_the_capture(node: tuple[NvmlBackend, FakeNvml]) ->
     assert (g.mig_capable, g.mig_enabled, g.mig_pending, g.mig_devices) == (True, False, False, ())
     assert inv.gpu(1).pci_bus_id == "00000000:19:00.0"
     assert all(x.health == GpuHealthState.OK for x in inv.gpus)
+    assert g.numa_node is None  # NotSupported: no NUMA node
+
+
+async def test_the_numa_node_comes_from_nvml() -> None:
+    devices = h100_node()
+    devices[1].numa_node = 1
+    fake = FakeNvml(devices)
+    backend = await opened(fake, call_timeout_s=0.2, degraded_backoff_s=60.0)
+    try:
+        inv = await backend.inventory()
+    finally:
+        await backend.close()
+    assert (inv.gpu(0).numa_node, inv.gpu(1).numa_node) == (None, 1)
 
 
 async def test_gi_profiles_come_from_profile_info_and_fall_back_to_known_placements(

@@ -35,7 +35,17 @@ def contract(prefix: str) -> dict[str, object]:
 
 def test_every_subsystem_package_is_declared_and_in_the_table() -> None:
     names = [d.name for d in DECLARED]
-    assert sorted(names) == ["cdi", "driver", "gpuhealth", "labels", "metrics", "mig", "runtime", "validation"]
+    assert sorted(names) == [
+        "cdi",
+        "deviceplugin",
+        "driver",
+        "gpuhealth",
+        "labels",
+        "metrics",
+        "mig",
+        "runtime",
+        "validation",
+    ]
     for d in DECLARED:
         cls = d.load()
         assert issubclass(cls, BaseSubsystem) and cls.declaration is d, d.name

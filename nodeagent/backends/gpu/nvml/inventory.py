@@ -115,6 +115,8 @@ class NvmlInventory(NvmlBase):
         mode = c.opt("nvmlDeviceGetMigMode", nv.nvmlDeviceGetMigMode, h)
         support = c.opt("nvmlGpmQueryDeviceSupport", nv.nvmlGpmQueryDeviceSupport, h)
         g.gpm_supported = bool(support is not None and support.isSupportedDevice)
+        numa_call = getattr(nv, "nvmlDeviceGetNumaNodeId", None)  # pynvml 12+; older bindings lack it
+        numa = c.opt("nvmlDeviceGetNumaNodeId", numa_call, h) if numa_call is not None else None
         mig_capable = mode is not None
         mig_enabled = bool(mode and mode[0] == nv.NVML_DEVICE_MIG_ENABLE)
         mig_pending = bool(mode and mode[1] == nv.NVML_DEVICE_MIG_ENABLE)
@@ -146,6 +148,7 @@ class NvmlInventory(NvmlBase):
             mig_pending=mig_pending,
             mig_devices=mig_devices,
             gpm_supported=g.gpm_supported,
+            numa_node=int(numa) if isinstance(numa, int) and numa >= 0 else None,
         )
         g.info = info
         return info

@@ -118,6 +118,7 @@ class SimGpuBackend(SimFaults, SimMig, SimPersistence):
             mig_pending=g.mig_pending,
             mig_devices=g.mig_devices(),
             gpm_supported=p.gpm_supported,
+            numa_node=g.index * 2 // self.count if self.count > 1 else 0,  # two sockets, half the GPUs each
         )
 
     def _read(
