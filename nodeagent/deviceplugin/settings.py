@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from nodeagent.settings import at_least, opt
+from nodeagent.settings.sections import at_least, opt
 
 DEVICE_LIST_STRATEGIES = ("cdi-cri", "envvar", "cdi-annotations")
 """How Allocate names the devices, in NVIDIA's terms (its ``volume-mounts`` is not supported)."""
