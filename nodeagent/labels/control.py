@@ -116,6 +116,12 @@ class NodeControl:
                 on_failure()
 
     async def revert(self) -> list[str]:
-        """Take back what this surface put on the Node's status: the ``NvidiaMigConfigured`` condition."""
-        wrote = await self.node.remove_conditions((node_status.MIG_CONDITION,))
-        return [f"Node/{self.node.node_name} conditions"] if wrote else []
+        """Take back what this surface put on the Node: the ``nvidia.com/mig.config.state`` label and the
+        ``NvidiaMigConfigured`` condition (``nvidia.com/mig.config`` is the user's request: it stays)."""
+        changed: list[str] = []
+        _, wrote = await self.node.patch(node_status.mig_state_removal_patch)
+        if wrote:
+            changed.append(f"Node/{self.node.node_name} {node_status.MIG_STATE_LABEL}")
+        if await self.node.remove_conditions((node_status.MIG_CONDITION,)):
+            changed.append(f"Node/{self.node.node_name} conditions")
+        return changed

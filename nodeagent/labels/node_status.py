@@ -38,6 +38,11 @@ def mig_state_patch(node: Mapping[str, Any], readiness: MigReadiness) -> dict[st
     return nodepatch.label_patch(node, {MIG_STATE_LABEL: readiness.state})
 
 
+def mig_state_removal_patch(node: Mapping[str, Any]) -> dict[str, Any] | None:
+    """Remove ``nvidia.com/mig.config.state`` (revert); None when it is not there."""
+    return nodepatch.label_patch(node, {MIG_STATE_LABEL: None})
+
+
 def mig_condition(readiness: MigReadiness) -> tuple[str, str, str]:
     """(status, reason, message) of ``NvidiaMigConfigured``."""
     status, reason = _MIG_REASONS.get(readiness.state, ("Unknown", "MigConfigUnknownState"))

@@ -380,3 +380,24 @@ async def test_operands_paused_when_mig_starts_before_labels(
     finally:
         await a.close()
         await sim.close()
+
+
+async def test_revert_takes_back_the_state_label_and_condition_not_the_request(
+    tmp_path: Path, apiserver: TestApiServer, admin: KubeClient
+) -> None:
+    """Found on the real cluster (integration/cluster/test_daemonset.py): revert left
+    ``nvidia.com/mig.config.state`` on the Node. It is the agent's; ``nvidia.com/mig.config`` is the user's."""
+    sim = SimGpuBackend("h100-80gb-hbm3", 1, 0)
+    a = agent(tmp_path, sim, apiserver, agent_settings())
+    await a.start()
+    try:
+        await set_label(admin, MIG_CONFIG_LABEL, "all-1g.10gb")
+        await until(state_is(apiserver, "success"), "state success")
+    finally:
+        await a.close()
+    result = await a.labels.revert()
+    labels = node(apiserver)["metadata"]["labels"]
+    assert MIG_STATE_LABEL not in labels, result
+    assert labels[MIG_CONFIG_LABEL] == "all-1g.10gb"
+    assert MIG_CONDITION not in [c["type"] for c in node(apiserver)["status"].get("conditions", [])]
+    assert f"Node/{NODE} {MIG_STATE_LABEL}" in result.changed
