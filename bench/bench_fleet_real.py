@@ -109,7 +109,7 @@ def agent_token(cluster: Cluster) -> str:
     crd = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions/nodefeatures.nfd.k8s-sigs.io"
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
-        conditions = cluster.admin.get(crd).get("status", {}).get("conditions", [])
+        conditions = (cluster.admin.get(crd).get("status") or {}).get("conditions") or []
         if any(c["type"] == "Established" and c["status"] == "True" for c in conditions):
             break
         time.sleep(0.2)

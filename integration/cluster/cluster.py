@@ -414,7 +414,9 @@ class Cluster:
             self.wait(f"kube-{name}", lambda url=url: _http_ok(url, insecure), 60, "healthy (/healthz)")
 
     def _start_namespace(self) -> None:
-        """The `sleep` that holds the private mount namespace of containerd and the kubelet."""
+        """The `sleep` that holds the private mount namespace of containerd and the kubelet. Inside it, / is
+        made shared, as systemd makes it on a real node (a pod's HostToContainer volume needs its source on a
+        shared or slave mount); the namespace is private, so nothing made in it reaches the host."""
         binds = []
         for d in ("var/lib", "var/log", "run"):
             (self.base / d).mkdir(parents=True, exist_ok=True)
@@ -424,7 +426,7 @@ class Cluster:
             f.parent.mkdir(parents=True, exist_ok=True)
             f.write_text(value + "\n")
             binds.append((f, Path("/proc/sys") / key))
-        script = "set -e\n" + "".join(f"mount --bind '{src}' '{dst}'\n" for src, dst in binds) + "exec sleep infinity\n"
+        script = "set -e\nmount --make-rshared /\n" + "".join(f"mount --bind '{src}' '{dst}'\n" for src, dst in binds) + "exec sleep infinity\n"
         self.holder = self._spawn("namespace", ["unshare", "--mount", "--propagation=private", "sh", "-c", script])
         pid = self.holder.proc.pid
         self.wait("namespace", lambda: Path(f"/proc/{pid}/comm").read_text().strip() == "sleep", 10, "set up")

@@ -57,7 +57,7 @@ def agent_token(cluster: Cluster) -> str:
     crd = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions/nodefeatures.nfd.k8s-sigs.io"
 
     def established() -> bool:
-        conditions = cluster.admin.get(crd).get("status", {}).get("conditions", [])
+        conditions = (cluster.admin.get(crd).get("status") or {}).get("conditions") or []
         return any(c["type"] == "Established" and c["status"] == "True" for c in conditions)
 
     wait_until(established, timeout_s=30, what="the NodeFeature CRD established")

@@ -46,6 +46,7 @@ SELECTOR = "app.kubernetes.io/name%3Dnodeagent"
 NFD_GPU_LABEL = "feature.node.kubernetes.io/pci-10de.present"
 # What revert leaves by design: the agent's state (its journal), the simulator's persisted GPUs (the MIG
 # layout stays: revert never repartitions), and the simulated devices and sysfs that follow that layout.
+REVERT_KUBECONFIG = "/etc/nodeagent/kubeconfig"  # a host path, read through the root like every other
 KEPT_BY_REVERT = ("var/lib/nodeagent/", "dev/", "sys/", "proc/driver/nvidia/capabilities/")
 
 
@@ -147,8 +148,8 @@ def host(cluster: Cluster, agent_token: str, tmp_path: Path) -> Iterator[Path]:
         cwd=tmp_path,
     )
     assert (root / "etc/containerd/config.toml").exists(), laid.stderr
-    kubeconfig = tmp_path / "revert-kubeconfig"
-    cluster.kubeconfig_for_token(kubeconfig, agent_token)
+    (root / "etc/nodeagent").mkdir(parents=True, exist_ok=True)
+    cluster.kubeconfig_for_token(root / REVERT_KUBECONFIG.lstrip("/"), agent_token)
     yield root
 
 
@@ -202,7 +203,7 @@ def test_the_daemonset_from_make_image_runs_labels_mig_and_reverts(
     env = {
         "NODE_NAME": cluster.node_name,
         "NODEAGENT_KUBE__MODE": "kubeconfig",
-        "NODEAGENT_KUBE__KUBECONFIG": str(tmp_path / "revert-kubeconfig"),
+        "NODEAGENT_KUBE__KUBECONFIG": REVERT_KUBECONFIG,
         "NODEAGENT_KUBE__NAMESPACE": NAMESPACE,
         "NODEAGENT_LABELS__NODE_PATCH": "true",
     }
@@ -216,6 +217,7 @@ def test_the_daemonset_from_make_image_runs_labels_mig_and_reverts(
         cwd=tmp_path,
     )
     assert reverted.returncode == 0, reverted.stdout + reverted.stderr
+    print(f"\nnodeagent revert:\n{reverted.stdout}")
 
     labels_after = node(cluster)["metadata"]["labels"]
     assert labels_after == labels_before, {
