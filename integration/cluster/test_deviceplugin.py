@@ -5,14 +5,18 @@ cluster; the first run may need fixes. The plugin runs in this process on the cl
 is laid out as the node's root: the kubelet's device-plugins directory is ``base/var/lib/kubelet/
 device-plugins``), with 8 simulated H100s, and registers on the kubelet's own ``kubelet.sock``.
 
-Not covered here yet: a pod that runs with ``nvidia.com/gpu: 1`` and sees its device nodes (containerd's CDI
-injection needs the spec's device nodes on the host), and the pod labels of the metrics from pod-resources.
+A pod with ``nvidia.com/gpu: 1`` runs with the GPU the plugin allocated, named by NVIDIA's envvar strategy
+(``NVIDIA_VISIBLE_DEVICES``, read back from the container's spec in containerd), and the kubelet's pod-resources
+socket attributes that GPU to the pod (what the metrics' pod labels come from). With the default `cdi-cri`
+strategy containerd would inject the CDI spec's device nodes, which a simulated node does not have on this
+host; the allocation itself is the same.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -23,6 +27,7 @@ from integration.cluster.support import delete_pod, events_for, node, pod
 from nodeagent import events, testing
 from nodeagent.backends.gpu.sim.backend import SimGpuBackend
 from nodeagent.backends.hostfs import Root
+from nodeagent.backends.podresources import PodResourcesClient
 from nodeagent.deviceplugin.subsystem import DevicePluginSubsystem
 from nodeagent.settings import Settings, replace
 
@@ -106,7 +111,7 @@ async def test_nine_gpus_on_eight_stay_pending_with_the_schedulers_reason(cluste
             doc = pod(cluster.admin, "nine-gpus")
             assert doc is not None and doc["status"].get("phase") == "Pending"
         finally:
-            delete_pod(cluster, "nine-gpus")
+            await asyncio.to_thread(delete_pod, cluster, "nine-gpus")
 
 
 async def test_a_mig_change_turns_allocatable_into_56_mig_devices(cluster: Cluster) -> None:
@@ -120,3 +125,36 @@ async def test_a_mig_change_turns_allocatable_into_56_mig_devices(cluster: Clust
         await after.close()
         await until(lambda: allocatable(cluster, "nvidia.com/mig-1g.10gb") == 56, "56 nvidia.com/mig-1g.10gb")
         await until(lambda: allocatable(cluster, GPU) == 0, "nvidia.com/gpu dropped to 0")
+
+
+async def test_a_pod_runs_with_the_gpu_the_plugin_allocated(cluster: Cluster) -> None:
+    sim = SimGpuBackend("h100-80gb-hbm3", 8, 0)
+    envvar = replace(settings(), "deviceplugin", device_list_strategy=["envvar"])
+    async with plugin_on(cluster, envvar, sim):
+        uuids = {g.uuid for g in (await sim.inventory()).gpus}
+        await until(lambda: allocatable(cluster, GPU) == 8, "8 nvidia.com/gpu allocatable")
+        cluster.admin.post("/api/v1/namespaces/default/pods", gpu_pod("one-gpu", 1))
+        try:
+
+            def running() -> bool:
+                doc = pod(cluster.admin, "one-gpu")
+                return doc is not None and doc["status"].get("phase") == "Running"
+
+            await until(running, "the pod with one GPU Running", timeout_s=90)
+            doc = pod(cluster.admin, "one-gpu")
+            assert doc is not None
+            container_id = doc["status"]["containerStatuses"][0]["containerID"].removeprefix("containerd://")
+            assert cluster.containerd is not None
+            info = json.loads(cluster.containerd.ctr("-n", "k8s.io", "containers", "info", container_id).stdout)
+            env = dict(e.split("=", 1) for e in info["Spec"]["process"]["env"])
+            visible = env.get("NVIDIA_VISIBLE_DEVICES", "")
+            assert visible in uuids, (visible, sorted(uuids))
+
+            client = PodResourcesClient(Root(cluster.base), "/var/lib/kubelet/pod-resources/kubelet.sock")
+            try:
+                held = [c for c in await client.list() if (c.namespace, c.pod) == ("default", "one-gpu")]
+            finally:
+                await client.close()
+            assert [(c.container, c.resource_name, c.device_ids) for c in held] == [("main", GPU, (visible,))]
+        finally:
+            await asyncio.to_thread(delete_pod, cluster, "one-gpu")

@@ -11,12 +11,24 @@ import hashlib
 import json
 import posixpath
 import re
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import PurePosixPath
 
 from nodeagent.backends.hostfs import Root
 from nodeagent.errors import HostPathError
+
+_INDEX_LOCKS: dict[str, threading.RLock] = {}
+_INDEX_LOCKS_GUARD = threading.Lock()
+
+
+def _index_lock(key: str) -> threading.RLock:
+    """One lock per journal directory in this process: subsystems write files from worker threads at the same
+    time (labels and CDI after a MIG change), and each change to the index is a read-modify-write of one file
+    that may also drop a blob nothing else references. (Other processes are kept out by the agent lock.)"""
+    with _INDEX_LOCKS_GUARD:
+        return _INDEX_LOCKS.setdefault(key, threading.RLock())
 
 
 class JournalError(HostPathError):
@@ -111,6 +123,7 @@ class BackupJournal:
     def __init__(self, root: Root, state_dir: str) -> None:
         self.root = root
         self.host_dir = str(PurePosixPath(state_dir, "backups"))
+        self._lock = _index_lock(f"{root.path}\0{self.host_dir}")
 
     @property
     def _index_host(self) -> str:
@@ -161,18 +174,19 @@ class BackupJournal:
 
     def record(self, root: Root, host_path: str) -> None:
         """Keep the original of ``host_path`` unless one is already kept."""
-        entries = self._load()
-        key = str(PurePosixPath("/", host_path))
-        if key in entries:
-            return
-        data = root.read_bytes(key)
-        if data is not None:
-            entry = JournalEntry(key, True, root.mode(key), hashlib.sha256(data).hexdigest())
-            self.root.write_file(f"{self.host_dir}/{entry.sha256}", data, mode=0o600)
-        else:
-            entry = JournalEntry(key, False, None, "")
-        entries[key] = entry
-        self._save(entries)
+        with self._lock:
+            entries = self._load()
+            key = str(PurePosixPath("/", host_path))
+            if key in entries:
+                return
+            data = root.read_bytes(key)
+            if data is not None:
+                entry = JournalEntry(key, True, root.mode(key), hashlib.sha256(data).hexdigest())
+                self.root.write_file(f"{self.host_dir}/{entry.sha256}", data, mode=0o600)
+            else:
+                entry = JournalEntry(key, False, None, "")
+            entries[key] = entry
+            self._save(entries)
 
     def prepare(self, root: Root, host_path: str, data: bytes | None) -> tuple[bool, str | None]:
         """Before the agent writes ``data`` (None: removes): keep the original, note what it will write.
@@ -180,57 +194,60 @@ class BackupJournal:
         One index update, done before the file changes, so nothing is left to do after it appears.
         Returns what ``forget_prepare`` needs if the write then fails.
         """
-        entries = self._load()
-        key = str(PurePosixPath("/", host_path))
-        new_entry = key not in entries
-        if new_entry:
-            original = root.read_bytes(key)
-            if original is not None:
-                sha = hashlib.sha256(original).hexdigest()
-                self.root.write_file(f"{self.host_dir}/{sha}", original, mode=0o600)
-                entries[key] = JournalEntry(key, True, root.mode(key), sha)
-            else:
-                entries[key] = JournalEntry(key, False, None, "")
-        digest = _digest(data)
-        if data is not None and self.root.read_bytes(f"{self.host_dir}/{digest}") != data:
-            self.root.write_file(f"{self.host_dir}/{digest}", data, mode=0o600)
-        previous = entries[key].written
-        entries[key] = replace(entries[key], written=digest)
-        self._save(entries)
-        if previous:
-            self._drop_unused(entries, previous)  # an earlier write's bytes: no longer what the agent wrote
-        return new_entry, previous
+        with self._lock:
+            entries = self._load()
+            key = str(PurePosixPath("/", host_path))
+            new_entry = key not in entries
+            if new_entry:
+                original = root.read_bytes(key)
+                if original is not None:
+                    sha = hashlib.sha256(original).hexdigest()
+                    self.root.write_file(f"{self.host_dir}/{sha}", original, mode=0o600)
+                    entries[key] = JournalEntry(key, True, root.mode(key), sha)
+                else:
+                    entries[key] = JournalEntry(key, False, None, "")
+            digest = _digest(data)
+            if data is not None and self.root.read_bytes(f"{self.host_dir}/{digest}") != data:
+                self.root.write_file(f"{self.host_dir}/{digest}", data, mode=0o600)
+            previous = entries[key].written
+            entries[key] = replace(entries[key], written=digest)
+            self._save(entries)
+            if previous:
+                self._drop_unused(entries, previous)  # an earlier write's bytes: no longer what the agent wrote
+            return new_entry, previous
 
     def forget_prepare(self, host_path: str, prepared: tuple[bool, str | None]) -> None:
         """The write announced by ``prepare`` failed: the journal goes back to what it said before."""
-        new_entry, previous = prepared
-        entries = self._load()
-        key = str(PurePosixPath("/", host_path))
-        if key not in entries:
-            return
-        entry = entries[key]
-        if new_entry:
-            del entries[key]
-        else:
-            entries[key] = replace(entry, written=previous)
-        self._save(entries)
-        for sha in {entry.written or "", entry.sha256 if new_entry else ""}:
-            self._drop_unused(entries, sha)
+        with self._lock:
+            new_entry, previous = prepared
+            entries = self._load()
+            key = str(PurePosixPath("/", host_path))
+            if key not in entries:
+                return
+            entry = entries[key]
+            if new_entry:
+                del entries[key]
+            else:
+                entries[key] = replace(entry, written=previous)
+            self._save(entries)
+            for sha in {entry.written or "", entry.sha256 if new_entry else ""}:
+                self._drop_unused(entries, sha)
 
     def wrote(self, host_path: str, data: bytes | None) -> None:
         """Note what the agent just put at ``host_path`` (None: removed it); its bytes are kept for diffs."""
-        entries = self._load()
-        key = str(PurePosixPath("/", host_path))
-        if key not in entries:
-            return
-        digest = _digest(data)
-        if data is not None and self.root.read_bytes(f"{self.host_dir}/{digest}") != data:
-            self.root.write_file(f"{self.host_dir}/{digest}", data, mode=0o600)
-        old = entries[key].written
-        entries[key] = replace(entries[key], written=digest)
-        self._save(entries)
-        if old:
-            self._drop_unused(entries, old)
+        with self._lock:
+            entries = self._load()
+            key = str(PurePosixPath("/", host_path))
+            if key not in entries:
+                return
+            digest = _digest(data)
+            if data is not None and self.root.read_bytes(f"{self.host_dir}/{digest}") != data:
+                self.root.write_file(f"{self.host_dir}/{digest}", data, mode=0o600)
+            old = entries[key].written
+            entries[key] = replace(entries[key], written=digest)
+            self._save(entries)
+            if old:
+                self._drop_unused(entries, old)
 
     def _drop_unused(self, entries: dict[str, JournalEntry], sha: str) -> None:
         if sha and not any(sha in (e.sha256, e.written) for e in entries.values()):
@@ -261,26 +278,27 @@ class BackupJournal:
 
     def restore(self, root: Root, host_path: str, *, force: bool = False) -> bool:
         """Put the original back; return True if the file changed. Raises RevertConflict unless ``force``."""
-        entries = self._load(required=True)
-        key = str(PurePosixPath("/", host_path))
-        entry = entries[key]
-        if not force:
-            diff = self.conflict(root, key)
-            if diff:
-                raise RevertConflict(key, diff)
-        changed: bool
-        if entry.existed:
-            data = self._blob(entry.sha256, key)
-            changed = root.read_bytes(key) != data
-            if changed:
-                root.write_file(key, data, mode=entry.mode)
-        else:
-            changed = root.remove(key)
-        del entries[key]
-        self._save(entries)
-        for sha in (entry.sha256, entry.written or ""):
-            self._drop_unused(entries, sha)
-        return changed
+        with self._lock:
+            entries = self._load(required=True)
+            key = str(PurePosixPath("/", host_path))
+            entry = entries[key]
+            if not force:
+                diff = self.conflict(root, key)
+                if diff:
+                    raise RevertConflict(key, diff)
+            changed: bool
+            if entry.existed:
+                data = self._blob(entry.sha256, key)
+                changed = root.read_bytes(key) != data
+                if changed:
+                    root.write_file(key, data, mode=entry.mode)
+            else:
+                changed = root.remove(key)
+            del entries[key]
+            self._save(entries)
+            for sha in (entry.sha256, entry.written or ""):
+                self._drop_unused(entries, sha)
+            return changed
 
     def paths(self, *, required: bool = False) -> Iterator[str]:
         yield from sorted(self._load(required=required))
