@@ -230,8 +230,6 @@ def test_skip_reset_and_valid_config(tmp_path: Path, capsys: pytest.CaptureFixtu
     root = tmp_path / "node"
     op = str(OPERATOR_CONFIG)
     assert run(capsys, root, "assert", "-f", op, "-c", "all-balanced", "--valid-config")[0] == 0
-    code, _, err = run(capsys, root, "assert", "-f", op, "-c", "all-1g.5gb", "--valid-config")
-    assert code == 1 and "has no MIG profile '1g.5gb'" in err
     code, out, _ = run(capsys, root, "apply", "-f", op, "-c", "all-7g.80gb", "--skip-reset")
     assert code == 0 and "MIG mode change pending until the GPU is reset" in out
     state = json.loads(state_of(root))
@@ -239,3 +237,26 @@ def test_skip_reset_and_valid_config(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert run(capsys, root, "assert", "-f", op, "-c", "all-7g.80gb", "--mode-only")[0] == 1
     assert run(capsys, root, "apply", "-f", op, "-c", "all-7g.80gb")[0] == 0
     assert run(capsys, root, "assert", "-f", op, "-c", "all-7g.80gb")[0] == 0
+
+
+def test_valid_config_checks_the_file_only_as_mig_parted(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``assert --valid-config``: the file is valid and the config is in it, whatever GPUs the node has (an
+    A100 layout on an H100 node, or no GPU at all); plain ``assert`` keeps the hardware check."""
+    root = tmp_path / "node"
+    op = str(OPERATOR_CONFIG)
+    code, out, _ = run(capsys, root, "assert", "-f", op, "-c", "all-1g.5gb", "--valid-config")
+    assert (code, out) == (0, "Selected MIG configuration is valid\n")
+    code, _, err = run(capsys, root, "assert", "-f", op, "-c", "all-1g.5gb")
+    assert code == 1 and "has no MIG profile '1g.5gb'" in err and "cannot be applied to these GPUs" in err
+
+    async def no_gpus(settings: object) -> object:
+        raise AssertionError("--valid-config must not open the GPUs")
+
+    monkeypatch.setattr("nodeagent.compose.open_gpus", no_gpus)
+    monkeypatch.setenv("MIG_PARTED_VALID_CONFIG", "true")
+    code = main(["mig", "assert", "--root", str(tmp_path), "-f", op, "-c", "all-1g.5gb"])
+    assert (code, capsys.readouterr().out) == (0, "Selected MIG configuration is valid\n")
+    code = main(["mig", "assert", "--root", str(tmp_path), "-f", op, "-c", "no-such-config"])
+    assert code == 2 and "no config named 'no-such-config'" in capsys.readouterr().err
