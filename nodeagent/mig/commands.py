@@ -134,6 +134,8 @@ async def run_mig(args: argparse.Namespace, settings: Settings, env: Mapping[str
         parsed = (cfg.parse_text(sys.stdin.read(), source="<stdin>") if path == "-" else cfg.load_file(path)).select(
             _flag(args, "selected_config", env, "MIG_PARTED_SELECTED_CONFIG")
         )
+        for warning in parsed.warnings:
+            print(f"nodeagent mig: warning: {warning}", file=sys.stderr)
     if command == "assert" and _flag(args, "valid_config", env, "MIG_PARTED_VALID_CONFIG", False):
         # As mig-parted: the file is valid and the selected config is in it; the GPUs are not looked at.
         print("Selected MIG configuration is valid")

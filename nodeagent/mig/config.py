@@ -11,7 +11,9 @@
           mig-devices: {"1g.10gb": 7}     # required when enabled ({} allowed); empty when disabled
 
 As nvidia-mig-parted reads it: ``version`` must be ``v1``; unknown keys are rejected; every config has at
-least one entry; ``devices`` is ``all`` or a list of indexes; counts are integers >= 0 and not all 0. A GPU
+least one entry; ``devices`` is ``all`` or a list of indexes; counts are integers >= 0 and not all 0; a
+``device-filter`` value that is not a PCI id (a model name, as some of mig-parted's own tests write) is
+valid, matches no GPU and is warned about, but a malformed id (``0xZZ``) is an error. A GPU
 takes the entries whose device filter and devices match it (a later entry overrides an earlier one, as
 mig-parted applies them in order). Errors name the file, the config, the entry and the key. The same parser
 serves the ``mig`` commands, the settings (``mig.config_file``) and the node label.
@@ -84,15 +86,27 @@ class MigEntry:
     devices: tuple[int, ...] | None
     """GPU indexes, or None for ``all``."""
     device_filter: tuple[DeviceId, ...]
-    """Empty: every GPU."""
+    """Empty (and no ``filter_names``): every GPU."""
     mig_enabled: bool
     mig_devices: tuple[tuple[str, int], ...]
     """(profile, count) in file order, zero counts kept as written."""
+    filter_names: tuple[str, ...] = ()
+    """Device-filter values that are not PCI ids (``"A100-SXM4-40GB"``): valid, as in mig-parted, and they match
+    no GPU (mig-parted compares only PCI ids). Warned about (``warnings``)."""
 
     def matches(self, index: int, device_id: DeviceId) -> bool:
-        if self.device_filter and not any(f.matches(device_id) for f in self.device_filter):
+        filtered = bool(self.device_filter or self.filter_names)
+        if filtered and not any(f.matches(device_id) for f in self.device_filter):
             return False
         return self.devices is None or index in self.devices
+
+    @property
+    def warnings(self) -> tuple[str, ...]:
+        return tuple(
+            f'{self.where}.device-filter: {name!r} is not a PCI id (e.g. "0x233010DE"): it matches no GPU, as in '
+            "mig-parted" + ("" if self.device_filter else "; this entry applies to no GPU")
+            for name in self.filter_names
+        )
 
     @property
     def wanted(self) -> dict[str, int]:
@@ -122,6 +136,11 @@ class MigConfig:
     source: str
     name: str
     entries: tuple[MigEntry, ...]
+
+    @property
+    def warnings(self) -> tuple[str, ...]:
+        """What is valid but probably not meant (device-filter values that are model names), naming the entry."""
+        return tuple(f"{self.source}: {w}" for e in self.entries for w in e.warnings)
 
     def entry_for(self, gpu: GpuIdentity) -> MigEntry | None:
         """The entry that decides this GPU (the last one matching it), or None when none does."""
@@ -272,6 +291,7 @@ def _entry(config: str, index: int, raw: Any, source: str) -> MigEntry:
         raise fail("devices", f"expected `all` or a list of GPU indexes, got {devices_raw!r}")
 
     filters: list[DeviceId] = []
+    names: list[str] = []
     if "device-filter" in raw:
         df = raw["device-filter"]
         texts = [df] if isinstance(df, str) else df
@@ -281,6 +301,9 @@ def _entry(config: str, index: int, raw: Any, source: str) -> MigEntry:
             raise fail("device-filter", f"expected a PCI id string or a list of them, got {df!r}")
         for t in texts:
             if not t:
+                continue
+            if not _looks_numeric(t):
+                names.append(t)
                 continue
             try:
                 filters.append(DeviceId.parse(t))
@@ -311,7 +334,13 @@ def _entry(config: str, index: int, raw: Any, source: str) -> MigEntry:
         raise fail("mig-devices", "missing: required when mig-enabled is true ({} for none)")
     if not enabled and mig_devices:
         raise fail("mig-devices", "MIG devices given while mig-enabled is false")
-    return MigEntry(config, index, devices, tuple(filters), enabled, tuple(mig_devices))
+    return MigEntry(config, index, devices, tuple(filters), enabled, tuple(mig_devices), tuple(names))
+
+
+def _looks_numeric(text: str) -> bool:
+    """A PCI id (or a malformed one: an error), as opposed to a name such as ``A100-SXM4-40GB`` (valid, matches
+    nothing): it starts with a digit, as ``0x...`` and every number does."""
+    return text.strip()[:1].isdigit()
 
 
 def _is_int(v: Any) -> bool:

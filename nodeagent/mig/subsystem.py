@@ -154,6 +154,8 @@ class MigSubsystem(BaseSubsystem):
             config = await run_blocking(self._load_config, name, path, gpus)
         except ConfigError as err:
             return MigObservation(inventory, None, source, error=str(err), after_reboot=after_reboot)
+        for warning in config.warnings:
+            self.log.warning("mig_config_warning", warning=warning)
         return MigObservation(inventory, config, source, after_reboot=after_reboot)
 
     def plan(self, observed: MigObservation) -> Plan:
@@ -186,7 +188,7 @@ class MigSubsystem(BaseSubsystem):
             )
             for s in node_plan.steps
         )
-        return Plan(self.name, steps=steps, evidence=tuple(evidence))
+        return Plan(self.name, steps=steps, evidence=tuple(evidence), warnings=config.warnings)
 
     async def apply(self, plan: Plan) -> ApplyResult:
         node_plan = plan.steps[0].payload if plan.steps else None

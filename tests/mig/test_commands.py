@@ -260,3 +260,22 @@ def test_valid_config_checks_the_file_only_as_mig_parted(
     assert (code, capsys.readouterr().out) == (0, "Selected MIG configuration is valid\n")
     code = main(["mig", "assert", "--root", str(tmp_path), "-f", op, "-c", "no-such-config"])
     assert code == 2 and "no config named 'no-such-config'" in capsys.readouterr().err
+
+
+def test_name_style_device_filter_is_accepted_with_a_warning(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = tmp_path / "node"
+    path = tmp_path / "named.yaml"
+    path.write_text(
+        "version: v1\nmig-configs:\n  c:\n"
+        "    - devices: all\n      mig-enabled: false\n"
+        '    - device-filter: "A100-SXM4-40GB"\n      devices: all\n      mig-enabled: true\n'
+        '      mig-devices: {"1g.5gb": 7}\n'
+    )
+    code, out, err = run(capsys, root, "apply", "-f", str(path), "-c", "c")
+    assert code == 0, err
+    assert f"nodeagent mig: warning: {path}: mig-configs.c[1].device-filter: 'A100-SXM4-40GB' is not a PCI id" in err
+    assert out.count("already as configured") == 8
+    code, out, err = run(capsys, root, "assert", "-f", str(path), "-c", "c", "--valid-config")
+    assert (code, out) == (0, "Selected MIG configuration is valid\n") and "mig-configs.c[1].device-filter" in err
