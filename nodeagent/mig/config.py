@@ -13,10 +13,10 @@
 As nvidia-mig-parted reads it: ``version`` must be ``v1``; unknown keys are rejected; every config has at
 least one entry; ``devices`` is ``all`` or a list of indexes; counts are integers >= 0 and not all 0; a
 ``device-filter`` value that is not a PCI id (a model name, as some of mig-parted's own tests write) is
-valid, matches no GPU and is warned about, but a malformed id (``0xZZ``) is an error. A GPU
-takes the entries whose device filter and devices match it (a later entry overrides an earlier one, as
-mig-parted applies them in order). Errors name the file, the config, the entry and the key. The same parser
-serves the ``mig`` commands, the settings (``mig.config_file``) and the node label.
+valid, matches no GPU and is warned about, but a malformed id (``0xZZ``) is an error. A GPU takes every
+entry whose device filter and devices match it, in order, as mig-parted applies them: each must be possible
+on it, they must agree on mig-enabled, and it ends with the last one's layout. Errors name the file, the
+config, the entry and the key. The same parser serves the ``mig`` commands, the settings (``mig.config_file``) and the node label.
 """
 
 from __future__ import annotations
@@ -142,40 +142,61 @@ class MigConfig:
         """What is valid but probably not meant (device-filter values that are model names), naming the entry."""
         return tuple(f"{self.source}: {w}" for e in self.entries for w in e.warnings)
 
+    def entries_for(self, gpu: GpuIdentity) -> tuple[MigEntry, ...]:
+        """Every entry matching this GPU, in file order: mig-parted applies each of them in turn."""
+        return tuple(e for e in self.entries if e.matches(gpu.index, gpu.device_id))
+
     def entry_for(self, gpu: GpuIdentity) -> MigEntry | None:
-        """The entry that decides this GPU (the last one matching it), or None when none does."""
-        found = None
-        for entry in self.entries:
-            if entry.matches(gpu.index, gpu.device_id):
-                found = entry
-        return found
+        """The entry whose layout the GPU ends with (the last one matching it), or None when none does."""
+        found = self.entries_for(gpu)
+        return found[-1] if found else None
+
+    def mode_conflict(self, gpu: GpuIdentity) -> str:
+        """Why the entries matching this GPU cannot all be applied: they disagree on ``mig-enabled`` (mig-parted
+        sets each one's mode in turn, then fails applying the devices of the one whose mode lost); '' when
+        they agree."""
+        found = self.entries_for(gpu)
+        if len({e.mig_enabled for e in found}) < 2:
+            return ""
+        listed = ", ".join(f"{e.where} (mig-enabled: {str(e.mig_enabled).lower()})" for e in found)
+        return (
+            f"GPU {gpu.index} ({gpu.name}) is matched by {listed}: every matching entry is applied in order, so "
+            "they must agree on mig-enabled (narrow devices or device-filter)"
+        )
 
     def validate(self, gpus: Iterable[GpuIdentity]) -> None:
-        """ConfigError (file, config, entry, key) when an entry asks a GPU for what it does not have."""
+        """ConfigError (file, config, entry, key) when an entry asks a GPU for what it does not have, or the
+        entries matching a GPU disagree on its MIG mode. Every matching entry is checked, as mig-parted applies
+        each of them."""
         for gpu in gpus:
-            entry = self.entry_for(gpu)
-            if entry is None or not entry.mig_enabled:
-                continue
+            conflict = self.mode_conflict(gpu)
+            if conflict:
+                raise self.error(self.entries_for(gpu)[-1], "mig-enabled", conflict)
+            for entry in self.entries_for(gpu):
+                self._validate_entry(gpu, entry)
+
+    def _validate_entry(self, gpu: GpuIdentity, entry: MigEntry) -> None:
+        if entry.mig_enabled:
             if not gpu.mig_capable:
                 raise self.error(entry, "mig-enabled", f"GPU {gpu.index} ({gpu.name}) is not MIG-capable")
-            for name, count in entry.mig_devices:
-                profile = gpu.table.profile(name)
-                if profile is None:
-                    close = difflib.get_close_matches(name, gpu.table.names, n=1)
-                    hint = f"; did you mean {close[0]!r}?" if close else ""
-                    raise self.error(
-                        entry,
-                        f"mig-devices.{name}",
-                        f"GPU {gpu.index} ({gpu.name}) has no MIG profile {name!r}{hint} "
-                        f"(valid: {', '.join(gpu.table.names)})",
-                    )
-                if count > profile.max_count:
-                    raise self.error(
-                        entry,
-                        f"mig-devices.{name}",
-                        f"{count} exceeds the maximum of {profile.max_count} {name} instance(s) on GPU {gpu.index} "
-                        f"({gpu.name})",
-                    )
+        for name, count in entry.mig_devices:
+            profile = gpu.table.profile(name)
+            if profile is None:
+                close = difflib.get_close_matches(name, gpu.table.names, n=1)
+                hint = f"; did you mean {close[0]!r}?" if close else ""
+                raise self.error(
+                    entry,
+                    f"mig-devices.{name}",
+                    f"GPU {gpu.index} ({gpu.name}) has no MIG profile {name!r}{hint} "
+                    f"(valid: {', '.join(gpu.table.names)})",
+                )
+            if count > profile.max_count:
+                raise self.error(
+                    entry,
+                    f"mig-devices.{name}",
+                    f"{count} exceeds the maximum of {profile.max_count} {name} instance(s) on GPU {gpu.index} "
+                    f"({gpu.name})",
+                )
 
     def error(self, entry: MigEntry, key: str, message: str) -> ConfigError:
         return ConfigError(message, source=self.source, key=f"{entry.where}.{key}")
