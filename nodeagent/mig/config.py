@@ -16,7 +16,8 @@ least one entry; ``devices`` is ``all`` or a list of indexes; counts are integer
 valid, matches no GPU and is warned about, but a malformed id (``0xZZ``) is an error. A GPU takes every
 entry whose device filter and devices match it, in order, as mig-parted applies them: each must be possible
 on it, they must agree on mig-enabled, and it ends with the last one's layout. Errors name the file, the
-config, the entry and the key. The same parser serves the ``mig`` commands, the settings (``mig.config_file``) and the node label.
+config, the entry and the key. The same parser serves the ``mig`` commands, the settings
+(``mig.config_file``) and the node label.
 """
 
 from __future__ import annotations
@@ -176,9 +177,8 @@ class MigConfig:
                 self._validate_entry(gpu, entry)
 
     def _validate_entry(self, gpu: GpuIdentity, entry: MigEntry) -> None:
-        if entry.mig_enabled:
-            if not gpu.mig_capable:
-                raise self.error(entry, "mig-enabled", f"GPU {gpu.index} ({gpu.name}) is not MIG-capable")
+        if entry.mig_enabled and not gpu.mig_capable:
+            raise self.error(entry, "mig-enabled", f"GPU {gpu.index} ({gpu.name}) is not MIG-capable")
         for name, count in entry.mig_devices:
             profile = gpu.table.profile(name)
             if profile is None:
