@@ -213,7 +213,9 @@ async def _apply(
         pods=pods,
     )
     try:
-        outcome = await service.apply_config(config, control, root=access.root, inventory=inventory, options=options)
+        outcome = await service.apply_config(
+            config, control, root=access.root, inventory=inventory, options=options, no_match=settings.mig.no_match
+        )
     finally:
         if pods is not None:
             await pods.close()

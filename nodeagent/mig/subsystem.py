@@ -41,7 +41,7 @@ from nodeagent.mig.observe import mig_layouts
 from nodeagent.mig.operands import Operands, restore_patch
 from nodeagent.mig.options import ApplyOptions, SamplingPause
 from nodeagent.mig.planner import Action, NodePlan, applied
-from nodeagent.mig.service import execute_plan, plan_or_raise
+from nodeagent.mig.service import execute_plan, no_match_reason, plan_or_raise
 from nodeagent.model.gpu import Inventory
 from nodeagent.model.mig import MigConfigRequest, MigReadiness
 from nodeagent.plan import Disruption, Plan, Step
@@ -165,7 +165,7 @@ class MigSubsystem(BaseSubsystem):
             return Plan(self.name, evidence=("mig.config is not set: MIG layouts are left as they are",))
         config = observed.config
         try:
-            node_plan = plan_or_raise(config, observed.inventory)
+            node_plan = plan_or_raise(config, observed.inventory, no_match=self.ctx.settings.mig.no_match)
         except ConfigError as err:
             return Plan(self.name, error=str(err))
         evidence = [f"config {config.name!r} from {config.source} ({observed.source})"]
@@ -279,7 +279,7 @@ class MigSubsystem(BaseSubsystem):
             name = observed.config.name
             if plan.empty:
                 await self._forget()
-                self._set_state(name, "success")
+                self._set_state(name, "success", self._unchanged_reason(observed))
                 return
             if observed.after_reboot and observed.inventory is not None:
                 mode_ok, _ = applied(observed.config, mig_layouts(observed.inventory), mode_only=True)
@@ -302,6 +302,15 @@ class MigSubsystem(BaseSubsystem):
         except KubeError as err:
             return ApplyResult(messages=(f"operand labels: {err}",))
         return ApplyResult(changed=(f"Node/{node.node_name} operand labels",) if wrote else ())
+
+    def _unchanged_reason(self, observed: MigObservation) -> str:
+        """Why nothing had to change: '' when the GPUs are as configured, the reason when no entry matches any
+        GPU and ``mig.no_match`` lets that succeed."""
+        assert observed.config is not None and observed.inventory is not None
+        states = mig_layouts(observed.inventory)
+        if not states or any(observed.config.entries_for(s.gpu) for s in states):
+            return ""
+        return f'{no_match_reason(observed.config, states)}: left as they are (mig.no_match = "succeed")'
 
     def _wanted_name(self) -> str:
         return self.requested or self.ctx.settings.mig.config or self.config_name

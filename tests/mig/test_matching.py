@@ -3,13 +3,22 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
+from nodeagent import events, testing
+from nodeagent import settings as S
 from nodeagent.backends.gpu.sim.backend import SimGpuBackend
+from nodeagent.backends.hostfs import Root
+from nodeagent.cli import main
 from nodeagent.errors import ConfigError
+from nodeagent.labels.node_status import mig_condition
 from nodeagent.mig.config import parse_text
 from nodeagent.mig.planner import Action, applied, plan_node
 from nodeagent.mig.service import plan_or_raise
+from nodeagent.mig.subsystem import MigSubsystem
+from nodeagent.subsystem import Phase
 from tests.mig.support import identity, state
 
 
@@ -73,3 +82,59 @@ def test_entries_that_disagree_on_the_mode_are_refused_before_anything_changes()
     ok, differences = applied(config, [state([("7g.80gb", 0)], index=0), gpus[1]])
     assert not ok and "must agree on mig-enabled" in differences[0]
     assert identity(1) == gpus[1].gpu
+
+
+STATION = (
+    "version: v1\nmig-configs:\n  station:\n"
+    '    - device-filter: ["0x20B010DE", "0x20B210DE"]\n      devices: [0, 1, 2, 3]\n      mig-enabled: true\n'
+    '      mig-devices: {"1g.5gb": 7}\n'
+    '    - device-filter: "0x1FB010DE"\n      devices: [4]\n      mig-enabled: false\n'
+)
+
+
+async def test_no_entry_matching_any_gpu_fails_by_default_saying_why(tmp_path: Path) -> None:
+    """mig-parted's apply is a successful no-op then (its walk simply visits no GPU); ours fails, saying what
+    the GPUs are and what the entries ask for, unless ``mig.no_match = "succeed"``."""
+    path = tmp_path / "station.yaml"
+    path.write_text(STATION)
+    sim = SimGpuBackend("h100-80gb-hbm3", 3, 0)
+    sub = _subsystem(tmp_path / "node", sim, config_file=str(path))
+    await sub.start()
+    readiness = sub.ctx.bus.last(events.MIG_READY)
+    assert (readiness.config, readiness.state) == ("station", "failed")
+    assert (
+        "no entry of config 'station' matches any GPU of this node (GPU 0-2: NVIDIA H100 80GB HBM3 "
+        "(0x233010DE:0x16C110DE); entries: mig-configs.station[0] devices [0, 1, 2, 3], device-filter 0x20B010DE, "
+        "0x20B210DE; mig-configs.station[1] devices [4], device-filter 0x1FB010DE)" in readiness.reason
+    )
+    assert 'set mig.no_match = "succeed"' in readiness.reason
+    _, _, message = mig_condition(readiness)
+    assert "no entry of config 'station' matches any GPU" in message
+
+    sub = _subsystem(tmp_path / "node", sim, config_file=str(path), no_match="succeed")
+    await sub.start()
+    readiness = sub.ctx.bus.last(events.MIG_READY)
+    assert (readiness.state, sub.status().phase) == ("success", Phase.RUNNING)
+    assert readiness.reason.endswith(': left as they are (mig.no_match = "succeed")')
+    assert not any(g.mig_enabled for g in (await sim.inventory()).gpus)
+    await sim.close()
+
+
+def test_no_match_on_the_command_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "station.yaml"
+    path.write_text(STATION)
+    argv = ["mig", "apply", "--simulate", "h100-80gb-hbm3:2", "--root", str(tmp_path / "node"), "-f", str(path)]
+    assert main(argv) == 2
+    assert "no entry of config 'station' matches any GPU of this node (GPU 0, 1: " in capsys.readouterr().err
+    monkeypatch.setenv("NODEAGENT_MIG__NO_MATCH", "succeed")
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "GPU 1: no entry matches it; left as it is" in out and "MIG configuration applied successfully" in out
+
+
+def _subsystem(root: Path, sim: SimGpuBackend, **mig: str) -> MigSubsystem:
+    settings = S.replace(S.Settings(), "mig", config="station", **mig)
+    ctx = testing.context(Root(root), settings, gpus=sim, node_name="n")
+    return MigSubsystem(ctx)
