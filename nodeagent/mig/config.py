@@ -128,6 +128,17 @@ class GpuIdentity:
     device_id: DeviceId
     mig_capable: bool
     table: MigTable
+    uuid: str = ""
+
+    @property
+    def label(self) -> str:
+        """``GPU 0 (GPU-…)``: how a message about this GPU names it (index and UUID)."""
+        return f"GPU {self.index} ({self.uuid})" if self.uuid else f"GPU {self.index}"
+
+    @property
+    def described(self) -> str:
+        """``GPU 0 (NVIDIA H100 80GB HBM3, GPU-…)``."""
+        return f"GPU {self.index} ({self.name}, {self.uuid})" if self.uuid else f"GPU {self.index} ({self.name})"
 
 
 @dataclass(frozen=True)
@@ -161,7 +172,7 @@ class MigConfig:
             return ""
         listed = ", ".join(f"{e.where} (mig-enabled: {str(e.mig_enabled).lower()})" for e in found)
         return (
-            f"GPU {gpu.index} ({gpu.name}) is matched by {listed}: every matching entry is applied in order, so "
+            f"{gpu.described} is matched by {listed}: every matching entry is applied in order, so "
             "they must agree on mig-enabled (narrow devices or device-filter)"
         )
 
@@ -178,7 +189,7 @@ class MigConfig:
 
     def _validate_entry(self, gpu: GpuIdentity, entry: MigEntry) -> None:
         if entry.mig_enabled and not gpu.mig_capable:
-            raise self.error(entry, "mig-enabled", f"GPU {gpu.index} ({gpu.name}) is not MIG-capable")
+            raise self.error(entry, "mig-enabled", f"{gpu.described} is not MIG-capable")
         for name, count in entry.mig_devices:
             profile = gpu.table.profile(name)
             if profile is None:
@@ -187,15 +198,13 @@ class MigConfig:
                 raise self.error(
                     entry,
                     f"mig-devices.{name}",
-                    f"GPU {gpu.index} ({gpu.name}) has no MIG profile {name!r}{hint} "
-                    f"(valid: {', '.join(gpu.table.names)})",
+                    f"{gpu.described} has no MIG profile {name!r}{hint} (valid: {', '.join(gpu.table.names)})",
                 )
             if count > profile.max_count:
                 raise self.error(
                     entry,
                     f"mig-devices.{name}",
-                    f"{count} exceeds the maximum of {profile.max_count} {name} instance(s) on GPU {gpu.index} "
-                    f"({gpu.name})",
+                    f"{count} exceeds the maximum of {profile.max_count} {name} instance(s) on {gpu.described}",
                 )
 
     def error(self, entry: MigEntry, key: str, message: str) -> ConfigError:

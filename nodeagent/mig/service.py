@@ -77,10 +77,11 @@ def plan_or_raise(
             source=config.source,
             key=f"mig-configs.{config.name}",
         )
+    labels = {s.index: s.gpu.label for s in states}
     for gp in plan.gpus:
         if gp.error:
             where = gp.entry.where if gp.entry is not None else f"mig-configs.{config.name}"
-            raise ConfigError(f"GPU {gp.gpu}: {gp.error}", source=config.source, key=f"{where}.mig-devices")
+            raise ConfigError(f"{labels[gp.gpu]}: {gp.error}", source=config.source, key=f"{where}.mig-devices")
     return plan
 
 

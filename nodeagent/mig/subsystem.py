@@ -197,7 +197,8 @@ class MigSubsystem(BaseSubsystem):
         control = self.ctx.backends.mig_control
         if control is None:
             raise NodeAgentError(f"the {self.ctx.gpus.kind} GPU backend cannot change MIG layouts")
-        self._set_state(node_plan.config, "pending", "applying")
+        changing = [gp.gpu for gp in node_plan.gpus if gp.steps]
+        self._set_state(node_plan.config, "pending", f"applying to {self._named(changing)}")
         pause = self.ctx.settings.mig.pause_operands and self._daemon
         if pause:
             answer = await self.operands.pause(self.ctx.settings.mig.operand_wait_s)
@@ -235,14 +236,21 @@ class MigSubsystem(BaseSubsystem):
         if outcome.report.changed:
             new = await self.ctx.gpu_state.refresh()  # publishes INVENTORY_CHANGED: CDI, metrics, driver follow
             self.ctx.bus.publish(events.MIG_CHANGED, new)
+        report = outcome.report
+        reasons = [
+            f"{self._named([r.gpu])}: {r.reason.removeprefix(f'GPU {r.gpu}: ')}"
+            for r in report.results.values()
+            if r.reason
+        ]
+        reasons += [report.hook_error] if report.hook_error else []
         if outcome.reboot_required:
             await self._persist(node_plan.config, rebooting=True)
-            final = ("rebooting", "; ".join(outcome.reasons()))
+            final = ("rebooting", "; ".join(reasons))
         elif not outcome.ok:
-            final = ("failed", "; ".join(outcome.reasons()))
+            final = ("failed", "; ".join(reasons))
         else:
             await self._forget()
-            final = ("success", "")
+            final = ("success", f"{self._named([gp.gpu for gp in node_plan.gpus])} as configured")
         changed = tuple(f"GPU {r.gpu}" for r in outcome.report.results.values() if r.done)
         return final, ApplyResult(changed=changed, messages=tuple(outcome.lines()))
 
@@ -282,10 +290,19 @@ class MigSubsystem(BaseSubsystem):
                 self._set_state(name, "success", self._unchanged_reason(observed))
                 return
             if observed.after_reboot and observed.inventory is not None:
-                mode_ok, _ = applied(observed.config, mig_layouts(observed.inventory), mode_only=True)
+                states = mig_layouts(observed.inventory)
+                mode_ok, _ = applied(observed.config, states, mode_only=True)
                 if not mode_ok:
                     await self._forget()
-                    self._set_state(name, "failed", "the MIG mode change did not take effect after rebooting")
+                    stuck = [
+                        st.index
+                        for st in states
+                        if (e := observed.config.entry_for(st.gpu)) is not None
+                        and st.gpu.mig_capable
+                        and e.mig_enabled != st.mig_enabled
+                    ]
+                    why = "the MIG mode change did not take effect after rebooting"
+                    self._set_state(name, "failed", f"{self._named(stuck)}: {why}" if stuck else why)
                     return
             await self.apply(plan)
         except NodeAgentError as err:
@@ -304,13 +321,21 @@ class MigSubsystem(BaseSubsystem):
         return ApplyResult(changed=(f"Node/{node.node_name} operand labels",) if wrote else ())
 
     def _unchanged_reason(self, observed: MigObservation) -> str:
-        """Why nothing had to change: '' when the GPUs are as configured, the reason when no entry matches any
-        GPU and ``mig.no_match`` lets that succeed."""
+        """Why nothing had to change: the GPUs the config matched are as configured (named), or no entry
+        matches any GPU and ``mig.no_match`` lets that succeed."""
         assert observed.config is not None and observed.inventory is not None
         states = mig_layouts(observed.inventory)
-        if not states or any(observed.config.entries_for(s.gpu) for s in states):
-            return ""
+        matched = [s.index for s in states if observed.config.entries_for(s.gpu)]
+        if matched or not states:
+            return f"{self._named(matched)} as configured" if matched else ""
         return f'{no_match_reason(observed.config, states)}: left as they are (mig.no_match = "succeed")'
+
+    def _named(self, indexes: Sequence[int]) -> str:
+        """``GPU 0 (GPU-…), GPU 1 (GPU-…)``: the GPUs a state's reason is about, by index and UUID, so the
+        condition's message and its Event say which GPU."""
+        inventory = self.ctx.gpu_state.inventory
+        uuids = {g.index: g.uuid for g in inventory.gpus} if inventory is not None else {}
+        return ", ".join(f"GPU {i} ({uuids[i]})" if uuids.get(i) else f"GPU {i}" for i in indexes) or "no GPU"
 
     def _wanted_name(self) -> str:
         return self.requested or self.ctx.settings.mig.config or self.config_name

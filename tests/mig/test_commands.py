@@ -98,7 +98,7 @@ BAD_INPUTS = [
     (
         C0 + '      mig-enabled: true\n      mig-devices: {"1g.5gb": 7}\n',
         "c",
-        "mig-configs.c[0].mig-devices.1g.5gb: GPU 0 (NVIDIA H100 80GB HBM3) has no MIG profile '1g.5gb'",
+        "mig-configs.c[0].mig-devices.1g.5gb: GPU 0 (NVIDIA H100 80GB HBM3, GPU-",
     ),
     (
         C0 + '      mig-enabled: true\n      mig-devices: {"3g.40gb": 3}\n',
@@ -108,7 +108,7 @@ BAD_INPUTS = [
     (
         C0 + '      mig-enabled: true\n      mig-devices: {"4g.40gb": 1, "2g.20gb": 2}\n',
         "c",
-        "mig-configs.c[0].mig-devices: GPU 0: 4g.40gb + 2x2g.20gb does not fit on a NVIDIA H100 80GB HBM3: needs 8",
+        "): 4g.40gb + 2x2g.20gb does not fit on a NVIDIA H100 80GB HBM3: needs 8",
     ),
     (C0 + "      mig-enabled: false\n", "d", "no config named 'd'"),
     (
