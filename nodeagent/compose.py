@@ -148,8 +148,23 @@ async def open_gpus(settings: Settings) -> OpenedGpus:
     the kubelet's PodResources client (through the root), as the agent's context has them."""
     root = choose_root(settings)
     gpus = await open_gpu_backend(settings, driver_root=driver_root_for_nvml(settings, root))
-    keep_sim_state(gpus, root, settings)
+    if settings.simulation.enabled:
+        await lay_out_sandbox(root, gpus, settings)
+    else:
+        keep_sim_state(gpus, root, settings)
     return OpenedGpus(root, gpus, mig_control_for(gpus, settings), pod_resources_connector(root))
+
+
+async def lay_out_sandbox(root: Root, gpus: GpuBackend, settings: Settings) -> Inventory:
+    """In simulation, whichever command runs first: the simulator keeps its MIG state in the sandbox, and a
+    new sandbox (or one holding only the agent's state directory: a lock, that MIG state) is laid out like a
+    GPU node with the GPUs as that state has them. Returns that inventory."""
+    from nodeagent.backends.sim.sandbox import populate_sandbox
+
+    keep_sim_state(gpus, root, settings)
+    inventory = await gpus.inventory()
+    populate_sandbox(root, inventory, own=(settings.agent.state_dir,))
+    return inventory
 
 
 def choose_root(settings: Settings) -> Root:
@@ -305,11 +320,8 @@ async def compose(settings: Settings, env: Mapping[str, str], *, only: list[str]
     else:
         gpus = NoGpuBackend()
     if simulate:
-        from nodeagent.backends.sim.sandbox import populate_sandbox
-
-        populate_sandbox(root, await gpus.inventory())  # lays out an empty root only
-        backends = simulated_backends(settings, root, gpus, await gpus.inventory())
-        inventory = await gpus.inventory()  # with the MIG state kept in the sandbox by an earlier run
+        inventory = await lay_out_sandbox(root, gpus, settings)  # with the MIG state an earlier run kept there
+        backends = simulated_backends(settings, root, gpus, inventory)
     else:
         inventory = await gpus.inventory()
         backends = host_backends(settings, root, gpus)

@@ -279,3 +279,29 @@ def test_name_style_device_filter_is_accepted_with_a_warning(
     assert out.count("already as configured") == 8
     code, out, err = run(capsys, root, "assert", "-f", str(path), "-c", "c", "--valid-config")
     assert (code, out) == (0, "Selected MIG configuration is valid\n") and "mig-configs.c[1].device-filter" in err
+
+
+@pytest.mark.parametrize("first", ["apply", "export"])
+def test_the_sandbox_is_laid_out_whichever_command_runs_first(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], first: str
+) -> None:
+    """``mig apply`` (its lock and the simulator's MIG state land in the state directory) or any other ``mig``
+    command first on an empty root, then ``apply --only labels``: the labels see a laid-out GPU node."""
+    root = tmp_path / "node"
+    if first == "apply":
+        code, out, _ = run(
+            capsys, root, "apply", "-f", str(OPERATOR_CONFIG), "-c", "all-balanced", sim="h100-80gb-hbm3:2"
+        )
+    else:
+        code, out, _ = run(capsys, root, "export", sim="h100-80gb-hbm3:2")
+    assert code == 0, out
+    assert (root / "proc/driver/nvidia/version").is_file() and (root / "dev/nvidiactl").is_file()
+    assert main(["apply", "--simulate", "h100-80gb-hbm3:2", "--root", str(root), "--only", "labels"]) == 0
+    labels = (root / "etc/kubernetes/node-feature-discovery/features.d/nodeagent").read_text().splitlines()
+    assert "nvidia.com/gpu.mode=compute" in labels and "nvidia.com/vgpu.present=false" in labels
+    # A root someone laid out first is still left as it is.
+    other = tmp_path / "other"
+    (other / "etc").mkdir(parents=True)
+    (other / "etc/hostname").write_text("mine\n")
+    assert run(capsys, other, "export", sim="h100-80gb-hbm3:2")[0] == 0
+    assert sorted(p.name for p in other.iterdir()) == ["etc", "var"]

@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 from importlib import resources
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Literal
 
 from nodeagent.backends.chardevs import mig_cap_minor, placeholder_bytes
@@ -338,14 +338,29 @@ def write_pci_classes(root: Root, inventory: Inventory, pci_class: int = 0x03020
         _write(root, f"/sys/bus/pci/devices/{address}/class", f"0x{pci_class:06x}\n", 0o444)
 
 
-def populate_sandbox(root: Root, inventory: Inventory) -> bool:
+def holds_only(path: Path, own: Iterable[str]) -> bool:
+    """Whether the tree at ``path`` holds nothing but directories and what lies under the host paths ``own``
+    (the agent's own state: its lock, the simulator's MIG state, which any command may write first)."""
+    mine = [PurePosixPath("/", p.lstrip("/")) for p in own]
+    for entry in path.rglob("*"):
+        if entry.is_dir() and not entry.is_symlink():
+            continue
+        host = PurePosixPath("/", entry.relative_to(path).as_posix())
+        if not any(host.is_relative_to(m) for m in mine):
+            return False
+    return True
+
+
+def populate_sandbox(root: Root, inventory: Inventory, *, own: Iterable[str] = ()) -> bool:
     """Lay out a new or empty sandbox like a GPU node; leave a non-empty one as it is.
 
-    Returns True when the tree was populated, False when ``root`` already held something (a test or
-    a user laid out their own node first).
+    A tree that holds only what lies under ``own`` (the agent's state directory, where ``mig apply``
+    takes its lock and the simulator keeps its MIG state) counts as empty, so the sandbox is laid out
+    fully whichever command runs first. Returns True when the tree was populated, False when ``root``
+    already held something else (a test or a user laid out their own node first).
     """
     path = Path(root.path)
-    if path.exists() and any(path.iterdir()):
+    if path.exists() and not holds_only(path, own):
         return False
     path.mkdir(parents=True, exist_ok=True)
     version = inventory.driver_version
