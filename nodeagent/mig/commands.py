@@ -12,7 +12,8 @@ Flags and their ``MIG_PARTED_*`` variables are mig-parted's (a flag wins over it
 - ``generate-config [-f OUT] [-o yaml|json]`` (MIG_PARTED_OUTPUT_FILE, MIG_PARTED_OUTPUT_FORMAT).
 
 Exit codes: 0 done / applied; 1 not applied, or a GPU failed or needs a reboot; 2 bad input (the config
-file, a config that does not fit the GPUs), and then nothing was touched. With ``--simulate`` the GPUs'
+file, a config that does not fit the GPUs, a config none of whose entries matches any GPU unless
+``mig.no_match = "succeed"``), and then nothing was touched. With ``--simulate`` the GPUs'
 MIG state lives in the sandbox (under ``agent.state_dir``), so separate commands see the same GPUs.
 """
 

@@ -138,3 +138,19 @@ def _subsystem(root: Path, sim: SimGpuBackend, **mig: str) -> MigSubsystem:
     settings = S.replace(S.Settings(), "mig", config="station", **mig)
     ctx = testing.context(Root(root), settings, gpus=sim, node_name="n")
     return MigSubsystem(ctx)
+
+
+async def test_the_agent_warns_about_a_name_style_device_filter_in_its_plan(tmp_path: Path) -> None:
+    path = tmp_path / "named.yaml"
+    path.write_text(
+        "version: v1\nmig-configs:\n  station:\n    - devices: all\n      mig-enabled: false\n"
+        '    - device-filter: "A100-SXM4-40GB"\n      devices: all\n      mig-enabled: false\n'
+    )
+    sim = SimGpuBackend("h100-80gb-hbm3", 1, 0)
+    sub = _subsystem(tmp_path / "node", sim, config_file=str(path))
+    plan = sub.plan(await sub.observe())
+    assert not plan.error and plan.warnings == (
+        f"{path}: mig-configs.station[1].device-filter: 'A100-SXM4-40GB' is not a PCI id (e.g. \"0x233010DE\"): it "
+        "matches no GPU, as in mig-parted; this entry applies to no GPU",
+    )
+    await sim.close()
