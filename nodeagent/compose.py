@@ -148,8 +148,28 @@ async def open_gpus(settings: Settings) -> OpenedGpus:
     the kubelet's PodResources client (through the root), as the agent's context has them."""
     root = choose_root(settings)
     gpus = await open_gpu_backend(settings, driver_root=driver_root_for_nvml(settings, root))
+    if not settings.simulation.enabled:
+        keep_sim_state(gpus, root, settings)
+        return OpenedGpus(root, gpus, mig_control_for(gpus, settings), pod_resources_connector(root))
+    from nodeagent.backends.sim.migcaps import sandbox_mig_control
+
+    await lay_out_sandbox(root, gpus, settings)
+    control = sandbox_mig_control(mig_control_for(gpus, settings), gpus, root)
+    return OpenedGpus(root, gpus, control, pod_resources_connector(root))
+
+
+async def lay_out_sandbox(root: Root, gpus: GpuBackend, settings: Settings) -> Inventory:
+    """In simulation, whichever command runs first: the simulator keeps its MIG state in the sandbox, and a
+    new sandbox (or one holding only the agent's state directory: a lock, that MIG state) is laid out like a
+    GPU node with the GPUs as that state has them; in one laid out before, the MIG capabilities (and their
+    /dev/nvidia-caps nodes) follow that state. Returns that inventory."""
+    from nodeagent.backends.sim.sandbox import populate_sandbox, sync_mig_capabilities
+
     keep_sim_state(gpus, root, settings)
-    return OpenedGpus(root, gpus, mig_control_for(gpus, settings), pod_resources_connector(root))
+    inventory = await gpus.inventory()
+    populate_sandbox(root, inventory, own=(settings.agent.state_dir,))
+    sync_mig_capabilities(root, inventory)
+    return inventory
 
 
 def choose_root(settings: Settings) -> Root:
@@ -201,6 +221,7 @@ def host_backends(settings: Settings, root: Root, gpus: GpuBackend) -> Backends:
 
 def simulated_backends(settings: Settings, root: Root, gpus: GpuBackend, inventory: Inventory | None) -> Backends:
     """The simulator's parts: a recording runtime control, the sandbox's modprobe, placeholder device nodes."""
+    from nodeagent.backends.sim.migcaps import sandbox_mig_control
     from nodeagent.backends.sim.modprobe import SimModprobe
 
     version = inventory.driver_version if inventory is not None else SIM_DRIVER_VERSION
@@ -212,7 +233,7 @@ def simulated_backends(settings: Settings, root: Root, gpus: GpuBackend, invento
         runtime_control=control,
         module_loader=loader,
         device_nodes=_device_node_maker(placeholder=True),
-        mig_control=mig_control_for(gpus, settings),
+        mig_control=sandbox_mig_control(mig_control_for(gpus, settings), gpus, root),
         kube=kube_connector(root),
         pod_resources=pod_resources_connector(root),
         file_watcher=file_watcher,
@@ -305,11 +326,8 @@ async def compose(settings: Settings, env: Mapping[str, str], *, only: list[str]
     else:
         gpus = NoGpuBackend()
     if simulate:
-        from nodeagent.backends.sim.sandbox import populate_sandbox
-
-        populate_sandbox(root, await gpus.inventory())  # lays out an empty root only
-        backends = simulated_backends(settings, root, gpus, await gpus.inventory())
-        inventory = await gpus.inventory()  # with the MIG state kept in the sandbox by an earlier run
+        inventory = await lay_out_sandbox(root, gpus, settings)  # with the MIG state an earlier run kept there
+        backends = simulated_backends(settings, root, gpus, inventory)
     else:
         inventory = await gpus.inventory()
         backends = host_backends(settings, root, gpus)

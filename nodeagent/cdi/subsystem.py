@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import platform
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -60,6 +61,18 @@ def _missing_nodes(root: Root, facts: DriverFacts, inventory: Inventory) -> tupl
     paths = cdispec.device_node_paths(inventory)
     prefix = "" if facts.dev_root == "/" else facts.dev_root.rstrip("/")
     return tuple(p for p in paths if not root.exists(prefix + p))
+
+
+SHOWN_MISSING = 3
+"""How many missing device nodes a warning names (a MIG node can miss 64 at once)."""
+
+
+def missing_nodes_text(paths: Sequence[str]) -> str:
+    """``16 device nodes not present yet: /dev/a, /dev/b, /dev/c and 13 more``."""
+    shown = ", ".join(paths[:SHOWN_MISSING])
+    more = f" and {len(paths) - SHOWN_MISSING} more" if len(paths) > SHOWN_MISSING else ""
+    noun = "device node" if len(paths) == 1 else "device nodes"
+    return f"{len(paths)} {noun} not present yet: {shown}{more}"
 
 
 class CdiSubsystem(BaseSubsystem):
@@ -154,7 +167,7 @@ class CdiSubsystem(BaseSubsystem):
         )
         warnings = []
         if observed.missing_nodes:
-            warnings.append(f"device nodes not present yet: {', '.join(observed.missing_nodes)}")
+            warnings.append(missing_nodes_text(observed.missing_nodes))
         if not observed.hook_present:
             warnings.append(
                 f"hook binary {s.hook_path} not found: install nvidia-container-toolkit or set cdi.hook_path"

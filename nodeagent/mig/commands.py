@@ -5,13 +5,15 @@ Flags and their ``MIG_PARTED_*`` variables are mig-parted's (a flag wins over it
 - ``apply -f FILE -c NAME [--mode-only] [--skip-reset] [-k HOOKS] [--force]``
   (MIG_PARTED_CONFIG_FILE, MIG_PARTED_SELECTED_CONFIG, MIG_PARTED_MODE_CHANGE_ONLY, MIG_PARTED_SKIP_RESET,
   MIG_PARTED_HOOKS_FILE);
-- ``assert -f FILE -c NAME [--mode-only | --valid-config]`` (MIG_PARTED_VALID_CONFIG): exit 0 when applied
-  (or valid), 1 when not;
+- ``assert -f FILE -c NAME [--mode-only | --valid-config]`` (MIG_PARTED_VALID_CONFIG): exit 0 when applied,
+  1 when not (or when the GPUs cannot take it); with ``--valid-config``, as mig-parted, only the file is
+  checked (valid, and the selected config is in it), without looking at the GPUs;
 - ``export [--config-label current] [-o yaml|json]`` (MIG_PARTED_CONFIG_LABEL, MIG_PARTED_OUTPUT_FORMAT);
 - ``generate-config [-f OUT] [-o yaml|json]`` (MIG_PARTED_OUTPUT_FILE, MIG_PARTED_OUTPUT_FORMAT).
 
 Exit codes: 0 done / applied; 1 not applied, or a GPU failed or needs a reboot; 2 bad input (the config
-file, a config that does not fit the GPUs), and then nothing was touched. With ``--simulate`` the GPUs'
+file, a config that does not fit the GPUs, a config none of whose entries matches any GPU unless
+``mig.no_match = "succeed"``), and then nothing was touched. With ``--simulate`` the GPUs'
 MIG state lives in the sandbox (under ``agent.state_dir``), so separate commands see the same GPUs.
 """
 
@@ -55,7 +57,13 @@ def add_mig_parser(sub: Any, common: Callable[[argparse.ArgumentParser], None]) 
     _config_flags(p)
     only = p.add_mutually_exclusive_group()
     only.add_argument("-m", "--mode-only", action="store_true", default=None, help="compare MIG modes only")
-    only.add_argument("-a", "--valid-config", action="store_true", default=None, help="only check that it is valid")
+    only.add_argument(
+        "-a",
+        "--valid-config",
+        action="store_true",
+        default=None,
+        help="only check that the file is valid and has the config (the GPUs are not looked at)",
+    )
     p = cmds.add_parser("export", help="the current MIG layout as a mig-parted config")
     common(p)
     p.add_argument("-l", "--config-label", metavar="NAME", help="name of the config (default current)")
@@ -65,7 +73,7 @@ def add_mig_parser(sub: Any, common: Callable[[argparse.ArgumentParser], None]) 
         help="a mig-parted config as mig-parted generates it: all-disabled, all-enabled, all-<profile>, all-balanced",
         description="A mig-parted config for these GPUs, as mig-parted generates it: all-disabled, all-enabled "
         "(MIG on, no instances), all-<profile> for each MIG profile at its maximum count, and all-balanced. "
-        "Not every mix the GPUs allow: write those by hand (`mig assert -a` checks one).",
+        "Not every mix the GPUs allow: write those by hand (`mig assert` says whether these GPUs can take one).",
     )
     common(p)
     p.add_argument("-f", "--output-file", metavar="FILE", help="write here instead of stdout")
@@ -127,6 +135,12 @@ async def run_mig(args: argparse.Namespace, settings: Settings, env: Mapping[str
         parsed = (cfg.parse_text(sys.stdin.read(), source="<stdin>") if path == "-" else cfg.load_file(path)).select(
             _flag(args, "selected_config", env, "MIG_PARTED_SELECTED_CONFIG")
         )
+        for warning in parsed.warnings:
+            print(f"nodeagent mig: warning: {warning}", file=sys.stderr)
+    if command == "assert" and _flag(args, "valid_config", env, "MIG_PARTED_VALID_CONFIG", False):
+        # As mig-parted: the file is valid and the selected config is in it; the GPUs are not looked at.
+        print("Selected MIG configuration is valid")
+        return EXIT_OK
     hooks = None
     if command == "apply" and _flag(args, "hooks_file", env, "MIG_PARTED_HOOKS_FILE"):
         from nodeagent.mig.hooks import load_hooks
@@ -200,7 +214,9 @@ async def _apply(
         pods=pods,
     )
     try:
-        outcome = await service.apply_config(config, control, root=access.root, inventory=inventory, options=options)
+        outcome = await service.apply_config(
+            config, control, root=access.root, inventory=inventory, options=options, no_match=settings.mig.no_match
+        )
     finally:
         if pods is not None:
             await pods.close()
@@ -219,19 +235,19 @@ async def _assert(args: argparse.Namespace, env: Mapping[str, str], config: Any,
     from nodeagent.mig.planner import applied, plan_node
 
     _, states = await _states(gpus)
-    if _flag(args, "valid_config", env, "MIG_PARTED_VALID_CONFIG", False):
-        try:
-            config.validate([s.gpu for s in states])
-        except ConfigError as err:
-            print(f"nodeagent mig: {err}", file=sys.stderr)
-            return EXIT_NOT_APPLIED
-        errors = plan_node(config, states).errors
-        for e in errors:
-            print(f"nodeagent mig: {e}", file=sys.stderr)
-        if errors:
-            return EXIT_NOT_APPLIED
-        print("Selected MIG configuration is valid")
-        return EXIT_OK
+    # The hardware check (mig-parted's assert only compares): a config these GPUs cannot take is never applied.
+    try:
+        config.validate([s.gpu for s in states])
+    except ConfigError as err:
+        print(f"nodeagent mig: {err}", file=sys.stderr)
+        print("Assertion failure: selected configuration cannot be applied to these GPUs", file=sys.stderr)
+        return EXIT_NOT_APPLIED
+    errors = plan_node(config, states).errors
+    for e in errors:
+        print(f"nodeagent mig: {e}", file=sys.stderr)
+    if errors:
+        print("Assertion failure: selected configuration cannot be applied to these GPUs", file=sys.stderr)
+        return EXIT_NOT_APPLIED
     mode_only = bool(_flag(args, "mode_only", env, "MIG_PARTED_MODE_CHANGE_ONLY", False))
     ok, differences = applied(config, states, mode_only=mode_only)
     if ok:

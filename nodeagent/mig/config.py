@@ -11,10 +11,13 @@
           mig-devices: {"1g.10gb": 7}     # required when enabled ({} allowed); empty when disabled
 
 As nvidia-mig-parted reads it: ``version`` must be ``v1``; unknown keys are rejected; every config has at
-least one entry; ``devices`` is ``all`` or a list of indexes; counts are integers >= 0 and not all 0. A GPU
-takes the entries whose device filter and devices match it (a later entry overrides an earlier one, as
-mig-parted applies them in order). Errors name the file, the config, the entry and the key. The same parser
-serves the ``mig`` commands, the settings (``mig.config_file``) and the node label.
+least one entry; ``devices`` is ``all`` or a list of indexes; counts are integers >= 0 and not all 0; a
+``device-filter`` value that is not a PCI id (a model name, as some of mig-parted's own tests write) is
+valid, matches no GPU and is warned about, but a malformed id (``0xZZ``) is an error. A GPU takes every
+entry whose device filter and devices match it, in order, as mig-parted applies them: each must be possible
+on it, they must agree on mig-enabled, and it ends with the last one's layout. Errors name the file, the
+config, the entry and the key. The same parser serves the ``mig`` commands, the settings
+(``mig.config_file``) and the node label.
 """
 
 from __future__ import annotations
@@ -84,15 +87,27 @@ class MigEntry:
     devices: tuple[int, ...] | None
     """GPU indexes, or None for ``all``."""
     device_filter: tuple[DeviceId, ...]
-    """Empty: every GPU."""
+    """Empty (and no ``filter_names``): every GPU."""
     mig_enabled: bool
     mig_devices: tuple[tuple[str, int], ...]
     """(profile, count) in file order, zero counts kept as written."""
+    filter_names: tuple[str, ...] = ()
+    """Device-filter values that are not PCI ids (``"A100-SXM4-40GB"``): valid, as in mig-parted, and they match
+    no GPU (mig-parted compares only PCI ids). Warned about (``warnings``)."""
 
     def matches(self, index: int, device_id: DeviceId) -> bool:
-        if self.device_filter and not any(f.matches(device_id) for f in self.device_filter):
+        filtered = bool(self.device_filter or self.filter_names)
+        if filtered and not any(f.matches(device_id) for f in self.device_filter):
             return False
         return self.devices is None or index in self.devices
+
+    @property
+    def warnings(self) -> tuple[str, ...]:
+        return tuple(
+            f'{self.where}.device-filter: {name!r} is not a PCI id (e.g. "0x233010DE"): it matches no GPU, as in '
+            "mig-parted" + ("" if self.device_filter else "; this entry applies to no GPU")
+            for name in self.filter_names
+        )
 
     @property
     def wanted(self) -> dict[str, int]:
@@ -113,6 +128,17 @@ class GpuIdentity:
     device_id: DeviceId
     mig_capable: bool
     table: MigTable
+    uuid: str = ""
+
+    @property
+    def label(self) -> str:
+        """``GPU 0 (GPU-…)``: how a message about this GPU names it (index and UUID)."""
+        return f"GPU {self.index} ({self.uuid})" if self.uuid else f"GPU {self.index}"
+
+    @property
+    def described(self) -> str:
+        """``GPU 0 (NVIDIA H100 80GB HBM3, GPU-…)``."""
+        return f"GPU {self.index} ({self.name}, {self.uuid})" if self.uuid else f"GPU {self.index} ({self.name})"
 
 
 @dataclass(frozen=True)
@@ -123,40 +149,63 @@ class MigConfig:
     name: str
     entries: tuple[MigEntry, ...]
 
+    @property
+    def warnings(self) -> tuple[str, ...]:
+        """What is valid but probably not meant (device-filter values that are model names), naming the entry."""
+        return tuple(f"{self.source}: {w}" for e in self.entries for w in e.warnings)
+
+    def entries_for(self, gpu: GpuIdentity) -> tuple[MigEntry, ...]:
+        """Every entry matching this GPU, in file order: mig-parted applies each of them in turn."""
+        return tuple(e for e in self.entries if e.matches(gpu.index, gpu.device_id))
+
     def entry_for(self, gpu: GpuIdentity) -> MigEntry | None:
-        """The entry that decides this GPU (the last one matching it), or None when none does."""
-        found = None
-        for entry in self.entries:
-            if entry.matches(gpu.index, gpu.device_id):
-                found = entry
-        return found
+        """The entry whose layout the GPU ends with (the last one matching it), or None when none does."""
+        found = self.entries_for(gpu)
+        return found[-1] if found else None
+
+    def mode_conflict(self, gpu: GpuIdentity) -> str:
+        """Why the entries matching this GPU cannot all be applied: they disagree on ``mig-enabled`` (mig-parted
+        sets each one's mode in turn, then fails applying the devices of the one whose mode lost); '' when
+        they agree."""
+        found = self.entries_for(gpu)
+        if len({e.mig_enabled for e in found}) < 2:
+            return ""
+        listed = ", ".join(f"{e.where} (mig-enabled: {str(e.mig_enabled).lower()})" for e in found)
+        return (
+            f"{gpu.described} is matched by {listed}: every matching entry is applied in order, so "
+            "they must agree on mig-enabled (narrow devices or device-filter)"
+        )
 
     def validate(self, gpus: Iterable[GpuIdentity]) -> None:
-        """ConfigError (file, config, entry, key) when an entry asks a GPU for what it does not have."""
+        """ConfigError (file, config, entry, key) when an entry asks a GPU for what it does not have, or the
+        entries matching a GPU disagree on its MIG mode. Every matching entry is checked, as mig-parted applies
+        each of them."""
         for gpu in gpus:
-            entry = self.entry_for(gpu)
-            if entry is None or not entry.mig_enabled:
-                continue
-            if not gpu.mig_capable:
-                raise self.error(entry, "mig-enabled", f"GPU {gpu.index} ({gpu.name}) is not MIG-capable")
-            for name, count in entry.mig_devices:
-                profile = gpu.table.profile(name)
-                if profile is None:
-                    close = difflib.get_close_matches(name, gpu.table.names, n=1)
-                    hint = f"; did you mean {close[0]!r}?" if close else ""
-                    raise self.error(
-                        entry,
-                        f"mig-devices.{name}",
-                        f"GPU {gpu.index} ({gpu.name}) has no MIG profile {name!r}{hint} "
-                        f"(valid: {', '.join(gpu.table.names)})",
-                    )
-                if count > profile.max_count:
-                    raise self.error(
-                        entry,
-                        f"mig-devices.{name}",
-                        f"{count} exceeds the maximum of {profile.max_count} {name} instance(s) on GPU {gpu.index} "
-                        f"({gpu.name})",
-                    )
+            conflict = self.mode_conflict(gpu)
+            if conflict:
+                raise self.error(self.entries_for(gpu)[-1], "mig-enabled", conflict)
+            for entry in self.entries_for(gpu):
+                self._validate_entry(gpu, entry)
+
+    def _validate_entry(self, gpu: GpuIdentity, entry: MigEntry) -> None:
+        if entry.mig_enabled and not gpu.mig_capable:
+            raise self.error(entry, "mig-enabled", f"{gpu.described} is not MIG-capable")
+        for name, count in entry.mig_devices:
+            profile = gpu.table.profile(name)
+            if profile is None:
+                close = difflib.get_close_matches(name, gpu.table.names, n=1)
+                hint = f"; did you mean {close[0]!r}?" if close else ""
+                raise self.error(
+                    entry,
+                    f"mig-devices.{name}",
+                    f"{gpu.described} has no MIG profile {name!r}{hint} (valid: {', '.join(gpu.table.names)})",
+                )
+            if count > profile.max_count:
+                raise self.error(
+                    entry,
+                    f"mig-devices.{name}",
+                    f"{count} exceeds the maximum of {profile.max_count} {name} instance(s) on {gpu.described}",
+                )
 
     def error(self, entry: MigEntry, key: str, message: str) -> ConfigError:
         return ConfigError(message, source=self.source, key=f"{entry.where}.{key}")
@@ -272,6 +321,7 @@ def _entry(config: str, index: int, raw: Any, source: str) -> MigEntry:
         raise fail("devices", f"expected `all` or a list of GPU indexes, got {devices_raw!r}")
 
     filters: list[DeviceId] = []
+    names: list[str] = []
     if "device-filter" in raw:
         df = raw["device-filter"]
         texts = [df] if isinstance(df, str) else df
@@ -281,6 +331,9 @@ def _entry(config: str, index: int, raw: Any, source: str) -> MigEntry:
             raise fail("device-filter", f"expected a PCI id string or a list of them, got {df!r}")
         for t in texts:
             if not t:
+                continue
+            if not _looks_numeric(t):
+                names.append(t)
                 continue
             try:
                 filters.append(DeviceId.parse(t))
@@ -311,7 +364,13 @@ def _entry(config: str, index: int, raw: Any, source: str) -> MigEntry:
         raise fail("mig-devices", "missing: required when mig-enabled is true ({} for none)")
     if not enabled and mig_devices:
         raise fail("mig-devices", "MIG devices given while mig-enabled is false")
-    return MigEntry(config, index, devices, tuple(filters), enabled, tuple(mig_devices))
+    return MigEntry(config, index, devices, tuple(filters), enabled, tuple(mig_devices), tuple(names))
+
+
+def _looks_numeric(text: str) -> bool:
+    """A PCI id (or a malformed one: an error), as opposed to a name such as ``A100-SXM4-40GB`` (valid, matches
+    nothing): it starts with a digit, as ``0x...`` and every number does."""
+    return text.strip()[:1].isdigit()
 
 
 def _is_int(v: Any) -> bool:

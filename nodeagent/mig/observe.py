@@ -16,6 +16,7 @@ def identity(gpu: GpuInfo, inventory: Inventory) -> GpuIdentity:
         device_id=DeviceId.of_gpu(gpu.pci_device_id, gpu.pci_subsystem_id),
         mig_capable=gpu.mig_capable and bool(table.profiles),
         table=table,
+        uuid=gpu.uuid,
     )
 
 

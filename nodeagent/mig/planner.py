@@ -131,12 +131,25 @@ def plan_node(config: MigConfig, states: Sequence[GpuMigLayout], *, mode_only: b
     plans = []
     unmatched = []
     for state in states:
-        entry = config.entry_for(state.gpu)
-        if entry is None:
+        entries = config.entries_for(state.gpu)
+        if not entries:
             unmatched.append(state.index)
             continue
-        plans.append(plan_gpu(state, entry, mode_only=mode_only))
+        plans.append(_plan_entries(state, entries, config.mode_conflict(state.gpu), mode_only=mode_only))
     return NodePlan(config.name, tuple(plans), tuple(unmatched))
+
+
+def _plan_entries(state: GpuMigLayout, entries: Sequence[MigEntry], conflict: str, *, mode_only: bool) -> GpuPlan:
+    """Every entry matching a GPU, applied in order as mig-parted does: each must be possible (the first that is
+    not is the GPU's error), they must agree on the MIG mode, and the GPU goes straight to the last one's
+    layout (the layouts before it would only be created to be destroyed)."""
+    if conflict:
+        return GpuPlan(state.index, entries[-1], error=conflict)
+    for earlier in entries[:-1]:
+        tried = plan_gpu(state, earlier, mode_only=mode_only)
+        if tried.error:
+            return tried
+    return plan_gpu(state, entries[-1], mode_only=mode_only)
 
 
 def plan_gpu(state: GpuMigLayout, entry: MigEntry, *, mode_only: bool = False) -> GpuPlan:
@@ -300,6 +313,10 @@ def applied(config: MigConfig, states: Sequence[GpuMigLayout], *, mode_only: boo
         entry = config.entry_for(state.gpu)
         if entry is None:
             differences.append(f"GPU {state.index}: no entry of config {config.name!r} matches it")
+            continue
+        conflict = config.mode_conflict(state.gpu)
+        if conflict:
+            differences.append(conflict)
             continue
         if not entry.mig_enabled:
             if state.gpu.mig_capable and state.mig_enabled:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from typing import Literal
 
 from nodeagent.backends.gpu.protocols import MigControl
 from nodeagent.backends.hostfs import Root
@@ -17,7 +18,7 @@ from nodeagent.mig.executor import NVIDIA_DRM_HINT, ApplyReport, Outcome, execut
 from nodeagent.mig.holders import find_holders
 from nodeagent.mig.observe import mig_layouts
 from nodeagent.mig.options import ApplyOptions
-from nodeagent.mig.planner import Action, GpuPlan, NodePlan, plan_node
+from nodeagent.mig.planner import Action, GpuMigLayout, GpuPlan, NodePlan, plan_node
 from nodeagent.model.gpu import Inventory
 
 
@@ -57,23 +58,52 @@ class ApplyOutcome:
         return out
 
 
-def plan_or_raise(config: MigConfig, inventory: Inventory, *, mode_only: bool = False) -> NodePlan:
-    """The node's plan; ConfigError (file, config, entry) when a GPU cannot take its entry."""
+NoMatch = Literal["fail", "succeed"]
+"""``mig.no_match``: what a config none of whose entries matches any GPU of the node does."""
+
+
+def plan_or_raise(
+    config: MigConfig, inventory: Inventory, *, mode_only: bool = False, no_match: NoMatch = "fail"
+) -> NodePlan:
+    """The node's plan; ConfigError (file, config, entry) when a GPU cannot take its entry, or when no entry
+    matches any GPU and ``no_match`` is ``fail`` (with ``succeed``, as mig-parted, the plan is empty)."""
     states = mig_layouts(inventory)
     config.validate([s.gpu for s in states])
     plan = plan_node(config, states, mode_only=mode_only)
-    if states and not plan.gpus:
-        ids = ", ".join(sorted({str(s.gpu.device_id).split(":")[0] for s in states}))
+    if states and not plan.gpus and no_match == "fail":
         raise ConfigError(
-            f"no entry matches any GPU of this node (device ids {ids}): check devices and device-filter",
+            f"{no_match_reason(config, states)}; mig-parted would leave the GPUs as they are and succeed: "
+            'set mig.no_match = "succeed" for that',
             source=config.source,
             key=f"mig-configs.{config.name}",
         )
+    labels = {s.index: s.gpu.label for s in states}
     for gp in plan.gpus:
         if gp.error:
             where = gp.entry.where if gp.entry is not None else f"mig-configs.{config.name}"
-            raise ConfigError(f"GPU {gp.gpu}: {gp.error}", source=config.source, key=f"{where}.mig-devices")
+            raise ConfigError(f"{labels[gp.gpu]}: {gp.error}", source=config.source, key=f"{where}.mig-devices")
     return plan
+
+
+def no_match_reason(config: MigConfig, states: Sequence[GpuMigLayout]) -> str:
+    """Why no entry of ``config`` matches any GPU: what the GPUs are, and what each entry asks for."""
+    groups: dict[tuple[str, str], list[int]] = {}
+    for s in states:
+        groups.setdefault((s.gpu.name, str(s.gpu.device_id)), []).append(s.index)
+    gpus = "; ".join(f"GPU {_indexes(ix)}: {name} ({pci})" for (name, pci), ix in groups.items())
+    wants = []
+    for e in config.entries:
+        filters = [str(d) for d in e.device_filter] + [repr(n) for n in e.filter_names]
+        devices = "all" if e.devices is None else f"[{', '.join(str(d) for d in e.devices)}]"
+        wants.append(f"{e.where} devices {devices}" + (f", device-filter {', '.join(filters)}" if filters else ""))
+    return f"no entry of config {config.name!r} matches any GPU of this node ({gpus}; entries: {'; '.join(wants)})"
+
+
+def _indexes(ix: Sequence[int]) -> str:
+    ix = sorted(ix)
+    if len(ix) > 2 and ix == list(range(ix[0], ix[-1] + 1)):
+        return f"{ix[0]}-{ix[-1]}"
+    return ", ".join(str(i) for i in ix)
 
 
 def without_reset(plan: NodePlan) -> tuple[NodePlan, tuple[int, ...]]:
@@ -97,10 +127,11 @@ async def apply_config(
     root: Root,
     inventory: Inventory,
     options: ApplyOptions | None = None,
+    no_match: NoMatch = "fail",
 ) -> ApplyOutcome:
     """Plan (ConfigError before anything is touched) and carry the plan out."""
     options = options or ApplyOptions()
-    plan = plan_or_raise(config, inventory, mode_only=options.mode_only)
+    plan = plan_or_raise(config, inventory, mode_only=options.mode_only, no_match=no_match)
     pending: tuple[int, ...] = ()
     if options.skip_reset:
         plan, pending = without_reset(plan)

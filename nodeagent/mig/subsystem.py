@@ -41,7 +41,7 @@ from nodeagent.mig.observe import mig_layouts
 from nodeagent.mig.operands import Operands, restore_patch
 from nodeagent.mig.options import ApplyOptions, SamplingPause
 from nodeagent.mig.planner import Action, NodePlan, applied
-from nodeagent.mig.service import execute_plan, plan_or_raise
+from nodeagent.mig.service import execute_plan, no_match_reason, plan_or_raise
 from nodeagent.model.gpu import Inventory
 from nodeagent.model.mig import MigConfigRequest, MigReadiness
 from nodeagent.plan import Disruption, Plan, Step
@@ -154,6 +154,8 @@ class MigSubsystem(BaseSubsystem):
             config = await run_blocking(self._load_config, name, path, gpus)
         except ConfigError as err:
             return MigObservation(inventory, None, source, error=str(err), after_reboot=after_reboot)
+        for warning in config.warnings:
+            self.log.warning("mig_config_warning", warning=warning)
         return MigObservation(inventory, config, source, after_reboot=after_reboot)
 
     def plan(self, observed: MigObservation) -> Plan:
@@ -163,7 +165,7 @@ class MigSubsystem(BaseSubsystem):
             return Plan(self.name, evidence=("mig.config is not set: MIG layouts are left as they are",))
         config = observed.config
         try:
-            node_plan = plan_or_raise(config, observed.inventory)
+            node_plan = plan_or_raise(config, observed.inventory, no_match=self.ctx.settings.mig.no_match)
         except ConfigError as err:
             return Plan(self.name, error=str(err))
         evidence = [f"config {config.name!r} from {config.source} ({observed.source})"]
@@ -186,7 +188,7 @@ class MigSubsystem(BaseSubsystem):
             )
             for s in node_plan.steps
         )
-        return Plan(self.name, steps=steps, evidence=tuple(evidence))
+        return Plan(self.name, steps=steps, evidence=tuple(evidence), warnings=config.warnings)
 
     async def apply(self, plan: Plan) -> ApplyResult:
         node_plan = plan.steps[0].payload if plan.steps else None
@@ -195,7 +197,8 @@ class MigSubsystem(BaseSubsystem):
         control = self.ctx.backends.mig_control
         if control is None:
             raise NodeAgentError(f"the {self.ctx.gpus.kind} GPU backend cannot change MIG layouts")
-        self._set_state(node_plan.config, "pending", "applying")
+        changing = [gp.gpu for gp in node_plan.gpus if gp.steps]
+        self._set_state(node_plan.config, "pending", f"applying to {self._named(changing)}")
         pause = self.ctx.settings.mig.pause_operands and self._daemon
         if pause:
             answer = await self.operands.pause(self.ctx.settings.mig.operand_wait_s)
@@ -233,14 +236,21 @@ class MigSubsystem(BaseSubsystem):
         if outcome.report.changed:
             new = await self.ctx.gpu_state.refresh()  # publishes INVENTORY_CHANGED: CDI, metrics, driver follow
             self.ctx.bus.publish(events.MIG_CHANGED, new)
+        report = outcome.report
+        reasons = [
+            f"{self._named([r.gpu])}: {r.reason.removeprefix(f'GPU {r.gpu}: ')}"
+            for r in report.results.values()
+            if r.reason
+        ]
+        reasons += [report.hook_error] if report.hook_error else []
         if outcome.reboot_required:
             await self._persist(node_plan.config, rebooting=True)
-            final = ("rebooting", "; ".join(outcome.reasons()))
+            final = ("rebooting", "; ".join(reasons))
         elif not outcome.ok:
-            final = ("failed", "; ".join(outcome.reasons()))
+            final = ("failed", "; ".join(reasons))
         else:
             await self._forget()
-            final = ("success", "")
+            final = ("success", f"{self._named([gp.gpu for gp in node_plan.gpus])} as configured")
         changed = tuple(f"GPU {r.gpu}" for r in outcome.report.results.values() if r.done)
         return final, ApplyResult(changed=changed, messages=tuple(outcome.lines()))
 
@@ -277,13 +287,22 @@ class MigSubsystem(BaseSubsystem):
             name = observed.config.name
             if plan.empty:
                 await self._forget()
-                self._set_state(name, "success")
+                self._set_state(name, "success", self._unchanged_reason(observed))
                 return
             if observed.after_reboot and observed.inventory is not None:
-                mode_ok, _ = applied(observed.config, mig_layouts(observed.inventory), mode_only=True)
+                states = mig_layouts(observed.inventory)
+                mode_ok, _ = applied(observed.config, states, mode_only=True)
                 if not mode_ok:
                     await self._forget()
-                    self._set_state(name, "failed", "the MIG mode change did not take effect after rebooting")
+                    stuck = [
+                        st.index
+                        for st in states
+                        if (e := observed.config.entry_for(st.gpu)) is not None
+                        and st.gpu.mig_capable
+                        and e.mig_enabled != st.mig_enabled
+                    ]
+                    why = "the MIG mode change did not take effect after rebooting"
+                    self._set_state(name, "failed", f"{self._named(stuck)}: {why}" if stuck else why)
                     return
             await self.apply(plan)
         except NodeAgentError as err:
@@ -300,6 +319,23 @@ class MigSubsystem(BaseSubsystem):
         except KubeError as err:
             return ApplyResult(messages=(f"operand labels: {err}",))
         return ApplyResult(changed=(f"Node/{node.node_name} operand labels",) if wrote else ())
+
+    def _unchanged_reason(self, observed: MigObservation) -> str:
+        """Why nothing had to change: the GPUs the config matched are as configured (named), or no entry
+        matches any GPU and ``mig.no_match`` lets that succeed."""
+        assert observed.config is not None and observed.inventory is not None
+        states = mig_layouts(observed.inventory)
+        matched = [s.index for s in states if observed.config.entries_for(s.gpu)]
+        if matched or not states:
+            return f"{self._named(matched)} as configured" if matched else ""
+        return f'{no_match_reason(observed.config, states)}: left as they are (mig.no_match = "succeed")'
+
+    def _named(self, indexes: Sequence[int]) -> str:
+        """``GPU 0 (GPU-…), GPU 1 (GPU-…)``: the GPUs a state's reason is about, by index and UUID, so the
+        condition's message and its Event say which GPU."""
+        inventory = self.ctx.gpu_state.inventory
+        uuids = {g.index: g.uuid for g in inventory.gpus} if inventory is not None else {}
+        return ", ".join(f"GPU {i} ({uuids[i]})" if uuids.get(i) else f"GPU {i}" for i in indexes) or "no GPU"
 
     def _wanted_name(self) -> str:
         return self.requested or self.ctx.settings.mig.config or self.config_name

@@ -252,6 +252,12 @@ class MigSettings:
         "mig-parted v1 config file (a path in the agent's filesystem); empty: the configs generated from the "
         "GPUs' own profiles, as `nodeagent mig generate-config` writes them.",
     )
+    no_match: Literal["fail", "succeed"] = opt(
+        "fail",
+        "When no entry of the config matches any GPU of the node (e.g. a DGX Station config on an H100): `fail` "
+        "(state `failed`, the reason naming the GPUs and the entries), or `succeed` as mig-parted does (the GPUs "
+        "are left as they are), for fleets that label every node alike.",
+    )
     pause_operands: bool = opt(
         False,
         "Around a MIG change, set the GPU Operator's `nvidia.com/gpu.deploy.<operand>` labels to "

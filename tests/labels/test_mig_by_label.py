@@ -145,9 +145,16 @@ async def test_label_reconfigures_the_gpus_to_success(
         assert [len(g.mig_devices) for g in inv.gpus] == [7, 7]
         cond = condition(apiserver, MIG_CONDITION)
         assert (cond["status"], cond["reason"]) == ("True", "MigConfigApplied")
-        assert cond["message"] == "MIG config 'all-1g.10gb': success"
+        assert cond["message"] == (
+            f"MIG config 'all-1g.10gb': success: GPU 0 ({inv.gpus[0].uuid}), GPU 1 ({inv.gpus[1].uuid}) as configured"
+        )
         await until(lambda: "MigConfigApplied" in [e["reason"] for e in events_about_node(apiserver)], "event")
         assert "MigConfigPending" in [e["reason"] for e in events_about_node(apiserver)]
+        # The Events say which GPU (index and UUID), as the README promises.
+        named = f"GPU 0 ({inv.gpus[0].uuid}), GPU 1 ({inv.gpus[1].uuid})"
+        messages = {e["reason"]: e["message"] for e in events_about_node(apiserver)}
+        assert messages["MigConfigPending"] == f"MIG config 'all-1g.10gb': pending: applying to {named}"
+        assert messages["MigConfigApplied"] == f"MIG config 'all-1g.10gb': success: {named} as configured"
         # Converged (the GFD labels of the new layout published too): a resync writes nothing.
         await settled(apiserver)
         writes = sum(apiserver.counters.stored.values())
@@ -204,7 +211,11 @@ async def test_a_failure_half_way_names_the_gpu(tmp_path: Path, apiserver: TestA
         await until(state_is(apiserver, "failed"), "state failed")
         assert label_history(apiserver, MIG_STATE_LABEL) == ["pending", "failed"]
         message = condition(apiserver, MIG_CONDITION)["message"]
-        assert "GPU 1: in use by pid 4242 (trainer)" in message
+        uuid = (await sim.inventory()).gpu(1).uuid
+        assert f"GPU 1 ({uuid}): in use by pid 4242 (trainer)" in message
+        await until(lambda: any(e["reason"] == "MigConfigFailed" for e in events_about_node(apiserver)), "event")
+        (warning,) = [e for e in events_about_node(apiserver) if e["reason"] == "MigConfigFailed"]
+        assert warning["type"] == "Warning" and f"GPU 1 ({uuid}): in use by pid 4242" in warning["message"]
         inv = await sim.inventory()
         assert len(inv.gpu(0).mig_devices) == 7, "GPU 0 was changed before GPU 1 failed"
         assert [d.profile for d in inv.gpu(1).mig_devices] == ["7g.80gb"]
@@ -308,7 +319,8 @@ async def test_operands_paused_then_restored_when_the_change_fails(
         assert label_history(apiserver, "nvidia.com/gpu.deploy.device-plugin") == ["true", PAUSED, "true"]
         assert label_history(apiserver, "nvidia.com/gpu.deploy.dcgm-exporter") == ["true", PAUSED, "true"]
         assert label_history(apiserver, "nvidia.com/gpu.deploy.dcgm") == ["false"], "false stays false"
-        assert "GPU 0: in use by pid 77 (python)" in condition(apiserver, MIG_CONDITION)["message"]
+        uuid = (await sim.inventory()).gpu(0).uuid
+        assert f"GPU 0 ({uuid}): in use by pid 77 (python)" in condition(apiserver, MIG_CONDITION)["message"]
         labels = node(apiserver)["metadata"]["labels"]
         assert {k: labels[k] for k in OPERANDS} == OPERANDS
     finally:

@@ -98,7 +98,7 @@ BAD_INPUTS = [
     (
         C0 + '      mig-enabled: true\n      mig-devices: {"1g.5gb": 7}\n',
         "c",
-        "mig-configs.c[0].mig-devices.1g.5gb: GPU 0 (NVIDIA H100 80GB HBM3) has no MIG profile '1g.5gb'",
+        "mig-configs.c[0].mig-devices.1g.5gb: GPU 0 (NVIDIA H100 80GB HBM3, GPU-",
     ),
     (
         C0 + '      mig-enabled: true\n      mig-devices: {"3g.40gb": 3}\n',
@@ -108,7 +108,7 @@ BAD_INPUTS = [
     (
         C0 + '      mig-enabled: true\n      mig-devices: {"4g.40gb": 1, "2g.20gb": 2}\n',
         "c",
-        "mig-configs.c[0].mig-devices: GPU 0: 4g.40gb + 2x2g.20gb does not fit on a NVIDIA H100 80GB HBM3: needs 8",
+        "): 4g.40gb + 2x2g.20gb does not fit on a NVIDIA H100 80GB HBM3: needs 8",
     ),
     (C0 + "      mig-enabled: false\n", "d", "no config named 'd'"),
     (
@@ -230,8 +230,6 @@ def test_skip_reset_and_valid_config(tmp_path: Path, capsys: pytest.CaptureFixtu
     root = tmp_path / "node"
     op = str(OPERATOR_CONFIG)
     assert run(capsys, root, "assert", "-f", op, "-c", "all-balanced", "--valid-config")[0] == 0
-    code, _, err = run(capsys, root, "assert", "-f", op, "-c", "all-1g.5gb", "--valid-config")
-    assert code == 1 and "has no MIG profile '1g.5gb'" in err
     code, out, _ = run(capsys, root, "apply", "-f", op, "-c", "all-7g.80gb", "--skip-reset")
     assert code == 0 and "MIG mode change pending until the GPU is reset" in out
     state = json.loads(state_of(root))
@@ -239,3 +237,71 @@ def test_skip_reset_and_valid_config(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert run(capsys, root, "assert", "-f", op, "-c", "all-7g.80gb", "--mode-only")[0] == 1
     assert run(capsys, root, "apply", "-f", op, "-c", "all-7g.80gb")[0] == 0
     assert run(capsys, root, "assert", "-f", op, "-c", "all-7g.80gb")[0] == 0
+
+
+def test_valid_config_checks_the_file_only_as_mig_parted(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``assert --valid-config``: the file is valid and the config is in it, whatever GPUs the node has (an
+    A100 layout on an H100 node, or no GPU at all); plain ``assert`` keeps the hardware check."""
+    root = tmp_path / "node"
+    op = str(OPERATOR_CONFIG)
+    code, out, _ = run(capsys, root, "assert", "-f", op, "-c", "all-1g.5gb", "--valid-config")
+    assert (code, out) == (0, "Selected MIG configuration is valid\n")
+    code, _, err = run(capsys, root, "assert", "-f", op, "-c", "all-1g.5gb")
+    assert code == 1 and "has no MIG profile '1g.5gb'" in err and "cannot be applied to these GPUs" in err
+
+    async def no_gpus(settings: object) -> object:
+        raise AssertionError("--valid-config must not open the GPUs")
+
+    monkeypatch.setattr("nodeagent.compose.open_gpus", no_gpus)
+    monkeypatch.setenv("MIG_PARTED_VALID_CONFIG", "true")
+    code = main(["mig", "assert", "--root", str(tmp_path), "-f", op, "-c", "all-1g.5gb"])
+    assert (code, capsys.readouterr().out) == (0, "Selected MIG configuration is valid\n")
+    code = main(["mig", "assert", "--root", str(tmp_path), "-f", op, "-c", "no-such-config"])
+    assert code == 2 and "no config named 'no-such-config'" in capsys.readouterr().err
+
+
+def test_name_style_device_filter_is_accepted_with_a_warning(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = tmp_path / "node"
+    path = tmp_path / "named.yaml"
+    path.write_text(
+        "version: v1\nmig-configs:\n  c:\n"
+        "    - devices: all\n      mig-enabled: false\n"
+        '    - device-filter: "A100-SXM4-40GB"\n      devices: all\n      mig-enabled: true\n'
+        '      mig-devices: {"1g.5gb": 7}\n'
+    )
+    code, out, err = run(capsys, root, "apply", "-f", str(path), "-c", "c")
+    assert code == 0, err
+    assert f"nodeagent mig: warning: {path}: mig-configs.c[1].device-filter: 'A100-SXM4-40GB' is not a PCI id" in err
+    assert out.count("already as configured") == 8
+    code, out, err = run(capsys, root, "assert", "-f", str(path), "-c", "c", "--valid-config")
+    assert (code, out) == (0, "Selected MIG configuration is valid\n") and "mig-configs.c[1].device-filter" in err
+
+
+@pytest.mark.parametrize("first", ["apply", "export"])
+def test_the_sandbox_is_laid_out_whichever_command_runs_first(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], first: str
+) -> None:
+    """``mig apply`` (its lock and the simulator's MIG state land in the state directory) or any other ``mig``
+    command first on an empty root, then ``apply --only labels``: the labels see a laid-out GPU node."""
+    root = tmp_path / "node"
+    if first == "apply":
+        code, out, _ = run(
+            capsys, root, "apply", "-f", str(OPERATOR_CONFIG), "-c", "all-balanced", sim="h100-80gb-hbm3:2"
+        )
+    else:
+        code, out, _ = run(capsys, root, "export", sim="h100-80gb-hbm3:2")
+    assert code == 0, out
+    assert (root / "proc/driver/nvidia/version").is_file() and (root / "dev/nvidiactl").is_file()
+    assert main(["apply", "--simulate", "h100-80gb-hbm3:2", "--root", str(root), "--only", "labels"]) == 0
+    labels = (root / "etc/kubernetes/node-feature-discovery/features.d/nodeagent").read_text().splitlines()
+    assert "nvidia.com/gpu.mode=compute" in labels and "nvidia.com/vgpu.present=false" in labels
+    # A root someone laid out first is still left as it is.
+    other = tmp_path / "other"
+    (other / "etc").mkdir(parents=True)
+    (other / "etc/hostname").write_text("mine\n")
+    assert run(capsys, other, "export", sim="h100-80gb-hbm3:2")[0] == 0
+    assert sorted(p.name for p in other.iterdir()) == ["etc", "var"]

@@ -188,3 +188,30 @@ def test_render_reads_back_the_same() -> None:
     }
     again = parse_text(render(doc), source="again")
     assert again.configs == {n: tuple(e for e in es) for n, es in f.configs.items()}
+
+
+def test_name_style_device_filters_are_valid_match_nothing_and_are_warned_about() -> None:
+    """mig-parted's own spec tests write ``device-filter: "MODEL"`` and ``"A100-SXM4-40GB"``
+    (api/spec/v1/spec_test.go): valid, and since only PCI ids are compared, they match no GPU."""
+    text = (
+        "version: v1\nmig-configs:\n  c:\n"
+        '    - device-filter: "MODEL"\n      devices: all\n      mig-enabled: true\n      mig-devices: {"1g.5gb": 2}\n'
+        '    - device-filter: ["A100-SXM4-40GB", "0x233010DE"]\n      devices: [1]\n      mig-enabled: false\n'
+    )
+    config = parse_text(text, source="/etc/mig.yaml").select("c")
+    first, second = config.entries
+    assert (first.filter_names, first.device_filter) == (("MODEL",), ())
+    assert second.filter_names == ("A100-SXM4-40GB",) and [str(d) for d in second.device_filter] == ["0x233010DE"]
+    h100 = [identity(0), identity(1)]
+    assert [config.entry_for(g) for g in h100] == [None, second]
+    assert config.warnings == (
+        "/etc/mig.yaml: mig-configs.c[0].device-filter: 'MODEL' is not a PCI id (e.g. \"0x233010DE\"): it matches "
+        "no GPU, as in mig-parted; this entry applies to no GPU",
+        "/etc/mig.yaml: mig-configs.c[1].device-filter: 'A100-SXM4-40GB' is not a PCI id (e.g. \"0x233010DE\"): it "
+        "matches no GPU, as in mig-parted",
+    )
+    # A malformed id stays an error (mig-parted would read it as matching nothing, silently).
+    for bad in ('"0xZZ"', '"0x233010DE:"', '"233010DEX"'):
+        with pytest.raises(ConfigError) as info:
+            parse_text(text.replace('"MODEL"', bad), source="/etc/mig.yaml")
+        assert info.value.key == "mig-configs.c[0].device-filter"

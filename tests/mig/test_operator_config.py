@@ -82,7 +82,7 @@ def test_every_config_of_the_operator_file_on_an_eight_gpu_node(model: str, tmp_
                 outcome = await service.apply_config(config, sim, root=Root(tmp_path), inventory=before)
             except ConfigError as err:
                 assert name not in FOR_MODEL[model], f"{name}: {err}"
-                assert "has no MIG profile" in str(err) or "no entry matches any GPU" in str(err)
+                assert "has no MIG profile" in str(err) or f"no entry of config {name!r} matches any GPU" in str(err)
                 assert str(err).startswith(f"{OPERATOR.source}: mig-configs.")
                 assert await sim.inventory() == before  # nothing touched
                 continue

@@ -57,7 +57,8 @@ async def test_applies_the_generated_config_and_publishes(tmp_path: Path) -> Non
     assert metric(sub, "success") == 1.0 and metric(sub, "pending") == 0.0
     inventory = (await changed.get()).payload
     assert all(len(g.mig_devices) == 4 for g in inventory.gpus)
-    assert sub.ctx.bus.last(events.MIG_READY) == MigReadiness("all-balanced", "success")
+    named = ", ".join(f"GPU {g.index} ({g.uuid})" for g in inventory.gpus)
+    assert sub.ctx.bus.last(events.MIG_READY) == MigReadiness("all-balanced", "success", f"{named} as configured")
     assert pauses.calls == [("pause", (0, 1, 2, 3)), ("resume", (0, 1, 2, 3))]
     # Nothing to do the second time: no call, no pause.
     await sub.reconcile()
@@ -99,7 +100,7 @@ async def test_holders_make_it_fail_naming_them(tmp_path: Path) -> None:
     sub, _ = make(tmp_path, sim, config="all-1g.10gb")
     await sub.start()
     assert sub.state == "failed"
-    assert "GPU 1: in use by pid 321 (vllm) on GI 0 [nvml]" in sub.reason
+    assert f"GPU 1 ({(await sim.inventory()).gpu(1).uuid}): in use by pid 321 (vllm) on GI 0 [nvml]" in sub.reason
     assert metric(sub, "failed") == 1.0
     inv = await sim.inventory()
     assert len(inv.gpu(0).mig_devices) == 7 and [d.profile for d in inv.gpu(1).mig_devices] == ["7g.80gb"]
@@ -198,14 +199,14 @@ async def test_a_failure_midway_leaves_the_other_gpus_done(tmp_path: Path) -> No
     sim_timeout = SimGpuBackend("h100-80gb-hbm3", 4, 0, call_timeout_s=0.2)
     await sub.start()
     assert sub.state == "failed"
-    assert sub.reason.startswith("GPU 1: ") and "GPU is lost" in sub.reason
+    assert sub.reason.startswith(f"GPU 1 ({(await sim.inventory()).gpu(1).uuid}): ") and "GPU is lost" in sub.reason
     inv = await sim.inventory()
     assert [len(inv.gpu(i).mig_devices) for i in (0, 2, 3)] == [2, 2, 2]
     await sim.close()
     sim_timeout.hang_calls(2, 5.0)
     sub, _ = make(tmp_path / "two", sim_timeout, config="all-3g.40gb")
     await sub.start()
-    assert sub.state == "failed" and "GPU 2: " in sub.reason and "did not return within" in sub.reason
+    assert sub.state == "failed" and "GPU 2 (GPU-" in sub.reason and "did not return within" in sub.reason
     sim_timeout.hang_calls(2, 0)
     await sim_timeout.close()
 
@@ -248,6 +249,6 @@ async def test_pods_holding_a_gpu_come_from_the_contexts_kubelet_client(tmp_path
     sub.ctx.backends = dataclasses.replace(sub.ctx.backends, pod_resources=pods)  # type: ignore[arg-type]
     await sub.start()
     assert sub.state == "failed"
-    assert "GPU 0: in use by ml/trainer-0 (main) [kubelet]" in sub.reason
+    assert f"GPU 0 ({pods.uuid}): in use by ml/trainer-0 (main) [kubelet]" in sub.reason
     assert pods.sockets == [sub.ctx.settings.kubelet.pod_resources_socket] and pods.closed == 1
     await sim.close()

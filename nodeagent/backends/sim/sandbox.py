@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 from importlib import resources
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Literal
 
 from nodeagent.backends.chardevs import mig_cap_minor, placeholder_bytes
@@ -304,6 +304,55 @@ def write_capabilities(root: Root, inventory: Inventory) -> None:
             _write(root, f"{gi_dir}/ci{mig.compute_instance_id}/access", capability_text(ci_minor, 292), 0o444)
 
 
+def sync_mig_capabilities(root: Root, inventory: Inventory) -> list[str]:
+    """What the driver (and nvidia-modprobe, which NVML calls) does when GPU and compute instances come and go:
+    /proc/driver/nvidia/capabilities/gpu<minor>/mig/gi<G>[/ci<C>]/access lists exactly the instances there are,
+    and each has its /dev/nvidia-caps/nvidia-cap<minor> node (a placeholder here; nodes of instances that went
+    stay, as on a real node). A sandbox without the capabilities directory (no driver loaded) is left alone.
+    Returns the host paths written or removed."""
+    caps = "/proc/driver/nvidia/capabilities"
+    if not root.is_dir(caps):
+        return []
+    changed: list[str] = []
+    wanted: dict[str, bytes] = {}
+    minors: list[int] = []
+    for gpu in inventory.gpus:
+        for mig in gpu.mig_devices:
+            gi_dir = f"{caps}/gpu{gpu.minor_number}/mig/gi{mig.gpu_instance_id}"
+            gi_minor = mig_cap_minor(gpu.minor_number, mig.gpu_instance_id)
+            ci_minor = mig_cap_minor(gpu.minor_number, mig.gpu_instance_id, mig.compute_instance_id)
+            wanted[f"{gi_dir}/access"] = capability_text(gi_minor, 292).encode()
+            wanted[f"{gi_dir}/ci{mig.compute_instance_id}/access"] = capability_text(ci_minor, 292).encode()
+            minors += [gi_minor, ci_minor]
+    for name in root.listdir(caps):
+        if not name.startswith("gpu"):
+            continue
+        for host, local in list(root.walk_files(f"{caps}/{name}/mig")):
+            if host not in wanted:
+                local.unlink()
+                changed.append(host)
+        _prune_empty_dirs(root.resolve(f"{caps}/{name}/mig"))
+    for host, data in wanted.items():
+        if root.write_atomic(host, data, mode=0o444):
+            changed.append(host)
+    if root.is_dir("/dev/nvidia-caps"):
+        for minor in sorted(set(minors)):
+            node = f"/dev/nvidia-caps/nvidia-cap{minor}"
+            if not root.exists(node):
+                root.write_atomic(node, placeholder_bytes(MAJOR_CAPS, minor), mode=0o444)
+                changed.append(node)
+    return changed
+
+
+def _prune_empty_dirs(top: Path) -> None:
+    """Remove the empty directories below ``top`` (a destroyed instance's gi<G>/ci<C>), deepest first."""
+    if not top.is_dir():
+        return
+    for d in sorted((p for p in top.rglob("*") if p.is_dir() and not p.is_symlink()), key=lambda p: -len(p.parts)):
+        if not any(d.iterdir()):
+            d.rmdir()
+
+
 def write_device_placeholders(root: Root, inventory: Inventory, dev_root: str = "/") -> None:
     """/dev/nvidia<minor>, nvidiactl, nvidia-modeset, nvidia-uvm(-tools), nvidia-caps/nvidia-cap{1,2}."""
     dev = dev_root.rstrip("/") + "/dev"
@@ -338,14 +387,29 @@ def write_pci_classes(root: Root, inventory: Inventory, pci_class: int = 0x03020
         _write(root, f"/sys/bus/pci/devices/{address}/class", f"0x{pci_class:06x}\n", 0o444)
 
 
-def populate_sandbox(root: Root, inventory: Inventory) -> bool:
+def holds_only(path: Path, own: Iterable[str]) -> bool:
+    """Whether the tree at ``path`` holds nothing but directories and what lies under the host paths ``own``
+    (the agent's own state: its lock, the simulator's MIG state, which any command may write first)."""
+    mine = [PurePosixPath("/", p.lstrip("/")) for p in own]
+    for entry in path.rglob("*"):
+        if entry.is_dir() and not entry.is_symlink():
+            continue
+        host = PurePosixPath("/", entry.relative_to(path).as_posix())
+        if not any(host.is_relative_to(m) for m in mine):
+            return False
+    return True
+
+
+def populate_sandbox(root: Root, inventory: Inventory, *, own: Iterable[str] = ()) -> bool:
     """Lay out a new or empty sandbox like a GPU node; leave a non-empty one as it is.
 
-    Returns True when the tree was populated, False when ``root`` already held something (a test or
-    a user laid out their own node first).
+    A tree that holds only what lies under ``own`` (the agent's state directory, where ``mig apply``
+    takes its lock and the simulator keeps its MIG state) counts as empty, so the sandbox is laid out
+    fully whichever command runs first. Returns True when the tree was populated, False when ``root``
+    already held something else (a test or a user laid out their own node first).
     """
     path = Path(root.path)
-    if path.exists() and any(path.iterdir()):
+    if path.exists() and not holds_only(path, own):
         return False
     path.mkdir(parents=True, exist_ok=True)
     version = inventory.driver_version
