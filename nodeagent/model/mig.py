@@ -254,6 +254,27 @@ def _compute_layout(sizes: tuple[int, ...], gi_compute: int) -> tuple[ComputePla
     return tuple(sorted(zip(sizes, chosen, strict=True), key=lambda p: (p[1], -p[0])))
 
 
+def compute_problem(gi: MigProfile, compute: Sequence[ComputePlacement]) -> str | None:
+    """Why compute instances (slices, start) cannot sit together in a ``gi`` GPU instance, or None."""
+    width = gi.compute_slices
+    used = 0
+    for size, start in compute:
+        if size not in compute_sizes(width):
+            sizes = ", ".join(f"{n}c" for n in compute_sizes(width))
+            return f"a {gi.name} GPU instance has no {size}-slice compute instance (it has {sizes})"
+        starts = compute_starts(size, width)
+        if start not in starts:
+            allowed = ", ".join(map(str, starts))
+            return (
+                f"a {size}c compute instance cannot start at compute slice {start} of a {gi.name} (allowed: {allowed})"
+            )
+        mask = ((1 << size) - 1) << start
+        if used & mask:
+            return f"the {size}c compute instance at {start} overlaps another in the {gi.name}"
+        used |= mask
+    return None
+
+
 def pack_compute(gi_compute: int, sizes: Sequence[int]) -> list[tuple[ComputePlacement, ...]] | None:
     """The fewest GPU instances (of ``gi_compute`` slices) that hold compute instances of ``sizes``, each with
     its compute-instance layout; None when some size does not exist in such a GPU instance.
