@@ -17,7 +17,7 @@ from typing import Any
 from nodeagent.labels.facts import GpuFacts, MigAttributes, MigFacts, MigStrategy, NodeFacts, Sharing
 from nodeagent.model import catalog
 from nodeagent.model.gpu import GpuInfo, Inventory, MigDevice
-from nodeagent.model.mig import ProfileName
+from nodeagent.model.mig_names import ProfileName
 
 
 @functools.lru_cache(maxsize=1)

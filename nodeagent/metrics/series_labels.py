@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 from nodeagent.metrics.fields import Counter, Kind
 from nodeagent.model.gpu import GpuInfo, Inventory, MigDevice, MigKey
-from nodeagent.model.mig import gpu_instance_name
+from nodeagent.model.mig_names import gpu_instance_name
 
 HOSTNAME_LABELS = ("Hostname", "hostname")
 

@@ -28,7 +28,8 @@ from typing import Any
 import yaml
 
 from nodeagent.errors import ConfigError
-from nodeagent.model.mig import MigTable, ProfileName, gpu_instance_name
+from nodeagent.model.mig import MigTable
+from nodeagent.model.mig_names import ProfileName, gpu_instance_name
 
 VERSION = "v1"
 NVIDIA_VENDOR_ID = 0x10DE

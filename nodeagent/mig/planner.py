@@ -21,17 +21,9 @@ from enum import StrEnum
 
 from nodeagent.mig.config import GpuIdentity, MigConfig, MigEntry
 from nodeagent.model.gpu import MigDevice, MigProfile
-from nodeagent.model.mig import (
-    ComputePlacement,
-    MigTable,
-    ProfileName,
-    canonical_name,
-    describe,
-    gpu_instance_name,
-    misfit_reason,
-    pack_compute,
-    search_placement,
-)
+from nodeagent.model.mig import MigTable, describe, misfit_reason, search_placement
+from nodeagent.model.mig_compute import ComputePlacement, pack_compute
+from nodeagent.model.mig_names import ProfileName, canonical_name, gpu_instance_name
 
 
 class Action(StrEnum):

@@ -6,15 +6,9 @@ from __future__ import annotations
 import pytest
 
 from nodeagent.backends.gpu.sim.profiles import load_profile
-from nodeagent.model.mig import (
-    MigTable,
-    ProfileName,
-    canonical_name,
-    compute_layout,
-    compute_starts,
-    gpu_instance_name,
-    pack_compute,
-)
+from nodeagent.model.mig import MigTable
+from nodeagent.model.mig_compute import compute_layout, compute_starts, pack_compute
+from nodeagent.model.mig_names import ProfileName, canonical_name, gpu_instance_name
 
 A100_40 = load_profile("a100-sxm4-40gb")
 A100_TABLE = MigTable(A100_40.mig_profiles, A100_40.mig_memory_slices, A100_40.mig_compute_slices)

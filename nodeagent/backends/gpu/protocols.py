@@ -7,7 +7,8 @@ from typing import Protocol, runtime_checkable
 
 from nodeagent.errors import MigOperationError
 from nodeagent.model.gpu import Inventory, MigDevice, Sample, SampleRequest, XidEvent
-from nodeagent.model.mig import ComputePlacement, GpuProcess
+from nodeagent.model.mig import GpuProcess
+from nodeagent.model.mig_compute import ComputePlacement
 
 
 class MigResetUnavailable(MigOperationError):

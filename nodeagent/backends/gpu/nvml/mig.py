@@ -25,7 +25,8 @@ from nodeagent.backends.gpu.protocols import MigInUse, MigResetUnavailable
 from nodeagent.backends.gpu.sweep import Hop
 from nodeagent.errors import BackendUnavailable, CallTimeout, MigOperationError
 from nodeagent.model.gpu import MigDevice, MigProfile
-from nodeagent.model.mig import ComputePlacement, GpuProcess
+from nodeagent.model.mig import GpuProcess
+from nodeagent.model.mig_compute import ComputePlacement
 
 T = TypeVar("T")
 

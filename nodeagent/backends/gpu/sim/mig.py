@@ -17,14 +17,8 @@ from nodeagent.errors import ConfigError, MigOperationError
 from nodeagent.model.gpu import (
     MigDevice,
 )
-from nodeagent.model.mig import (
-    ComputePlacement,
-    GpuProcess,
-    compute_problem,
-    count_problem,
-    find_placement,
-    placement_problem,
-)
+from nodeagent.model.mig import GpuProcess, count_problem, find_placement, placement_problem
+from nodeagent.model.mig_compute import ComputePlacement, compute_problem
 
 log = structlog.get_logger(__name__)
 
