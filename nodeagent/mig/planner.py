@@ -10,6 +10,11 @@ Per GPU, in this order of preference:
 Placements are searched exactly (``model.mig.search_placement``), so ``3g.40gb + 2x2g.20gb`` is placed with
 the 3g at slice 4, and a target that fits no placement is refused with a reason naming the conflict. Equal
 inputs give equal plans.
+
+Compute-instance profiles (``1c.3g.40gb``, ``3c.7g.80gb`` + ``4c.7g.80gb``): the compute instances of one
+GPU-instance profile go into the fewest GPU instances of it that hold them, each laid out by the
+compute-instance placement rules (``model.mig_compute``); those GPU instances are then placed as above. A GPU
+instance stays only when it has the same compute instances at the same places; otherwise it is rebuilt.
 """
 
 from __future__ import annotations
@@ -47,7 +52,8 @@ class Instance:
 
     def label(self) -> str:
         uuid = f" {self.uuid}" if self.uuid else ""
-        cis = f", compute instances {_compute_text(self.compute)}" if self.compute and len(self.compute) > 1 else ""
+        split = len(self.compute) > 1 or any(start for _, start in self.compute)
+        cis = f", compute instances {_compute_text(self.compute)}" if split else ""
         return f"{self.profile} at {self.start} (GI {self.gpu_instance_id}{uuid}{cis})"
 
     def layout(self, table: MigTable) -> tuple[ComputePlacement, ...]:
