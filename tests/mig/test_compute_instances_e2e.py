@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from nodeagent.backends.gpu.sim.backend import SimGpuBackend
-from nodeagent.errors import MigOperationError
+from nodeagent.errors import ConfigError, MigOperationError
 from tests.mig.test_commands import run, state_of
 
 
@@ -90,3 +90,21 @@ def test_apply_assert_export_with_compute_instances(tmp_path: Path, capsys: pyte
     code, exported, _ = run(capsys, root, "export", sim=sim)
     assert '        "7g.80gb": 1\n' in exported
     assert run(capsys, root, "assert", "-f", str(f), "-c", "whole", sim=sim)[0] == 0
+
+
+async def test_the_simulators_start_layout_takes_compute_instance_profiles() -> None:
+    sim = SimGpuBackend("h100-80gb-hbm3", 1, mig_layout="1c.3g.40gb*3,3g.40gb")
+    try:
+        devices = (await sim.inventory()).gpu(0).mig_devices
+        assert sorted((d.gpu_instance_id, d.profile, d.compute_start) for d in devices) == [
+            (1, "3g.40gb", 0),
+            (2, "1c.3g.40gb", 0),
+            (2, "1c.3g.40gb", 1),
+            (2, "1c.3g.40gb", 2),
+        ]
+    finally:
+        await sim.close()
+    with pytest.raises(ConfigError, match=r"a 4g\.40gb GPU instance has no 3-slice compute instance"):
+        SimGpuBackend("h100-80gb-hbm3", 1, mig_layout="3c.4g.40gb")
+    with pytest.raises(ConfigError, match=r"3g\.40gb\*3: NVIDIA H100 80GB HBM3 allows at most 2"):
+        SimGpuBackend("h100-80gb-hbm3", 1, mig_layout="2c.3g.40gb*3")
