@@ -426,7 +426,8 @@ class Cluster:
             f.parent.mkdir(parents=True, exist_ok=True)
             f.write_text(value + "\n")
             binds.append((f, Path("/proc/sys") / key))
-        script = "set -e\nmount --make-rshared /\n" + "".join(f"mount --bind '{src}' '{dst}'\n" for src, dst in binds) + "exec sleep infinity\n"
+        mounts = "".join(f"mount --bind '{src}' '{dst}'\n" for src, dst in binds)
+        script = "set -e\nmount --make-rshared /\n" + mounts + "exec sleep infinity\n"
         self.holder = self._spawn("namespace", ["unshare", "--mount", "--propagation=private", "sh", "-c", script])
         pid = self.holder.proc.pid
         self.wait("namespace", lambda: Path(f"/proc/{pid}/comm").read_text().strip() == "sleep", 10, "set up")

@@ -116,15 +116,16 @@ def _mig_nodes(facts: DriverFacts, gpu: GpuInfo, mig: MigDevice) -> list[dict[st
 
 
 def device_node_paths(inventory: Inventory) -> list[str]:
-    """Every per-device node path the spec will name (below the dev root)."""
-    out: list[str] = []
+    """Every per-device node path the spec will name (below the dev root), each once (a GPU instance with
+    several compute instances has one node of its own)."""
+    out: dict[str, None] = {}
     for gpu in inventory.gpus:
-        out.append(f"/dev/nvidia{gpu.minor_number}")
+        out[f"/dev/nvidia{gpu.minor_number}"] = None
         for mig in gpu.mig_devices:
-            out.append(f"/dev/nvidia-caps/nvidia-cap{mig_cap_minor(gpu.minor_number, mig.gpu_instance_id)}")
+            out[f"/dev/nvidia-caps/nvidia-cap{mig_cap_minor(gpu.minor_number, mig.gpu_instance_id)}"] = None
             ci = mig_cap_minor(gpu.minor_number, mig.gpu_instance_id, mig.compute_instance_id)
-            out.append(f"/dev/nvidia-caps/nvidia-cap{ci}")
-    return out
+            out[f"/dev/nvidia-caps/nvidia-cap{ci}"] = None
+    return list(out)
 
 
 def _devices(

@@ -2,8 +2,9 @@
 
 The MIG attributes NVML reports per MIG device (multiprocessors, shared engines) are not part of
 ``model.gpu.MigProfile``; they come from the built-in GPU model files (the same table the simulator uses).
-Slice counts follow from the profile: the GPU instance's compute slices, with one compute instance
-spanning all of them (the layout the agent creates). Pure apart from reading the packaged model files.
+Slice counts follow from the profile: the GPU instance's compute slices, and the compute instance's
+(``1c.3g.40gb``: 3 and 1; a GPU-instance name: one compute instance spanning it). Pure apart from reading
+the packaged model files.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any
 from nodeagent.labels.facts import GpuFacts, MigAttributes, MigFacts, MigStrategy, NodeFacts, Sharing
 from nodeagent.model import catalog
 from nodeagent.model.gpu import GpuInfo, Inventory, MigDevice
+from nodeagent.model.mig_names import ProfileName
 
 
 @functools.lru_cache(maxsize=1)
@@ -31,26 +33,48 @@ def _catalog_attributes() -> dict[tuple[str, str], dict[str, Any]]:
 
 
 def mig_attributes(gpu: GpuInfo, mig: MigDevice, inventory: Inventory) -> MigAttributes:
-    known = _catalog_attributes().get((gpu.name, mig.profile), {})
+    """GFD's MIG attributes of one MIG device (NVML's device attributes): ``slices.gi`` the GPU instance's
+    compute slices, ``slices.ci`` its compute instance's (fewer for ``1c.3g.40gb``), ``multiprocessors`` the
+    compute instance's, engines the GPU instance's (they are shared by its compute instances)."""
+    try:
+        parsed: ProfileName | None = ProfileName.parse(mig.profile)
+    except ValueError:
+        parsed = None
+    gi_name = parsed.gpu_instance if parsed is not None else mig.profile
+    known = _catalog_attributes().get((gpu.name, gi_name), {})
     slices: int | None = known.get("compute_slices")
     if slices is None:
         for profile in inventory.mig_profiles.get(gpu.name, ()):
-            if profile.name == mig.profile:
+            if profile.name == gi_name:
                 slices = profile.compute_slices
-    if slices is None and mig.profile[:1].isdigit() and mig.profile.split(".")[0].endswith("g"):
-        slices = int(mig.profile.split(".")[0][:-1])
+    if slices is None and parsed is not None:
+        slices = parsed.gpu
+    ci_slices = slices
+    multiprocessors = known.get("multiprocessors")
+    if parsed is not None and parsed.is_compute_instance:
+        ci_slices = parsed.compute
+        multiprocessors = _compute_multiprocessors(gpu.name, parsed.compute)
     engines: Mapping[str, int] = known.get("engines", {})
     return MigAttributes(
         memory_mb=mig.memory_total_mib,
         slices_gi=slices,
-        slices_ci=slices,
-        multiprocessors=known.get("multiprocessors"),
+        slices_ci=ci_slices,
+        multiprocessors=multiprocessors,
         engines_copy=engines.get("copy"),
         engines_decoder=engines.get("decoder"),
         engines_encoder=engines.get("encoder"),
         engines_jpeg=engines.get("jpeg"),
         engines_ofa=engines.get("ofa"),
     )
+
+
+def _compute_multiprocessors(gpu_name: str, compute_slices: int) -> int | None:
+    """SMs of a compute instance of ``compute_slices`` slices: those of the model's GPU-instance profile with
+    as many compute slices (NVML's compute-instance profiles carry the same SM counts); None when unknown."""
+    for (name, _), profile in _catalog_attributes().items():
+        if name == gpu_name and profile.get("compute_slices") == compute_slices and "multiprocessors" in profile:
+            return int(profile["multiprocessors"])
+    return None
 
 
 def gpu_facts(gpu: GpuInfo, inventory: Inventory, pci_class: int | None) -> GpuFacts:

@@ -4,8 +4,11 @@ dcgm-exporter's label layout, in its order: gpu, UUID, pci_bus_id, device (``nvi
 its collectors write it), modelName, then GPU_I_PROFILE and GPU_I_ID for MIG instances, Hostname, the
 label-type fields (DCGM_FI_DRIVER_VERSION ...), then pod, namespace, container when the entity is
 attributed to a pod. A MIG instance carries its parent's UUID, as in dcgm-exporter; GPU_I_ID tells the
-instances apart. Released dcgm-exporter (4.x) writes ``Hostname``; its main branch renamed it to
-``hostname``: the label name is a setting (``metrics.hostname_label``), the released one by default.
+instances apart. Series are per GPU instance, as dcgm-exporter's (it watches DCGM's GPU-instance entities):
+a GPU instance split into compute instances (``1c.3g.40gb`` ...) is one entity whose GPU_I_PROFILE is the
+GPU-instance profile (``3g.40gb``); dcgm-exporter has no compute-instance label. Released dcgm-exporter
+(4.x) writes ``Hostname``; its main branch renamed it to ``hostname``: the label name is a setting
+(``metrics.hostname_label``), the released one by default.
 
 Like dcgm-exporter's default ("flex") mode, a GPU with MIG enabled and instances present is exposed
 through its instances only; a GPU without instances is exposed as a whole.
@@ -18,6 +21,7 @@ from dataclasses import dataclass
 
 from nodeagent.metrics.fields import Counter, Kind
 from nodeagent.model.gpu import GpuInfo, Inventory, MigDevice, MigKey
+from nodeagent.model.mig_names import gpu_instance_name
 
 HOSTNAME_LABELS = ("Hostname", "hostname")
 
@@ -81,7 +85,7 @@ def entities(
     labels = _Labels(inventory, counters, hostname, pods, hostname_label)
     out: list[Entity] = []
     for gpu in sorted(inventory.gpus, key=lambda g: g.index):
-        migs = sorted(gpu.mig_devices, key=_gi_id) if gpu.mig_enabled else []
+        migs = _per_gpu_instance(gpu.mig_devices) if gpu.mig_enabled else []
         instances: Sequence[MigDevice | None] = migs or [None]
         for position, mig in enumerate(instances):
             whole_gpu = mig is None or position == 0 or mig_whole_gpu == MigWholeGpu.EVERY_INSTANCE
@@ -129,7 +133,7 @@ class _Labels:
             ("modelName", gpu.name),
         ]
         if mig is not None:
-            pairs += [("GPU_I_PROFILE", mig.profile), ("GPU_I_ID", str(mig.gpu_instance_id))]
+            pairs += [("GPU_I_PROFILE", gpu_instance_name(mig.profile)), ("GPU_I_ID", str(mig.gpu_instance_id))]
         pairs.append((self.hostname_label, self.hostname))
         for c in self.label_fields:
             assert c.spec.static is not None
@@ -145,5 +149,11 @@ class _Labels:
         return Entity(gpu, mig, tuple(pairs), labels, whole_gpu)
 
 
-def _gi_id(mig: MigDevice) -> int:
-    return mig.gpu_instance_id
+def _per_gpu_instance(devices: Sequence[MigDevice]) -> list[MigDevice]:
+    """One device per GPU instance (its first compute instance), by GPU-instance id: dcgm-exporter watches
+    GPU instances (DCGM's GPU_I entities), so a GPU instance holding several compute instances is one
+    entity, labelled with its GPU-instance profile; it has no compute-instance label."""
+    first: dict[int, MigDevice] = {}
+    for d in sorted(devices, key=lambda d: (d.gpu_instance_id, d.compute_instance_id)):
+        first.setdefault(d.gpu_instance_id, d)
+    return [first[gi] for gi in sorted(first)]

@@ -23,7 +23,6 @@ config, the entry and the key. The same parser serves the ``mig`` commands, the 
 from __future__ import annotations
 
 import difflib
-import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,10 +32,10 @@ import yaml
 
 from nodeagent.errors import ConfigError
 from nodeagent.model.mig import MigTable
+from nodeagent.model.mig_names import ProfileName, gpu_instance_name
 
 VERSION = "v1"
 NVIDIA_VENDOR_ID = 0x10DE
-PROFILE_NAME = re.compile(r"^(?P<ci>\d+c\.)?\d+g\.\d+gb([+-][a-z]+(\.[a-z]+)*)*$")
 _ENTRY_KEYS = ("device-filter", "devices", "mig-enabled", "mig-devices")
 
 
@@ -191,7 +190,10 @@ class MigConfig:
         if entry.mig_enabled and not gpu.mig_capable:
             raise self.error(entry, "mig-enabled", f"{gpu.described} is not MIG-capable")
         for name, count in entry.mig_devices:
-            profile = gpu.table.profile(name)
+            profile = gpu.table.compute_profile(name)
+            if profile is None and gpu.table.profile(gpu_instance_name(name)) is not None:
+                reason = gpu.table.unknown_reason(name)
+                raise self.error(entry, f"mig-devices.{name}", f"{gpu.described}: {reason}")
             if profile is None:
                 close = difflib.get_close_matches(name, gpu.table.names, n=1)
                 hint = f"; did you mean {close[0]!r}?" if close else ""
@@ -351,10 +353,12 @@ def _entry(config: str, index: int, raw: Any, source: str) -> MigEntry:
             raise fail("mig-devices", f"expected a mapping of profile to count, got {md!r}")
         for name, count in md.items():
             key = f"mig-devices.{name}"
-            if not isinstance(name, str) or not PROFILE_NAME.match(name):
-                raise fail(key, "not a MIG profile name (expected e.g. 1g.10gb or 1g.10gb+me)")
-            if PROFILE_NAME.match(name).group("ci"):  # type: ignore[union-attr]
-                raise fail(key, "compute-instance profiles (Nc.Mg.Kgb) are not supported: use the GPU-instance profile")
+            if not isinstance(name, str):
+                raise fail(key, "not a MIG profile name (expected e.g. 1g.10gb, 1g.10gb+me or 1c.3g.20gb)")
+            try:
+                ProfileName.parse(name)
+            except ValueError as err:
+                raise fail(key, f"not a MIG profile name: {err}") from None
             if not _is_int(count) or count < 0:
                 raise fail(key, f"expected a count >= 0, got {count!r}")
             mig_devices.append((name, count))

@@ -182,7 +182,8 @@ async def _run_steps(
                 await control.destroy_gpu_instance(gpu, step.gpu_instance_id)
                 result.destroyed.append(step.uuid)
             else:
-                result.created.append(await control.create_gpu_instance(gpu, step.profile, start=step.start))
+                made = await control.create_gpu_instance(gpu, step.profile, start=step.start, compute=step.compute)
+                result.created.append(made)
         except MigResetUnavailable as err:
             result.outcome = Outcome.REBOOT_REQUIRED
             result.reason = f"{err}; the new MIG mode takes effect after a reboot"

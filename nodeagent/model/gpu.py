@@ -151,6 +151,9 @@ class MigDevice:
     placement_start: int
     placement_size: int
     memory_total_mib: int
+    compute_start: int = 0
+    """Start of its compute instance inside the GPU instance, in compute slices (``profile`` says how many:
+    ``1c.3g.40gb`` one of a 3g.40gb; a GPU-instance name, all of them)."""
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from nodeagent.model.gpu import MigProfile
+from nodeagent.model.mig_compute import ComputeProfile, compute_sizes
+from nodeagent.model.mig_names import ProfileName
 
 
 @dataclass(frozen=True)
@@ -247,6 +249,31 @@ class MigTable:
             if p.name == name:
                 return p
         return None
+
+    def compute_profile(self, name: str) -> ComputeProfile | None:
+        """What a mig-parted profile name means here: ``1g.10gb`` (a GPU instance and its one compute instance)
+        or ``1c.3g.40gb`` (a 1-slice compute instance in a 3g.40gb); None when this GPU has no such GPU
+        instance or no compute instance of that size in it."""
+        try:
+            parsed = ProfileName.parse(name)
+        except ValueError:
+            return None
+        gi = self.profile(parsed.gpu_instance)
+        if gi is None or parsed.compute not in compute_sizes(gi.compute_slices):
+            return None
+        return ComputeProfile(gi, parsed.compute if parsed.is_compute_instance else gi.compute_slices)
+
+    def unknown_reason(self, name: str) -> str:
+        """Why ``compute_profile(name)`` is None, for an error message."""
+        try:
+            parsed = ProfileName.parse(name)
+        except ValueError as err:
+            return str(err)
+        gi = self.profile(parsed.gpu_instance)
+        if gi is None:
+            return f"no MIG profile {parsed.gpu_instance!r}"
+        sizes = ", ".join(f"{n}c" for n in compute_sizes(gi.compute_slices))
+        return f"a {gi.name} GPU instance has no {parsed.compute}-slice compute instance (it has {sizes})"
 
     @property
     def names(self) -> tuple[str, ...]:

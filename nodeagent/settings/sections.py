@@ -105,7 +105,7 @@ class SimulationSettings:
     mig_layout: str = opt(
         "",
         "MIG instances created on every simulated MIG-capable GPU at start, e.g. `1g.10gb*7` or "
-        "`3g.40gb,4g.40gb`; empty leaves MIG disabled.",
+        "`3g.40gb,4g.40gb`, compute instances as `1c.3g.40gb*3`; empty leaves MIG disabled.",
     )
 
 

@@ -44,6 +44,9 @@ class FakeMig:
     size: int
     memory_mib: int
     used_mib: int = 100
+    ci_slices: int = 0
+    """Compute slices of its compute instance; 0: one spanning the GPU instance (not asked of NVML)."""
+    ci_start: int = 0
 
 
 @dataclass
@@ -373,6 +376,21 @@ class FakeNvml:
         self._enter("nvmlGpuInstanceGetInfo")
         m = gih.mig
         return SimpleNamespace(id=m.gi, profileId=m.profile_id, placement=SimpleNamespace(start=m.start, size=m.size))
+
+    def nvmlGpuInstanceGetComputeInstanceById(self, gih: Any, ci: int) -> Any:
+        self._enter("nvmlGpuInstanceGetComputeInstanceById")
+        m = gih.mig
+        for x in m.parent.migs:
+            if x.gi == m.gi and x.ci == ci:
+                return SimpleNamespace(mig=x)
+        raise error(pynvml.NVML_ERROR_NOT_FOUND)
+
+    def nvmlComputeInstanceGetInfo(self, cih: Any) -> Any:
+        self._enter("nvmlComputeInstanceGetInfo")
+        m = cih.mig
+        if not m.ci_slices:
+            raise error(NS)
+        return SimpleNamespace(id=m.ci, placement=SimpleNamespace(start=m.ci_start, size=m.ci_slices))
 
     # ---- readings
 

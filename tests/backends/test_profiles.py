@@ -209,8 +209,8 @@ def test_gpu_instance_ids_follow_the_placement() -> None:
 
 
 def test_mig_layout_specs() -> None:
-    assert [m.name for m in parse_mig_layout("1g.10gb*7", H100)] == ["1g.10gb"] * 7
-    assert [m.name for m in parse_mig_layout(" 3g.40gb , 4g.40gb ", H100)] == ["3g.40gb", "4g.40gb"]
+    assert [m.name for m, _ in parse_mig_layout("1g.10gb*7", H100)] == ["1g.10gb"] * 7
+    assert [m.name for m, _ in parse_mig_layout(" 3g.40gb , 4g.40gb ", H100)] == ["3g.40gb", "4g.40gb"]
     assert parse_mig_layout("", H100) == []
 
 

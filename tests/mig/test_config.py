@@ -172,6 +172,26 @@ def test_validated_against_the_gpus_own_profiles() -> None:
         parse_text(_one('{"1g.10gb": 1}'), source="f").select("c").validate([identity(0, "l4")])
 
 
+def test_compute_instance_profiles_parse_and_validate() -> None:
+    """Issue 23 item 1: ``Nc.Mg.Kgb`` (with ``+me``/``-me``) were refused as "not supported"."""
+    gpus = [identity(0)]
+    text = _one('{"3c.7g.80gb": 1, "4c.7g.80gb": 1}')
+    entry = parse_text(text, source="f").select("c").entries[0]
+    assert entry.mig_devices == (("3c.7g.80gb", 1), ("4c.7g.80gb", 1))
+    parse_text(text, source="f").select("c").validate(gpus)
+    parse_text(_one('{"1c.1g.10gb+me": 1, "1c.3g.40gb": 6}'), source="f").select("c").validate(gpus)
+    with pytest.raises(ConfigError) as info:
+        parse_text(_one('{"3c.4g.40gb": 1}'), source="f").select("c").validate(gpus)
+    assert info.value.key == "mig-configs.c[0].mig-devices.3c.4g.40gb"
+    assert "a 4g.40gb GPU instance has no 3-slice compute instance (it has 1c, 2c, 4c)" in str(info.value)
+    with pytest.raises(ConfigError, match=r"8 exceeds the maximum of 7 1c\.7g\.80gb"):
+        parse_text(_one('{"1c.7g.80gb": 8}'), source="f").select("c").validate(gpus)
+    with pytest.raises(ConfigError) as info:
+        parse_text(_one('{"2c.1g.10gb": 1}'), source="f")
+    assert info.value.key == "mig-configs.c[0].mig-devices.2c.1g.10gb"
+    assert "cannot be larger than its GPU instance" in str(info.value)
+
+
 def test_render_reads_back_the_same() -> None:
     f = parse_text(GOOD, source="good.yaml")
     doc = {

@@ -23,6 +23,9 @@ from nodeagent.mig import service
 from nodeagent.mig.config import parse_text
 from tests.backends.fake_nvml import H100_PROFILES, FakeDevice, FakeMig, FakeNvml, error, h100_node
 
+CI_SIZES = {1: (1,), 2: (1, 2), 3: (1, 2, 3), 4: (1, 2, 4), 7: (1, 2, 3, 4, 7)}
+"""GPU-instance compute slices → compute-instance sizes (nvidia-smi mig -lcip on an H100)."""
+
 
 class MigFakeNvml(FakeNvml):
     """The fake NVML plus MIG changes: modes pending until reset, explicit placements checked against the
@@ -35,6 +38,8 @@ class MigFakeNvml(FakeNvml):
         self.processes: dict[tuple[int, int | None], list[int]] = {}
         """(GPU index, GI or None) → pids."""
         self._uuids = itertools.count(1)
+        self.placed_cis: list[tuple[int, int, int, int]] = []
+        """(GI, CI profile id, start, size) of each compute instance made at an explicit placement."""
         self.threads: set[str] = set()
 
     def _note(self) -> None:
@@ -79,10 +84,36 @@ class MigFakeNvml(FakeNvml):
     def nvmlGpuInstanceGetComputeInstanceProfileInfo(self, gih: Any, profile: int, eng: int, version: int = 2) -> Any:
         self._enter("nvmlGpuInstanceGetComputeInstanceProfileInfo")
         row = next(r for r in H100_PROFILES if r[1] == gih.mig.profile_id)
-        want = {1: 0, 2: 1, 3: 2, 4: 3, 7: 4}[row[2]]
-        if profile != want:
+        slices = {0: 1, 1: 2, 2: 3, 3: 4, 4: 7}.get(profile)
+        if slices not in CI_SIZES[row[2]]:
             raise error(pynvml.NVML_ERROR_NOT_SUPPORTED)
         return SimpleNamespace(id=100 + profile)
+
+    def nvmlGpuInstanceCreateComputeInstanceWithPlacement(self, gih: Any, ci_profile_id: int, placement: Any) -> Any:
+        """A compute instance at an explicit placement: the GPU instance's first one takes its MIG device,
+        each further one is a MIG device of its own."""
+        self._enter("nvmlGpuInstanceCreateComputeInstanceWithPlacement")
+        self.placed_cis.append((gih.mig.gi, ci_profile_id, placement._obj.start, placement._obj.size))
+        m = gih.mig
+        row = next(r for r in H100_PROFILES if r[1] == m.profile_id)
+        start, size = placement._obj.start, placement._obj.size
+        if {1: 0, 2: 1, 3: 2, 4: 3, 7: 4}[size] + 100 != ci_profile_id or start % {1: 1, 2: 2}.get(size, 4):
+            raise error(pynvml.NVML_ERROR_INVALID_ARGUMENT)
+        if start + size > row[2]:
+            raise error(pynvml.NVML_ERROR_INVALID_ARGUMENT)
+        siblings = [x for x in m.parent.migs if x.gi == m.gi and x.ci_slices]
+        if any(start < x.ci_start + x.ci_slices and x.ci_start < start + size for x in siblings):
+            raise error(pynvml.NVML_ERROR_INSUFFICIENT_RESOURCES)
+        if not siblings:
+            m.ci_slices, m.ci_start = size, start
+            return SimpleNamespace(mig=m)
+        slot = min(set(range(7)) - {x.slot for x in m.parent.migs})
+        uuid = f"MIG-ffffffff-0000-0000-0000-{next(self._uuids):012d}"
+        ci = FakeMig(m.parent, slot, uuid, m.gi, len(siblings), m.profile_id, m.start, m.size, m.memory_mib)
+        ci.ci_slices, ci.ci_start = size, start
+        m.parent.migs.append(ci)
+        m.parent.migs.sort(key=lambda x: x.slot)
+        return SimpleNamespace(mig=ci)
 
     def nvmlGpuInstanceCreateComputeInstance(self, gih: Any, ci_profile_id: int) -> Any:
         self._enter("nvmlGpuInstanceCreateComputeInstance")
@@ -103,7 +134,7 @@ class MigFakeNvml(FakeNvml):
         m = gih.mig
         if self.processes.get((m.parent.index, m.gi)):
             raise error(pynvml.NVML_ERROR_IN_USE)
-        m.parent.migs.remove(m)
+        m.parent.migs[:] = [x for x in m.parent.migs if x.gi != m.gi]
         return 0
 
     def nvmlDeviceGetComputeRunningProcesses(self, h: Any) -> list[Any]:
@@ -168,6 +199,27 @@ async def test_mode_change_reset_create_destroy(nvml: tuple[NvmlBackend, MigFake
     await control.destroy_gpu_instance(0, 2)
     assert (await backend.inventory()).gpu(0).mig_devices == ()
     assert fake.threads and all(t.startswith("nvml") for t in fake.threads), fake.threads
+
+
+async def test_compute_instances_at_explicit_placements(
+    nvml: tuple[NvmlBackend, MigFakeNvml, NvmlMigControl, FakeSmi],
+) -> None:
+    """Issue 23 item 1: a GPU instance with compute instances smaller than itself, as the planner asks."""
+    backend, fake, control, _ = nvml
+    await control.destroy_gpu_instance(1, 1)  # GPU 1 comes with MIG on and two 3g.40gb (GI 1 and 2)
+    await control.destroy_gpu_instance(1, 2)
+    first = await control.create_gpu_instance(1, "7g.80gb", start=0, compute=((4, 0), (3, 4)))
+    assert (first.profile, first.compute_start, first.compute_instance_id) == ("4c.7g.80gb", 0, 0)
+    assert fake.placed_cis == [(0, 103, 0, 4), (0, 102, 4, 3)]
+    devices = (await backend.inventory()).gpu(1).mig_devices
+    assert [(d.gpu_instance_id, d.compute_instance_id, d.profile, d.compute_start) for d in devices] == [
+        (0, 0, "4c.7g.80gb", 0),
+        (0, 1, "3c.7g.80gb", 4),
+    ]
+    await control.destroy_gpu_instance(1, 0)
+    with pytest.raises(MigOperationError, match=r"Invalid Argument"):
+        await control.create_gpu_instance(1, "3g.40gb", start=0, compute=((2, 1),))
+    assert (await backend.inventory()).gpu(1).mig_devices == ()  # no half-made GPU instance left behind
 
 
 async def test_reset_required_means_reboot_and_in_use_is_named(

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Protocol, runtime_checkable
 
 from nodeagent.errors import MigOperationError
 from nodeagent.model.gpu import Inventory, MigDevice, Sample, SampleRequest, XidEvent
 from nodeagent.model.mig import GpuProcess
+from nodeagent.model.mig_compute import ComputePlacement
 
 
 class MigResetUnavailable(MigOperationError):
@@ -73,8 +74,13 @@ class MigControl(Protocol):
     async def reset_gpu(self, gpu_index: int) -> None:
         """Reset the GPU so a pending MIG mode becomes current."""
 
-    async def create_gpu_instance(self, gpu_index: int, profile: str, *, start: int | None = None) -> MigDevice:
-        """Create a GPU instance of ``profile`` (at placement ``start`` when given) and its compute instance."""
+    async def create_gpu_instance(
+        self, gpu_index: int, profile: str, *, start: int | None = None, compute: Sequence[ComputePlacement] = ()
+    ) -> MigDevice:
+        """Create a GPU instance of ``profile`` (at placement ``start`` when given) and its compute instances:
+        one per (slices, start) of ``compute`` (e.g. ``((4, 0), (3, 4))`` for a 4c and a 3c), or one spanning it
+        when ``compute`` is empty. The GPU instance is destroyed again when a compute instance cannot be made.
+        Returns the MIG device of its first compute instance."""
 
     async def destroy_gpu_instance(self, gpu_index: int, gpu_instance_id: int) -> None:
         """Destroy the GPU instance (and its compute instances)."""

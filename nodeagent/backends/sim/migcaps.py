@@ -6,7 +6,7 @@ driver, CDI and the labels see a node as after ``nvidia-smi mig -cgi ... -C``.""
 from __future__ import annotations
 
 import functools
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Sequence
 from typing import Any
 
 import structlog
@@ -18,6 +18,7 @@ from nodeagent.backends.sim.sandbox import sync_mig_capabilities
 from nodeagent.errors import NodeAgentError
 from nodeagent.model.gpu import MigDevice
 from nodeagent.model.mig import GpuProcess
+from nodeagent.model.mig_compute import ComputePlacement
 
 log = structlog.get_logger(__name__)
 
@@ -39,9 +40,11 @@ class SandboxMigControl:
         finally:
             await self.sync()
 
-    async def create_gpu_instance(self, gpu_index: int, profile: str, *, start: int | None = None) -> MigDevice:
+    async def create_gpu_instance(
+        self, gpu_index: int, profile: str, *, start: int | None = None, compute: Sequence[ComputePlacement] = ()
+    ) -> MigDevice:
         try:
-            return await self.inner.create_gpu_instance(gpu_index, profile, start=start)
+            return await self.inner.create_gpu_instance(gpu_index, profile, start=start, compute=compute)
         finally:
             await self.sync()
 

@@ -208,6 +208,19 @@ class NvmlInventory(NvmlBase):
             return []
         return [(int(array[i].start), int(array[i].size)) for i in range(min(count.value, capacity))]
 
+    def _compute_profile(self, c: Calls, gih: Any, ci: int, gi_profile: MigProfile) -> tuple[str, int]:
+        """The mig-parted name of a compute instance (``1c.3g.40gb``, or the GPU-instance profile when it
+        spans it) and its start in compute slices, from ``nvmlComputeInstanceGetInfo``'s placement."""
+        nv = self.nv
+        cih = c.opt("nvmlGpuInstanceGetComputeInstanceById", nv.nvmlGpuInstanceGetComputeInstanceById, gih, ci)
+        info = c.opt("nvmlComputeInstanceGetInfo", nv.nvmlComputeInstanceGetInfo, cih) if cih is not None else None
+        if info is None:
+            return gi_profile.name, 0
+        slices, start = int(info.placement.size), int(info.placement.start)
+        if 0 < slices < gi_profile.compute_slices:
+            return f"{slices}c.{gi_profile.name}", start
+        return gi_profile.name, start
+
     def _mig_devices(self, c: Calls, g: NvmlDevice, h: Any, profiles: tuple[MigProfile, ...]) -> tuple[MigDevice, ...]:
         nv = self.nv
         by_id = {p.profile_id: p for p in profiles}
@@ -227,10 +240,13 @@ class NvmlInventory(NvmlBase):
             profile, start, size = "", 0, 0
             gih = c.opt("nvmlDeviceGetGpuInstanceById", nv.nvmlDeviceGetGpuInstanceById, h, gi)
             ginfo = c.opt("nvmlGpuInstanceGetInfo", nv.nvmlGpuInstanceGetInfo, gih) if gih is not None else None
+            compute_start = 0
             if ginfo is not None:
                 known = by_id.get(int(ginfo.profileId))
                 profile = known.name if known else f"profile-{ginfo.profileId}"
                 start, size = int(ginfo.placement.start), int(ginfo.placement.size)
+                if known is not None:
+                    profile, compute_start = self._compute_profile(c, gih, int(ci), known)
             devices.append(
                 MigDevice(
                     uuid=uuid,
@@ -242,8 +258,11 @@ class NvmlInventory(NvmlBase):
                     placement_start=start,
                     placement_size=size,
                     memory_total_mib=int(mem.total // MIB) if mem is not None else 0,
+                    compute_start=compute_start,
                 )
             )
+            if int(gi) in found:  # a further compute instance of a GPU instance: sampled through the first
+                continue
             old = g.mig.get(int(gi))
             if old is not None and old.uuid == uuid:
                 old.handle = mh

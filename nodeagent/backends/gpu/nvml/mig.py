@@ -7,14 +7,16 @@ process lists. Every NVML call runs on the backend's one worker thread, each wit
 - NVML has no public GPU reset; like mig-parted, the reset runs ``nvidia-smi --gpu-reset -i <bus id>``
   (asynchronously, with a timeout); "In use by another client" becomes ``MigInUse``.
 - A GPU instance is created with ``nvmlDeviceCreateGpuInstanceWithPlacement`` (explicit start), then one
-  compute instance spanning it (the compute-instance profile with the GI's slice count, shared engines).
+  compute instance spanning it (the compute-instance profile with the GI's slice count, shared engines),
+  or, for compute-instance profiles (``1c.3g.40gb``), each compute instance the plan asks for with
+  ``nvmlGpuInstanceCreateComputeInstanceWithPlacement`` (its slice count's profile at its start).
 - Destroy: every compute instance of the GPU instance, then the GPU instance.
 """
 
 from __future__ import annotations
 
 import ctypes
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 from nodeagent.backends import procs
@@ -24,6 +26,7 @@ from nodeagent.backends.gpu.sweep import Hop
 from nodeagent.errors import BackendUnavailable, CallTimeout, MigOperationError
 from nodeagent.model.gpu import MigDevice, MigProfile
 from nodeagent.model.mig import GpuProcess
+from nodeagent.model.mig_compute import ComputePlacement
 
 T = TypeVar("T")
 
@@ -111,7 +114,9 @@ class NvmlMigControl:
             raise MigResetUnavailable(f"GPU {gpu_index}: reset not supported here: {done.describe_failure()}")
         raise MigOperationError(f"GPU {gpu_index}: reset failed: {done.describe_failure()}")
 
-    async def create_gpu_instance(self, gpu_index: int, profile: str, *, start: int | None = None) -> MigDevice:
+    async def create_gpu_instance(
+        self, gpu_index: int, profile: str, *, start: int | None = None, compute: Sequence[ComputePlacement] = ()
+    ) -> MigDevice:
         nv = self.nv
         inventory = await self.backend.inventory()
         gpu = inventory.gpu(gpu_index)
@@ -125,14 +130,20 @@ class NvmlMigControl:
                 placement = nv.c_nvmlGpuInstancePlacement_t()
                 placement.start, placement.size = start, mp.slices
                 gi = nv.nvmlDeviceCreateGpuInstanceWithPlacement(h, mp.profile_id, ctypes.byref(placement))
+            made: list[Any] = []
             try:
-                ci_profile = CI_PROFILE_FOR_SLICES[mp.compute_slices]
-                info = nv.nvmlGpuInstanceGetComputeInstanceProfileInfo(
-                    gi, ci_profile, nv.NVML_COMPUTE_INSTANCE_ENGINE_PROFILE_SHARED
-                )
-                nv.nvmlGpuInstanceCreateComputeInstance(gi, info.id)
+                if not compute:
+                    info = _ci_profile_info(nv, gi, mp.compute_slices)
+                    made.append(nv.nvmlGpuInstanceCreateComputeInstance(gi, info.id))
+                for slices, ci_start in compute:
+                    info = _ci_profile_info(nv, gi, slices)
+                    where = nv.c_nvmlComputeInstancePlacement_t()
+                    where.start, where.size = ci_start, slices
+                    made.append(nv.nvmlGpuInstanceCreateComputeInstanceWithPlacement(gi, info.id, ctypes.byref(where)))
             except BaseException:
-                nv.nvmlGpuInstanceDestroy(gi)  # no half-made instance left behind
+                for ci in made:  # no half-made instance left behind
+                    nv.nvmlComputeInstanceDestroy(ci)
+                nv.nvmlGpuInstanceDestroy(gi)
                 raise
             return int(nv.nvmlGpuInstanceGetInfo(gi).id)
 
@@ -193,6 +204,15 @@ class NvmlMigControl:
 def _gi_of(process: Any) -> int | None:
     gi = getattr(process, "gpuInstanceId", None)
     return None if gi is None or gi == 0xFFFFFFFF else int(gi)
+
+
+def _ci_profile_info(nv: Any, gi: Any, slices: int) -> Any:
+    """The compute-instance profile of ``slices`` compute slices (shared engines) in a GPU instance."""
+    if slices not in CI_PROFILE_FOR_SLICES:
+        raise MigOperationError(f"no {slices}-slice compute-instance profile in NVML")
+    return nv.nvmlGpuInstanceGetComputeInstanceProfileInfo(
+        gi, CI_PROFILE_FOR_SLICES[slices], nv.NVML_COMPUTE_INSTANCE_ENGINE_PROFILE_SHARED
+    )
 
 
 def _compute_instances(nv: Any, gi: Any) -> list[Any]:

@@ -69,13 +69,15 @@ class SimBase:
         layout = parse_mig_layout(mig_layout, self.profile)
         if layout:
             starts = find_placement(
-                layout, memory_slices=self.profile.mig_memory_slices, compute_slices=self.profile.mig_compute_slices
+                [mp for mp, _ in layout],
+                memory_slices=self.profile.mig_memory_slices,
+                compute_slices=self.profile.mig_compute_slices,
             )
             assert starts is not None  # parse_mig_layout checked that it fits
             for g in self._gpus:
                 g.mig_enabled = g.mig_pending = True
-                for mp, start in zip(layout, starts, strict=True):
-                    g.add_instance(mp, start)
+                for (mp, compute), start in zip(layout, starts, strict=True):
+                    g.add_instance(mp, start, compute=compute)
         self._closed = False
         self._state_file: Path | None = None
         self._reset_blocker: tuple[str, str] | None = None

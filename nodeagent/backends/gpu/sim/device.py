@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import math
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from nodeagent.backends.gpu.sim.profiles import GpuProfile
@@ -106,14 +107,35 @@ class Workload:
 
 
 @dataclass
-class SimInstance:
-    gi: int
+class SimCompute:
+    """A compute instance inside a simulated GPU instance: its id, size and start in compute slices."""
+
     ci: int
-    profile: MigProfile
+    slices: int
     start: int
     uuid: str
+
+
+@dataclass
+class SimInstance:
+    """A simulated GPU instance with its compute instances (one MIG device each); readings are per GPU
+    instance, as DCGM's GPU-instance entities."""
+
+    gi: int
+    profile: MigProfile
+    start: int
     work: Workload
+    computes: list[SimCompute]
     gpm_primed: bool = False
+
+    @property
+    def uuid(self) -> str:
+        """The UUID of its first compute instance's MIG device."""
+        return self.computes[0].uuid
+
+    def compute_name(self, c: SimCompute) -> str:
+        """``1c.3g.40gb``, or the GPU-instance profile for a compute instance spanning it."""
+        return self.profile.name if c.slices == self.profile.compute_slices else f"{c.slices}c.{self.profile.name}"
 
 
 class SimGpu:
@@ -333,36 +355,53 @@ class SimGpu:
     def mig_devices(self) -> tuple[MigDevice, ...]:
         if not self.mig_enabled:
             return ()
+        pairs = [
+            (inst, c)
+            for inst in sorted(self.instances.values(), key=lambda i: i.gi)
+            for c in sorted(inst.computes, key=lambda c: c.ci)
+        ]
         return tuple(
             MigDevice(
-                uuid=inst.uuid,
+                uuid=c.uuid,
                 gpu_index=self.index,
                 mig_index=n,
                 gpu_instance_id=inst.gi,
-                compute_instance_id=inst.ci,
-                profile=inst.profile.name,
+                compute_instance_id=c.ci,
+                profile=inst.compute_name(c),
                 placement_start=inst.start,
                 placement_size=inst.profile.slices,
                 memory_total_mib=inst.profile.memory_mib,
+                compute_start=c.start,
             )
-            for n, inst in enumerate(sorted(self.instances.values(), key=lambda i: (i.gi, i.ci)))
+            for n, (inst, c) in enumerate(pairs)
         )
 
-    def add_instance(self, mp: MigProfile, start: int, *, uuid: str = "") -> SimInstance:
+    def add_instance(
+        self,
+        mp: MigProfile,
+        start: int,
+        *,
+        uuid: str = "",
+        compute: Sequence[tuple[int, int]] = (),
+        uuids: Sequence[str] = (),
+    ) -> SimInstance:
+        """A GPU instance at ``start`` with compute instances (slices, start), one spanning it when none are
+        given; compute instance ids count from 0 in that order. ``uuids`` (or ``uuid`` for the first) restore
+        known MIG UUIDs; new ones are derived from the creation counter, as each creation on the hardware
+        gets a new UUID."""
         p = self.profile
         gi = gpu_instance_id(start, mp.slices, p.mig_memory_slices)
         rng = random.Random(f"{self.seed}/{p.key}/{self.index}/gi{gi}")
-        if not uuid:
-            uuid = _uuid("MIG", "mig", self.uuid, gi, 0, self.created)
-            self.created += 1
-        inst = SimInstance(
-            gi=gi,
-            ci=0,
-            profile=mp,
-            start=start,
-            uuid=uuid,
-            work=Workload(rng, mp.memory_mib * 0.97),
-        )
+        layout = list(compute) or [(mp.compute_slices, 0)]
+        known = list(uuids) or ([uuid] if uuid else [])
+        computes = []
+        for ci, (slices, cstart) in enumerate(layout):
+            mig_uuid = known[ci] if ci < len(known) and known[ci] else ""
+            if not mig_uuid:
+                mig_uuid = _uuid("MIG", "mig", self.uuid, gi, ci, self.created)
+                self.created += 1
+            computes.append(SimCompute(ci, slices, cstart, mig_uuid))
+        inst = SimInstance(gi=gi, profile=mp, start=start, work=Workload(rng, mp.memory_mib * 0.97), computes=computes)
         self.instances[gi] = inst
         return inst
 

@@ -1,8 +1,11 @@
 """MIG control of the simulated GPUs, through the worker like the NVML calls it models: a mode change stays
 pending until ``reset_gpu``; GPU instances obey the profile's placements (allowed starts, sizes, no overlap,
-compute slices, max counts, one ``+me``); a reset drops them."""
+compute slices, max counts, one ``+me``), their compute instances the compute-instance placements inside
+them; a reset drops them."""
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import structlog
 
@@ -15,6 +18,7 @@ from nodeagent.model.gpu import (
     MigDevice,
 )
 from nodeagent.model.mig import GpuProcess, count_problem, find_placement, placement_problem
+from nodeagent.model.mig_compute import ComputePlacement, compute_problem
 
 log = structlog.get_logger(__name__)
 
@@ -29,10 +33,15 @@ class SimMig(SimBase):
         comes back."""
         await self._sweeper.call("nvmlDeviceReset", self._reset, gpu_index)
 
-    async def create_gpu_instance(self, gpu_index: int, profile: str, *, start: int | None = None) -> MigDevice:
-        """Create a GPU instance (and one compute instance on all of it) at ``start`` or at the lowest free
-        placement, as NVML's automatic placement does."""
-        return await self._sweeper.call_in_hop("nvmlDeviceCreateGpuInstance", self._create, gpu_index, profile, start)
+    async def create_gpu_instance(
+        self, gpu_index: int, profile: str, *, start: int | None = None, compute: Sequence[ComputePlacement] = ()
+    ) -> MigDevice:
+        """Create a GPU instance at ``start`` or at the lowest free placement, as NVML's automatic placement
+        does, and its compute instances: (slices, start) each, checked by the compute-instance placement
+        rules, or one on all of it. Returns the first compute instance's MIG device."""
+        return await self._sweeper.call_in_hop(
+            "nvmlDeviceCreateGpuInstance", self._create, gpu_index, profile, start, tuple(compute)
+        )
 
     async def destroy_gpu_instance(self, gpu_index: int, gpu_instance_id: int) -> None:
         await self._sweeper.call_in_hop("nvmlGpuInstanceDestroy", self._destroy, gpu_index, gpu_instance_id)
@@ -77,7 +86,9 @@ class SimMig(SimBase):
         self._save()
         log.info("sim_gpu_reset", gpu=gpu_index, mig_enabled=g.mig_enabled)
 
-    def _create(self, hop: Hop, gpu_index: int, profile: str, start: int | None) -> MigDevice:
+    def _create(
+        self, hop: Hop, gpu_index: int, profile: str, start: int | None, compute: tuple[ComputePlacement, ...]
+    ) -> MigDevice:
         g = self._mig_gpu(hop, gpu_index)
         if not g.mig_enabled:
             hint = " (it is pending: reset the GPU to apply it)" if g.mig_pending else ""
@@ -87,6 +98,9 @@ class SimMig(SimBase):
         except ConfigError as err:
             raise MigOperationError(err.bare_message) from None
         p = self.profile
+        problem = compute_problem(mp, compute)
+        if problem:
+            raise MigOperationError(f"GPU {gpu_index}: {problem} (nvmlGpuInstanceCreateComputeInstanceWithPlacement)")
         if start is None:
             problem = count_problem(mp, g.placed())
             if problem:
@@ -103,9 +117,16 @@ class SimMig(SimBase):
             )
             if problem:
                 raise MigOperationError(f"GPU {gpu_index}: {problem}")
-        inst = g.add_instance(mp, start)
+        inst = g.add_instance(mp, start, compute=compute)
         self._save()
-        log.info("sim_gpu_instance_created", gpu=gpu_index, profile=mp.name, gi=inst.gi, start=start)
+        log.info(
+            "sim_gpu_instance_created",
+            gpu=gpu_index,
+            profile=mp.name,
+            gi=inst.gi,
+            start=start,
+            compute=[inst.compute_name(c) for c in inst.computes],
+        )
         return next(d for d in g.mig_devices() if d.gpu_instance_id == inst.gi)
 
     def _destroy(self, hop: Hop, gpu_index: int, gpu_instance_id: int) -> None:

@@ -51,7 +51,10 @@ class SimPersistence(SimBase):
                 g.created = int(raw["created"])
                 g.instances.clear()
                 for inst in raw["instances"]:
-                    g.add_instance(self.profile.mig_profile(inst["profile"]), int(inst["start"]), uuid=inst["uuid"])
+                    compute = [(int(c["slices"]), int(c["start"])) for c in inst.get("compute", [])]
+                    uuids = [str(c["uuid"]) for c in inst.get("compute", [])]
+                    mp = self.profile.mig_profile(inst["profile"])
+                    g.add_instance(mp, int(inst["start"]), uuid=inst["uuid"], compute=compute, uuids=uuids)
                 g.holders = tuple(
                     GpuProcess(int(h["pid"]), str(h["name"]), g.index, h.get("gpu_instance_id"), int(h.get("mib", 0)))
                     for h in raw.get("holders", [])
@@ -73,7 +76,12 @@ class SimPersistence(SimBase):
                     "mig_pending": g.mig_pending,
                     "created": g.created,
                     "instances": [
-                        {"profile": i.profile.name, "start": i.start, "uuid": i.uuid}
+                        {
+                            "profile": i.profile.name,
+                            "start": i.start,
+                            "uuid": i.uuid,
+                            "compute": [{"slices": c.slices, "start": c.start, "uuid": c.uuid} for c in i.computes],
+                        }
                         for i in sorted(g.instances.values(), key=lambda i: i.gi)
                     ],
                     "holders": [

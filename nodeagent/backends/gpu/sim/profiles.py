@@ -22,7 +22,9 @@ from typing import Any
 from nodeagent.errors import ConfigError
 from nodeagent.model import catalog
 from nodeagent.model.gpu import NVLINK_ERROR_READINGS, MigProfile, Reading
-from nodeagent.model.mig import find_placement
+from nodeagent.model.mig import MigTable, find_placement
+from nodeagent.model.mig_compute import ComputePlacement, pack_compute
+from nodeagent.model.mig_names import gpu_instance_name
 
 PROFILE_FORMAT = "nodeagent.gpu-profile/v1"
 DEFAULT_PROFILE = "h100-80gb-hbm3"
@@ -509,8 +511,10 @@ def _mig_profile_json(m: MigProfile, details: Mapping[str, int]) -> dict[str, An
     return out
 
 
-def parse_mig_layout(spec: str, profile: GpuProfile) -> list[MigProfile]:
-    """``1g.10gb*7`` or ``3g.40gb,4g.40gb`` → the GI profiles to create on each GPU (checked to fit)."""
+def parse_mig_layout(spec: str, profile: GpuProfile) -> list[tuple[MigProfile, tuple[ComputePlacement, ...]]]:
+    """``1g.10gb*7``, ``3g.40gb,4g.40gb`` or ``1c.3g.40gb*3,2c.2g.20gb`` → the GPU instances to create on each
+    GPU with their compute instances (slices, start; empty: one spanning it), checked to fit. Compute
+    instances of one GPU-instance profile share the fewest GPU instances that hold them."""
     text = spec.strip()
     if not text:
         return []
@@ -519,7 +523,8 @@ def parse_mig_layout(spec: str, profile: GpuProfile) -> list[MigProfile]:
             f"{profile.name} ({profile.key}) is not MIG-capable; leave mig_layout empty",
             key="simulation.mig_layout",
         )
-    wanted: list[MigProfile] = []
+    table = MigTable(profile.mig_profiles, profile.mig_memory_slices, profile.mig_compute_slices)
+    sizes: dict[str, list[int]] = {}
     for item in text.split(","):
         part = item.strip()
         name, star, count_text = part.partition("*")
@@ -534,10 +539,19 @@ def parse_mig_layout(spec: str, profile: GpuProfile) -> list[MigProfile]:
                 )
             count = int(count_text)
         try:
-            mp = profile.mig_profile(name)
+            gi = profile.mig_profile(gpu_instance_name(name))
         except ConfigError as err:
             raise ConfigError(err.bare_message, key="simulation.mig_layout") from None
-        wanted.extend([mp] * count)
+        cp = table.compute_profile(name)
+        if cp is None:
+            raise ConfigError(f"{name}: {table.unknown_reason(name)}", key="simulation.mig_layout")
+        sizes.setdefault(gi.name, []).extend([cp.slices] * count)
+    targets: list[tuple[MigProfile, tuple[ComputePlacement, ...]]] = []
+    for gi_name, wanted_sizes in sizes.items():
+        gi = profile.mig_profile(gi_name)
+        for lay in pack_compute(gi.compute_slices, wanted_sizes) or []:
+            targets.append((gi, () if lay == ((gi.compute_slices, 0),) else lay))
+    wanted = [gi for gi, _ in targets]
     for mp in {m.name: m for m in wanted}.values():
         n = sum(1 for m in wanted if m.name == mp.name)
         if n > mp.max_count:
@@ -555,4 +569,4 @@ def parse_mig_layout(spec: str, profile: GpuProfile) -> list[MigProfile]:
             + "; ".join(f"{m.name} at {{{','.join(map(str, m.starts))}}}:{m.slices}" for m in profile.mig_profiles),
             key="simulation.mig_layout",
         )
-    return wanted
+    return targets
