@@ -220,9 +220,11 @@ def host_backends(settings: Settings, root: Root, gpus: GpuBackend) -> Backends:
 
 
 def simulated_backends(settings: Settings, root: Root, gpus: GpuBackend, inventory: Inventory | None) -> Backends:
-    """The simulator's parts: a recording runtime control, the sandbox's modprobe, placeholder device nodes."""
+    """The simulator's parts: a recording runtime control, the sandbox's modprobe, placeholder device nodes (and
+    the sandbox's runtime nodes for them, which its CDI spec names)."""
     from nodeagent.backends.sim.migcaps import sandbox_mig_control
     from nodeagent.backends.sim.modprobe import SimModprobe
+    from nodeagent.backends.sim.sandbox import SIM_DEV_DIR, make_sim_device_node
 
     version = inventory.driver_version if inventory is not None else SIM_DRIVER_VERSION
     control: RuntimeControl = SimRuntimeControl(version_text=settings.runtime.containerd_version or SIM_RUNTIME_VERSION)
@@ -232,11 +234,12 @@ def simulated_backends(settings: Settings, root: Root, gpus: GpuBackend, invento
         gpus=gpus,
         runtime_control=control,
         module_loader=loader,
-        device_nodes=_device_node_maker(placeholder=True),
+        device_nodes=make_sim_device_node,
         mig_control=sandbox_mig_control(mig_control_for(gpus, settings), gpus, root),
         kube=kube_connector(root),
         pod_resources=pod_resources_connector(root),
         file_watcher=file_watcher,
+        runtime_device_dir=SIM_DEV_DIR,
     )
 
 

@@ -161,6 +161,9 @@ class Backends:
     """Builds the kubelet PodResources client (metrics' pod attribution, MIG's holders, the device plugin)."""
     file_watcher: WatcherMaker = field(kw_only=True)
     """Watches local files (the drift watches, the driver's files)."""
+    runtime_device_dir: str = field(default="", kw_only=True)
+    """In simulation: the sandbox's directory (a host path under the root) holding the device nodes a container
+    runtime can inject, which the CDI spec's ``hostPath`` names when the sandbox has it; "" on a node."""
 
 
 class StatusBoard:

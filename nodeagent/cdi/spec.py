@@ -281,6 +281,19 @@ def generate(
     return spec
 
 
+def runtime_device_nodes(spec: Mapping[str, Any], host_dir: str) -> dict[str, Any]:
+    """Simulation only (a real node's spec never goes through this): every device node's ``hostPath`` is its
+    node below ``host_dir``, the sandbox's runtime device directory as the host sees it (containerd reads the
+    spec on the real host, where the sandbox's /dev is not /dev); ``path`` stays the container's."""
+    out: dict[str, Any] = json.loads(json.dumps(spec))  # a deep copy, plain lists and dicts
+    base = host_dir.rstrip("/")
+    for edits in [out.get("containerEdits") or {}] + [d.get("containerEdits") or {} for d in out.get("devices", [])]:
+        for node in edits.get("deviceNodes", []):
+            node["hostPath"] = base + (node.get("hostPath") or node["path"])
+    out["cdiVersion"] = required_version(out)
+    return out
+
+
 class _PlainDumper(yaml.SafeDumper):
     """Writes shared lists out in full: runtimes' YAML readers need no anchors and people read it better."""
 

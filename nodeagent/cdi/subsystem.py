@@ -44,6 +44,8 @@ class CdiObservation:
     others: list[coexist.OtherSpec] = field(default_factory=list)
     """Other generators' specs for our kind (nvidia-cdi-refresh's, a manual nvidia-ctk one)."""
     other_bytes: dict[str, bytes | None] = field(default_factory=dict)
+    runtime_devices: str = ""
+    """Simulation: the sandbox's runtime device directory as the host sees it, when it has one ('' on a node)."""
 
 
 def _existing_ipc(root: Root, facts: DriverFacts) -> tuple[str, ...]:
@@ -61,6 +63,14 @@ def _missing_nodes(root: Root, facts: DriverFacts, inventory: Inventory) -> tupl
     paths = cdispec.device_node_paths(inventory)
     prefix = "" if facts.dev_root == "/" else facts.dev_root.rstrip("/")
     return tuple(p for p in paths if not root.exists(prefix + p))
+
+
+def _runtime_devices(root: Root, directory: str) -> str:
+    """Where a simulated node's device nodes are for the container runtime (an absolute host path), or ''
+    (a real node: its spec names /dev as it is)."""
+    if not directory or root.is_host or not root.is_dir(directory):
+        return ""
+    return str(root.resolve(directory))
 
 
 SHOWN_MISSING = 3
@@ -104,6 +114,7 @@ class CdiSubsystem(BaseSubsystem):
             arch = self.options(facts).arch
             obs.graphics = await run_blocking(cdigraphics.discover, self.ctx.root, facts, inventory, arch=arch)
         obs.hook_present = await run_blocking(self.ctx.root.is_file, settings.hook_path)
+        obs.runtime_devices = await run_blocking(_runtime_devices, self.ctx.root, self.ctx.backends.runtime_device_dir)
         journaled = set(await run_blocking(self.ctx.journal.entries))
         obs.others = await run_blocking(
             coexist.find_others, self.ctx.root, settings.vendor_class, settings.spec_path, journaled
@@ -138,13 +149,16 @@ class CdiSubsystem(BaseSubsystem):
         """The spec for what was observed (pure); None without driver facts or inventory."""
         if observed.facts is None or observed.inventory is None:
             return None
-        return cdispec.generate(
+        spec = cdispec.generate(
             observed.facts,
             observed.inventory,
             self.options(observed.facts),
             ipc=observed.ipc,
             graphics=observed.graphics,
         )
+        if observed.runtime_devices:
+            return cdispec.runtime_device_nodes(spec, observed.runtime_devices)
+        return spec
 
     def plan(self, observed: CdiObservation) -> Plan:
         """Pure: the spec for the observation, and a write step when it differs from the file."""

@@ -18,7 +18,7 @@ from typing import Any
 import yaml
 
 from nodeagent.deviceplugin.resources import GPU_RESOURCE, MIG_PREFIX, MIG_STRATEGIES, SharedResource, TimeSlicing
-from nodeagent.deviceplugin.settings import DEVICE_LIST_STRATEGIES, DevicePluginSettings
+from nodeagent.deviceplugin.settings import DEVICE_LIST_STRATEGIES, DevicePluginSettings, LabelSharing
 from nodeagent.errors import ConfigError
 
 VERSION = "v1"
@@ -222,3 +222,18 @@ def effective(
         sharing,
         source=source,
     )
+
+
+def label_sharing(sharing: TimeSlicing) -> LabelSharing:
+    """GFD's view of the time-slicing: per resource name its entry for all devices, else its first one."""
+    chosen: dict[str, SharedResource] = {}
+    for entry in sharing.resources:
+        kept = chosen.get(entry.name)
+        if kept is None or (kept.devices is not None and entry.devices is None):
+            chosen[entry.name] = entry
+    view = {
+        name: (e.replicas, e.replicas > 1 and (bool(e.rename) or sharing.rename_by_default))
+        for name, e in chosen.items()
+    }
+    every = view.pop("", None)
+    return LabelSharing(view, every)

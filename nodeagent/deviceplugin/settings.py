@@ -2,11 +2,17 @@
 
 The MIG strategy is not here: it is ``labels.mig_strategy``, one setting for the GFD labels and the resources
 advertised, so the two never disagree. The health hold is ``gpuhealth``'s (``xid_window_s``, the flapping hold).
+
+``DevicePluginSettings.label_sharing`` is the one derivation of the time-slicing that GFD's sharing labels
+follow (``nvidia.com/gpu.replicas``, ``.sharing-strategy``, the ``-SHARED`` product): the labels subsystem
+calls it on its settings (subsystems never import each other), so the labels and the plugin read the same
+keys and the same NVIDIA config file.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Literal
 
 from nodeagent.settings.sections import at_least, opt
@@ -67,3 +73,30 @@ class DevicePluginSettings:
         False, "Time-slicing: refuse a request for more than one replica of a shared resource."
     )
     register_timeout_s: float = opt(5.0, "Timeout of one Register call to the kubelet.", check=at_least(0.1))
+
+    def label_sharing(self, mig_strategy: str, config_text: str | None = None, *, source: str = "") -> LabelSharing:
+        """The time-slicing these settings (and ``config_text``, the text of ``config_file``, when given) make
+        the plugin advertise, as GFD's labels see it (pure). ConfigError (naming ``source`` and the key) when
+        the file is bad, exactly as the plugin would refuse it."""
+        from nodeagent.deviceplugin import config  # it builds on this module
+
+        parsed = config.parse(config_text, source=source) if config_text is not None else None
+        return config.label_sharing(config.effective(self, mig_strategy, parsed, source=source).time_slicing)
+
+
+@dataclass(frozen=True)
+class LabelSharing:
+    """The device plugin's time-slicing per resource, as GFD labels it: (replicas, renamed). ``renamed``: the
+    replicas are advertised under another name (``rename``, or ``renameByDefault``), so the product label has no
+    ``-SHARED`` suffix. A resource with several entries (per-GPU replicas, which NVIDIA's labels cannot say)
+    is labelled with its entry for all devices, else its first one."""
+
+    resources: Mapping[str, tuple[int, bool]] = field(default_factory=dict)
+    """Resource name (``nvidia.com/gpu``, ``nvidia.com/mig-1g.10gb``) → (replicas, renamed)."""
+    every: tuple[int, bool] | None = None
+    """For every resource not named (``deviceplugin.replicas``)."""
+
+    @property
+    def time_slicing(self) -> bool:
+        """Whether any resource is shared (replicas > 1)."""
+        return any(r > 1 for r, _ in (*self.resources.values(), *([self.every] if self.every else [])))

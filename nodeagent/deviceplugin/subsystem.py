@@ -4,7 +4,8 @@ plugin API (v1beta1), on the GPU-state owner's inventory and events.
 One socket per resource in ``kubelet.device_plugins_dir`` (``nodeagent-gpu.sock``, ``nodeagent-mig-1g.10gb.sock``;
 ``backends/deviceplugin_server.py``), each registered on the kubelet's ``kubelet.sock``. What is advertised is
 planned in ``resources.py`` (MIG strategy ``labels.mig_strategy``, time-slicing from ``[deviceplugin]`` or
-NVIDIA's config file, ``config.py``); health in ``health.py`` (gpuhealth's classification and hold);
+NVIDIA's config file, ``config.py``); health in ``health.py`` (gpuhealth's classification and hold; a device
+turning Unhealthy or Healthy again is in ``/status`` and one Event about the Node, through the Node gateway);
 Allocate in ``allocate.py``, with the names of the agent's own CDI spec (``cdinames.py``).
 
 Events reach the kubelet at once: an XID or a lost GPU re-plans the devices and every open ListAndWatch stream
@@ -41,7 +42,7 @@ from nodeagent.backends.deviceplugin_server import (
 from nodeagent.deviceplugin import allocate, config, resources
 from nodeagent.deviceplugin.cdinames import CdiNames
 from nodeagent.deviceplugin.declaration import DECLARATION
-from nodeagent.deviceplugin.health import HealthBook
+from nodeagent.deviceplugin.health import HealthBook, HealthChange, changes
 from nodeagent.errors import BackendUnavailable, ConfigError, NodeAgentError
 from nodeagent.model.gpu import GpuHealthState, Inventory, XidEvent
 from nodeagent.plan import Plan
@@ -114,6 +115,11 @@ class DevicePluginSubsystem(BaseSubsystem):
         self._health_wait: float | None = None
         self._retry = False
         self._queue: asyncio.Queue[events.Event] = asyncio.Queue()
+        self._changes: list[HealthChange] = []
+        """Health Events not recorded yet (``_record_events`` sends them, in order)."""
+        self._changed = asyncio.Event()
+        self.recorded: list[HealthChange] = []
+        """The health Events recorded (or tried: recording is best effort), the last few."""
         self.config_problem = ""
         self.node_labels: dict[str, str] = {}
         """The own Node's labels, as last read (empty without Kubernetes)."""
@@ -144,6 +150,7 @@ class DevicePluginSubsystem(BaseSubsystem):
         inventory = self.inventory
         gpus = [g.index for g in inventory.gpus] if inventory is not None else []
         verdicts = self.health.evaluate(gpus, self.clock())
+        before = self._verdict_keys()
         self.unhealthy, self.unhealthy_instances = dict(verdicts.gpus), dict(verdicts.instances)
         self._health_wait = verdicts.wait_s
         if inventory is None:
@@ -160,6 +167,15 @@ class DevicePluginSubsystem(BaseSubsystem):
             )
         for name, server in self.servers.items():
             server.update(self._devices(name))
+        uuids = {g.index: g.uuid for g in inventory.gpus} if inventory is not None else {}
+        found = changes(before, self._verdict_keys(), uuids=uuids, advertised=self.advertised)
+        if found:
+            self._changes += found
+            self._changed.set()
+
+    def _verdict_keys(self) -> dict[tuple[int, int | None], str]:
+        whole: dict[tuple[int, int | None], str] = {(g, None): why for g, why in self.unhealthy.items()}
+        return whole | {(g, i): why for (g, i), why in self.unhealthy_instances.items()}
 
     def _devices(self, name: str) -> tuple[Device, ...]:
         planned = self.advertised.resource(name)
@@ -358,6 +374,22 @@ class DevicePluginSubsystem(BaseSubsystem):
             if changed - {local}:
                 self._queue.put_nowait(events.Event(CONFIG_EVENT, config_file))
 
+    async def _record_events(self, stop: asyncio.Event) -> None:
+        """Each device's health change as one Event about the Node (through the Node gateway), best effort."""
+        while not stop.is_set():
+            if not self._changes:
+                self._changed.clear()
+                await until_stopped(stop, self._changed.wait())
+                continue
+            change = self._changes.pop(0)
+            self.recorded = [*self.recorded[-15:], change]
+            self.log.info("device_health", kind=change.kind, reason=change.reason, message=change.message)
+            if self.ctx.node.client() is None:
+                continue
+            problem = await self.ctx.node.record_event(change.kind, change.reason, change.message)
+            if problem:
+                self.log.debug("event_not_recorded", reason=change.reason, problem=problem)
+
     async def _observe_node(self, stop: asyncio.Event) -> None:
         """The operator's label on the own Node (through the Node gateway; nothing when Kubernetes is off)."""
         if self.ctx.node.client() is None:
@@ -396,6 +428,7 @@ class DevicePluginSubsystem(BaseSubsystem):
             asyncio.create_task(self._forward(stop), name="deviceplugin-events"),
             asyncio.create_task(self._watch_files(stop), name="deviceplugin-watch"),
             asyncio.create_task(self._observe_node(stop), name="deviceplugin-node"),
+            asyncio.create_task(self._record_events(stop), name="deviceplugin-events-out"),
         ]
         try:
             await self.sync()

@@ -8,5 +8,5 @@ DECLARATION = Declaration(
     name="labels",
     target="nodeagent.labels.subsystem:LabelsSubsystem",
     requires=("driver",),
-    settings=("labels", "kube", "runtime"),
+    settings=("labels", "kube", "runtime", "deviceplugin"),  # deviceplugin: the sharing labels follow its time-slicing
 )

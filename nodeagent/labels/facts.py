@@ -40,6 +40,8 @@ class Sharing:
     strategy: SharingStrategy = SharingStrategy.NONE
     resources: Mapping[str, Replication] = field(default_factory=dict)
     """Resource name (``nvidia.com/gpu``, ``nvidia.com/mig-1g.10gb``) → its replication."""
+    every: Replication | None = None
+    """The replication of every resource not in ``resources`` (None: those are not replicated)."""
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,16 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from nodeagent.labels.facts import GpuFacts, MigAttributes, MigFacts, MigStrategy, NodeFacts, Sharing
+from nodeagent.labels.facts import (
+    GpuFacts,
+    MigAttributes,
+    MigFacts,
+    MigStrategy,
+    NodeFacts,
+    Replication,
+    Sharing,
+    SharingStrategy,
+)
 from nodeagent.model import catalog
 from nodeagent.model.gpu import GpuInfo, Inventory, MigDevice
 from nodeagent.model.mig_names import ProfileName
@@ -116,4 +125,17 @@ def node_facts(
         sharing=sharing,
         timestamp=timestamp,
         pci_configs=pci_configs,
+    )
+
+
+def plugin_sharing(resources: Mapping[str, tuple[int, bool]], every: tuple[int, bool] | None) -> Sharing:
+    """GFD's sharing facts from the device plugin's time-slicing (resource → (replicas, renamed); ``every``: for
+    the resources not named): time-slicing when any resource has more than one replica, else none."""
+    shared = any(r > 1 for r, _ in (*resources.values(), *([every] if every else [])))
+    if not shared:
+        return Sharing()
+    return Sharing(
+        SharingStrategy.TIME_SLICING,
+        {name: Replication(r, renamed) for name, (r, renamed) in resources.items()},
+        Replication(*every) if every else None,
     )

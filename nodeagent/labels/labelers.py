@@ -168,7 +168,7 @@ class _Resource:
     def _replication(self) -> tuple[int, bool] | None:
         if self.sharing is None:
             return None
-        r = self.sharing.resources.get(self.name)
+        r = self.sharing.resources.get(self.name) or self.sharing.every
         return None if r is None else (r.replicas, r.renamed)
 
     def replicas(self) -> int:

@@ -23,11 +23,12 @@ import contextlib
 import random
 import time
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 from nodeagent import aio, events
 from nodeagent.aio import run_blocking
-from nodeagent.errors import NodeAgentError
+from nodeagent.errors import ConfigError, NodeAgentError
 from nodeagent.kube.client import KubeClient, KubeError, NotFound
 from nodeagent.kube.resources import NODEFEATURES, NODES, RUNTIMECLASSES
 from nodeagent.labels import (
@@ -156,16 +157,13 @@ class LabelsSubsystem(BaseSubsystem):
             return None
         s = self.ctx.settings.labels
         host = await run_blocking(self._read_host, inventory)
-        strategy = SharingStrategy(s.sharing_strategy)
-        resources = {}
-        if strategy != SharingStrategy.NONE:
-            resources = {"nvidia.com/gpu": Replication(s.replicas)}
+        sharing = await self._sharing(problems)
         facts = inputs.node_facts(
             inventory,
             pci_classes=host.pci_classes,
             machine_type=host.machine_type,
             mig_strategy=MigStrategy(s.mig_strategy),
-            sharing=Sharing(strategy, resources),
+            sharing=sharing,
             timestamp=self._timestamp if s.timestamp else None,
             pci_configs=host.pci_configs,
         )
@@ -179,6 +177,31 @@ class LabelsSubsystem(BaseSubsystem):
                 self._logged_drops.add((key, value))
                 self.log.warning("label_dropped", key=key, value=value, reason=why)
         return result
+
+    async def _sharing(self, problems: list[str]) -> Sharing:
+        """What the sharing labels say: ``labels.sharing_strategy`` other than ``auto`` overrides (with
+        ``labels.replicas``); ``auto`` follows the device plugin's time-slicing (its settings and config file,
+        derived by its settings section: no import of that subsystem) while it is enabled."""
+        s = self.ctx.settings
+        if s.labels.sharing_strategy != "auto":
+            strategy = SharingStrategy(s.labels.sharing_strategy)
+            if strategy == SharingStrategy.NONE:
+                return Sharing()
+            return Sharing(strategy, {"nvidia.com/gpu": Replication(s.labels.replicas)})
+        plugin = s.deviceplugin
+        if not plugin.enabled:
+            return Sharing()
+        path = plugin.config_file
+        try:
+            text = await run_blocking(Path(path).read_text, encoding="utf-8") if path else None
+            derived = plugin.label_sharing(s.labels.mig_strategy, text, source=path)
+        except (OSError, UnicodeDecodeError) as err:
+            problems.append(f"sharing labels: cannot read deviceplugin.config_file {path}: {err}")
+            return Sharing()
+        except ConfigError as err:
+            problems.append(f"sharing labels: {err}")
+            return Sharing()
+        return inputs.plugin_sharing(derived.resources, derived.every)
 
     async def observe(self) -> planner.Observation:
         obs = planner.Observation()

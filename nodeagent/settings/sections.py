@@ -285,10 +285,21 @@ class LabelsSettings:
         [], "RuntimeClass handlers to publish; empty: `runtime.runtime_class` (and what the runtime reports)."
     )
     timestamp: bool = opt(True, "Publish `nvidia.com/gfd.timestamp` (the agent's start time).")
-    sharing_strategy: Literal["none", "time-slicing", "mps"] = opt(
-        "none", "The device plugin's GPU sharing, for the replicas and sharing labels."
+    sharing_strategy: Literal["auto", "none", "time-slicing", "mps"] = opt(
+        "auto",
+        "The GPU sharing the replicas and sharing labels (`nvidia.com/gpu.replicas`, `.sharing-strategy`, the "
+        "`-SHARED` product) say. `auto`: follow nodeagent's device plugin when `deviceplugin.enabled`, from the "
+        "same keys and config file it uses (`deviceplugin.replicas`, `replicas_per_gpu`, `rename_by_default`, "
+        "`deviceplugin.config_file`'s `sharing.timeSlicing`; per-GPU replicas are labelled with the value for all "
+        "devices, else the first), and `none` without it. Any other value overrides that (NVIDIA's device plugin "
+        "serving the GPUs, or MPS): `none`, or `time-slicing`/`mps` with `labels.replicas` for `nvidia.com/gpu`.",
     )
-    replicas: int = opt(1, "Replicas per GPU under time-slicing or MPS.", check=at_least(1))
+    replicas: int = opt(
+        1,
+        "Replicas per GPU under time-slicing or MPS, used only when `labels.sharing_strategy` is `time-slicing` or "
+        "`mps` (with `auto` the device plugin's replicas are labelled).",
+        check=at_least(1),
+    )
     machine_type_file: str = opt(
         "/sys/class/dmi/id/product_name", "Host file with the machine type (`gpu.machine`).", check=_absolute
     )

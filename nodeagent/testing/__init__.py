@@ -78,8 +78,12 @@ def context(
     module_loader: ModuleLoader | None = None,
     node_name: str = "node-a",
     registry: CollectorRegistry | None = None,
+    runtime_devices: bool = False,
 ) -> Context:
     """A complete context on ``root`` with the simulator's parts; any part may be replaced.
+
+    The CDI spec names the root's device nodes as a node's spec does, unless ``runtime_devices``: then, as in
+    ``nodeagent run --simulate``, it names the sandbox's runtime device nodes (``Backends.runtime_device_dir``).
 
     ``inventory`` (when given) seeds the GPU-state owner, as the composition root does after opening the
     backend; without ``gpus`` the backend then serves exactly that inventory.
@@ -93,6 +97,7 @@ def context(
         base,
         runtime_control=runtime_control or base.runtime_control,
         module_loader=module_loader or base.module_loader,
+        runtime_device_dir=base.runtime_device_dir if runtime_devices else "",
     )
     ctx = build_context(settings, root=root, backends=backends, node_name=node_name, registry=registry)
     if inventory is not None:

@@ -9,6 +9,15 @@ Device nodes cannot be created by a user who is not root, so in a sandbox every 
 *placeholder*: a regular file whose content is ``char MAJOR:MINOR`` (see ``placeholder_bytes``). The
 driver subsystem reads placeholders as device nodes when simulating.
 
+The container runtime cannot inject a placeholder into a pod (CDI wants a character device at the hostPath of
+each device node, and reads it from the real host, not from the sandbox). So ``populate_sandbox`` also lays
+out ``SIM_DEV_DIR`` (``/run/nodeagent/sim-dev/dev/nvidia0``, ...): one node for each of the sandbox's NVIDIA
+device nodes, a real character device with the numbers of /dev/null (1:3) when the agent runs as root,
+so a pod gets a harmless node under the right name and never a real GPU of the machine; a placeholder
+otherwise. The CDI spec of a simulated node points its ``hostPath`` there (``path`` stays ``/dev/nvidia0``).
+The sandbox's own /dev keeps the placeholders with NVIDIA's numbers, which the driver subsystem checks
+against /proc/devices (a 1:3 node there would be "wrong" and replaced).
+
 The building blocks (``write_driver_files``, ``write_kernel_state``, ...) are public so that tests can
 lay out other nodes: a driver under /run/nvidia/driver, GKE's /home/kubernetes/bin/nvidia, the flat
 /usr/local/nvidia listing of our GPU machine, or a node with parts missing.
@@ -22,8 +31,9 @@ from importlib import resources
 from pathlib import Path, PurePosixPath
 from typing import Literal
 
-from nodeagent.backends.chardevs import mig_cap_minor, placeholder_bytes
+from nodeagent.backends.chardevs import inspect, make_node, mig_cap_minor, placeholder_bytes
 from nodeagent.backends.hostfs import Root
+from nodeagent.errors import HostPathError
 from nodeagent.model.gpu import GpuInfo, Inventory
 
 MAJOR_FRONTEND = 195
@@ -35,6 +45,10 @@ MAJOR_CAPS = 241
 MAJOR_CAPS_IMEX = 242
 CTL_MINOR = 255
 MODESET_MINOR = 254
+SIM_DEV_DIR = "/run/nodeagent/sim-dev"
+"""Where the sandbox keeps the device nodes a container runtime injects (see the module's docstring)."""
+NULL_DEVICE = (1, 3)
+"""The numbers of /dev/null: what a pod's simulated GPU node is."""
 
 Layout = Literal["debian", "flat"]
 """``debian``: usr/lib/x86_64-linux-gnu, usr/bin, lib/firmware (a host or a driver container rootfs).
@@ -307,9 +321,10 @@ def write_capabilities(root: Root, inventory: Inventory) -> None:
 def sync_mig_capabilities(root: Root, inventory: Inventory) -> list[str]:
     """What the driver (and nvidia-modprobe, which NVML calls) does when GPU and compute instances come and go:
     /proc/driver/nvidia/capabilities/gpu<minor>/mig/gi<G>[/ci<C>]/access lists exactly the instances there are,
-    and each has its /dev/nvidia-caps/nvidia-cap<minor> node (a placeholder here; nodes of instances that went
-    stay, as on a real node). A sandbox without the capabilities directory (no driver loaded) is left alone.
-    Returns the host paths written or removed."""
+    and each has its /dev/nvidia-caps/nvidia-cap<minor> node (a placeholder here, and the runtime's node under
+    ``SIM_DEV_DIR`` when the sandbox has one; nodes of instances that went stay, as on a real node). A sandbox
+    without the capabilities directory (no driver loaded) is left alone. Returns the host paths written or
+    removed."""
     caps = "/proc/driver/nvidia/capabilities"
     if not root.is_dir(caps):
         return []
@@ -341,6 +356,8 @@ def sync_mig_capabilities(root: Root, inventory: Inventory) -> list[str]:
             if not root.exists(node):
                 root.write_atomic(node, placeholder_bytes(MAJOR_CAPS, minor), mode=0o444)
                 changed.append(node)
+            if root.is_dir(SIM_DEV_DIR) and write_runtime_device_node(root, node, MAJOR_CAPS, minor):
+                changed.append(SIM_DEV_DIR + node)
     return changed
 
 
@@ -353,11 +370,10 @@ def _prune_empty_dirs(top: Path) -> None:
             d.rmdir()
 
 
-def write_device_placeholders(root: Root, inventory: Inventory, dev_root: str = "/") -> None:
-    """/dev/nvidia<minor>, nvidiactl, nvidia-modeset, nvidia-uvm(-tools), nvidia-caps/nvidia-cap{1,2}."""
-    dev = dev_root.rstrip("/") + "/dev"
+def _device_entries(inventory: Inventory) -> list[tuple[str, int, int]]:
     entries = [(f"nvidia{g.minor_number}", MAJOR_FRONTEND, g.minor_number) for g in inventory.gpus]
-    entries += [
+    return [
+        *entries,
         ("nvidiactl", MAJOR_FRONTEND, CTL_MINOR),
         ("nvidia-modeset", MAJOR_FRONTEND, MODESET_MINOR),
         ("nvidia-uvm", MAJOR_UVM, 0),
@@ -365,8 +381,43 @@ def write_device_placeholders(root: Root, inventory: Inventory, dev_root: str = 
         ("nvidia-caps/nvidia-cap1", MAJOR_CAPS, 1),
         ("nvidia-caps/nvidia-cap2", MAJOR_CAPS, 2),
     ]
-    for name, major, minor in entries:
+
+
+def write_device_placeholders(root: Root, inventory: Inventory, dev_root: str = "/") -> None:
+    """/dev/nvidia<minor>, nvidiactl, nvidia-modeset, nvidia-uvm(-tools), nvidia-caps/nvidia-cap{1,2}."""
+    dev = dev_root.rstrip("/") + "/dev"
+    for name, major, minor in _device_entries(inventory):
         _write(root, f"{dev}/{name}", placeholder_bytes(major, minor), 0o666)
+
+
+def write_runtime_device_node(root: Root, path: str, major: int, minor: int) -> bool:
+    """The runtime's node for the sandbox's device node ``path`` (``/dev/nvidia0``): ``SIM_DEV_DIR + path``, a
+    character device 1:3 (/dev/null's numbers) when mknod is allowed (root), else a placeholder of the node's
+    own numbers. An existing character device is kept. Returns True when it wrote one."""
+    state = inspect(root, SIM_DEV_DIR, path)
+    if state is not None and state.kind == "char":
+        return False
+    try:
+        make_node(root, SIM_DEV_DIR, path, major=NULL_DEVICE[0], minor=NULL_DEVICE[1], mode=0o666, placeholder=False)
+    except HostPathError:  # not root (or no CAP_MKNOD): the placeholder, as in the sandbox's /dev
+        if state is not None:
+            return False
+        make_node(root, SIM_DEV_DIR, path, major=major, minor=minor, mode=0o666, placeholder=True)
+    return True
+
+
+def make_sim_device_node(root: Root, dev_root: str, path: str, *, major: int, minor: int, mode: int) -> None:
+    """The simulator's ``DeviceNodeMaker``: the placeholder the driver subsystem asked for and, in a sandbox that
+    has ``SIM_DEV_DIR`` (and the default dev root), the runtime's node for it."""
+    make_node(root, dev_root, path, major=major, minor=minor, mode=mode, placeholder=True)
+    if dev_root == "/" and root.is_dir(SIM_DEV_DIR):
+        write_runtime_device_node(root, path, major, minor)
+
+
+def write_runtime_device_nodes(root: Root, inventory: Inventory) -> None:
+    """``SIM_DEV_DIR``'s node for every device node ``write_device_placeholders`` writes."""
+    for name, major, minor in _device_entries(inventory):
+        write_runtime_device_node(root, f"/dev/{name}", major, minor)
 
 
 def write_helper_process(root: Root, pid: int, name: str) -> None:
@@ -418,6 +469,7 @@ def populate_sandbox(root: Root, inventory: Inventory, *, own: Iterable[str] = (
     write_driver_files(root, "/", version, layout="debian")
     write_kernel_state(root, inventory)
     write_device_placeholders(root, inventory)
+    write_runtime_device_nodes(root, inventory)
     # The container toolkit's binaries, which the runtime config and the CDI hooks point at.
     for tool in ("nvidia-container-runtime", "nvidia-ctk", "nvidia-cdi-hook"):
         _write(root, f"/usr/bin/{tool}", _elf_stub(tool), 0o755)
