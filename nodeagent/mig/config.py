@@ -109,6 +109,12 @@ class MigEntry:
         )
 
     @property
+    def matches_all_devices(self) -> bool:
+        """``devices: all`` (whatever the device-filter): mig-parted skips a GPU that is not MIG-capable under
+        such an entry instead of failing (``apply/mode.go``, ``MatchesAllDevices``)."""
+        return self.devices is None
+
+    @property
     def wanted(self) -> dict[str, int]:
         """Profile → count, without zero counts."""
         return {name: n for name, n in self.mig_devices if n > 0}
@@ -187,6 +193,8 @@ class MigConfig:
                 self._validate_entry(gpu, entry)
 
     def _validate_entry(self, gpu: GpuIdentity, entry: MigEntry) -> None:
+        if not gpu.mig_capable and entry.matches_all_devices:
+            return  # skipped, as mig-parted skips it
         if entry.mig_enabled and not gpu.mig_capable:
             raise self.error(entry, "mig-enabled", f"{gpu.described} is not MIG-capable")
         for name, count in entry.mig_devices:

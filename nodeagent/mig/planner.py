@@ -245,6 +245,8 @@ def _plan_entries(state: GpuMigLayout, entries: Sequence[MigEntry], conflict: st
 def plan_gpu(state: GpuMigLayout, entry: MigEntry, *, mode_only: bool = False) -> GpuPlan:
     """The steps that take one GPU to ``entry``'s layout with the least disruption."""
     gpu = state.gpu
+    if not gpu.mig_capable and entry.matches_all_devices:
+        return GpuPlan(gpu.index, entry)  # `devices: all` leaves a GPU without MIG alone, as mig-parted does
     if entry.mig_enabled and not gpu.mig_capable:
         return GpuPlan(gpu.index, entry, error=f"{gpu.name} is not MIG-capable")
     if not entry.mig_enabled:
@@ -417,6 +419,8 @@ def applied(config: MigConfig, states: Sequence[GpuMigLayout], *, mode_only: boo
         if conflict:
             differences.append(conflict)
             continue
+        if not state.gpu.mig_capable and entry.matches_all_devices:
+            continue  # skipped by `devices: all`, as mig-parted's assert skips it
         if not entry.mig_enabled:
             if state.gpu.mig_capable and state.mig_enabled:
                 differences.append(f"GPU {state.index}: MIG is enabled; the config wants it disabled")

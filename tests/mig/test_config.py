@@ -168,8 +168,11 @@ def test_validated_against_the_gpus_own_profiles() -> None:
         parse_text(_one('{"2g.20gb": 4}'), source="f").select("c").validate(gpus)
     assert info.value.key == "mig-configs.c[0].mig-devices.2g.20gb"
     assert "4 exceeds the maximum of 3 2g.20gb" in str(info.value)
+    # A GPU without MIG: skipped by `devices: all` (mig-parted's apply/mode.go), refused when named.
+    parse_text(_one('{"1g.10gb": 1}'), source="f").select("c").validate([identity(0), identity(1, "l4")])
+    named = _one('{"1g.10gb": 1}').replace("devices: all", "devices: [1]")
     with pytest.raises(ConfigError, match="not MIG-capable"):
-        parse_text(_one('{"1g.10gb": 1}'), source="f").select("c").validate([identity(0, "l4")])
+        parse_text(named, source="f").select("c").validate([identity(0), identity(1, "l4")])
 
 
 def test_compute_instance_profiles_parse_and_validate() -> None:
@@ -235,3 +238,21 @@ def test_name_style_device_filters_are_valid_match_nothing_and_are_warned_about(
         with pytest.raises(ConfigError) as info:
             parse_text(text.replace('"MODEL"', bad), source="/etc/mig.yaml")
         assert info.value.key == "mig-configs.c[0].device-filter"
+
+
+def test_a_gpu_without_mig_under_devices_all_is_left_alone_by_plan_and_assert() -> None:
+    """mig-parted skips a GPU that is not MIG-capable under ``devices: all`` (``cmd/nvidia-mig-parted/apply/
+    mode.go``: "Skipping -- non MIG-capable GPU") and fails only when an entry names it; ours failed either way,
+    so a node with one L4 beside its H100 could not take `all-1g.10gb`."""
+    from nodeagent.mig.planner import applied, plan_node
+    from tests.mig.support import state
+
+    config = parse_text(_one('{"1g.10gb": 7}'), source="f").select("c")
+    layouts = [state((), enabled=False, index=0), state((), enabled=False, index=1, model="l4")]
+    plan = plan_node(config, layouts)
+    by_gpu = {p.gpu: p for p in plan.gpus}
+    assert by_gpu[1].error == "" and by_gpu[1].steps == ()
+    assert by_gpu[0].error == "" and by_gpu[0].steps
+    done = [state([("1g.10gb", s) for s in range(7)], index=0), state((), enabled=False, index=1, model="l4")]
+    ok, differences = applied(config, done)
+    assert ok, differences
