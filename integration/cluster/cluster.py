@@ -343,6 +343,16 @@ class Cluster:
         self._spawn("kube-apiserver", argv)
         self.wait("kube-apiserver", self._readyz, 120, "ready (/readyz) after a restart")
 
+    def restart_kubelet(self) -> None:
+        """Stop the kubelet by pid and start it again with the same flags (it deletes the device plugins'
+        sockets and recreates its ``kubelet.sock``, as on a node)."""
+        old = self.processes.pop("kubelet")
+        old.stop()
+        argv = [str(a) for a in old.proc.args]  # type: ignore[union-attr]
+        self._spawn("kubelet", argv)
+        url = f"http://127.0.0.1:{self.ports['kubelet-health']}/healthz"
+        self.wait("kubelet", lambda: _http_ok(url), 90, "healthy (/healthz) after a restart")
+
     def compact_etcd(self) -> int:
         """Compact etcd to its current revision (its JSON gateway); returns that revision."""
         url = f"http://127.0.0.1:{self.ports['etcd']}/v3"

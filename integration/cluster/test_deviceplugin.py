@@ -24,15 +24,18 @@ import pytest
 from integration.cluster.cluster import PAUSE_IMAGE, Cluster
 from integration.cluster.support import delete_pod, events_for, node, pod
 from nodeagent import events, testing
+from nodeagent.backends.deviceplugin_server import ContainerAllocation, Device, DevicePluginServer, register
 from nodeagent.backends.gpu.sim.backend import SimGpuBackend
 from nodeagent.backends.hostfs import Root
 from nodeagent.backends.podresources import PodResourcesClient
-from nodeagent.deviceplugin.subsystem import DevicePluginSubsystem
+from nodeagent.deviceplugin.subsystem import OPTIONS, DevicePluginSubsystem
 from nodeagent.settings import Settings, replace
 
 pytestmark = [pytest.mark.integration, pytest.mark.root, pytest.mark.cluster]
 
 GPU = "nvidia.com/gpu"
+DISCONNECTED = f'"Device plugin disconnected" resource="{GPU}"'
+KUBELET_STARTED = "Creating device plugin registration server"
 
 
 def allocatable(cluster: Cluster, resource: str) -> int:
@@ -160,3 +163,74 @@ async def test_a_pod_runs_with_the_gpu_the_plugin_allocated(cluster: Cluster) ->
             assert [(c.container, c.resource_name, c.device_ids) for c in held] == [("main", GPU, (visible,))]
         finally:
             await asyncio.to_thread(delete_pod, cluster, "one-gpu")
+
+
+def kubelet_healthy_after(cluster: Cluster, marker: str) -> int | None:
+    """The healthy nvidia.com/gpu count of the kubelet device manager's latest device update logged after its
+    last line containing ``marker``; None before one. The kubelet's own live record: the Node's allocatable
+    lags it by a status update, and may still show the count from before."""
+    lines = cluster.log("kubelet").read_text().splitlines()
+    marks = [n for n, line in enumerate(lines) if marker in line]
+    if not marks:
+        return None
+    updates = [
+        line for line in lines[marks[-1] :] if "Processed device updates for resource" in line and f'"{GPU}"' in line
+    ]
+    return int(updates[-1].rsplit("healthyCount=", 1)[1].split()[0]) if updates else None
+
+
+def streams(plugin: DevicePluginSubsystem) -> int:
+    """The kubelet's open ListAndWatch streams on the plugin's nvidia.com/gpu server."""
+    server = plugin.servers.get(GPU)
+    return server.streams if server is not None else 0
+
+
+class _NoAllocation:
+    def preferred(self, available: tuple[str, ...], must_include: tuple[str, ...], size: int) -> tuple[str, ...]:
+        return available[:size]
+
+    async def allocate(self, device_ids: tuple[str, ...]) -> ContainerAllocation:
+        return ContainerAllocation()
+
+
+async def test_a_plugin_the_kubelet_drops_after_a_quick_restart_registers_again(cluster: Cluster) -> None:
+    """A previous endpoint of nvidia.com/gpu whose stream ends after the agent's registration (what a quick
+    agent restart gives): the kubelet's device manager then disconnects the client current at that moment,
+    the agent's (``runClient`` in ``pkg/kubelet/cm/devicemanager/plugin/v1beta1/handler.go``, 1.34), and
+    marks its devices unhealthy. The agent sees its stream closed and registers again. The previous
+    endpoint is a bare plugin server here, so the order is certain."""
+    root = Root(cluster.base)
+    plugin_dir = settings().kubelet.device_plugins_dir
+    previous = DevicePluginServer(root, plugin_dir, "previous-gpu.sock", _NoAllocation(), options=OPTIONS)
+    await previous.start()
+    try:
+        previous.update(tuple(Device(f"previous-{i}", True) for i in range(8)))
+        await register(root, plugin_dir, resource_name=GPU, endpoint="previous-gpu.sock", options=OPTIONS)
+        await until(lambda: previous.streams == 1, "the kubelet watching the previous endpoint")
+        sim = SimGpuBackend("h100-80gb-hbm3", 8, 0)
+        async with plugin_on(cluster, settings(), sim) as plugin:
+            await until(lambda: plugin.registrations == 1 and streams(plugin) == 1, "the agent registered")
+            await previous.stop()  # its stream ends now, after the agent's registration
+            await until(lambda: plugin.registrations == 2, "the agent registered again after the kubelet dropped it")
+            await until(lambda: streams(plugin) == 1, "the kubelet watching the agent again")
+            await until(
+                lambda: kubelet_healthy_after(cluster, DISCONNECTED) == 8, "the kubelet: 8 healthy after the drop"
+            )
+            await until(lambda: allocatable(cluster, GPU) == 8, "8 nvidia.com/gpu allocatable")
+    finally:
+        await previous.stop()
+
+
+async def test_a_kubelet_restart_leaves_allocatable_as_it_was(cluster: Cluster) -> None:
+    """The real kubelet, restarted, deletes the plugin's socket and recreates kubelet.sock: the plugin serves
+    and registers again by itself (the file watch on kubelet.sock), and the Node's allocatable ends as it was."""
+    sim = SimGpuBackend("h100-80gb-hbm3", 8, 0)
+    async with plugin_on(cluster, settings(), sim) as plugin:
+        await until(lambda: allocatable(cluster, GPU) == 8 and streams(plugin) == 1, "8 allocatable")
+        server = plugin.servers[GPU]
+        registrations = plugin.registrations
+        await asyncio.to_thread(cluster.restart_kubelet)
+        await until(lambda: plugin.registrations > registrations, "registered on the new kubelet")
+        await until(lambda: server.socket_present() and server.streams == 1, "served and watched again")
+        await until(lambda: kubelet_healthy_after(cluster, KUBELET_STARTED) == 8, "the new kubelet: 8 healthy")
+        await until(lambda: allocatable(cluster, GPU) == 8, "8 nvidia.com/gpu allocatable after the restart", 60)

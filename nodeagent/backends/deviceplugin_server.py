@@ -20,7 +20,7 @@ import importlib
 import os
 import socket
 import stat
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -159,6 +159,7 @@ class DevicePluginServer:
         logic: PluginLogic,
         *,
         options: Options = Options(),
+        on_stream_end: Callable[[], None] | None = None,
     ) -> None:
         self.root = root
         self.plugin_dir = plugin_dir
@@ -167,10 +168,14 @@ class DevicePluginServer:
         self.options = options
         self._devices: tuple[Device, ...] = ()
         self._changed = asyncio.Event()
+        self._closing = False
+        self._stream_closed = asyncio.Event()
         self._server: Any = None
         self._inode: int | None = None
         self.streams = 0
         """ListAndWatch streams open now (the kubelet keeps one per registered resource)."""
+        self.on_stream_end = on_stream_end
+        """Called when a ListAndWatch stream ends: the kubelet may have dropped this plugin."""
         self.updates_sent = 0
 
     @property
@@ -225,6 +230,7 @@ class DevicePluginServer:
         server, self._server = self._server, None
         if server is None:
             return
+        await self._end_streams()
         server.close()
         await server.wait_closed()
         if self.socket_present():
@@ -235,6 +241,19 @@ class DevicePluginServer:
                 os.unlink(self.socket_name, dir_fd=fd)
         self._inode = None
 
+    async def _end_streams(self, timeout_s: float = 2.0) -> None:
+        """End every ListAndWatch stream with its status (the kubelet sees the plugin gone at once): a
+        cancelled handler leaves the kubelet's stream and connection open as long as this process lives."""
+        self._closing = True
+        changed, self._changed = self._changed, asyncio.Event()
+        changed.set()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout_s):
+                while self.streams:
+                    await self._stream_closed.wait()
+                    self._stream_closed.clear()
+        self._closing = False
+
     # ------------------------------------------------------------------------------------ the calls
 
     async def list_and_watch(self, stream: Any) -> None:
@@ -242,7 +261,7 @@ class DevicePluginServer:
         self.streams += 1
         try:
             sent: tuple[Device, ...] | None = None
-            while True:
+            while not self._closing:
                 changed, devices = self._changed, self._devices
                 if devices != sent:
                     await stream.send_message(pb.ListAndWatchResponse(devices=[_device(d) for d in devices]))
@@ -251,6 +270,9 @@ class DevicePluginServer:
                 await changed.wait()
         finally:
             self.streams -= 1
+            self._stream_closed.set()
+            if self.on_stream_end is not None:
+                self.on_stream_end()
 
     async def allocate(self, stream: Any) -> None:
         request = await stream.recv_message()

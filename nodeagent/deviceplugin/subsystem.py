@@ -56,6 +56,7 @@ KUBELET_EVENT = "deviceplugin.kubelet"
 CONFIG_EVENT = "deviceplugin.config"
 REPLANNED_EVENT = "deviceplugin.replanned"
 NODE_EVENT = "deviceplugin.node"
+STREAM_ENDED_EVENT = "deviceplugin.stream-ended"
 OPERATOR_LABEL = "nvidia.com/gpu.deploy.device-plugin"
 """The GPU Operator deploys NVIDIA's device plugin on a Node where this label is ``true``."""
 
@@ -114,6 +115,9 @@ class DevicePluginSubsystem(BaseSubsystem):
         self.kubelet_present = False
         self._health_wait: float | None = None
         self._retry = False
+        self._dropped_at: dict[str, float] = {}
+        self._register_after: dict[str, float] = {}
+        """Resource → not registered again before this (clock) after the kubelet dropped it."""
         self._queue: asyncio.Queue[events.Event] = asyncio.Queue()
         self._changes: list[HealthChange] = []
         """Health Events not recorded yet (``_record_events`` sends them, in order)."""
@@ -237,7 +241,12 @@ class DevicePluginSubsystem(BaseSubsystem):
         self.yielded.pop(name, None)
         if server is None:
             server = self.servers[name] = DevicePluginServer(
-                self.ctx.root, self.plugin_dir, resources.socket_name(name), _Resource(self, name), options=OPTIONS
+                self.ctx.root,
+                self.plugin_dir,
+                resources.socket_name(name),
+                _Resource(self, name),
+                options=OPTIONS,
+                on_stream_end=lambda: self._queue.put_nowait(events.Event(STREAM_ENDED_EVENT, name)),
             )
             server.update(self._devices(name))
         if server.serving and not await run_blocking(server.socket_present):
@@ -256,6 +265,9 @@ class DevicePluginSubsystem(BaseSubsystem):
             self.problems[name] = f"waiting for the kubelet ({self.plugin_dir.rstrip('/')}/{KUBELET_SOCKET})"
             return
         if self.registered.get(name) == kubelet:
+            return
+        if self.clock() < self._register_after.get(name, 0.0):
+            self._retry = True
             return
         try:
             await register(
@@ -328,6 +340,8 @@ class DevicePluginSubsystem(BaseSubsystem):
         (kubelet, config file, Node, re-planned; the next ``sync`` acts on them). True when the config file changed."""
         if event.topic == CONFIG_EVENT:
             return True
+        if event.topic == STREAM_ENDED_EVENT:
+            self._stream_ended(str(event.payload))
         if event.topic == events.XID and isinstance(event.payload, XidEvent):
             self.health.xid(event.payload, self.clock())
         elif event.topic == events.GPU_HEALTH and event.payload is not None:
@@ -335,6 +349,20 @@ class DevicePluginSubsystem(BaseSubsystem):
         elif event.topic in (events.INVENTORY_CHANGED, events.MIG_CHANGED) and isinstance(event.payload, Inventory):
             self.inventory = event.payload
         return False
+
+    def _stream_ended(self, name: str) -> None:
+        """The kubelet closed the last ListAndWatch stream of a registered resource without a restart: it
+        forgot the plugin (its device manager disconnects whichever client is current when a previous
+        endpoint's stream ends, e.g. after a quick agent restart), so the next sync registers again."""
+        server = self.servers.get(name)
+        if server is None or server.streams > 0 or name not in self.registered:
+            return
+        self.log.info("kubelet_dropped_plugin", resource=name, socket=server.socket_path)
+        del self.registered[name]
+        now = self.clock()
+        if now - self._dropped_at.get(name, -RETRY_S) < RETRY_S:  # a kubelet that keeps dropping it: slow down
+            self._register_after[name] = now + RETRY_S
+        self._dropped_at[name] = now
 
     async def _reload_config(self) -> None:
         """The config file changed: use it, or keep the old values and say why."""

@@ -8,7 +8,10 @@ The protocol rules it enforces, as the kubelet does, so a plugin that breaks the
   ``kubernetes.io`` (or under it), a name of at most 63 characters of letters, digits, ``-``, ``_``, ``.``,
   starting and ending with a letter or digit;
 - ``endpoint`` names a socket in the directory that answers, or Register fails;
-- one plugin per resource: a second registration replaces the first (its stream is closed);
+- one client per resource, keyed by name: a second registration replaces the first in the map, whose
+  stream stays open; when any plugin's ListAndWatch stream ends, the client current for that resource
+  then is disconnected and forgotten (``runClient`` in the kubelet's ``devicemanager/plugin/v1beta1/
+  handler.go``), so a previous endpoint's late stream-end takes a newer plugin with it;
 - after Register the kubelet dials the plugin, asks ``GetDevicePluginOptions`` and keeps a ``ListAndWatch``
   stream open, recording every device list it gets (with its arrival time, for latency checks);
 - device IDs must be unique within a resource;
@@ -93,6 +96,10 @@ class KubeletDevicePlugins:
         self.registrations: list[tuple[str, str, str]] = []
         """(version, resource, endpoint) of every Register call, accepted or not."""
         self.refusals: list[str] = []
+        self.replaced: list[Plugin] = []
+        """Plugins a newer registration of their resource replaced (their streams stay open, as the kubelet's)."""
+        self.dropped: list[Plugin] = []
+        """Plugins disconnected because some stream of their resource ended."""
         self._server: Server | None = None
         self._changed = asyncio.Event()
         self._dir_fd: int | None = None
@@ -113,9 +120,10 @@ class KubeletDevicePlugins:
         self._server = server
 
     async def stop(self, *, remove_socket: bool = True) -> None:
-        for plugin in list(self.plugins.values()):
+        for plugin in [*self.plugins.values(), *self.replaced]:
             await self._drop(plugin)
         self.plugins.clear()
+        self.replaced.clear()
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()
@@ -166,9 +174,9 @@ class KubeletDevicePlugins:
             problem = f"cannot dial the plugin at {request.endpoint}: {err}"
             self.refusals.append(problem)
             raise GRPCError(Status.UNAVAILABLE, problem) from err
-        old = self.plugins.pop(request.resource_name, None)
+        old = self.plugins.get(request.resource_name)
         if old is not None:
-            await self._drop(old)
+            self.replaced.append(old)
         self.plugins[request.resource_name] = plugin
         plugin.task = asyncio.create_task(self._watch(plugin), name=f"kubelet-law-{request.resource_name}")
 
@@ -188,8 +196,17 @@ class KubeletDevicePlugins:
                     self._notify()
         except (GRPCError, OSError) as err:
             plugin.error = plugin.error or f"ListAndWatch ended: {err}"
+        else:
+            plugin.error = plugin.error or "ListAndWatch ended"
         finally:
             self._notify()
+        current = self.plugins.pop(plugin.resource, None)  # whichever client is current now, as the kubelet does
+        if current is not None:
+            self.dropped.append(current)
+            if current is plugin:
+                plugin.channel.close()
+            else:
+                await self._drop(current)
 
     async def _drop(self, plugin: Plugin) -> None:
         if plugin.task is not None:

@@ -69,17 +69,20 @@ async def running(
     inv: Inventory | None = None,
     kubelet_first: bool = True,
     kube: KubeClient | None = None,
+    kubelet: KubeletDevicePlugins | None = None,
 ) -> AsyncIterator[Running]:
-    """The plugin running (with the GPU-state owner's loop) beside a stand-in kubelet on ``tmp_path``."""
+    """The plugin running (with the GPU-state owner's loop) beside a stand-in kubelet on ``tmp_path`` (or
+    ``kubelet``, one the test started there)."""
     root = Root(tmp_path)
     if sim is None and inv is None:
         sim = SimGpuBackend("h100-80gb-hbm3", 2, 0)
     ctx = testing.context(root, s or settings(), gpus=sim, inventory=inv)
     if kube is not None:
         ctx.node.use(kube)
-    kubelet = KubeletDevicePlugins(root.resolve(PLUGIN_DIR))
-    if kubelet_first:
-        await kubelet.start()
+    if kubelet is None:
+        kubelet = KubeletDevicePlugins(root.resolve(PLUGIN_DIR))
+        if kubelet_first:
+            await kubelet.start()
     plugin = DevicePluginSubsystem(ctx)
     stop = asyncio.Event()
     await plugin.start()

@@ -13,13 +13,24 @@ from grpclib.const import Status
 from grpclib.exceptions import GRPCError
 
 from nodeagent import events
-from nodeagent.backends.deviceplugin_server import register
+from nodeagent.backends.deviceplugin_server import ContainerAllocation, Device, DevicePluginServer, register
 from nodeagent.backends.gpu.sim.backend import SimGpuBackend
+from nodeagent.backends.hostfs import Root
+from nodeagent.deviceplugin.subsystem import OPTIONS
 from nodeagent.errors import BackendUnavailable
 from nodeagent.subsystem import Phase
+from nodeagent.testing.kubelet_plugins import KubeletDevicePlugins
 from tests.deviceplugin.support import PLUGIN_DIR, inventory, running, settings, until, write_cdi_spec
 
 GPU = "nvidia.com/gpu"
+
+
+class _NoAllocation:
+    def preferred(self, available: tuple[str, ...], must_include: tuple[str, ...], size: int) -> tuple[str, ...]:
+        return available[:size]
+
+    async def allocate(self, device_ids: tuple[str, ...]) -> ContainerAllocation:
+        return ContainerAllocation()
 
 
 async def test_registers_nvidia_gpu_and_lists_every_gpu_by_uuid(tmp_path: Path) -> None:
@@ -112,6 +123,24 @@ async def test_a_kubelet_restart_is_served_and_registered_again_within_a_second(
         assert time.perf_counter() - restarted < 1.0
         assert len(r.kubelet.registrations) == 2
         assert r.plugin.registrations == 2
+
+
+async def test_a_plugin_the_kubelet_drops_registers_again(tmp_path: Path) -> None:
+    """A previous endpoint of the resource whose stream ends after the agent registered (a quick agent
+    restart) makes the kubelet disconnect the agent's client: only the closed stream says it."""
+    kubelet = KubeletDevicePlugins(Root(tmp_path).resolve(PLUGIN_DIR))
+    await kubelet.start()
+    previous = DevicePluginServer(Root(tmp_path), PLUGIN_DIR, "previous-gpu.sock", _NoAllocation(), options=OPTIONS)
+    await previous.start()
+    previous.update((Device("previous-0", True),))
+    await register(Root(tmp_path), PLUGIN_DIR, resource_name=GPU, endpoint="previous-gpu.sock", options=OPTIONS)
+    await kubelet.wait_for(lambda: kubelet.allocatable(GPU) == 1)
+    async with running(tmp_path, kubelet=kubelet) as r:
+        await r.kubelet.wait_for(lambda: r.plugin.registrations == 1 and r.kubelet.allocatable(GPU) == 2)
+        await previous.stop()  # its stream ends: the kubelet drops the agent's client
+        await r.kubelet.wait_for(lambda: len(r.kubelet.dropped) == 1)
+        await r.kubelet.wait_for(lambda: r.plugin.registrations == 2 and r.kubelet.allocatable(GPU) == 2)
+        assert [p.endpoint for p in r.kubelet.dropped] == ["nodeagent-gpu.sock"]
 
 
 async def test_waits_for_a_kubelet_that_comes_later(tmp_path: Path) -> None:
