@@ -1,11 +1,14 @@
-"""Resident memory the device plugin adds to the whole agent (issue 21's goal: at most +4 MiB).
+"""Resident memory and idle CPU the device plugin adds to the whole agent (issue 21's goals: at most +4 MiB,
+idle CPU unchanged).
 
 The simulated agent (``nodeagent run --simulate``, 8 GPUs, every subsystem) runs twice on the same sandbox:
 once with ``deviceplugin.enabled = false`` and once with the plugin registered on a stand-in kubelet (another
 process, ``nodeagent.testing.kubelet_plugins``) that keeps its ListAndWatch stream open. VmRSS is read once
-/status shows the plugin registered (or, without it, the other subsystems running) and the agent has settled.
+/status shows the plugin registered (or, without it, the other subsystems running) and the agent has settled;
+idle CPU is the agent's CPU time over the next ``--idle-s`` seconds (``NODEAGENT_BENCH_IDLE_S``) with nothing
+asked of it.
 
-    .venv/bin/python bench/bench_deviceplugin_memory.py [--settle-s 5]
+    .venv/bin/python bench/bench_deviceplugin_memory.py [--settle-s 5] [--idle-s 30]
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench._common import PYTHON, REPO, rss_mib, table
+from bench._common import PYTHON, REPO, cpu_ns, env_seconds, rss_mib, table
 from tests.support import free_port
 
 KUBELET = """
@@ -59,7 +62,8 @@ def settled(doc: dict[str, object]) -> bool:
     return all(s.get("phase") not in ("pending", "starting") for s in subsystems.values())
 
 
-def run_agent(root: Path, *, plugin: bool, settle_s: float) -> float:
+def run_agent(root: Path, *, plugin: bool, settle_s: float, idle_s: float) -> tuple[float, float]:
+    """(VmRSS MiB once settled, idle CPU % over ``idle_s`` after that)."""
     port = free_port()
     env = {
         **os.environ,
@@ -87,13 +91,17 @@ def run_agent(root: Path, *, plugin: bool, settle_s: float) -> float:
         else:
             raise SystemExit("the agent did not come up (or the plugin did not register) within 60 s")
         time.sleep(settle_s)
-        return rss_mib(agent.pid)
+        rss = rss_mib(agent.pid)
+        cpu0, t0 = cpu_ns(agent.pid), time.monotonic()
+        time.sleep(idle_s)
+        return rss, (cpu_ns(agent.pid) - cpu0) / 1e9 / (time.monotonic() - t0) * 100
     finally:
         agent.terminate()
         agent.wait(timeout=30)
 
 
-def tables(settle_s: float = 5.0) -> list[str]:
+def tables(settle_s: float = 5.0, idle_s: float | None = None) -> list[str]:
+    idle = env_seconds("NODEAGENT_BENCH_IDLE_S", 30.0) if idle_s is None else idle_s
     with tempfile.TemporaryDirectory(prefix="dp-rss-") as tmp:
         root = Path(tmp) / "root"
         subprocess.run(
@@ -110,8 +118,8 @@ def tables(settle_s: float = 5.0) -> list[str]:
         try:
             assert kubelet.stdout is not None
             kubelet.stdout.readline()
-            without = run_agent(root, plugin=False, settle_s=settle_s)
-            with_plugin = run_agent(root, plugin=True, settle_s=settle_s)
+            without, cpu_without = run_agent(root, plugin=False, settle_s=settle_s, idle_s=idle)
+            with_plugin, cpu_with = run_agent(root, plugin=True, settle_s=settle_s, idle_s=idle)
         finally:
             kubelet.terminate()
             kubelet.wait(timeout=10)
@@ -120,15 +128,21 @@ def tables(settle_s: float = 5.0) -> list[str]:
             "Device plugin: agent VmRSS (MiB), simulated 8 GPUs, every subsystem (goal: at most +4 MiB)",
             ["without", "with the plugin registered", "added"],
             [[f"{without:.1f}", f"{with_plugin:.1f}", f"{with_plugin - without:+.1f}"]],
-        )
+        ),
+        table(
+            f"Device plugin: agent idle CPU (% of one core over {idle:.0f} s after settling; goal: unchanged)",
+            ["without", "with the plugin registered", "added"],
+            [[f"{cpu_without:.3f}", f"{cpu_with:.3f}", f"{cpu_with - cpu_without:+.3f}"]],
+        ),
     ]
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--settle-s", type=float, default=5.0)
+    parser.add_argument("--idle-s", type=float, default=None)
     args = parser.parse_args()
-    for text in tables(args.settle_s):
+    for text in tables(args.settle_s, args.idle_s):
         print(text)
     return 0
 

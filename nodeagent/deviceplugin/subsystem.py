@@ -214,9 +214,11 @@ class DevicePluginSubsystem(BaseSubsystem):
         names = [r.name for r in self.advertised.resources if r.devices]
         return names + [n for n in self.servers if n not in names]
 
-    async def sync(self) -> None:
-        """Serve every wanted resource, re-serve one whose socket was deleted, register where needed."""
-        self.replan()
+    async def sync(self, *, replan: bool = True) -> None:
+        """Serve every wanted resource, re-serve one whose socket was deleted, register where needed. Without
+        ``replan`` (the periodic recheck, when no hold or retry is due) only the sockets are looked at."""
+        if replan:
+            self.replan()
         root, directory = self.ctx.root, self.plugin_dir
         kubelet = await run_blocking(socket_inode, root, directory, KUBELET_SOCKET)
         present = set(await run_blocking(sockets_in, root, directory))
@@ -464,8 +466,9 @@ class DevicePluginSubsystem(BaseSubsystem):
                 waits = [RECHECK_S, RETRY_S if self._retry else RECHECK_S]
                 if self._health_wait is not None:
                     waits.append(max(self._health_wait, 0.01))
+                timeout = min(waits)
                 try:
-                    event = await asyncio.wait_for(until_stopped(stop, self._queue.get()), timeout=min(waits))
+                    event = await asyncio.wait_for(until_stopped(stop, self._queue.get()), timeout=timeout)
                 except TimeoutError:
                     event = None
                 if stop.is_set():
@@ -476,7 +479,10 @@ class DevicePluginSubsystem(BaseSubsystem):
                         reload = self.handle(self._queue.get_nowait()) or reload
                     if reload:
                         await self._reload_config()
-                await self.sync()  # re-plans first: a changed device list is on the streams before any socket work
+                # re-plans first: a changed device list is on the streams before any socket work; the idle
+                # recheck (no event, no retry, no health hold running) only looks at the sockets
+                idle = event is None and timeout >= RECHECK_S and self._health_wait is None
+                await self.sync(replan=not idle)
         finally:
             for t in tasks:
                 t.cancel()
