@@ -35,9 +35,7 @@ REGISTRATION_FIELDS = {
 
 
 def _fields(package: Any) -> dict[str, dict[str, int]]:
-    return {
-        name: {f.name: f.number for f in message.fields} for name, message in package.message_types_by_name.items()
-    }
+    return {name: {f.name: f.number for f in message.fields} for name, message in package.message_types_by_name.items()}
 
 
 @pytest.mark.parametrize(
