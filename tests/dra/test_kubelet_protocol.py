@@ -213,3 +213,18 @@ async def test_no_claim_is_dropped_and_the_stand_in_fails_a_plugin_that_drops_on
             await kubelet.prepare(DRIVER, [("u1", "ns", "a")])
     finally:
         await dropping.stop()
+
+
+async def test_a_refused_registration_is_in_the_status_with_the_kubelets_reason(
+    tmp_path: Path, apiserver: TestApiServer
+) -> None:
+    async with running(tmp_path, apiserver, register=False) as r:
+        kubelet = KubeletDra(r.ctx.root, known=("v2.DRAPlugin",))
+        await until(lambda: REG_SOCKET in kubelet.sockets(), "the registration socket")
+        assert await kubelet.register(REG_SOCKET) is None
+        assert kubelet.refusals == [
+            "none of services supported by the plugin (['v1.DRAPlugin', 'v1beta1.DRAPlugin']) are supported"
+        ]
+        await until(lambda: r.plugin.status().phase == Phase.DEGRADED, "degraded")
+        assert r.plugin.registration.registered is False
+        assert "the kubelet refused the registration: none of services" in r.plugin.status().reason
