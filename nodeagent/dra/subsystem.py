@@ -43,8 +43,9 @@ from nodeagent.subsystem import BaseSubsystem, Context, Phase
 DRIVER = devices.DRIVER
 RECHECK_S = 10.0
 """How often sockets are checked and failed work retried without an event."""
-PUBLISH_S = 300.0
-"""How often the slices are listed again without an inventory change (someone may have deleted them)."""
+PUBLISH_S = 60.0
+"""How often the slices are listed again without an inventory change or a registration (the kubelet deletes a
+driver's slices 30 s after its plugin goes, and all of them when it starts); a list, no write when unchanged."""
 
 
 class DraSubsystem(BaseSubsystem):
@@ -222,6 +223,8 @@ class DraSubsystem(BaseSubsystem):
         if registered:
             self.problems.pop("registration", None)
             self.log.info("registered", driver=DRIVER, endpoint=self.registration.endpoint)
+            self._publish_due = True  # a (re)started kubelet wipes the node's slices: list them again now
+            self._wake.set()
         else:
             self.problems["registration"] = f"the kubelet refused the registration: {error}"
             self.log.warning("registration_refused", error=error)
@@ -306,8 +309,9 @@ class DraSubsystem(BaseSubsystem):
                 await task
 
     async def stop(self) -> None:
-        """Stop serving (the sockets go, so the kubelet unregisters the plugin). Prepared claims, their specs
-        and the ResourceSlices stay: running pods keep their devices, and the next agent answers the same."""
+        """Stop serving (the sockets go, so the kubelet unregisters the plugin and deletes the node's slices of
+        the driver 30 s later, unless a new agent registers first). Prepared claims and their specs stay: running
+        pods keep their devices, and the next agent answers the same."""
         await self.registration.stop()
         await self.server.stop()
         await super().stop()
