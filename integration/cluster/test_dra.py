@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +23,7 @@ import yaml
 
 from integration.cluster.api import create_all
 from integration.cluster.cluster import PAUSE_IMAGE, Cluster
-from integration.cluster.support import delete_pod, events_for, load, pod
+from integration.cluster.support import delete_pod, failed_scheduling, load, pod, until_async
 from nodeagent import testing
 from nodeagent.backends.gpu.sim.backend import SimGpuBackend
 from nodeagent.backends.hostfs import Root
@@ -38,14 +38,6 @@ REPO = Path(__file__).resolve().parents[2]
 RESOURCE = "/apis/resource.k8s.io/v1"
 CHECKPOINT = "/var/lib/kubelet/plugins/gpu.nvidia.com/checkpoint.json"
 OTHER_MODEL = "device.attributes['gpu.nvidia.com'].productName == 'NVIDIA A100-SXM4-80GB'"
-
-
-async def until(check: Callable[[], bool], what: str, timeout_s: float = 30) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout_s
-    while not check():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.3)
 
 
 def settings() -> Settings:
@@ -67,7 +59,7 @@ async def plugin_on(cluster: Cluster, token: str, tmp_path: Path) -> AsyncIterat
     await plugin.start()
     tasks = [asyncio.create_task(ctx.gpu_state.run(stop)), asyncio.create_task(plugin.run(stop))]
     try:
-        await until(lambda: plugin.registration.registered is True, "the kubelet's registration", timeout_s=60)
+        await until_async(lambda: plugin.registration.registered is True, "the kubelet's registration", timeout_s=60)
         yield plugin
     finally:
         stop.set()
@@ -141,7 +133,7 @@ async def test_a_claim_template_pod_runs_a_mismatch_stays_pending_and_deleting_u
         },
     }
     async with plugin_on(cluster, agent_token, tmp_path) as plugin:
-        await until(lambda: len(slices(cluster)) == 1, "the node's ResourceSlice")
+        await until_async(lambda: len(slices(cluster)) == 1, "the node's ResourceSlice")
         (sl,) = slices(cluster)
         assert sl["spec"]["driver"] == "gpu.nvidia.com"
         assert plugin.inventory is not None
@@ -160,7 +152,7 @@ async def test_a_claim_template_pod_runs_a_mismatch_stays_pending_and_deleting_u
                 doc = pod(cluster.admin, "dra-one")
                 return doc is not None and doc["status"].get("phase") == "Running"
 
-            await until(running, "the pod with a gpu.nvidia.com claim Running", timeout_s=90)
+            await until_async(running, "the pod with a gpu.nvidia.com claim Running", timeout_s=90)
             doc = pod(cluster.admin, "dra-one")
             assert doc is not None
             (status,) = doc["status"]["resourceClaimStatuses"]
@@ -175,18 +167,16 @@ async def test_a_claim_template_pod_runs_a_mismatch_stays_pending_and_deleting_u
             assert [d["device"] for d in saved["claims"][uid]["devices"]] == [result["device"]]
             assert plugin.server.calls["prepare"] >= 1
 
-            def unschedulable() -> bool:
-                return any(
-                    e.get("reason") == "FailedScheduling" and "cannot allocate all claims" in e.get("message", "")
-                    for e in events_for(cluster.admin, "default", "dra-a100")
-                )
-
-            await until(unschedulable, "FailedScheduling: cannot allocate all claims", timeout_s=60)
+            await until_async(
+                lambda: failed_scheduling(cluster.admin, "dra-a100", "cannot allocate all claims"),
+                "FailedScheduling: cannot allocate all claims",
+                timeout_s=60,
+            )
             pending = pod(cluster.admin, "dra-a100")
             assert pending is not None and pending["status"].get("phase") == "Pending"
 
             await asyncio.to_thread(delete_pod, cluster, "dra-one")
-            await until(lambda: not root.exists(spec_path), "the claim's CDI spec removed", timeout_s=60)
+            await until_async(lambda: not root.exists(spec_path), "the claim's CDI spec removed", timeout_s=60)
             saved = json.loads(root.read_bytes(CHECKPOINT) or b"{}")
             assert uid not in saved["claims"]
             assert plugin.server.calls["unprepare"] >= 1
