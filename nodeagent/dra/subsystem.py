@@ -75,6 +75,8 @@ class DraSubsystem(BaseSubsystem):
         self.slice_writes = 0
         self.generation: int | None = None
         self.problems: dict[str, str] = {}
+        self.waiting = ""
+        """Why it is not registered yet without anything being wrong (no kubelet yet)."""
         self._lock = asyncio.Lock()
         self._wake = asyncio.Event()
         self._publish_due = True
@@ -231,8 +233,16 @@ class DraSubsystem(BaseSubsystem):
         self._report()
 
     async def serve(self) -> None:
-        """Both sockets served; one deleted (a kubelet cleaning up, someone) is served again."""
+        """Both sockets served; one deleted (a kubelet cleaning up, someone) is served again. Without the
+        kubelet's ``plugins_registry`` yet (no kubelet), it waits for one."""
+        self.waiting = ""
+        if not await run_blocking(self.ctx.root.is_dir, self.registry_dir):
+            self.waiting = f"waiting for the kubelet ({self.registry_dir})"
         for name, sock in (("dra.sock", self.server), ("registration", self.registration)):
+            if name == "registration" and self.waiting:
+                await sock.stop()
+                self.problems.pop(name, None)
+                continue
             if sock.serving and not await run_blocking(sock.present):
                 self.log.info("socket_gone", socket=sock.path)
                 await sock.stop()
@@ -260,7 +270,7 @@ class DraSubsystem(BaseSubsystem):
         if self.problems:
             self.set_status(Phase.DEGRADED, "; ".join(self.problems.values()), **details)
         else:
-            self.set_status(Phase.RUNNING, "", **details)
+            self.set_status(Phase.RUNNING, self.waiting, **details)
 
     # ---------------------------------------------------------------------------------- life
 
@@ -286,8 +296,23 @@ class DraSubsystem(BaseSubsystem):
                     self._publish_due = True
                     self._wake.set()
 
+    async def _watch_sockets(self, stop: asyncio.Event) -> None:
+        """The kubelet's ``plugins_registry`` appearing (a kubelet that comes later) and either socket going."""
+        root = self.ctx.root
+        paths = [
+            root.resolve(self.registry_dir),
+            root.resolve(self.registration.path),
+            root.resolve(self.server.path),
+        ]
+        watcher = self.ctx.backends.file_watcher(paths, poll_s=self.ctx.settings.watch.poll_s)
+        async for _ in watcher.changes(stop):
+            self._wake.set()
+
     async def run(self, stop: asyncio.Event) -> None:
-        task = asyncio.create_task(self._events(stop), name="dra-events")
+        tasks = [
+            asyncio.create_task(self._events(stop), name="dra-events"),
+            asyncio.create_task(self._watch_sockets(stop), name="dra-watch"),
+        ]
         loop = asyncio.get_running_loop()
         last_publish = loop.time()
         try:
@@ -304,9 +329,11 @@ class DraSubsystem(BaseSubsystem):
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(until_stopped(stop, self._wake.wait()), timeout=RECHECK_S)
         finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
 
     async def stop(self) -> None:
         """Stop serving (the sockets go, so the kubelet unregisters the plugin and deletes the node's slices of

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 import yaml
 
+from nodeagent import events
 from nodeagent.backends.dra_server import ClaimRef, DraPluginServer, PrepareResult
 from nodeagent.backends.hostfs import Root
 from nodeagent.dra.subsystem import DraSubsystem
@@ -17,6 +18,7 @@ from nodeagent.errors import ConfigError
 from nodeagent.subsystem import Phase
 from nodeagent.testing.apiserver import TestApiServer
 from nodeagent.testing.kubelet_dra import KubeletDra, ProtocolViolation
+from tests.deviceplugin.support import inventory
 from tests.dra.support import DRIVER, REG_SOCKET, claim, running, until
 
 ENDPOINT = "/var/lib/kubelet/plugins/gpu.nvidia.com/dra.sock"
@@ -228,3 +230,34 @@ async def test_a_refused_registration_is_in_the_status_with_the_kubelets_reason(
         await until(lambda: r.plugin.status().phase == Phase.DEGRADED, "degraded")
         assert r.plugin.registration.registered is False
         assert "the kubelet refused the registration: none of services" in r.plugin.status().reason
+
+
+async def test_a_mig_change_republishes_the_mig_devices_with_the_generation_bumped(
+    tmp_path: Path, apiserver: TestApiServer
+) -> None:
+    async with running(tmp_path, apiserver) as r:
+        await until(lambda: len(_slices(apiserver)) == 1, "the ResourceSlice")
+        mig = await inventory(2, mig_layout="1g.10gb*7")
+        r.ctx.bus.publish(events.MIG_CHANGED, mig)
+
+        def names() -> list[str]:
+            return [d["name"] for s in _slices(apiserver) for d in s["spec"]["devices"]]
+
+        await until(lambda: len(names()) == 14, "14 MIG devices published")
+        (sl,) = _slices(apiserver)
+        assert sl["spec"]["pool"]["generation"] == 1
+        assert names()[:2] == ["gpu-0-mig-1g10gb-19-0", "gpu-0-mig-1g10gb-19-1"]
+        assert {d["attributes"]["type"]["string"] for d in sl["spec"]["devices"]} == {"mig"}
+
+
+async def test_without_a_kubelet_it_waits_and_registers_when_the_registry_appears(
+    tmp_path: Path, apiserver: TestApiServer
+) -> None:
+    async with running(tmp_path, apiserver, register=False) as r:
+        registry = r.ctx.root.resolve("/var/lib/kubelet/plugins_registry")
+        registry.rmdir()
+        await until(lambda: "waiting for the kubelet" in r.plugin.status().reason, "waiting for the kubelet")
+        assert r.plugin.status().phase == Phase.RUNNING
+        registry.mkdir()  # noticed by the watch, not the 10 s recheck
+        await until(lambda: REG_SOCKET in r.kubelet.sockets(), "the registration socket")
+        assert await r.kubelet.register(REG_SOCKET) is not None
