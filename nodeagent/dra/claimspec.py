@@ -18,6 +18,8 @@ import yaml
 
 from nodeagent.errors import ConfigError
 
+_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+_DUMPER = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
 KIND = "k8s.gpu.nvidia.com/claim"
 FILE_PREFIX = "k8s.gpu.nvidia.com-claim_"
 
@@ -35,7 +37,7 @@ def parse_node_spec(data: bytes | None, source: str) -> Mapping[str, Any]:
     if data is None:
         raise ConfigError("no CDI spec (the cdi subsystem writes it when the driver is ready)", source=source)
     try:
-        spec = yaml.safe_load(data)
+        spec = yaml.load(data, Loader=_LOADER)  # a safe loader (libyaml's when there is one)
     except yaml.YAMLError as err:
         raise ConfigError(f"not YAML: {err}", source=source) from None
     if not isinstance(spec, dict) or not isinstance(spec.get("devices"), list):
@@ -66,4 +68,4 @@ def build(
 
 
 def render(spec: Mapping[str, Any]) -> bytes:
-    return yaml.safe_dump(dict(spec), sort_keys=False).encode()
+    return yaml.dump(dict(spec), Dumper=_DUMPER, sort_keys=False).encode()

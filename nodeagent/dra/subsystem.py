@@ -75,6 +75,7 @@ class DraSubsystem(BaseSubsystem):
         self.slice_writes = 0
         self.generation: int | None = None
         self.problems: dict[str, str] = {}
+        self._spec_cache: tuple[tuple[int, int, int] | None, Mapping[str, Any]] | None = None
         self.waiting = ""
         """Why it is not registered yet without anything being wrong (no kubelet yet)."""
         self._lock = asyncio.Lock()
@@ -171,9 +172,20 @@ class DraSubsystem(BaseSubsystem):
                 self.prepared = {**self.prepared, claim.uid: claim}
                 await run_blocking(self._save)
 
+    def _node_spec(self) -> Mapping[str, Any]:
+        """The agent's own CDI spec, parsed again only when the file changed (blocking)."""
+        try:
+            st = self.ctx.root.resolve(self.node_spec_path).stat()
+            signature: tuple[int, int, int] | None = (st.st_ino, st.st_size, st.st_mtime_ns)
+        except (OSError, HostPathError):
+            signature = None
+        if signature is None or self._spec_cache is None or self._spec_cache[0] != signature:
+            data = self.ctx.root.read_bytes(self.node_spec_path) if signature is not None else None
+            self._spec_cache = (signature, claimspec.parse_node_spec(data, self.node_spec_path))
+        return self._spec_cache[1]
+
     def _write_spec(self, claim: checkpoint.PreparedClaim) -> None:
-        data = self.ctx.root.read_bytes(self.node_spec_path)
-        node_spec = claimspec.parse_node_spec(data, self.node_spec_path)
+        node_spec = self._node_spec()
         pairs = [(d.device, claim.uuids.get(d.device, "")) for d in claim.devices]
         spec = claimspec.build(node_spec, claim.uid, pairs, source=self.node_spec_path)
         self.ctx.root.write_atomic(claimspec.spec_path(self.cdi_dir, claim.uid), claimspec.render(spec), mode=0o644)
