@@ -1,6 +1,9 @@
 """The DRA plugin on the real cluster (issue 22): the real kubelet's plugin watcher registers it, the real
 scheduler allocates from its ResourceSlices, the real kubelet prepares and unprepares the claims.
 
+Two containers share the pod's claim; an agent restart in between (its transient CDI spec lost) rebuilds the spec
+from the checkpoint and leaves the pod running.
+
 The plugin runs in this process on the cluster's root (``cluster.base``: the kubelet's root is
 ``base/var/lib/kubelet``, so the plugin registers in its ``plugins_registry``), with 8 simulated H100s, under
 the agent's ServiceAccount (container/kubernetes/rbac.yaml), with NVIDIA's DeviceClasses
@@ -85,16 +88,22 @@ def claim_pod(name: str, claim: dict[str, str]) -> dict[str, Any]:
             "automountServiceAccountToken": False,
             "terminationGracePeriodSeconds": 5,
             "resourceClaims": [{"name": "gpu", **claim}],
-            "containers": [
+            "containers": [  # two containers sharing the one claim
                 {
-                    "name": "main",
+                    "name": name,
                     "image": PAUSE_IMAGE,
                     "imagePullPolicy": "Never",
                     "resources": {"claims": [{"name": "gpu"}]},
                 }
+                for name in ("main", "sidecar")
             ],
         },
     }
+
+
+def running(cluster: Cluster, name: str) -> bool:
+    doc = pod(cluster.admin, name)
+    return doc is not None and doc["status"].get("phase") == "Running"
 
 
 def _delete(cluster: Cluster, path: str) -> None:
@@ -102,7 +111,7 @@ def _delete(cluster: Cluster, path: str) -> None:
         cluster.admin.call("DELETE", path)
 
 
-async def test_a_claim_template_pod_runs_a_mismatch_stays_pending_and_deleting_unprepares(
+async def test_a_claim_template_pod_runs_a_mismatch_stays_pending_an_agent_restart_keeps_it_deleting_unprepares(
     cluster: Cluster, agent_token: str, tmp_path: Path
 ) -> None:
     root = Root(cluster.base)
@@ -132,27 +141,22 @@ async def test_a_claim_template_pod_runs_a_mismatch_stays_pending_and_deleting_u
             }
         },
     }
-    async with plugin_on(cluster, agent_token, tmp_path) as plugin:
-        await until_async(lambda: len(slices(cluster)) == 1, "the node's ResourceSlice")
-        (sl,) = slices(cluster)
-        assert sl["spec"]["driver"] == "gpu.nvidia.com"
-        assert plugin.inventory is not None
-        minors = [g.minor_number for g in plugin.inventory.gpus]
-        assert [d["name"] for d in sl["spec"]["devices"]] == [f"gpu-{m}" for m in minors]
-        create_all(cluster.admin, [template, other_model])
-        try:
+    create_all(cluster.admin, [template, other_model])
+    try:
+        async with plugin_on(cluster, agent_token, tmp_path) as plugin:
+            await until_async(lambda: len(slices(cluster)) == 1, "the node's ResourceSlice")
+            (sl,) = slices(cluster)
+            assert sl["spec"]["driver"] == "gpu.nvidia.com"
+            assert plugin.inventory is not None
+            minors = [g.minor_number for g in plugin.inventory.gpus]
+            assert [d["name"] for d in sl["spec"]["devices"]] == [f"gpu-{m}" for m in minors]
             cluster.admin.post(
                 "/api/v1/namespaces/default/pods", claim_pod("dra-one", {"resourceClaimTemplateName": "one-gpu"})
             )
             cluster.admin.post(
                 "/api/v1/namespaces/default/pods", claim_pod("dra-a100", {"resourceClaimName": "an-a100"})
             )
-
-            def running() -> bool:
-                doc = pod(cluster.admin, "dra-one")
-                return doc is not None and doc["status"].get("phase") == "Running"
-
-            await until_async(running, "the pod with a gpu.nvidia.com claim Running", timeout_s=90)
+            await until_async(lambda: running(cluster, "dra-one"), "the pod with a gpu.nvidia.com claim Running", 90)
             doc = pod(cluster.admin, "dra-one")
             assert doc is not None
             (status,) = doc["status"]["resourceClaimStatuses"]
@@ -165,7 +169,7 @@ async def test_a_claim_template_pod_runs_a_mismatch_stays_pending_and_deleting_u
             assert [d["name"] for d in spec["devices"]] == [f"{uid}-{result['device']}"]
             saved = json.loads(root.read_bytes(CHECKPOINT) or b"{}")
             assert [d["device"] for d in saved["claims"][uid]["devices"]] == [result["device"]]
-            assert plugin.server.calls["prepare"] >= 1
+            assert plugin.server.calls["prepare"] == 1  # one claim, two containers: prepared once
 
             await until_async(
                 lambda: failed_scheduling(cluster.admin, "dra-a100", "cannot allocate all claims"),
@@ -175,13 +179,19 @@ async def test_a_claim_template_pod_runs_a_mismatch_stays_pending_and_deleting_u
             pending = pod(cluster.admin, "dra-a100")
             assert pending is not None and pending["status"].get("phase") == "Pending"
 
+        # An agent restart that lost the transient spec (a reboot empties /var/run): the checkpoint rebuilds it,
+        # the running pod is left alone, and the new agent unprepares when the pod goes.
+        root.remove(spec_path)
+        async with plugin_on(cluster, agent_token, tmp_path) as plugin:
+            assert yaml.safe_load(root.read_bytes(spec_path) or b"") == spec
+            assert running(cluster, "dra-one")
             await asyncio.to_thread(delete_pod, cluster, "dra-one")
             await until_async(lambda: not root.exists(spec_path), "the claim's CDI spec removed", timeout_s=60)
             saved = json.loads(root.read_bytes(CHECKPOINT) or b"{}")
             assert uid not in saved["claims"]
             assert plugin.server.calls["unprepare"] >= 1
-        finally:
-            await asyncio.to_thread(delete_pod, cluster, "dra-one")
-            await asyncio.to_thread(delete_pod, cluster, "dra-a100")
-            _delete(cluster, f"{RESOURCE}/namespaces/default/resourceclaims/an-a100")
-            _delete(cluster, f"{RESOURCE}/namespaces/default/resourceclaimtemplates/one-gpu")
+    finally:
+        await asyncio.to_thread(delete_pod, cluster, "dra-one")
+        await asyncio.to_thread(delete_pod, cluster, "dra-a100")
+        _delete(cluster, f"{RESOURCE}/namespaces/default/resourceclaims/an-a100")
+        _delete(cluster, f"{RESOURCE}/namespaces/default/resourceclaimtemplates/one-gpu")
