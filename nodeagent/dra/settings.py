@@ -16,8 +16,15 @@ class DraSettings:
     enabled: bool = opt(
         False,
         "Serve GPUs through Dynamic Resource Allocation as driver `gpu.nvidia.com` (ResourceSlices, the kubelet's "
-        "DRA plugin API) instead of the device plugin: set `deviceplugin.enabled = false` with it (both at once "
-        "is refused, GpuServedTwice).",
+        "DRA plugin API) instead of the device plugin: with `deviceplugin.enabled = false`, or with `gpus` naming "
+        "the GPUs DRA serves (the device plugin serves the others); both serving every GPU is refused "
+        "(GpuServedTwice).",
+    )
+    gpus: list[str] = opt(
+        [],
+        'The GPUs DRA serves, by index or UUID (e.g. ["0", "1"]); the device plugin, when enabled, leaves them '
+        "out. Empty: every GPU.",
+        check=lambda v: "must not name an empty GPU" if any(not g.strip() for g in v) else None,
     )
     claim_timeout_s: float = opt(
         10.0,

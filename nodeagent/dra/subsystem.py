@@ -104,7 +104,14 @@ class DraSubsystem(BaseSubsystem):
         if self.inventory is None:
             self.published = ()
             return
-        self.published = devices.plan(self.inventory, await self._pcie_roots(self.inventory))
+        chosen = self.ctx.settings.dra.gpus
+        ours = self.inventory.split(chosen)[0] if chosen else self.inventory
+        unknown = sorted(set(chosen) - {str(g.index) for g in ours.gpus} - {g.uuid for g in ours.gpus})
+        if unknown:
+            self.problems["gpus"] = f"dra.gpus names no GPU of this node: {', '.join(unknown)}"
+        else:
+            self.problems.pop("gpus", None)
+        self.published = devices.plan(ours, await self._pcie_roots(ours))
 
     async def publish(self) -> None:
         """The ResourceSlices for the devices now (nothing written when they already say so)."""

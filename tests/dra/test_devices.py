@@ -72,3 +72,15 @@ def test_dra_and_the_device_plugin_both_on_is_refused_by_name() -> None:
     assert str(err.value).startswith("dra.enabled: the device plugin (deviceplugin.enabled) and DRA")
     only_dra = loading.load(env={"NODEAGENT_DRA__ENABLED": "true", "NODEAGENT_DEVICEPLUGIN__ENABLED": "false"})
     assert only_dra.dra.enabled and not only_dra.deviceplugin.enabled
+
+
+def test_dra_gpus_split_the_gpus_between_dra_and_the_device_plugin() -> None:
+    both = loading.load(env={"NODEAGENT_DRA__ENABLED": "true", "NODEAGENT_DRA__GPUS": "1"})
+    assert both.dra.gpus == ["1"] and both.deviceplugin.enabled
+
+
+async def test_an_inventory_splits_by_index_or_uuid() -> None:
+    inv = await inventory(3)
+    named, rest = inv.split(["0", inv.gpus[2].uuid])
+    assert [g.index for g in named.gpus] == [0, 2]
+    assert [g.index for g in rest.gpus] == [1]

@@ -15,10 +15,12 @@ from nodeagent.backends.dra_server import ClaimRef, DraPluginServer, PrepareResu
 from nodeagent.backends.hostfs import Root
 from nodeagent.dra.subsystem import DraSubsystem
 from nodeagent.errors import ConfigError
+from nodeagent.settings import Settings, replace
 from nodeagent.subsystem import Phase
 from nodeagent.testing.apiserver import TestApiServer
 from nodeagent.testing.kubelet_dra import KubeletDra, ProtocolViolation
 from tests.deviceplugin.support import inventory
+from tests.deviceplugin.support import running as dp_running
 from tests.dra.support import DRIVER, REG_SOCKET, claim, running, until
 
 ENDPOINT = "/var/lib/kubelet/plugins/gpu.nvidia.com/dra.sock"
@@ -261,3 +263,16 @@ async def test_without_a_kubelet_it_waits_and_registers_when_the_registry_appear
         registry.mkdir()  # noticed by the watch, not the 10 s recheck
         await until(lambda: REG_SOCKET in r.kubelet.sockets(), "the registration socket")
         assert await r.kubelet.register(REG_SOCKET) is not None
+
+
+async def test_with_dra_gpus_dra_publishes_those_and_the_device_plugin_the_others(
+    tmp_path: Path, apiserver: TestApiServer
+) -> None:
+    split = replace(replace(Settings(), "dra", enabled=True, gpus=["1"]), "gpuhealth", xid_window_s=1.0)
+    async with running(tmp_path, apiserver, s=split) as r:
+        await until(lambda: len(_slices(apiserver)) == 1, "the ResourceSlice")
+        assert [d["name"] for d in _slices(apiserver)[0]["spec"]["devices"]] == ["gpu-1"]
+        inv = await r.ctx.gpu_state.current()
+        async with dp_running(tmp_path / "dp", split, inv=inv) as dp:
+            await dp.kubelet.wait_for(lambda: dp.kubelet.allocatable("nvidia.com/gpu") == 1)
+            assert [d[0] for d in dp.kubelet.plugins["nvidia.com/gpu"].devices] == [inv.gpus[0].uuid]
