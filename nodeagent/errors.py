@@ -27,6 +27,11 @@ class ConfigError(NodeAgentError):
         self.bare_message = message
 
 
+class GpuServedTwice(ConfigError):
+    """Settings under which two subsystems (the device plugin and DRA) would serve the same GPU: refused, as a
+    GPU both allocate could be given to two pods."""
+
+
 class TemporaryError(NodeAgentError):
     """Something that may succeed later; the supervisor retries with backoff."""
 

@@ -1,6 +1,6 @@
 """The Node gateway: the agent's one Kubernetes client, its one watch of its own Node, and the one writer of it.
 
-Subsystems (labels, mig, gpuhealth, the device plugin and DRA plugin to come) never build a
+Subsystems (labels, mig, gpuhealth, the device plugin, the DRA plugin) never build a
 client or watch the Node themselves; they get this from ``Context.node``:
 
 - ``client()``: the client (built on first use from the ``kube`` settings; None with ``problem`` saying why:
@@ -11,6 +11,8 @@ client or watch the Node themselves; they get this from ``Context.node``:
 - ``patch(make)``, ``set_labels``, ``set_annotations``, ``set_condition``, ``remove_conditions``, ``set_taint``:
   every write of the Node goes through one lock, so two writers never interleave a read-modify-write; each
   patch is computed from the Node (with its resourceVersion) and recomputed from a fresh read on 409.
+- ``publish_resource_slices``: the node's ResourceSlices of a DRA driver, written only when they differ
+  (the pool's generation bumped); ``read``: one object (a ResourceClaim) through the same client.
 - ``record_event``: a Kubernetes Event about the Node, through the one ``EventRecorder`` (built for the
   client in use, so a repeat from any subsystem counts up the same Event), best effort.
 """
@@ -21,17 +23,18 @@ import asyncio
 import contextlib
 import random
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import structlog
 
 from nodeagent import aio
 from nodeagent.errors import ConfigError
-from nodeagent.kube import nodepatch
-from nodeagent.kube.client import MERGE_PATCH, STRATEGIC_MERGE_PATCH, Conflict, KubeClient, KubeError
+from nodeagent.kube import nodepatch, resourceslices
+from nodeagent.kube.client import MERGE_PATCH, STRATEGIC_MERGE_PATCH, Conflict, KubeClient, KubeError, NotFound
 from nodeagent.kube.events import EventRecorder
-from nodeagent.kube.resources import NODES
+from nodeagent.kube.resources import NODES, RESOURCESLICES, Resource
+from nodeagent.kube.resourceslices import SliceWrites
 from nodeagent.settings import KubeSettings
 
 log = structlog.get_logger(__name__)
@@ -290,6 +293,47 @@ class NodeGateway:
     ) -> bool:
         make = lambda n: nodepatch.taint_patch(n, key, effect, present=present, value=value)  # noqa: E731
         return (await self.patch(make, node=node))[1]
+
+    # ------------------------------------------------------------------------------- resource slices
+
+    async def publish_resource_slices(self, driver: str, devices: Sequence[Mapping[str, Any]]) -> SliceWrites:
+        """Make this node's ResourceSlices of ``driver`` list ``devices`` (``resource.k8s.io/v1`` device objects):
+        listed first, written only when they differ (``kube/resourceslices.py`` plans it, the pool's generation
+        bumped), owned by the Node so they go with it. Returns what was written (``empty``: nothing). On a 409
+        (another writer) it lists again and replans. Serialised with the other writes of this gateway."""
+        client = self._need()
+        selector = f"spec.nodeName={self.node_name},spec.driver={driver}"
+        async with self._write_lock:
+            if not self.uid:
+                with contextlib.suppress(KubeError):
+                    self._seen(await client.get(NODES, self.node_name))
+            for attempt in range(CONFLICT_RETRIES):
+                listed = await client.list(RESOURCESLICES, fieldSelector=selector)
+                writes = resourceslices.plan(
+                    listed.get("items") or [], node=self.node_name, node_uid=self.uid, driver=driver, devices=devices
+                )
+                try:
+                    for body in writes.upserts:
+                        if body["metadata"].get("resourceVersion"):
+                            await client.replace(RESOURCESLICES, body)
+                        else:
+                            await client.create(RESOURCESLICES, body)
+                    for name in writes.deletes:
+                        with contextlib.suppress(NotFound):
+                            await client.delete(RESOURCESLICES, name)
+                    return writes
+                except Conflict:
+                    if attempt == CONFLICT_RETRIES - 1:
+                        raise
+        return SliceWrites(0)
+
+    async def remove_resource_slices(self, driver: str) -> int:
+        """Delete this node's ResourceSlices of ``driver``; how many there were."""
+        return len((await self.publish_resource_slices(driver, ())).deletes)
+
+    async def read(self, resource: Resource, name: str, namespace: str = "") -> dict[str, Any] | None:
+        """One object through the gateway's client (None when it does not exist), e.g. a ResourceClaim."""
+        return await self._need().get_or_none(resource, name, namespace)
 
     # ------------------------------------------------------------------------------------------ events
 

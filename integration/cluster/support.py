@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -153,3 +155,19 @@ def forbidden_lines(log: Path) -> list[str]:
         if re.search(r"\b403\b", text) or "forbidden" in text:
             found.append(line)
     return found
+
+
+async def until_async(check: Callable[[], bool], what: str, timeout_s: float = 30) -> None:
+    """Poll ``check`` (API state the test has no watch of) without blocking the loop the plugin runs on."""
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while not check():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.3)
+
+
+def failed_scheduling(api: Api, name: str, text: str, namespace: str = "default") -> bool:
+    """Whether the scheduler said ``text`` in a FailedScheduling Event about the pod."""
+    return any(
+        e.get("reason") == "FailedScheduling" and text in e.get("message", "") for e in events_for(api, namespace, name)
+    )

@@ -16,13 +16,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 
 from integration.cluster.cluster import PAUSE_IMAGE, Cluster
-from integration.cluster.support import delete_pod, events_for, node, pod
+from integration.cluster.support import delete_pod, failed_scheduling, node, pod, until_async
 from nodeagent import events, testing
 from nodeagent.backends.deviceplugin_server import ContainerAllocation, Device, DevicePluginServer, register
 from nodeagent.backends.gpu.sim.backend import SimGpuBackend
@@ -40,14 +40,6 @@ KUBELET_STARTED = "Creating device plugin registration server"
 
 def allocatable(cluster: Cluster, resource: str) -> int:
     return int(node(cluster)["status"].get("allocatable", {}).get(resource, "0"))
-
-
-async def until(check: Callable[[], bool], what: str, timeout_s: float = 30) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout_s
-    while not check():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.3)
 
 
 @contextlib.asynccontextmanager
@@ -93,26 +85,23 @@ async def test_allocatable_follows_the_plugin_an_xid_and_the_hold(cluster: Clust
     # that could come and go between two of its updates.
     held = replace(settings(), "gpuhealth", xid_window_s=25.0, min_publish_interval_s=1.0)
     async with plugin_on(cluster, held, sim):
-        await until(lambda: allocatable(cluster, GPU) == 8, "8 nvidia.com/gpu allocatable")
+        await until_async(lambda: allocatable(cluster, GPU) == 8, "8 nvidia.com/gpu allocatable")
         sim.inject_xid(3, 79)
-        await until(lambda: allocatable(cluster, GPU) == 7, "an XID 79 lowering allocatable", timeout_s=25)
-        await until(lambda: allocatable(cluster, GPU) == 8, "the GPU back after the hold", timeout_s=60)
+        await until_async(lambda: allocatable(cluster, GPU) == 7, "an XID 79 lowering allocatable", timeout_s=25)
+        await until_async(lambda: allocatable(cluster, GPU) == 8, "the GPU back after the hold", timeout_s=60)
 
 
 async def test_nine_gpus_on_eight_stay_pending_with_the_schedulers_reason(cluster: Cluster) -> None:
     sim = SimGpuBackend("h100-80gb-hbm3", 8, 0)
     async with plugin_on(cluster, settings(), sim):
-        await until(lambda: allocatable(cluster, GPU) == 8, "8 nvidia.com/gpu allocatable")
+        await until_async(lambda: allocatable(cluster, GPU) == 8, "8 nvidia.com/gpu allocatable")
         cluster.admin.post("/api/v1/namespaces/default/pods", gpu_pod("nine-gpus", 9))
         try:
-
-            def unschedulable() -> bool:
-                return any(
-                    e.get("reason") == "FailedScheduling" and "Insufficient nvidia.com/gpu" in e.get("message", "")
-                    for e in events_for(cluster.admin, "default", "nine-gpus")
-                )
-
-            await until(unschedulable, "FailedScheduling: Insufficient nvidia.com/gpu", timeout_s=60)
+            await until_async(
+                lambda: failed_scheduling(cluster.admin, "nine-gpus", "Insufficient nvidia.com/gpu"),
+                "FailedScheduling: Insufficient nvidia.com/gpu",
+                timeout_s=60,
+            )
             doc = pod(cluster.admin, "nine-gpus")
             assert doc is not None and doc["status"].get("phase") == "Pending"
         finally:
@@ -123,13 +112,13 @@ async def test_a_mig_change_turns_allocatable_into_56_mig_devices(cluster: Clust
     sim = SimGpuBackend("h100-80gb-hbm3", 8, 0)
     mixed = replace(settings(), "labels", mig_strategy="mixed")
     async with plugin_on(cluster, mixed, sim) as plugin:
-        await until(lambda: allocatable(cluster, GPU) == 8, "8 nvidia.com/gpu allocatable")
+        await until_async(lambda: allocatable(cluster, GPU) == 8, "8 nvidia.com/gpu allocatable")
         after = SimGpuBackend("h100-80gb-hbm3", 8, 0, mig_layout="1g.10gb*7")
         await after.open()
         plugin.ctx.bus.publish(events.MIG_CHANGED, await after.inventory())
         await after.close()
-        await until(lambda: allocatable(cluster, "nvidia.com/mig-1g.10gb") == 56, "56 nvidia.com/mig-1g.10gb")
-        await until(lambda: allocatable(cluster, GPU) == 0, "nvidia.com/gpu dropped to 0")
+        await until_async(lambda: allocatable(cluster, "nvidia.com/mig-1g.10gb") == 56, "56 nvidia.com/mig-1g.10gb")
+        await until_async(lambda: allocatable(cluster, GPU) == 0, "nvidia.com/gpu dropped to 0")
 
 
 async def test_a_pod_runs_with_the_gpu_the_plugin_allocated(cluster: Cluster) -> None:
@@ -137,7 +126,7 @@ async def test_a_pod_runs_with_the_gpu_the_plugin_allocated(cluster: Cluster) ->
     envvar = replace(settings(), "deviceplugin", device_list_strategy=["envvar"])
     async with plugin_on(cluster, envvar, sim):
         uuids = {g.uuid for g in (await sim.inventory()).gpus}
-        await until(lambda: allocatable(cluster, GPU) == 8, "8 nvidia.com/gpu allocatable")
+        await until_async(lambda: allocatable(cluster, GPU) == 8, "8 nvidia.com/gpu allocatable")
         cluster.admin.post("/api/v1/namespaces/default/pods", gpu_pod("one-gpu", 1))
         try:
 
@@ -145,7 +134,7 @@ async def test_a_pod_runs_with_the_gpu_the_plugin_allocated(cluster: Cluster) ->
                 doc = pod(cluster.admin, "one-gpu")
                 return doc is not None and doc["status"].get("phase") == "Running"
 
-            await until(running, "the pod with one GPU Running", timeout_s=90)
+            await until_async(running, "the pod with one GPU Running", timeout_s=90)
             doc = pod(cluster.admin, "one-gpu")
             assert doc is not None
             container_id = doc["status"]["containerStatuses"][0]["containerID"].removeprefix("containerd://")

@@ -137,6 +137,11 @@ NEEDED = [
     ("create", "nodefeatures", "nfd.k8s-sigs.io", "", "nodeagent"),
     ("create", "events", "", "", "default"),
     ("patch", "events", "", "", "default"),
+    ("list", "resourceslices", "resource.k8s.io", "", ""),
+    ("create", "resourceslices", "resource.k8s.io", "", ""),
+    ("update", "resourceslices", "resource.k8s.io", "", ""),
+    ("delete", "resourceslices", "resource.k8s.io", "", ""),
+    ("get", "resourceclaims", "resource.k8s.io", "", "default"),
 ]
 NOT_NEEDED = [
     ("delete", "nodes", "", "", ""),
@@ -157,6 +162,11 @@ NOT_NEEDED = [
     ("create", "clusterrolebindings", "rbac.authorization.k8s.io", "", ""),
     ("escalate", "clusterroles", "rbac.authorization.k8s.io", "", ""),
     ("impersonate", "users", "", "", ""),
+    ("update", "resourceclaims", "resource.k8s.io", "", "default"),
+    ("update", "resourceclaims", "resource.k8s.io", "status", "default"),
+    ("list", "resourceclaims", "resource.k8s.io", "", "default"),
+    ("create", "deviceclasses", "resource.k8s.io", "", ""),
+    ("watch", "resourceslices", "resource.k8s.io", "", ""),
 ]
 
 

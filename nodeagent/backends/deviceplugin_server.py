@@ -18,9 +18,7 @@ import asyncio
 import contextlib
 import importlib
 import os
-import socket
-import stat
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -30,7 +28,11 @@ from grpclib.exceptions import GRPCError, StreamTerminatedError
 from grpclib.server import Server
 
 from nodeagent.backends.hostfs import Root
-from nodeagent.errors import BackendUnavailable, HostPathError, NodeAgentError
+from nodeagent.backends.unixsock import address as _address
+from nodeagent.backends.unixsock import bind as bind_socket
+from nodeagent.backends.unixsock import directory as _directory
+from nodeagent.backends.unixsock import socket_inode_at as _socket_inode
+from nodeagent.errors import BackendUnavailable, NodeAgentError
 
 pb: Any = importlib.import_module("nodeagent.backends._pb.deviceplugin_pb2")
 grpc: Any = importlib.import_module("nodeagent.backends._pb.deviceplugin_grpc")
@@ -41,8 +43,6 @@ API_VERSION = "v1beta1"
 KUBELET_SOCKET = "kubelet.sock"
 HEALTHY = "Healthy"
 UNHEALTHY = "Unhealthy"
-_SUN_PATH_MAX = 107
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC | os.O_NOFOLLOW
 
 
 @dataclass(frozen=True)
@@ -87,43 +87,6 @@ class PluginLogic(Protocol):
 
 
 # ------------------------------------------------------------------------------------------ the socket dir
-
-
-@contextlib.contextmanager
-def _directory(root: Root, host_dir: str) -> Iterator[int]:
-    """A descriptor of the device-plugins directory; BackendUnavailable when it is not there."""
-    try:
-        local = root.resolve(host_dir)
-        fd = os.open(local, _DIR_FLAGS)
-    except HostPathError as err:
-        raise BackendUnavailable(str(err)) from err
-    except FileNotFoundError:
-        raise BackendUnavailable(f"no device-plugins directory {host_dir}") from None
-    except OSError as err:
-        raise BackendUnavailable(f"{host_dir}: {err.strerror}") from err
-    try:
-        yield fd
-    finally:
-        os.close(fd)
-
-
-def _address(root: Root, host_dir: str, fd: int, name: str) -> str:
-    """A short address of ``name`` in the directory open as ``fd``: through /proc where it exists."""
-    via_fd = f"/proc/self/fd/{fd}/{name}"
-    if os.path.isdir(f"/proc/self/fd/{fd}"):  # noqa: PTH112 - a descriptor's directory, not a host path
-        return via_fd
-    local = str(root.resolve(host_dir) / name)
-    if len(local.encode()) > _SUN_PATH_MAX:
-        raise BackendUnavailable(f"{local}: path too long for a unix socket ({len(local)} > {_SUN_PATH_MAX})")
-    return local
-
-
-def _socket_inode(fd: int, name: str) -> int | None:
-    try:
-        st = os.stat(name, dir_fd=fd, follow_symlinks=False)
-    except FileNotFoundError:
-        return None
-    return st.st_ino if stat.S_ISSOCK(st.st_mode) else None
 
 
 def socket_inode(root: Root, host_dir: str, name: str) -> int | None:
@@ -196,19 +159,7 @@ class DevicePluginServer:
         directory is missing or the socket cannot be bound."""
         if self._server is not None:
             return
-        with _directory(self.root, self.plugin_dir) as fd:
-            with contextlib.suppress(FileNotFoundError):
-                if _socket_inode(fd, self.socket_name) is not None:
-                    os.unlink(self.socket_name, dir_fd=fd)
-            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            try:
-                sock.bind(_address(self.root, self.plugin_dir, fd, self.socket_name))
-                sock.listen(16)
-                sock.setblocking(False)
-            except OSError as err:
-                sock.close()
-                raise BackendUnavailable(f"cannot serve {self.socket_path}: {err.strerror or err}") from err
-            self._inode = _socket_inode(fd, self.socket_name)
+        sock, self._inode = bind_socket(self.root, self.plugin_dir, self.socket_name)
         server = Server([_Handlers(self)])
         await server.start(sock=sock)
         self._server = server

@@ -8,5 +8,5 @@ DECLARATION = Declaration(
     name="deviceplugin",
     target="nodeagent.deviceplugin.subsystem:DevicePluginSubsystem",
     requires=("driver",),
-    settings=("deviceplugin", "labels", "gpuhealth", "kubelet", "cdi", "watch"),
+    settings=("deviceplugin", "labels", "gpuhealth", "kubelet", "cdi", "watch", "dra"),
 )

@@ -15,7 +15,7 @@ backend): a kubelet restart deletes the plugin sockets and recreates it, and the
 re-registers; with no kubelet yet, it waits for one. If NVIDIA's device plugin serves a resource
 (``nvidia-<name>.sock`` in the directory), or the GPU Operator deploys it on this Node (its
 ``nvidia.com/gpu.deploy.device-plugin`` label is ``true``, seen through the Node gateway), the resource is left
-to it and ``/status`` says so.
+to it and ``/status`` says so. With DRA on (``dra.enabled``), the GPUs ``dra.gpus`` names are left to it.
 """
 
 from __future__ import annotations
@@ -152,6 +152,9 @@ class DevicePluginSubsystem(BaseSubsystem):
         """Health and devices now; every server's ListAndWatch streams get a changed list at once."""
         assert self.config is not None
         inventory = self.inventory
+        dra = self.ctx.settings.dra
+        if inventory is not None and dra.enabled:  # the GPUs dra.gpus names are DRA's (loading refuses it empty)
+            inventory = inventory.split(dra.gpus)[1]
         gpus = [g.index for g in inventory.gpus] if inventory is not None else []
         verdicts = self.health.evaluate(gpus, self.clock())
         before = self._verdict_keys()

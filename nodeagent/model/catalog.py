@@ -56,3 +56,34 @@ def _mig_tables() -> dict[str, tuple[MigProfile, ...]]:
 def known_mig_profiles(gpu_name: str) -> tuple[MigProfile, ...] | None:
     """The GPU-instance profiles of a known model by its NVML name, or None for an unknown model."""
     return _mig_tables().get(gpu_name)
+
+
+_ENGINE_CAPACITY = {
+    "copy": "copyEngines",
+    "decoder": "decoders",
+    "encoder": "encoders",
+    "jpeg": "jpegEngines",
+    "ofa": "ofaEngines",
+}
+"""Engine counts of a profile under the names NVIDIA's DRA driver gives them as device capacities."""
+
+
+@functools.lru_cache(maxsize=1)
+def _mig_capacities() -> dict[str, dict[str, dict[str, int]]]:
+    tables: dict[str, dict[str, dict[str, int]]] = {}
+    for key in builtin_keys():
+        doc: Any = json.loads(builtin_text(key))
+        per_profile: dict[str, dict[str, int]] = {}
+        for p in (doc.get("mig") or {}).get("profiles", []):
+            found = {"multiprocessors": int(p["multiprocessors"])} if "multiprocessors" in p else {}
+            engines = p.get("engines") or {}
+            found |= {name: int(engines[e]) for e, name in _ENGINE_CAPACITY.items() if e in engines}
+            per_profile[p["name"]] = found
+        tables[doc.get("gpu", {}).get("name", "")] = per_profile
+    return tables
+
+
+def known_mig_capacities(gpu_name: str) -> dict[str, dict[str, int]]:
+    """Per GPU-instance profile of a known model: its multiprocessors and engines (``copyEngines``, ``decoders``,
+    ``encoders``, ``jpegEngines``, ``ofaEngines``); empty for an unknown model."""
+    return _mig_capacities().get(gpu_name, {})

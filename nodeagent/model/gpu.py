@@ -7,8 +7,8 @@ without copying.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 
 
@@ -213,6 +213,12 @@ class Inventory:
             if g.index == index:
                 return g
         raise KeyError(index)
+
+    def split(self, names: Collection[str]) -> tuple[Inventory, Inventory]:
+        """(the GPUs ``names`` name, the others), each as an inventory; ``names``: indexes as text, or UUIDs."""
+        named = tuple(g for g in self.gpus if str(g.index) in names or g.uuid in names)
+        rest = tuple(g for g in self.gpus if g not in named)
+        return replace(self, gpus=named), replace(self, gpus=rest)
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
-from nodeagent.errors import ConfigError
+from nodeagent.errors import ConfigError, GpuServedTwice
 from nodeagent.settings.sections import SECTIONS, SETTINGS_VERSION, Settings
 
 ENV_PREFIX = "NODEAGENT_"
@@ -157,6 +157,13 @@ def _cross_checks(settings: Settings) -> None:
         raise ConfigError("must be >= metrics.interval_s", key="metrics.slow_interval_s")
     if settings.agent.restart_backoff_max_s < settings.agent.restart_backoff_initial_s:
         raise ConfigError("must be >= agent.restart_backoff_initial_s", key="agent.restart_backoff_max_s")
+    if settings.dra.enabled and settings.deviceplugin.enabled and not settings.dra.gpus:
+        raise GpuServedTwice(
+            "the device plugin (deviceplugin.enabled) and DRA (dra.enabled) would both serve every GPU, so one GPU "
+            "could be allocated twice: set deviceplugin.enabled = false to serve GPUs through DRA, or name DRA's "
+            "GPUs in dra.gpus",
+            key="dra.enabled",
+        )
 
 
 def _unknown(kind: str, name: str, valid: Mapping[str, Any]) -> str:

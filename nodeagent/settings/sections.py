@@ -344,6 +344,12 @@ class KubeletSettings:
         "The kubelet's device-plugin directory (its registration socket `kubelet.sock` and the plugins' sockets).",
         check=_absolute,
     )
+    root_dir: str = opt(
+        "/var/lib/kubelet",
+        "The kubelet's root directory (`--root-dir`): the DRA plugin registers in `plugins_registry/` under it and "
+        "serves in `plugins/gpu.nvidia.com/`.",
+        check=_absolute,
+    )
 
 
 @dataclass(frozen=True)
@@ -366,6 +372,7 @@ class KubeSettings:
 
 
 from nodeagent.deviceplugin.settings import DevicePluginSettings  # noqa: E402 - its section, defined with opt above
+from nodeagent.dra.settings import DraSettings  # noqa: E402 - its section, defined with opt above
 
 
 @dataclass(frozen=True)
@@ -382,6 +389,7 @@ class Settings:
     labels: LabelsSettings = field(default_factory=LabelsSettings)
     gpuhealth: GpuHealthSettings = field(default_factory=GpuHealthSettings)
     deviceplugin: DevicePluginSettings = field(default_factory=DevicePluginSettings)
+    dra: DraSettings = field(default_factory=DraSettings)
     kubelet: KubeletSettings = field(default_factory=KubeletSettings)
     watch: WatchSettings = field(default_factory=WatchSettings)
     kube: KubeSettings = field(default_factory=KubeSettings)

@@ -38,6 +38,7 @@ def test_every_subsystem_package_is_declared_and_in_the_table() -> None:
     assert sorted(names) == [
         "cdi",
         "deviceplugin",
+        "dra",
         "driver",
         "gpuhealth",
         "labels",

@@ -40,10 +40,16 @@ RESOURCES = (
     ResourceType("node.k8s.io", "v1", "runtimeclasses", "RuntimeClass", namespaced=False),
     ResourceType("nfd.k8s-sigs.io", "v1alpha1", "nodefeatures", "NodeFeature", namespaced=True, custom=True),
     ResourceType("", "v1", "pods", "Pod", namespaced=True),
+    ResourceType("resource.k8s.io", "v1", "resourceslices", "ResourceSlice", namespaced=False),
+    ResourceType("resource.k8s.io", "v1", "resourceclaims", "ResourceClaim", namespaced=True, status_subresource=True),
 )
 CONDITION_STATUSES = ("True", "False", "Unknown")
 TAINT_EFFECTS = ("NoSchedule", "PreferNoSchedule", "NoExecute")
-FIELD_SELECTORS = {"nodes": ("metadata.name",), "pods": ("metadata.name", "spec.nodeName")}
+FIELD_SELECTORS = {
+    "nodes": ("metadata.name",),
+    "pods": ("metadata.name", "spec.nodeName"),
+    "resourceslices": ("metadata.name", "spec.nodeName", "spec.driver", "spec.pool.name"),
+}
 RFC3339 = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}:\d{2})$")
 
 

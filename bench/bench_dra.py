@@ -1,0 +1,101 @@
+"""The DRA plugin (issue 22) on the stand-in kubelet (``nodeagent.testing.kubelet_dra``) and the test API server,
+in one process: NodePrepareResources / NodeUnprepareResources p50/p99 for one claim of a whole GPU (8 H100s)
+and of a MIG device (56, ``1g.10gb*7``), each a fresh claim read from the API server, its CDI spec and
+checkpoint written; then the ResourceSlice writes at steady state (republishing unchanged devices; goal 0)
+and on a change (a MIG change; goal 1).
+
+``NODEAGENT_BENCH_DRA_CALLS``: claims per case (default 200).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench._common import table
+
+
+def _ms(values: list[float]) -> tuple[str, str]:
+    ordered = sorted(values)
+    p99 = ordered[min(len(ordered) - 1, round(0.99 * (len(ordered) - 1)))]
+    return f"{statistics.median(ordered) * 1000:.2f}", f"{p99 * 1000:.2f}"
+
+
+async def _case(calls: int, mig: bool) -> tuple[list[float], list[float], int, int]:
+    from nodeagent import events
+    from nodeagent.backends.gpu.sim.backend import SimGpuBackend
+    from nodeagent.testing.apiserver import TestApiServer
+    from tests.dra.support import DRIVER, claim, running, until
+    from tests.kube.kube_support import RBAC, TOKENS
+
+    prepare, unprepare = [], []
+    with tempfile.TemporaryDirectory(prefix="dra-bench-") as tmp:
+        tokens = Path(tmp) / "tokens.csv"
+        tokens.write_text(TOKENS)
+        server = TestApiServer(token_file=tokens, rbac=RBAC)
+        server.add_node("node-a")
+        await server.start()
+        sim = SimGpuBackend("h100-80gb-hbm3", 8, 0, mig_layout="1g.10gb*7" if mig else "")
+        try:
+            async with running(Path(tmp) / "root", server, sim=sim) as r:
+                await until(lambda: bool(r.plugin.published) and r.plugin.generation is not None, "published", 30)
+                names = [d.name for d in r.plugin.published]
+                for i in range(calls):
+                    uid = claim(server, f"c{i}", [names[i % len(names)]])
+                    ref = [(uid, "default", f"c{i}")]
+                    t0 = time.perf_counter()
+                    answer = (await r.kubelet.prepare(DRIVER, ref))[uid]
+                    prepare.append(time.perf_counter() - t0)
+                    assert not answer.error, answer.error
+                    t0 = time.perf_counter()
+                    await r.kubelet.unprepare(DRIVER, ref)
+                    unprepare.append(time.perf_counter() - t0)
+                before = r.plugin.slice_writes
+                for _ in range(20):
+                    await r.plugin.publish()
+                steady = r.plugin.slice_writes - before
+                other = SimGpuBackend("h100-80gb-hbm3", 8, 0, mig_layout="" if mig else "1g.10gb*7")
+                await other.open()
+                r.ctx.bus.publish(events.MIG_CHANGED, await other.inventory())
+                await other.close()
+                await until(lambda: r.plugin.slice_writes > before + steady, "the change published", 30)
+                changed = r.plugin.slice_writes - before - steady
+        finally:
+            await sim.close()
+            await server.stop()
+    return prepare, unprepare, steady, changed
+
+
+def main() -> list[str]:
+    import structlog
+
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
+    calls = int(os.environ.get("NODEAGENT_BENCH_DRA_CALLS", "200") or 200)
+    rows: list[list[object]] = []
+    writes: list[list[object]] = []
+    for mig in (False, True):
+        what = "MIG device (of 56)" if mig else "whole GPU (of 8)"
+        prepare, unprepare, steady, changed = asyncio.run(_case(calls, mig))
+        rows.append([what, "NodePrepareResources", *_ms(prepare)])
+        rows.append([what, "NodeUnprepareResources", *_ms(unprepare)])
+        writes.append([what, "20 republishes, nothing changed (goal 0)", steady])
+        writes.append([what, "a MIG change (goal 1)", changed])
+    return [
+        table(
+            f"DRA plugin on the stand-in kubelet, {calls} claims per case (ms)", ["claim", "call", "p50", "p99"], rows
+        ),
+        table("DRA plugin ResourceSlice writes", ["devices", "when", "writes"], writes),
+    ]
+
+
+if __name__ == "__main__":
+    for text in main():
+        print(text)

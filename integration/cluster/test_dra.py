@@ -1,0 +1,197 @@
+"""The DRA plugin on the real cluster (issue 22): the real kubelet's plugin watcher registers it, the real
+scheduler allocates from its ResourceSlices, the real kubelet prepares and unprepares the claims.
+
+Two containers share the pod's claim; an agent restart in between (its transient CDI spec lost) rebuilds the spec
+from the checkpoint and leaves the pod running.
+
+The plugin runs in this process on the cluster's root (``cluster.base``: the kubelet's root is
+``base/var/lib/kubelet``, so the plugin registers in its ``plugins_registry``), with 8 simulated H100s, under
+the agent's ServiceAccount (container/kubernetes/rbac.yaml), with NVIDIA's DeviceClasses
+(container/kubernetes/deviceclasses.yaml). The cluster's containerd (1.6) has no CDI support, so the devices
+named by the per-claim CDI spec are not injected into the container; what the kubelet was told (the spec's
+devices, the claim's allocation) is checked instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from integration.cluster.api import create_all
+from integration.cluster.cluster import PAUSE_IMAGE, Cluster
+from integration.cluster.support import delete_pod, failed_scheduling, load, pod, until_async
+from nodeagent import testing
+from nodeagent.backends.gpu.sim.backend import SimGpuBackend
+from nodeagent.backends.hostfs import Root
+from nodeagent.dra.subsystem import DraSubsystem
+from nodeagent.kube.factory import make_client
+from nodeagent.settings import KubeSettings, Settings, replace
+from tests.deviceplugin.support import write_cdi_spec
+
+pytestmark = [pytest.mark.integration, pytest.mark.root, pytest.mark.cluster]
+
+REPO = Path(__file__).resolve().parents[2]
+RESOURCE = "/apis/resource.k8s.io/v1"
+CHECKPOINT = "/var/lib/kubelet/plugins/gpu.nvidia.com/checkpoint.json"
+OTHER_MODEL = "device.attributes['gpu.nvidia.com'].productName == 'NVIDIA A100-SXM4-80GB'"
+
+
+def settings() -> Settings:
+    return replace(replace(Settings(), "deviceplugin", enabled=False), "dra", enabled=True)
+
+
+@contextlib.asynccontextmanager
+async def plugin_on(cluster: Cluster, token: str, tmp_path: Path) -> AsyncIterator[DraSubsystem]:
+    create_all(cluster.admin, load(REPO / "container/kubernetes/deviceclasses.yaml"))
+    sim = SimGpuBackend("h100-80gb-hbm3", 8, 0)
+    root = Root(cluster.base)
+    ctx = testing.context(root, settings(), gpus=sim, node_name=cluster.node_name)
+    kubeconfig = cluster.kubeconfig_for_token(tmp_path / "kubeconfig", token)
+    client = make_client(KubeSettings(mode="kubeconfig", kubeconfig=str(kubeconfig), namespace="nodeagent"))
+    ctx.node.use(client)
+    write_cdi_spec(root, await ctx.gpu_state.current())
+    plugin = DraSubsystem(ctx)
+    stop = asyncio.Event()
+    await plugin.start()
+    tasks = [asyncio.create_task(ctx.gpu_state.run(stop)), asyncio.create_task(plugin.run(stop))]
+    try:
+        await until_async(lambda: plugin.registration.registered is True, "the kubelet's registration", timeout_s=60)
+        yield plugin
+    finally:
+        stop.set()
+        await asyncio.gather(*tasks)
+        await plugin.stop()
+        await ctx.node.close()
+        await sim.close()
+
+
+def slices(cluster: Cluster) -> list[dict[str, Any]]:
+    path = f"{RESOURCE}/resourceslices?fieldSelector=spec.nodeName%3D{cluster.node_name}"
+    items: list[dict[str, Any]] = cluster.admin.get(path)["items"]
+    return items
+
+
+def claim_pod(name: str, claim: dict[str, str]) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "namespace": "default"},
+        "spec": {
+            "hostNetwork": True,
+            "automountServiceAccountToken": False,
+            "terminationGracePeriodSeconds": 5,
+            "resourceClaims": [{"name": "gpu", **claim}],
+            "containers": [  # two containers sharing the one claim
+                {
+                    "name": name,
+                    "image": PAUSE_IMAGE,
+                    "imagePullPolicy": "Never",
+                    "resources": {"claims": [{"name": "gpu"}]},
+                }
+                for name in ("main", "sidecar")
+            ],
+        },
+    }
+
+
+def running(cluster: Cluster, name: str) -> bool:
+    doc = pod(cluster.admin, name)
+    return doc is not None and doc["status"].get("phase") == "Running"
+
+
+def _delete(cluster: Cluster, path: str) -> None:
+    with contextlib.suppress(Exception):
+        cluster.admin.call("DELETE", path)
+
+
+async def test_a_claim_template_pod_runs_a_mismatch_stays_pending_an_agent_restart_keeps_it_deleting_unprepares(
+    cluster: Cluster, agent_token: str, tmp_path: Path
+) -> None:
+    root = Root(cluster.base)
+    template = {
+        "apiVersion": "resource.k8s.io/v1",
+        "kind": "ResourceClaimTemplate",
+        "metadata": {"name": "one-gpu", "namespace": "default"},
+        "spec": {
+            "spec": {"devices": {"requests": [{"name": "gpu", "exactly": {"deviceClassName": "gpu.nvidia.com"}}]}}
+        },
+    }
+    other_model = {
+        "apiVersion": "resource.k8s.io/v1",
+        "kind": "ResourceClaim",
+        "metadata": {"name": "an-a100", "namespace": "default"},
+        "spec": {
+            "devices": {
+                "requests": [
+                    {
+                        "name": "gpu",
+                        "exactly": {
+                            "deviceClassName": "gpu.nvidia.com",
+                            "selectors": [{"cel": {"expression": OTHER_MODEL}}],
+                        },
+                    }
+                ]
+            }
+        },
+    }
+    create_all(cluster.admin, [template, other_model])
+    try:
+        async with plugin_on(cluster, agent_token, tmp_path) as plugin:
+            await until_async(lambda: len(slices(cluster)) == 1, "the node's ResourceSlice")
+            (sl,) = slices(cluster)
+            assert sl["spec"]["driver"] == "gpu.nvidia.com"
+            assert plugin.inventory is not None
+            minors = [g.minor_number for g in plugin.inventory.gpus]
+            assert [d["name"] for d in sl["spec"]["devices"]] == [f"gpu-{m}" for m in minors]
+            cluster.admin.post(
+                "/api/v1/namespaces/default/pods", claim_pod("dra-one", {"resourceClaimTemplateName": "one-gpu"})
+            )
+            cluster.admin.post(
+                "/api/v1/namespaces/default/pods", claim_pod("dra-a100", {"resourceClaimName": "an-a100"})
+            )
+            await until_async(lambda: running(cluster, "dra-one"), "the pod with a gpu.nvidia.com claim Running", 90)
+            doc = pod(cluster.admin, "dra-one")
+            assert doc is not None
+            (status,) = doc["status"]["resourceClaimStatuses"]
+            claim = cluster.admin.get(f"{RESOURCE}/namespaces/default/resourceclaims/{status['resourceClaimName']}")
+            uid = claim["metadata"]["uid"]
+            (result,) = claim["status"]["allocation"]["devices"]["results"]
+            assert (result["driver"], result["pool"]) == ("gpu.nvidia.com", cluster.node_name)
+            spec_path = f"/var/run/cdi/k8s.gpu.nvidia.com-claim_{uid}.yaml"
+            spec = yaml.safe_load(root.read_bytes(spec_path) or b"")
+            assert [d["name"] for d in spec["devices"]] == [f"{uid}-{result['device']}"]
+            saved = json.loads(root.read_bytes(CHECKPOINT) or b"{}")
+            assert [d["device"] for d in saved["claims"][uid]["devices"]] == [result["device"]]
+            assert plugin.server.calls["prepare"] == 1  # one claim, two containers: prepared once
+
+            await until_async(
+                lambda: failed_scheduling(cluster.admin, "dra-a100", "cannot allocate all claims"),
+                "FailedScheduling: cannot allocate all claims",
+                timeout_s=60,
+            )
+            pending = pod(cluster.admin, "dra-a100")
+            assert pending is not None and pending["status"].get("phase") == "Pending"
+
+        # An agent restart that lost the transient spec (a reboot empties /var/run): the checkpoint rebuilds it,
+        # the running pod is left alone, and the new agent unprepares when the pod goes.
+        root.remove(spec_path)
+        async with plugin_on(cluster, agent_token, tmp_path) as plugin:
+            assert yaml.safe_load(root.read_bytes(spec_path) or b"") == spec
+            assert running(cluster, "dra-one")
+            await asyncio.to_thread(delete_pod, cluster, "dra-one")
+            await until_async(lambda: not root.exists(spec_path), "the claim's CDI spec removed", timeout_s=60)
+            saved = json.loads(root.read_bytes(CHECKPOINT) or b"{}")
+            assert uid not in saved["claims"]
+            assert plugin.server.calls["unprepare"] >= 1
+    finally:
+        await asyncio.to_thread(delete_pod, cluster, "dra-one")
+        await asyncio.to_thread(delete_pod, cluster, "dra-a100")
+        _delete(cluster, f"{RESOURCE}/namespaces/default/resourceclaims/an-a100")
+        _delete(cluster, f"{RESOURCE}/namespaces/default/resourceclaimtemplates/one-gpu")

@@ -1,0 +1,34 @@
+"""The ``[dra]`` settings section (registered in ``nodeagent.settings``; docs in docs/configuration.md).
+
+The kubelet's directories come from the shared ``[kubelet]`` section (``root_dir``); the per-claim CDI specs
+go next to the agent's own (``cdi.spec_path``'s directory).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from nodeagent.settings.sections import at_least, opt
+
+
+@dataclass(frozen=True)
+class DraSettings:
+    enabled: bool = opt(
+        False,
+        "Serve GPUs through Dynamic Resource Allocation as driver `gpu.nvidia.com` (ResourceSlices, the kubelet's "
+        "DRA plugin API) instead of the device plugin: with `deviceplugin.enabled = false`, or with `gpus` naming "
+        "the GPUs DRA serves (the device plugin serves the others); both serving every GPU is refused "
+        "(GpuServedTwice).",
+    )
+    gpus: list[str] = opt(
+        [],
+        'The GPUs DRA serves, by index or UUID (e.g. ["0", "1"]); the device plugin, when enabled, leaves them '
+        "out. Empty: every GPU.",
+        check=lambda v: "must not name an empty GPU" if any(not g.strip() for g in v) else None,
+    )
+    claim_timeout_s: float = opt(
+        10.0,
+        "Timeout of reading one ResourceClaim from the API server in NodePrepareResources (the kubelet waits 45 s "
+        "for the whole call).",
+        check=at_least(0.1),
+    )

@@ -1,0 +1,143 @@
+"""A stand-in for the kubelet's DRA manager and plugin watcher, for tests: it dials a plugin's registration
+socket in ``plugins_registry``, then its DRAPlugin endpoint, over real unix sockets with grpclib.
+
+The protocol rules it enforces, as the 1.34 kubelet does (``pkg/kubelet/pluginmanager``,
+``pkg/kubelet/cm/dra/plugin``), so a plugin that breaks them fails here too:
+
+- ``GetInfo`` first: ``type`` must be ``DRAPlugin``, ``name`` the driver's; ``supported_versions`` must list a
+  service the kubelet knows (``v1.DRAPlugin``, ``v1beta1.DRAPlugin``; the first of the plugin's it knows is
+  used), else the registration fails; ``endpoint`` must be an absolute path of a socket that answers;
+- the result goes back with ``NotifyRegistrationStatus`` (refusals too, with the reason);
+- every claim in a NodePrepareResources / NodeUnprepareResources request must be in the response (by UID),
+  and no other; a claim left out fails (``ProtocolViolation``); each call has the kubelet's 45 s.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from grpclib.client import Channel
+
+from nodeagent.backends.hostfs import Root
+
+pb_reg: Any = importlib.import_module("nodeagent.backends._pb.pluginregistration_pb2")
+grpc_reg: Any = importlib.import_module("nodeagent.backends._pb.pluginregistration_grpc")
+SERVICES: dict[str, tuple[Any, Any]] = {
+    "v1.DRAPlugin": (
+        importlib.import_module("nodeagent.backends._pb.dra_v1_pb2"),
+        importlib.import_module("nodeagent.backends._pb.dra_v1_grpc"),
+    ),
+    "v1beta1.DRAPlugin": (
+        importlib.import_module("nodeagent.backends._pb.dra_v1beta1_pb2"),
+        importlib.import_module("nodeagent.backends._pb.dra_v1beta1_grpc"),
+    ),
+}
+TIMEOUT_S = 45.0
+
+
+class ProtocolViolation(AssertionError):
+    """The plugin broke a rule the kubelet enforces."""
+
+
+@dataclass
+class Registered:
+    driver: str
+    endpoint: str
+    service: str
+
+
+@dataclass
+class KubeletDra:
+    """The kubelet's DRA side on a test root (host paths resolved through ``root``)."""
+
+    root: Root
+    registry_dir: str = "/var/lib/kubelet/plugins_registry"
+    known: tuple[str, ...] = tuple(SERVICES)
+    plugins: dict[str, Registered] = field(default_factory=dict)
+    refusals: list[str] = field(default_factory=list)
+
+    @contextlib.contextmanager
+    def _channel(self, host_path: str) -> Iterator[Channel]:
+        local = self.root.resolve(host_path)
+        fd = os.open(local.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        channel = Channel(path=f"/proc/self/fd/{fd}/{local.name}")
+        try:
+            yield channel
+        finally:
+            channel.close()
+            os.close(fd)
+
+    def sockets(self) -> list[str]:
+        local = self.root.resolve(self.registry_dir)
+        return sorted(p.name for p in local.iterdir() if p.is_socket()) if local.is_dir() else []
+
+    async def register(self, socket_name: str) -> Registered | None:
+        """What the plugin watcher does with a new socket in ``plugins_registry``: None when refused."""
+        with self._channel(f"{self.registry_dir}/{socket_name}") as channel:
+            stub = grpc_reg.RegistrationStub(channel)
+            info = await stub.GetInfo(pb_reg.InfoRequest(), timeout=TIMEOUT_S)
+            problem = self._problem(info)
+            if problem is None:
+                service = next(s for s in info.supported_versions if s in self.known)
+                try:
+                    await self._answering(info.endpoint)
+                except (TimeoutError, OSError) as err:
+                    problem = f"cannot dial {info.endpoint}: {err}"
+            await stub.NotifyRegistrationStatus(
+                pb_reg.RegistrationStatus(plugin_registered=problem is None, error=problem or ""), timeout=TIMEOUT_S
+            )
+        if problem is not None:
+            self.refusals.append(problem)
+            return None
+        registered = Registered(info.name, info.endpoint, service)
+        self.plugins[info.name] = registered
+        return registered
+
+    def _problem(self, info: Any) -> str | None:
+        if info.type != "DRAPlugin":
+            return f"plugin type {info.type!r} is not DRAPlugin"
+        if not info.name:
+            return "plugin name is empty"
+        if not info.supported_versions:
+            return "empty list of supported gRPC services (aka supported versions)"
+        if not any(s in self.known for s in info.supported_versions):
+            return f"none of services supported by the plugin ({list(info.supported_versions)}) are supported"
+        if not info.endpoint.startswith("/"):
+            return f"endpoint {info.endpoint!r} is not an absolute path"
+        return None
+
+    async def _answering(self, endpoint: str) -> None:
+        local = self.root.resolve(endpoint)
+        if not local.is_socket():
+            raise OSError(f"no socket at {endpoint}")
+
+    def _stub(self, driver: str) -> tuple[Any, Any, str]:
+        plugin = self.plugins[driver]
+        pb, grpc = SERVICES[plugin.service]
+        return pb, grpc, plugin.endpoint
+
+    async def prepare(self, driver: str, claims: Sequence[tuple[str, str, str]]) -> dict[str, Any]:
+        """NodePrepareResources for (uid, namespace, name) claims: UID → the claim's answer."""
+        return await self._call(driver, "NodePrepareResources", claims)
+
+    async def unprepare(self, driver: str, claims: Sequence[tuple[str, str, str]]) -> dict[str, Any]:
+        return await self._call(driver, "NodeUnprepareResources", claims)
+
+    async def _call(self, driver: str, method: str, claims: Sequence[tuple[str, str, str]]) -> dict[str, Any]:
+        pb, grpc, endpoint = self._stub(driver)
+        request_type = getattr(pb, f"{method}Request")
+        request = request_type(claims=[pb.Claim(uid=u, namespace=ns, name=n) for u, ns, n in claims])
+        with self._channel(endpoint) as channel:
+            response = await getattr(grpc.DRAPluginStub(channel), method)(request, timeout=TIMEOUT_S)
+        asked = {u for u, _, _ in claims}
+        got = set(response.claims)
+        if got != asked:
+            raise ProtocolViolation(
+                f"{method}: claims asked {sorted(asked)}, answered {sorted(got)} (left out: {sorted(asked - got)})"
+            )
+        return {uid: response.claims[uid] for uid in response.claims}
