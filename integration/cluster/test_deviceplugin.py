@@ -195,17 +195,19 @@ async def test_a_plugin_the_kubelet_drops_after_a_quick_restart_registers_again(
     try:
         previous.update(tuple(Device(f"previous-{i}", True) for i in range(8)))
         await register(root, plugin_dir, resource_name=GPU, endpoint="previous-gpu.sock", options=OPTIONS)
-        await until(lambda: previous.streams == 1, "the kubelet watching the previous endpoint")
+        await until_async(lambda: previous.streams == 1, "the kubelet watching the previous endpoint")
         sim = SimGpuBackend("h100-80gb-hbm3", 8, 0)
         async with plugin_on(cluster, settings(), sim) as plugin:
-            await until(lambda: plugin.registrations == 1 and streams(plugin) == 1, "the agent registered")
+            await until_async(lambda: plugin.registrations == 1 and streams(plugin) == 1, "the agent registered")
             await previous.stop()  # its stream ends now, after the agent's registration
-            await until(lambda: plugin.registrations == 2, "the agent registered again after the kubelet dropped it")
-            await until(lambda: streams(plugin) == 1, "the kubelet watching the agent again")
-            await until(
+            await until_async(
+                lambda: plugin.registrations == 2, "the agent registered again after the kubelet dropped it"
+            )
+            await until_async(lambda: streams(plugin) == 1, "the kubelet watching the agent again")
+            await until_async(
                 lambda: kubelet_healthy_after(cluster, DISCONNECTED) == 8, "the kubelet: 8 healthy after the drop"
             )
-            await until(lambda: allocatable(cluster, GPU) == 8, "8 nvidia.com/gpu allocatable")
+            await until_async(lambda: allocatable(cluster, GPU) == 8, "8 nvidia.com/gpu allocatable")
     finally:
         await previous.stop()
 
@@ -215,11 +217,11 @@ async def test_a_kubelet_restart_leaves_allocatable_as_it_was(cluster: Cluster) 
     and registers again by itself (the file watch on kubelet.sock), and the Node's allocatable ends as it was."""
     sim = SimGpuBackend("h100-80gb-hbm3", 8, 0)
     async with plugin_on(cluster, settings(), sim) as plugin:
-        await until(lambda: allocatable(cluster, GPU) == 8 and streams(plugin) == 1, "8 allocatable")
+        await until_async(lambda: allocatable(cluster, GPU) == 8 and streams(plugin) == 1, "8 allocatable")
         server = plugin.servers[GPU]
         registrations = plugin.registrations
         await asyncio.to_thread(cluster.restart_kubelet)
-        await until(lambda: plugin.registrations > registrations, "registered on the new kubelet")
-        await until(lambda: server.socket_present() and server.streams == 1, "served and watched again")
-        await until(lambda: kubelet_healthy_after(cluster, KUBELET_STARTED) == 8, "the new kubelet: 8 healthy")
-        await until(lambda: allocatable(cluster, GPU) == 8, "8 nvidia.com/gpu allocatable after the restart", 60)
+        await until_async(lambda: plugin.registrations > registrations, "registered on the new kubelet")
+        await until_async(lambda: server.socket_present() and server.streams == 1, "served and watched again")
+        await until_async(lambda: kubelet_healthy_after(cluster, KUBELET_STARTED) == 8, "the new kubelet: 8 healthy")
+        await until_async(lambda: allocatable(cluster, GPU) == 8, "8 nvidia.com/gpu allocatable after the restart", 60)
