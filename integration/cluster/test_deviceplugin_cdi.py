@@ -162,8 +162,11 @@ def install_runtime(cluster: Cluster) -> None:
 
 
 @contextlib.asynccontextmanager
-async def agent_parts(cluster: Cluster, s: Settings, sim: SimGpuBackend) -> AsyncIterator[TestClient]:  # type: ignore[type-arg]
-    """The device plugin and the metrics subsystem on the cluster's root; yields a client of their HTTP routes."""
+async def agent_parts(
+    cluster: Cluster, s: Settings, sim: SimGpuBackend
+) -> AsyncIterator[tuple[DevicePluginSubsystem, TestClient]]:  # type: ignore[type-arg]
+    """The device plugin and the metrics subsystem on the cluster's root; yields the plugin and a client of
+    their HTTP routes."""
     ctx = testing.context(Root(cluster.base), s, gpus=sim, node_name=cluster.node_name)
     plugin, metrics = DevicePluginSubsystem(ctx), MetricsSubsystem(ctx)
     app = web.Application()
@@ -176,7 +179,7 @@ async def agent_parts(cluster: Cluster, s: Settings, sim: SimGpuBackend) -> Asyn
     await metrics.start()
     tasks = [asyncio.create_task(t) for t in (ctx.gpu_state.run(stop), plugin.run(stop), metrics.run(stop))]
     try:
-        yield client
+        yield plugin, client
     finally:
         stop.set()
         await asyncio.gather(*tasks)
@@ -223,7 +226,10 @@ async def test_a_pod_sees_its_gpu_from_the_cdi_spec_and_the_metrics_name_it(clus
     s = settings(cluster, node_dir)
     await write_gpu_node(cluster, node_dir, inv, s)
     try:
-        async with agent_parts(cluster, s, sim) as client:
+        async with agent_parts(cluster, s, sim) as (plugin, client):
+            # The kubelet keeps a plugin that went (an earlier test's) allocatable for a while: wait until it
+            # watches this one, so that the pod is admitted through it.
+            await until(lambda: GPU in plugin.servers and plugin.servers[GPU].streams > 0, "the kubelet watching")
             await until(lambda: allocatable(cluster, GPU) == 8, "8 nvidia.com/gpu allocatable")
             spec = host_network_pod(POD, runtime_class=CDI_RUNTIME_HANDLER, image=PROBE_IMAGE)
             spec["spec"]["containers"][0]["resources"] = {"limits": {GPU: "1"}}
