@@ -1,8 +1,10 @@
 """The device plugin (issue 21) on the stand-in kubelet (``nodeagent.testing.kubelet_plugins``), in one process:
 Allocate and GetPreferredAllocation p50/p99 at 8 GPUs and at 56 MIG devices (8 H100s, ``1g.10gb*7``, strategy
-mixed), an injected XID to the device's Unhealthy on the kubelet's ListAndWatch stream (goal: 100 ms), and a
-kubelet restart to the plugin registered again (goal: 1 s). Then the VmRSS it adds to the whole agent
-(``bench_deviceplugin_memory``; goal: +4 MiB).
+mixed), then the GetPreferredAllocation policy alone (``deviceplugin/preferred.py`` on the simulated HGX and
+L4 topologies: several request sizes, with one GPU lost, exhaustive and greedy search), an injected XID to the
+device's Unhealthy on the kubelet's ListAndWatch stream (goal: 100 ms), and a kubelet restart to the plugin
+registered again (goal: 1 s). Then the VmRSS it adds to the whole agent (``bench_deviceplugin_memory``; goal:
++4 MiB).
 
 ``NODEAGENT_BENCH_DP_CALLS``: calls per RPC (default 200).
 """
@@ -55,6 +57,35 @@ async def _rpcs(calls: int, mig: bool) -> tuple[str, list[float], list[float]]:
     return f"{want} {'MIG devices' if mig else 'GPUs'}", allocate, preferred
 
 
+async def _policy(calls: int) -> list[list[object]]:
+    """The preferred-allocation policy alone, on the plans of simulated boards (no gRPC, no kubelet)."""
+    from nodeagent.deviceplugin.preferred import preferred
+    from nodeagent.deviceplugin.resources import plan
+    from tests.deviceplugin.support import inventory
+
+    boards = [
+        ("8 H100 (NVSwitch, 18 links)", await inventory(8), "nvidia.com/gpu", (1, 2, 4, 8)),
+        ("8 L4 (PCIe)", await inventory(8, "l4"), "nvidia.com/gpu", (2, 4)),
+        ("56 MIG 1g.10gb on 8 H100", await inventory(8, mig_layout="1g.10gb*7"), "nvidia.com/mig-1g.10gb", (1, 4, 16)),
+    ]
+    rows: list[list[object]] = []
+    for what, inv, name, sizes in boards:
+        for lost in (False, True):
+            advertised = plan(inv, strategy="mixed", unhealthy={3: "lost"} if lost else None)
+            resource = advertised.resource(name)
+            assert resource is not None
+            available = tuple(d.id for d in resource.devices)
+            for size in sizes:
+                times = []
+                for _ in range(calls):
+                    t0 = time.perf_counter()
+                    got = preferred(resource, available, (), size)
+                    times.append(time.perf_counter() - t0)
+                assert len(got) == min(size, sum(d.healthy for d in resource.devices))
+                rows.append([what + (", GPU 3 lost" if lost else ""), size, *_ms(times)])
+    return rows
+
+
 async def _events() -> tuple[list[float], list[float]]:
     from nodeagent.backends.gpu.sim.backend import SimGpuBackend
     from nodeagent.settings import Settings
@@ -100,6 +131,8 @@ def main() -> list[str]:
     rows.append(["8 GPUs", f"XID 79 to Unhealthy on ListAndWatch ({len(xid)} runs; goal 100 ms)", *_ms(xid)])
     rows.append(["8 GPUs", f"kubelet restart to registered and listed ({len(restart)} runs; goal 1 s)", *_ms(restart)])
     out = [table("Device plugin on the stand-in kubelet (ms)", ["devices", "what", "p50", "p99"], rows)]
+    policy = asyncio.run(_policy(calls))
+    out.append(table("GetPreferredAllocation policy alone (ms)", ["devices", "request size", "p50", "p99"], policy))
     out.extend(bench_deviceplugin_memory.tables())
     return out
 

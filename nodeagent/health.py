@@ -31,6 +31,11 @@ def inventory_json(inventory: Inventory | None) -> dict[str, Any] | None:
     for gpu in doc["gpus"]:
         gpu["pci_device_id"] = f"0x{gpu['pci_device_id']:04x}"
         gpu["pci_subsystem_id"] = f"0x{gpu['pci_subsystem_id']:08x}"
+        del gpu["links"]  # each GPU's own view; the pairs below say it once
+    doc["topology"] = [
+        {"gpus": [a, b], "level": link.level.name if link.level is not None else None, "nvlinks": link.nvlinks}
+        for (a, b), link in sorted(inventory.topology.pairs.items())
+    ]
     return doc
 
 

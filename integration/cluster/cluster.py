@@ -43,6 +43,11 @@ from tests.support import free_port
 HERE = Path(__file__).parent
 NODE_NAME = "na-cluster-node"
 PAUSE_IMAGE = "localhost/nodeagent/pause:test"
+CDI_RUNTIME_HANDLER = "nodeagent-cdi"
+"""A containerd runtime handler (a RuntimeClass's ``handler``) that runs ``Cluster.cdi_runtime``, a program a
+test puts there (NVIDIA's runtime in CDI mode): containerd 1.6 has no CDI of its own, so a pod that wants its
+devices injected from a CDI spec runs under this handler, which also passes the ``cdi.k8s.io/*`` annotations
+on to the OCI spec. The default runtime is untouched."""
 AUDITED_NAMESPACE = "nodeagent"  # the API server's audit log records the requests of this namespace's ServiceAccounts
 CGROUP_MOUNTS = Path("/sys/fs/cgroup")
 
@@ -164,6 +169,11 @@ class Cluster:
     @property
     def kubelet_root(self) -> Path:
         return self.base / "var/lib/kubelet"
+
+    @property
+    def cdi_runtime(self) -> Path:
+        """What ``CDI_RUNTIME_HANDLER`` runs as its runc (absent until a test writes it)."""
+        return self.base / "usr/local/bin/nodeagent-cdi-runtime"
 
     @property
     def pod_resources_socket(self) -> Path:
@@ -448,7 +458,7 @@ class Cluster:
         socket_host = "/run/containerd/containerd.sock"
         d = Containerd(self.base, " ".join([*self._in_namespace(), shutil.which("containerd") or "containerd"]),
                        "/etc/containerd/config.toml", socket_host)  # fmt: skip
-        text = containerd_config(self.base, socket_host)
+        text = containerd_config(self.base, socket_host) + _cdi_runtime_handler(self.cdi_runtime)
         d.config.parent.mkdir(parents=True, exist_ok=True)
         d.config.write_text(text)
         cni_conf = self.base / "etc/cni/net.d/10-hostnetwork-only.conflist"
@@ -558,6 +568,17 @@ class Cluster:
         for d in self.cgroup_dirs:
             _remove_cgroup(d)
         shutil.rmtree(self.base, ignore_errors=True)
+
+
+def _cdi_runtime_handler(binary: Path) -> str:
+    table = f'plugins."io.containerd.grpc.v1.cri".containerd.runtimes.{CDI_RUNTIME_HANDLER}'
+    return (
+        f"\n[{table}]\n"
+        '  runtime_type = "io.containerd.runc.v2"\n'
+        '  container_annotations = ["cdi.k8s.io/*"]\n'
+        f"\n[{table}.options]\n"
+        f'  BinaryName = "{binary}"\n'
+    )
 
 
 def _remove_cgroup(d: Path) -> None:

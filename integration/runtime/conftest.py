@@ -256,13 +256,19 @@ def _blob(layout: dict[str, bytes], data: bytes) -> dict[str, Any]:
 
 def build_pause_archive(workdir: Path) -> Path:
     """A one-file OCI image (a static C 'pause' compiled here), as an oci-archive ctr can import."""
-    src = workdir / "pause.c"
-    src.write_text(PAUSE_C)
-    binary = workdir / "pause"
+    return build_static_image(workdir, PAUSE_C, "pause", PAUSE_IMAGE)
+
+
+def build_static_image(workdir: Path, source: str, name: str, image: str) -> Path:
+    """A one-file OCI image ``image`` whose entrypoint is ``/<name>``, the C ``source`` compiled static here,
+    as an oci-archive (``<workdir>/<name>.oci.tar``) that ctr can import."""
+    src = workdir / f"{name}.c"
+    src.write_text(source)
+    binary = workdir / name
     subprocess.run(["gcc", "-static", "-Os", "-o", str(binary), str(src)], check=True, capture_output=True)
     layer_buf = io.BytesIO()
     with tarfile.open(fileobj=layer_buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        info = tarfile.TarInfo("pause")
+        info = tarfile.TarInfo(name)
         data = binary.read_bytes()
         info.size, info.mode, info.mtime = len(data), 0o755, 0
         tar.addfile(info, io.BytesIO(data))
@@ -272,7 +278,7 @@ def build_pause_archive(workdir: Path) -> Path:
     config = {
         "architecture": "amd64",
         "os": "linux",
-        "config": {"Entrypoint": ["/pause"]},
+        "config": {"Entrypoint": [f"/{name}"]},
         "rootfs": {"type": "layers", "diff_ids": [layer_desc["digest"]]},
     }
     config_desc = {"mediaType": "application/vnd.oci.image.config.v1+json", **_blob(blobs, json.dumps(config).encode())}
@@ -288,15 +294,15 @@ def build_pause_archive(workdir: Path) -> Path:
     }
     manifest_desc["platform"] = {"architecture": "amd64", "os": "linux"}
     manifest_desc["annotations"] = {
-        "io.containerd.image.name": PAUSE_IMAGE,
-        "org.opencontainers.image.ref.name": "test",
+        "io.containerd.image.name": image,
+        "org.opencontainers.image.ref.name": image.rsplit(":", 1)[-1],
     }
     blobs["index.json"] = json.dumps({"schemaVersion": 2, "manifests": [manifest_desc]}).encode()
     blobs["oci-layout"] = json.dumps({"imageLayoutVersion": "1.0.0"}).encode()
-    archive = workdir / "pause.oci.tar"
+    archive = workdir / f"{name}.oci.tar"
     with tarfile.open(archive, "w") as tar:
-        for name, data in blobs.items():
-            info = tarfile.TarInfo(name)
+        for member, data in blobs.items():
+            info = tarfile.TarInfo(member)
             info.size, info.mode, info.mtime = len(data), 0o644, 0
             tar.addfile(info, io.BytesIO(data))
     return archive

@@ -1,4 +1,5 @@
-"""Build the pinned ``nvidia-ctk`` from its published Go module, once, for the oracle tests.
+"""Build the pinned ``nvidia-ctk`` from its published Go module, once, for the oracle tests (and, the same way,
+``nvidia-container-runtime``, which the cluster's CDI test runs under containerd: ``ensure(tool=RUNTIME)``).
 
 ``python integration/runtime/nvidia_ctk.py`` prints the binary's path, building it when absent. The binary
 is cached under ``~/.cache/nodeagent/nvidia-ctk/<version>/`` and Go's module and build caches under
@@ -20,7 +21,8 @@ from pathlib import Path
 
 MODULE = "github.com/NVIDIA/nvidia-container-toolkit"
 VERSION = "v1.20.2"
-COMMAND = f"{MODULE}/cmd/nvidia-ctk"
+TOOL = "nvidia-ctk"
+RUNTIME = "nvidia-container-runtime"
 CACHE = Path(os.environ.get("NODEAGENT_CACHE", Path.home() / ".cache/nodeagent"))
 BUILD_TIMEOUT_S = 1800
 
@@ -29,8 +31,8 @@ class Unavailable(RuntimeError):
     """The toolchain or the module proxy is missing, or the build failed (the message says which)."""
 
 
-def binary_path(version: str = VERSION) -> Path:
-    return CACHE / "nvidia-ctk" / version / "nvidia-ctk"
+def binary_path(version: str = VERSION, tool: str = TOOL) -> Path:
+    return CACHE / "nvidia-ctk" / version / tool
 
 
 def go_env() -> dict[str, str]:
@@ -45,36 +47,38 @@ def go_env() -> dict[str, str]:
     }
 
 
-def ensure(version: str = VERSION) -> Path:
-    """The cached binary, built first when absent (returns at once when present)."""
-    out = binary_path(version)
+def ensure(version: str = VERSION, tool: str = TOOL) -> Path:
+    """The cached binary of ``tool`` (a command of the toolkit's module), built first when absent (returns at
+    once when present)."""
+    out = binary_path(version, tool)
     if out.is_file() and os.access(out, os.X_OK):
         return out
     go = shutil.which("go")
     if go is None:
-        raise Unavailable("go is not installed (needed to build nvidia-ctk from its Go module)")
+        raise Unavailable(f"go is not installed (needed to build {tool} from its Go module)")
     out.parent.mkdir(parents=True, exist_ok=True)
     with (out.parent / ".build.lock").open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # another test run may be building the same version
         if out.is_file():
             return out
-        bindir = out.parent / ".bin.partial"
+        bindir = out.parent / f".bin.partial-{tool}"
         shutil.rmtree(bindir, ignore_errors=True)
         env = {**go_env(), "GOBIN": str(bindir)}
         started = time.monotonic()
         done = subprocess.run(
-            ["nice", "-n", "10", go, "install", "-trimpath", f"{COMMAND}@{version}"],
+            ["nice", "-n", "10", go, "install", "-trimpath", f"{MODULE}/cmd/{tool}@{version}"],
             env=env,
             capture_output=True,
             text=True,
             timeout=BUILD_TIMEOUT_S,
             check=False,
         )
-        if done.returncode != 0 or not (bindir / "nvidia-ctk").is_file():
-            raise Unavailable(f"go install {COMMAND}@{version} failed:\n{done.stderr[-3000:]}")
-        (bindir / "nvidia-ctk").replace(out)  # atomic: a present binary is always a whole one
+        if done.returncode != 0 or not (bindir / tool).is_file():
+            raise Unavailable(f"go install {MODULE}/cmd/{tool}@{version} failed:\n{done.stderr[-3000:]}")
+        (bindir / tool).replace(out)  # atomic: a present binary is always a whole one
         shutil.rmtree(bindir, ignore_errors=True)
-        (out.parent / "build-seconds").write_text(f"{time.monotonic() - started:.1f}\n")
+        seconds = "build-seconds" if tool == TOOL else f"build-seconds-{tool}"
+        (out.parent / seconds).write_text(f"{time.monotonic() - started:.1f}\n")
     return out
 
 

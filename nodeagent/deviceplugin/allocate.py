@@ -6,18 +6,15 @@ the kubelet's ``cdi_devices`` field, which containerd and CRI-O inject from the 
 a device it does not name, an unknown or unhealthy device, or (``failRequestsGreaterThanOne``) more than one
 replica of a shared resource refuses the whole request: never a half-answer.
 
-Preferred allocation is best effort: the devices the kubelet must include, then replicas of GPUs not chosen
-yet before a second replica of one, and among those the NUMA node that holds most of the chosen (or free)
-ones; IDs the plugin does not list healthy are skipped, so one lost GPU never makes a request fail. (The
-inventory has no NVLink topology yet, so NVLink does not weigh in.)
+Preferred allocation (GetPreferredAllocation) is ``preferred.py``: NVLink- and PCIe-aware best effort.
 """
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Collection
 
 from nodeagent.backends.deviceplugin_server import AllocationRefused, ContainerAllocation
+from nodeagent.deviceplugin import preferred as _preferred
 from nodeagent.deviceplugin.resources import PlannedResource, Unit
 
 ENVVAR = "NVIDIA_VISIBLE_DEVICES"
@@ -81,23 +78,5 @@ def answer(
 def preferred(
     resource: PlannedResource, available: tuple[str, ...], must_include: tuple[str, ...], size: int
 ) -> tuple[str, ...]:
-    listed = {d.id: d for d in resource.devices}
-    chosen = [d for d in must_include if d in listed][:size]
-    pool = [d for d in available if d not in chosen and d in listed and listed[d].healthy]
-    if len(chosen) >= size or not pool:
-        return tuple(chosen)
-    taken = [listed[d].unit for d in chosen]
-    numa = Counter(u.numa_node for u in taken) or Counter(listed[d].unit.numa_node for d in pool)
-    home = numa.most_common(1)[0][0]
-    used = Counter(u.key for u in taken)
-
-    def rank(device_id: str) -> tuple[int, bool, int, str, str]:
-        u = listed[device_id].unit
-        return (used[u.key], u.numa_node != home, u.gpu_index, u.key, device_id)
-
-    while len(chosen) < size and pool:
-        best = min(pool, key=rank)
-        pool.remove(best)
-        chosen.append(best)
-        used[listed[best].unit.key] += 1
-    return tuple(chosen)
+    """GetPreferredAllocation's answer (``preferred.preferred``: the link topology's best set)."""
+    return _preferred.preferred(resource, available, must_include, size)

@@ -21,9 +21,10 @@ an XID naming a GPU instance lowers it by that MIG device only.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from nodeagent.model.gpu import GpuInfo, Inventory
+from nodeagent.model.topology import Topology
 
 GPU_RESOURCE = "nvidia.com/gpu"
 MIG_PREFIX = "nvidia.com/mig-"
@@ -112,6 +113,8 @@ class PlannedResource:
     name: str
     devices: tuple[PlannedDevice, ...]
     shared: bool = False
+    topology: Topology = field(default=Topology(), compare=False)
+    """The node's GPU pairs (PCIe level, NVLinks), for GetPreferredAllocation."""
 
     @property
     def socket(self) -> str:
@@ -248,7 +251,7 @@ def plan(
     for name in sorted(mixed_sharing):
         problems.append(f"{name} lists shared and unshared devices (time-slicing covers only some of its GPUs)")
     resources = tuple(
-        PlannedResource(name, tuple(devices[name]), shared=name in shared)
+        PlannedResource(name, tuple(devices[name]), shared=name in shared, topology=inventory.topology)
         for name in sorted(devices, key=lambda n: (n != GPU_RESOURCE, n))
     )
     return Advertised(resources, tuple(problems))

@@ -1,6 +1,7 @@
 """GPU value types: what a GPU backend reports and every layer above it reads.
 
-Base types of the whole agent (the lowest layer): no I/O, no imports from the rest of nodeagent.
+Base types of the whole agent (the lowest layer): no I/O, no imports from the rest of nodeagent but the link
+topology's base types (``model/topology.py``).
 Every value type is frozen: an Inventory or a Sample is a snapshot that can be handed to other tasks
 without copying.
 """
@@ -10,6 +11,9 @@ from __future__ import annotations
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
+from functools import cached_property
+
+from nodeagent.model.topology import GpuEnds, GpuLinks, Topology, topology_of
 
 
 class Reading(StrEnum):
@@ -187,6 +191,9 @@ class GpuInfo:
     """Whether NVML's GPM (the profiling metrics, Hopper and newer) works on this GPU."""
     numa_node: int | None = None
     """The NUMA node the GPU is attached to (the device plugin's topology); None when unknown."""
+    links: GpuLinks | None = None
+    """Its PCIe common ancestors with the other GPUs and its NVLinks (``Inventory.topology`` pairs them up);
+    None when not read."""
 
     @property
     def device_name(self) -> str:
@@ -207,6 +214,11 @@ class Inventory:
     gpus: tuple[GpuInfo, ...] = ()
     mig_profiles: Mapping[str, tuple[MigProfile, ...]] = field(default_factory=dict)
     """GPU name → the GPU-instance profiles it supports."""
+
+    @cached_property
+    def topology(self) -> Topology:
+        """GPU pairs: their PCIe common ancestor and the NVLinks between them, from each GPU's ``links``."""
+        return topology_of(GpuEnds(g.index, g.pci_bus_id, g.links) for g in self.gpus)
 
     def gpu(self, index: int) -> GpuInfo:
         for g in self.gpus:

@@ -71,6 +71,13 @@ class FakeDevice:
     gpm_supported: bool = True
     numa_node: int | None = None
     """None: nvmlDeviceGetNumaNodeId answers NotSupported (a machine without NUMA)."""
+    nvlinks: list[tuple[int, str]] = field(default_factory=list)
+    """Per NVLink: (remote device type, remote PCI bus id); empty: nvmlDeviceGetNvLinkState is NotSupported
+    (a PCIe board). Links past the list answer InvalidArgument, as past a GPU's link count."""
+    nvlink_down: set[int] = field(default_factory=set)
+    """Links that are there but not active."""
+    levels: dict[int, int] = field(default_factory=dict)
+    """Other device's index → nvmlDeviceGetTopologyCommonAncestor's level (default: NVML_TOPOLOGY_SYSTEM)."""
     gpm_values: dict[int, float] = field(
         default_factory=lambda: {
             1: 50.0,
@@ -251,6 +258,34 @@ class FakeNvml:
         if d.numa_node is None:
             raise error(NS)
         return d.numa_node
+
+    # ---- topology
+
+    def nvmlDeviceGetTopologyCommonAncestor(self, h1: Any, h2: Any) -> int:
+        d = self._enter("nvmlDeviceGetTopologyCommonAncestor", h1)
+        other = self._enter("nvmlDeviceGetTopologyCommonAncestor", h2)
+        assert d is not None and other is not None
+        return int(d.levels.get(other.index, other.levels.get(d.index, pynvml.NVML_TOPOLOGY_SYSTEM)))
+
+    def _link(self, name: str, h: Any, link: int) -> tuple[int, str]:
+        d = self._enter(name, h)
+        assert d is not None
+        if not d.nvlinks:
+            raise error(NS)
+        if not 0 <= link < len(d.nvlinks):
+            raise error(pynvml.NVML_ERROR_INVALID_ARGUMENT)
+        return d.nvlinks[link]
+
+    def nvmlDeviceGetNvLinkState(self, h: Any, link: int) -> int:
+        self._link("nvmlDeviceGetNvLinkState", h, link)
+        down = h.nvlink_down if isinstance(h, FakeDevice) else set()
+        return int(pynvml.NVML_FEATURE_DISABLED if link in down else pynvml.NVML_FEATURE_ENABLED)
+
+    def nvmlDeviceGetNvLinkRemoteDeviceType(self, h: Any, link: int) -> int:
+        return self._link("nvmlDeviceGetNvLinkRemoteDeviceType", h, link)[0]
+
+    def nvmlDeviceGetNvLinkRemotePciInfo(self, h: Any, link: int) -> Any:
+        return SimpleNamespace(busId=self._link("nvmlDeviceGetNvLinkRemotePciInfo", h, link)[1].encode())
 
     def nvmlDeviceGetMinorNumber(self, h: Any) -> int:
         d = self._enter("nvmlDeviceGetMinorNumber", h)

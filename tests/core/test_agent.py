@@ -139,6 +139,7 @@ async def test_readyz_and_status_when_everything_runs(tmp_path: Path) -> None:
     served = await agent.ctx.gpus.inventory()
     assert [g["uuid"] for g in doc["inventory"]["gpus"]] == [g.uuid for g in served.gpus]
     assert len(served.gpus) == 2
+    assert doc["inventory"]["topology"] == [{"gpus": [0, 1], "level": "SYSTEM", "nvlinks": 18}]  # HGX, two sockets
     agent.request_stop()
     await asyncio.wait_for(task, 5)
 

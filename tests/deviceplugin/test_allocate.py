@@ -57,8 +57,9 @@ async def test_preferred_keeps_numa_skips_unhealthy_and_spreads_replicas() -> No
     inv = await inventory(8)
     sick = plan(inv, strategy="none", unhealthy={0: "lost"}, numa={g.index: g.numa_node for g in inv.gpus})
     resource = sick.resources[0]
-    # GPU 0 lost: skipped, the request still served, from the NUMA node with most healthy GPUs (4-7)
-    assert allocate.preferred(resource, ids, (), 2) == ids[4:6]
+    # GPU 0 lost: skipped, the request still served, from the NUMA node already broken into (GPUs 1-3), so
+    # that GPUs 4-7 stay whole for a 4-GPU request
+    assert allocate.preferred(resource, ids, (), 2) == ids[1:3]
     shared = await gpus(2, sharing=TimeSlicing((SharedResource(4),)), id_strategy="index")
     got = allocate.preferred(shared, tuple(d.id for d in shared.devices), (), 2)
     assert {g.split("::")[0] for g in got} == {"0", "1"}

@@ -6,6 +6,7 @@ import ctypes
 from dataclasses import replace
 from typing import Any
 
+from nodeagent.backends.gpu.nvml import topology
 from nodeagent.backends.gpu.nvml.base import NvmlBase
 from nodeagent.backends.gpu.nvml.readers import MIB, Calls, MigState, NvmlDevice, text
 from nodeagent.backends.gpu.sweep import GpuLost, GpuUnreadable, Hop
@@ -129,6 +130,8 @@ class NvmlInventory(NvmlBase):
             g.mig = {}
         if not name and not g.uuid and g.info is not None:
             return g.info  # nothing answered: keep what we knew
+        if not g.links_complete:
+            g.links, g.links_complete = topology.read(self, c, h, [o.handle for o in self._gpus], index)
         info = GpuInfo(
             index=index,
             uuid=g.uuid,
@@ -149,6 +152,7 @@ class NvmlInventory(NvmlBase):
             mig_devices=mig_devices,
             gpm_supported=g.gpm_supported,
             numa_node=int(numa) if isinstance(numa, int) and numa >= 0 else None,
+            links=g.links,
         )
         g.info = info
         return info

@@ -13,6 +13,7 @@ from typing import Any, Protocol
 
 from nodeagent.backends.gpu.sweep import GpuLost, Hop
 from nodeagent.model.gpu import GPM_READINGS, MIG_READINGS, GpuInfo, Reading
+from nodeagent.model.topology import GpuLinks
 
 MIB = 1024 * 1024
 
@@ -117,6 +118,9 @@ class NvmlDevice:
     mem_v1_only: bool = False
     nvlink_last: tuple[float, float] | None = None
     """(seconds, KiB) of the previous NVLink data reading, for DCGM's bandwidth rate."""
+    links: GpuLinks | None = None
+    links_complete: bool = False
+    """Whether ``links`` has every pair it reads (then it is not read again)."""
 
 
 class Calls:

@@ -13,6 +13,7 @@ from dataclasses import replace
 
 import structlog
 
+from nodeagent.backends.gpu.sim import topology
 from nodeagent.backends.gpu.sim.device import MIG_GPM, SimGpu
 from nodeagent.backends.gpu.sim.faults import XID_FALLEN_OFF_BUS, SimFaults
 from nodeagent.backends.gpu.sim.mig import SimMig
@@ -118,7 +119,8 @@ class SimGpuBackend(SimFaults, SimMig, SimPersistence):
             mig_pending=g.mig_pending,
             mig_devices=g.mig_devices(),
             gpm_supported=p.gpm_supported,
-            numa_node=g.index * 2 // self.count if self.count > 1 else 0,  # two sockets, half the GPUs each
+            numa_node=topology.numa_node(g.index, self.count),
+            links=topology.links(g.index, self.count, p.nvlink_links),
         )
 
     def _read(

@@ -77,6 +77,8 @@ class GpuProfile:
     """NVML's GPM (the profiling metrics): Hopper and newer; without it the GPM readings are absent."""
     nvlink_bandwidth_gbs: float = 0.0
     """Total NVLink bandwidth of one GPU, both directions, all links (GB/s; 900 for NVLink 4 on H100 SXM)."""
+    nvlink_links: int = 0
+    """NVLinks of one GPU, all to the board's NVSwitches (18 on HGX H100; 0: a PCIe board, no NVLink)."""
     mig_capable: bool = False
     mig_memory_slices: int = 0
     mig_compute_slices: int = 0
@@ -342,6 +344,7 @@ def profile_from_json(doc: Any, *, source: str, key: str) -> GpuProfile:
         # Optional: GPM follows the architecture (NVML's GPM is Hopper and newer) unless the file says.
         "gpm_supported": gpu.bool_("gpm", (cc[0], cc[1]) >= (9, 0)),
         "nvlink_bandwidth_gbs": gpu.num_("nvlink_bandwidth_gbs", 0.0),
+        "nvlink_links": gpu.int_("nvlink_links", 0),
     }
     if not fields["serial_prefix"].isdigit() and fields["serial_prefix"]:
         raise gpu.error("must be digits", "serial_prefix")
@@ -480,6 +483,7 @@ def profile_to_json(p: GpuProfile) -> dict[str, Any]:
             "pcie": {"generation": p.pcie_generation, "width": p.pcie_width},
             "gpm": p.gpm_supported,
             "nvlink_bandwidth_gbs": p.nvlink_bandwidth_gbs,
+            "nvlink_links": p.nvlink_links,
         },
         "not_supported": sorted(r.value for r in p.not_supported),
     }
