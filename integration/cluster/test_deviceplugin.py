@@ -35,6 +35,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.root, pytest.mark.cluster]
 
 GPU = "nvidia.com/gpu"
 DISCONNECTED = f'"Device plugin disconnected" resource="{GPU}"'
+CONNECTED = f'"Connected to new client" resource="{GPU}"'
 KUBELET_STARTED = "Creating device plugin registration server"
 
 
@@ -84,8 +85,8 @@ async def test_allocatable_follows_the_plugin_an_xid_and_the_hold(cluster: Clust
     # The kubelet publishes allocatable with its Node status (every 10 s by default): a hold shorter than
     # that could come and go between two of its updates.
     held = replace(settings(), "gpuhealth", xid_window_s=25.0, min_publish_interval_s=1.0)
-    async with plugin_on(cluster, held, sim):
-        await until_async(lambda: allocatable(cluster, GPU) == 8, "8 nvidia.com/gpu allocatable")
+    async with plugin_on(cluster, held, sim) as plugin:
+        await ready(cluster, plugin)
         sim.inject_xid(3, 79)
         await until_async(lambda: allocatable(cluster, GPU) == 7, "an XID 79 lowering allocatable", timeout_s=25)
         await until_async(lambda: allocatable(cluster, GPU) == 8, "the GPU back after the hold", timeout_s=60)
@@ -93,8 +94,8 @@ async def test_allocatable_follows_the_plugin_an_xid_and_the_hold(cluster: Clust
 
 async def test_nine_gpus_on_eight_stay_pending_with_the_schedulers_reason(cluster: Cluster) -> None:
     sim = SimGpuBackend("h100-80gb-hbm3", 8, 0)
-    async with plugin_on(cluster, settings(), sim):
-        await until_async(lambda: allocatable(cluster, GPU) == 8, "8 nvidia.com/gpu allocatable")
+    async with plugin_on(cluster, settings(), sim) as plugin:
+        await ready(cluster, plugin)
         cluster.admin.post("/api/v1/namespaces/default/pods", gpu_pod("nine-gpus", 9))
         try:
             await until_async(
@@ -112,7 +113,7 @@ async def test_a_mig_change_turns_allocatable_into_56_mig_devices(cluster: Clust
     sim = SimGpuBackend("h100-80gb-hbm3", 8, 0)
     mixed = replace(settings(), "labels", mig_strategy="mixed")
     async with plugin_on(cluster, mixed, sim) as plugin:
-        await until_async(lambda: allocatable(cluster, GPU) == 8, "8 nvidia.com/gpu allocatable")
+        await ready(cluster, plugin)
         after = SimGpuBackend("h100-80gb-hbm3", 8, 0, mig_layout="1g.10gb*7")
         await after.open()
         plugin.ctx.bus.publish(events.MIG_CHANGED, await after.inventory())
@@ -124,9 +125,9 @@ async def test_a_mig_change_turns_allocatable_into_56_mig_devices(cluster: Clust
 async def test_a_pod_runs_with_the_gpu_the_plugin_allocated(cluster: Cluster) -> None:
     sim = SimGpuBackend("h100-80gb-hbm3", 8, 0)
     envvar = replace(settings(), "deviceplugin", device_list_strategy=["envvar"])
-    async with plugin_on(cluster, envvar, sim):
+    async with plugin_on(cluster, envvar, sim) as plugin:
         uuids = {g.uuid for g in (await sim.inventory()).gpus}
-        await until_async(lambda: allocatable(cluster, GPU) == 8, "8 nvidia.com/gpu allocatable")
+        await ready(cluster, plugin)
         cluster.admin.post("/api/v1/namespaces/default/pods", gpu_pod("one-gpu", 1))
         try:
 
@@ -166,6 +167,14 @@ def kubelet_healthy_after(cluster: Cluster, marker: str) -> int | None:
         line for line in lines[marks[-1] :] if "Processed device updates for resource" in line and f'"{GPU}"' in line
     ]
     return int(updates[-1].rsplit("healthyCount=", 1)[1].split()[0]) if updates else None
+
+
+async def ready(cluster: Cluster, plugin: DevicePluginSubsystem) -> None:
+    """This plugin's 8 GPUs allocatable: the kubelet watches it and its device manager counted 8 healthy
+    after connecting to it, and the Node says 8 (an earlier test's plugin can leave 8 there a while)."""
+    await until_async(lambda: streams(plugin) >= 1, "the kubelet watching the plugin")
+    await until_async(lambda: kubelet_healthy_after(cluster, CONNECTED) == 8, "the kubelet: 8 healthy")
+    await until_async(lambda: allocatable(cluster, GPU) == 8, "8 nvidia.com/gpu allocatable")
 
 
 def streams(plugin: DevicePluginSubsystem) -> int:
@@ -217,7 +226,7 @@ async def test_a_kubelet_restart_leaves_allocatable_as_it_was(cluster: Cluster) 
     and registers again by itself (the file watch on kubelet.sock), and the Node's allocatable ends as it was."""
     sim = SimGpuBackend("h100-80gb-hbm3", 8, 0)
     async with plugin_on(cluster, settings(), sim) as plugin:
-        await until_async(lambda: allocatable(cluster, GPU) == 8 and streams(plugin) == 1, "8 allocatable")
+        await ready(cluster, plugin)
         server = plugin.servers[GPU]
         registrations = plugin.registrations
         await asyncio.to_thread(cluster.restart_kubelet)
