@@ -116,8 +116,9 @@ class DevicePluginSubsystem(BaseSubsystem):
         self._health_wait: float | None = None
         self._retry = False
         self._dropped_at: dict[str, float] = {}
-        self._register_after: dict[str, float] = {}
-        """Resource → not registered again before this (clock) after the kubelet dropped it."""
+        self._register_after: dict[str, tuple[float, int]] = {}
+        """Resource → (clock, kubelet.sock inode): not registered again on that kubelet before then, after it
+        dropped the plugin twice within ``RETRY_S`` (a new kubelet is registered on at once)."""
         self._queue: asyncio.Queue[events.Event] = asyncio.Queue()
         self._changes: list[HealthChange] = []
         """Health Events not recorded yet (``_record_events`` sends them, in order)."""
@@ -258,6 +259,7 @@ class DevicePluginSubsystem(BaseSubsystem):
             self.log.info("plugin_socket_gone", resource=name, socket=server.socket_path)
             await server.stop()
             self.registered.pop(name, None)
+            self._register_after.pop(name, None)  # a kubelet restart deleted it: the new one is registered on at once
         if not server.serving:
             try:
                 await server.start()
@@ -271,7 +273,8 @@ class DevicePluginSubsystem(BaseSubsystem):
             return
         if self.registered.get(name) == kubelet:
             return
-        if self.clock() < self._register_after.get(name, 0.0):
+        not_before, dropped_by = self._register_after.get(name, (0.0, 0))
+        if dropped_by == kubelet and self.clock() < not_before:
             self._retry = True
             return
         try:
@@ -363,10 +366,10 @@ class DevicePluginSubsystem(BaseSubsystem):
         if server is None or server.streams > 0 or name not in self.registered:
             return
         self.log.info("kubelet_dropped_plugin", resource=name, socket=server.socket_path)
-        del self.registered[name]
+        kubelet = self.registered.pop(name)
         now = self.clock()
         if now - self._dropped_at.get(name, -RETRY_S) < RETRY_S:  # a kubelet that keeps dropping it: slow down
-            self._register_after[name] = now + RETRY_S
+            self._register_after[name] = (now + RETRY_S, kubelet)
         self._dropped_at[name] = now
 
     async def _reload_config(self) -> None:
