@@ -12,6 +12,7 @@ from aiohttp import web
 MERGE_PATCH = "application/merge-patch+json"
 STRATEGIC_MERGE_PATCH = "application/strategic-merge-patch+json"
 JSON_PATCH = "application/json-patch+json"
+APPLY_PATCH = "application/apply-patch+yaml"
 ANNOTATIONS_MAX_BYTES = 256 * 1024
 
 
@@ -41,9 +42,23 @@ RESOURCES = (
     ResourceType("nfd.k8s-sigs.io", "v1alpha1", "nodefeatures", "NodeFeature", namespaced=True, custom=True),
     ResourceType("", "v1", "pods", "Pod", namespaced=True),
 )
-CONDITION_STATUSES = ("True", "False", "Unknown")
 TAINT_EFFECTS = ("NoSchedule", "PreferNoSchedule", "NoExecute")
-FIELD_SELECTORS = {"nodes": ("metadata.name",), "pods": ("metadata.name", "spec.nodeName")}
+# The field selectors kube-apiserver 1.34 supports (metadata.namespace for namespaced kinds).
+FIELD_SELECTORS = {
+    "nodes": ("metadata.name", "spec.unschedulable"),
+    "pods": (
+        "metadata.name",
+        "metadata.namespace",
+        "spec.nodeName",
+        "spec.restartPolicy",
+        "spec.schedulerName",
+        "spec.serviceAccountName",
+        "spec.hostNetwork",
+        "status.phase",
+        "status.podIP",
+        "status.nominatedNodeName",
+    ),
+}
 RFC3339 = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}:\d{2})$")
 
 
