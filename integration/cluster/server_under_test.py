@@ -35,6 +35,8 @@ from nodeagent.kube.credentials import Credentials
 from tests.kube.servers import AGENT_USER, WRITE_VERBS, path_of
 
 TTL_ANNOTATION = "node.alpha.kubernetes.io/ttl"  # the TTL controller's first write to every new Node
+CLUSTER_COMPONENTS = frozenset({"node-controller", "kubelet", "default-scheduler", "taint-eviction-controller"})
+NOT_READY_TAINT = "node.kubernetes.io/not-ready"  # TaintNodesByCondition's, until the lifecycle controller lifts it
 
 
 @dataclass
@@ -183,6 +185,11 @@ class AuditReader:
         return self.entries
 
 
+def _settled(node: dict[str, Any]) -> bool:
+    taints = {t.get("key") for t in node.get("spec", {}).get("taints") or []}
+    return TTL_ANNOTATION in (node["metadata"].get("annotations") or {}) and NOT_READY_TAINT not in taints
+
+
 class RealServer:
     kind = "real"
 
@@ -281,14 +288,16 @@ class RealServer:
             "status": {"conditions": [{"type": "Ready", "status": "True"}]},
         }
         created: dict[str, Any] = self.admin.post(path_of("nodes"), node)
-        # The TTL controller annotates every new Node once: wait for it, so it never races the test's writers.
-        deadline = time.monotonic() + 10
+        # The cluster writes a new Node twice more: the TaintNodesByCondition admission plugin taints it
+        # not-ready at creation, the node lifecycle controller lifts the taint once it sees Ready, and the TTL
+        # controller annotates it. Wait for both, so they never race the test's writers.
+        deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
             found = self.object("nodes", name)
-            if found is not None and TTL_ANNOTATION in (found["metadata"].get("annotations") or {}):
+            if found is not None and _settled(found):
                 return found
             time.sleep(0.02)
-        return created
+        raise AssertionError(f"Node {name}: the cluster did not settle it in 20s: {created}")
 
     def add_pod(self, name: str, namespace: str, node: str, labels: dict[str, str] | None = None) -> dict[str, Any]:
         create_all(self.admin, [{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}}])
@@ -334,10 +343,13 @@ class RealServer:
         self._delete(path_of(plural, name, namespace), body)
 
     def events(self) -> list[dict[str, Any]]:
+        """The Events about the test's Nodes, less the cluster's own (the node lifecycle controller records
+        ``RegisteredNode`` and ``RemovingNode`` about every Node, a moment after it is created or deleted)."""
         out: list[dict[str, Any]] = []
         for name in self.nodes:
             query = urllib.parse.urlencode({"fieldSelector": f"involvedObject.kind=Node,involvedObject.name={name}"})
-            out += self.admin.get(path_of("events", namespace="default") + "?" + query)["items"]
+            items = self.admin.get(path_of("events", namespace="default") + "?" + query)["items"]
+            out += [e for e in items if (e.get("source") or {}).get("component") not in CLUSTER_COMPONENTS]
         return out
 
     def node_history(self, name: str) -> list[dict[str, Any]]:

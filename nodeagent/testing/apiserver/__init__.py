@@ -1,10 +1,11 @@
 """A test Kubernetes API server that enforces the rules the agent depends on.
 
-It is the fast half of the Kubernetes-facing tests: the same tests also run against the real kube-apiserver
-of integration/cluster (tests/kube/servers.py), and where the two disagreed the real one was followed. It
-reproduces, over plain HTTP, the protocol rules of the real one for the resources the agent uses: Nodes (with the ``status`` subresource), NodeFeatures
-(``nfd.k8s-sigs.io/v1alpha1``, a custom resource), RuntimeClasses (``node.k8s.io/v1``), Events and Pods
-(read-only for the agent: it lists the GPU Operator's operand pods on its node while a MIG change waits).
+It is the fast half of the Kubernetes-facing tests: the same tests also run against the real kube-apiserver of
+integration/cluster (tests/kube/servers.py), and where the two disagreed the real one was followed. It
+reproduces, over plain HTTP, the protocol rules of the real one for the resources the agent uses: Nodes (with
+the ``status`` subresource), NodeFeatures (``nfd.k8s-sigs.io/v1alpha1``, a custom resource), RuntimeClasses
+(``node.k8s.io/v1``), Events and Pods (read-only for the agent: it lists the GPU Operator's operand pods on
+its node while a MIG change waits).
 
 Rules enforced, each as the real API server answers them:
 
