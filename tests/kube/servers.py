@@ -33,7 +33,6 @@ from nodeagent.kube.credentials import Credentials
 from nodeagent.testing.apiserver import RESOURCES, TestApiServer, write_kubeconfig
 from tests.kube.kube_support import ADMIN_TOKEN, AGENT_TOKEN, NODE_TOKEN, OUTSIDER_TOKEN, RBAC
 
-ROLES = ("agent", "admin", "node", "outsider")
 AGENT_USER = "system:serviceaccount:nodeagent:nodeagent"
 NODES = ("node-a", "node-b")
 WRITE_VERBS = frozenset({"create", "update", "patch", "delete"})
