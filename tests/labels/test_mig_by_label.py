@@ -413,3 +413,29 @@ async def test_revert_takes_back_the_state_label_and_condition_not_the_request(
     assert labels[MIG_CONFIG_LABEL] == "all-1g.10gb"
     assert MIG_CONDITION not in [c["type"] for c in node(apiserver)["status"].get("conditions", [])]
     assert f"Node/{NODE} {MIG_STATE_LABEL}" in result.changed
+
+
+async def test_each_state_reaches_the_node_in_order_even_when_published_back_to_back(
+    tmp_path: Path, apiserver: ServerUnderTest
+) -> None:
+    """Found on the real server (its writes take longer than the stand-in's): mig published ``pending`` and
+    ``rebooting`` before labels had written ``pending``, and labels wrote only the latest, so ``pending`` never
+    reached the Node. Each published state is written, in order."""
+    from nodeagent import events
+    from nodeagent.model.mig import MigReadiness
+
+    apiserver.merge_patch("nodes", NODE, {"metadata": {"labels": {MIG_CONFIG_LABEL: "all-1g.10gb"}}})
+    sim = SimGpuBackend("h100-80gb-hbm3", 1, 0)
+    a = agent(tmp_path, sim, apiserver, agent_settings())
+    await a.labels.start()  # labels alone: the test publishes mig's states itself
+    a.tasks = [asyncio.create_task(a.labels.run(a.stop))]
+    try:
+        await until(lambda: apiserver.open_agent_watches("nodes") > 0, "labels running (the Node watched)")
+        bus = a.labels.ctx.bus
+        bus.publish(events.MIG_READY, MigReadiness("all-1g.10gb", "pending", "applying"))
+        bus.publish(events.MIG_READY, MigReadiness("all-1g.10gb", "rebooting", "after a reboot"))
+        await until(lambda: label_history(apiserver, MIG_STATE_LABEL)[-1:] == ["rebooting"], "rebooting written")
+        assert label_history(apiserver, MIG_STATE_LABEL) == ["pending", "rebooting"]
+    finally:
+        await a.close()
+        await sim.close()
