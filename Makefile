@@ -54,8 +54,10 @@ endif
 test: $(STAMP)
 	$(BIN)/python -m pytest tests integration -q
 
+# The unit tests on the stand-in API server only (no root, no cluster); `make test` also runs them against the
+# real kube-apiserver (docs/testing.md).
 unit: $(STAMP)
-	$(BIN)/python -m pytest tests -q
+	$(BIN)/python -m pytest tests -q -m 'not cluster'
 
 integration: $(STAMP)
 	$(BIN)/python -m pytest integration -q
@@ -63,13 +65,14 @@ integration: $(STAMP)
 # The real single-node Kubernetes of integration/cluster: one Go binary (kube-apiserver, controller-manager,
 # scheduler, kubelet, etcd; versions in integration/cluster/versions.env), built once into
 # ~/.cache/nodeagent/kubebin (about 6 minutes cold on 2 cores, nothing warm). `make test` runs the cluster
-# tests too; their fixture builds the binary when it is absent.
+# tests too; their fixture builds the binary when it is absent. `make test-cluster` runs only what needs the
+# cluster: integration/cluster and the `real` half of tests/kube, tests/labels, tests/gpuhealth.
 kubebin:
 	integration/cluster/build.sh
 
 test-cluster: $(STAMP)
 	integration/cluster/build.sh > /dev/null
-	$(BIN)/python -m pytest integration -m cluster -q
+	$(BIN)/python -m pytest tests integration -m cluster -q
 
 # ~6 minutes. The benchmarks run the agent from a runtime-only venv they build once under ~/.cache
 # (bench/runtime_venv.py). Longer runs: NODEAGENT_BENCH_SOAK_S=1800 (the RSS soak), NODEAGENT_BENCH_LAG_S=60

@@ -1,4 +1,4 @@
-"""Root conftest for tests/ and integration/: fails any async test that leaks asyncio tasks."""
+"""Root conftest for tests/ and integration/: fails any async test that leaks asyncio tasks; loads the cluster plugin."""
 
 from __future__ import annotations
 
@@ -6,6 +6,9 @@ import asyncio
 from collections.abc import AsyncIterator
 
 import pytest_asyncio
+
+# The session's one real cluster (integration/cluster/plugin.py), for integration/cluster and tests/kube/servers.py.
+pytest_plugins = ["integration.cluster.plugin"]
 
 
 @pytest_asyncio.fixture(autouse=True)

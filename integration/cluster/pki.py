@@ -83,3 +83,8 @@ def make_pki(d: Path, node_name: str) -> Pki:
         sa_key=sa_key,
         sa_pub=sa_pub,
     )
+
+
+def client_cert(pki: Pki, name: str, subject: str) -> KeyPair:
+    """One more client certificate from the cluster's CA (``subject`` as openssl writes it: /O=group/CN=user)."""
+    return _leaf(pki.dir, pki.ca, f"client-{name}", subject, "clientAuth")

@@ -83,15 +83,16 @@ class NodeControl:
             await self._event("Normal" if status == "True" else "Warning", reason, message)
         return node, wrote
 
-    async def sync(self) -> list[str]:
-        """From a fresh read of the Node: write what differs from the last MIG_READY; return what was written.
-        (Under one lock: a Node read before another of these writes would move a condition's
-        lastTransitionTime.)"""
+    async def sync(self, readiness: MigReadiness | None = None) -> list[str]:
+        """From a fresh read of the Node: write what differs from ``readiness`` (default: the last MIG_READY);
+        return what was written. (Under one lock: a Node read before another of these writes would move a
+        condition's lastTransitionTime.)"""
         async with self._lock:
             node = await self.node.get()
             self.note_node(node)
             written: list[str] = []
-            readiness: MigReadiness | None = self.bus.last(events.MIG_READY)
+            if readiness is None:
+                readiness = self.bus.last(events.MIG_READY)
             if readiness is not None and readiness.config:
                 node, wrote = await self.node.patch(lambda n: node_status.mig_state_patch(n, readiness), node=node)
                 if wrote:
@@ -104,13 +105,14 @@ class NodeControl:
             return written
 
     async def follow(self, sub: events.Subscription, on_failure: Callable[[], None]) -> None:
-        """MIG states are written in the order they come; a failed write calls ``on_failure`` (the subsystem
-        retries at its next refresh)."""
-        async for _ in sub:
+        """MIG states are written in the order they come, each one (not only the latest: ``pending`` published
+        just before ``rebooting`` still reaches the Node first); a failed write calls ``on_failure`` (the
+        subsystem retries at its next refresh, with the latest state)."""
+        async for event in sub:
             if self.node.client() is None:
                 continue  # no Kubernetes (yet): the subsystem's refresh says so
             try:
-                await self.sync()
+                await self.sync(event.payload if isinstance(event.payload, MigReadiness) else None)
             except KubeError as err:
                 self.log.warning("node_status_not_written", error=str(err))
                 on_failure()

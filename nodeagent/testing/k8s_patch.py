@@ -74,20 +74,56 @@ def strategic_merge_patch(target: Any, patch: Any, field: str = "") -> Any:
 
 
 def _merge_list(target: list[Any], patch: list[Any], key: str, field: str) -> list[Any]:
-    result = copy.deepcopy(target)
+    """Merge by ``key`` in apimachinery's order: the patch's elements in the patch's order, with the elements
+    only the server has put back among them by their place in the stored list (``mergeSortedSlice``); a new
+    condition comes first, an updated one keeps its place."""
+    server_order = [old.get(key) for old in target if isinstance(old, dict)]
+    merged: list[Any] = []
+    patched_keys: list[Any] = []
+    deleted: set[Any] = set()
     for item in patch:
         if not isinstance(item, dict) or key not in item:
             raise PatchError(f"{field}: every element of a merged list needs its merge key {key!r}")
-        index = next((i for i, old in enumerate(result) if isinstance(old, dict) and old.get(key) == item[key]), None)
         if item.get("$patch") == "delete":
-            if index is not None:
-                del result[index]
+            deleted.add(item[key])
             continue
-        if index is None:
-            result.append(strategic_merge_patch({}, item, field))
+        old = next((o for o in target if isinstance(o, dict) and o.get(key) == item[key]), None)
+        merged.append(strategic_merge_patch(copy.deepcopy(old) if old is not None else {}, item, field))
+        patched_keys.append(item[key])
+    server_only = [
+        copy.deepcopy(o)
+        for o in target
+        if not (isinstance(o, dict) and (o.get(key) in patched_keys or o.get(key) in deleted))
+    ]
+    return _merge_sorted(server_only, merged, server_order, key)
+
+
+def _merge_sorted(left: list[Any], right: list[Any], server_order: list[Any], key: str) -> list[Any]:
+    """apimachinery's ``mergeSortedSlice``: a ``left`` element goes first only when both it and the next
+    ``right`` element are in the stored list and it stood before that one there."""
+
+    def place(item: Any) -> int:
+        value = item.get(key) if isinstance(item, dict) else None
+        return server_order.index(value) if value in server_order else -1
+
+    out: list[Any] = []
+    i = j = 0
+    while i < len(left) or j < len(right):
+        if j >= len(right):
+            out.append(left[i])
+            i += 1
+        elif i >= len(left):
+            out.append(right[j])
+            j += 1
         else:
-            result[index] = strategic_merge_patch(result[index], item, field)
-    return result
+            li, ri = place(left[i]), place(right[j])
+            if li >= 0 and ri >= 0 and li < ri:
+                out.append(left[i])
+                i += 1
+            else:
+                out.append(right[j])
+                j += 1
+    return out
 
 
 def _pointer(path: str) -> list[str]:

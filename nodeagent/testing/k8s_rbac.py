@@ -139,6 +139,10 @@ def forbidden_message(user: User, req: Request) -> str:
     resource = req.resource.partition("/")[0]
     qualified = f"{resource}.{req.group}" if req.group else resource
     target = f'{qualified} "{req.name}"' if req.name else qualified
+    node = user.name.removeprefix("system:node:")
+    if node != user.name and resource == "nodes" and req.verb in ("update", "patch") and not req.group:
+        # the Node authorizer lets it through; the NodeRestriction admission plugin refuses
+        return f'{target} is forbidden: node "{node}" is not allowed to modify node "{req.name}"'
     scope = f'in the namespace "{req.namespace}"' if req.namespace else "at the cluster scope"
     return (
         f'{target} is forbidden: User "{user.name}" cannot {req.verb} resource "{req.resource}"'

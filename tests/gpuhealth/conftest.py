@@ -1,5 +1,6 @@
-"""Fixtures for the gpuhealth tests."""
+"""Fixtures for the gpuhealth tests: the server under test (stand-in and real, tests/kube/servers.py)."""
 
-from tests.kube.kube_support import apiserver, token_file
+from tests.kube.kube_support import token_file
+from tests.kube.servers import apiserver, server_kind, standin
 
-__all__ = ["apiserver", "token_file"]
+__all__ = ["apiserver", "server_kind", "standin", "token_file"]

@@ -19,15 +19,13 @@ from nodeagent.kube.resources import NODES
 from nodeagent.labels.subsystem import LabelsSubsystem
 from nodeagent.model.health import CONDITION_TYPE, TAINT_KEY
 from nodeagent.settings import replace
-from nodeagent.testing.apiserver import TestApiServer, write_kubeconfig
 from tests.gpuhealth.test_node_health import NODE, WINDOW, Clock, condition_is, settings, taints
-from tests.kube.kube_support import ADMIN_TOKEN, AGENT_TOKEN
-from tests.labels.test_labels_subsystem import kube_client
+from tests.kube.servers import ServerUnderTest, kube_client
 from tests.support import free_port, until
 
 
 async def test_an_xid_turns_the_condition_false_without_the_metrics_subsystem(
-    tmp_path: Path, apiserver: TestApiServer
+    tmp_path: Path, apiserver: ServerUnderTest
 ) -> None:
     sim = SimGpuBackend("h100-80gb-hbm3", 2, 0)
     ctx = testing.context(Root(tmp_path), settings(), gpus=sim, node_name=NODE)
@@ -54,16 +52,16 @@ async def test_an_xid_turns_the_condition_false_without_the_metrics_subsystem(
         await sim.close()
 
 
-def events_about_node(server: TestApiServer) -> list[dict[str, Any]]:
-    return [o for (plural, _, _), o in server.store.objects.items() if plural == "events"]
+def events_about_node(server: ServerUnderTest) -> list[dict[str, Any]]:
+    return server.events()
 
 
-async def test_gpuhealth_alone_writes_its_condition_and_taint(tmp_path: Path, apiserver: TestApiServer) -> None:
+async def test_gpuhealth_alone_writes_its_condition_and_taint(tmp_path: Path, apiserver: ServerUnderTest) -> None:
     """``--only gpuhealth``: no labels, no metrics. The agent's one client (from a kubeconfig, as the composition
     root builds it) carries the ``NvidiaGpuHealthy`` condition and the taint; once the XID has been held for its
     window, the condition is True again and the taint gone."""
     (tmp_path / "etc/nodeagent").mkdir(parents=True)
-    write_kubeconfig(tmp_path / "etc/nodeagent/kubeconfig", apiserver.url, AGENT_TOKEN)
+    apiserver.write_kubeconfig(tmp_path / "etc/nodeagent/kubeconfig")
     s = replace(settings(taint=True), "kube", mode="kubeconfig", kubeconfig="/etc/nodeagent/kubeconfig")
     s = replace(s, "agent", listen=f"127.0.0.1:{free_port()}", shutdown_timeout_s=2.0)
     sim = SimGpuBackend("h100-80gb-hbm3", 2, 0)
@@ -90,7 +88,7 @@ async def test_gpuhealth_alone_writes_its_condition_and_taint(tmp_path: Path, ap
         await sim.close()
 
 
-async def test_a_removed_condition_is_written_again(tmp_path: Path, apiserver: TestApiServer) -> None:
+async def test_a_removed_condition_is_written_again(tmp_path: Path, apiserver: ServerUnderTest) -> None:
     """Someone deletes the condition: the gateway's watch shows it, and gpuhealth puts it back."""
     sim = SimGpuBackend("h100-80gb-hbm3", 1, 0)
     ctx = testing.context(Root(tmp_path), settings(), gpus=sim, node_name=NODE)
@@ -101,7 +99,7 @@ async def test_a_removed_condition_is_written_again(tmp_path: Path, apiserver: T
     task = asyncio.create_task(health.run(stop))
     try:
         await until(condition_is(apiserver, "True", "GpusHealthy"), "written at start")
-        admin = kube_client(apiserver, ADMIN_TOKEN)
+        admin = kube_client(apiserver, "admin")
         patch = {"status": {"conditions": [{"type": CONDITION_TYPE, "$patch": "delete"}]}}
         removed = await admin.patch(NODES, NODE, patch, content_type=STRATEGIC_MERGE_PATCH, subresource="status")
         await admin.close()
@@ -115,7 +113,7 @@ async def test_a_removed_condition_is_written_again(tmp_path: Path, apiserver: T
         await sim.close()
 
 
-async def test_labels_writes_no_health_condition(tmp_path: Path, apiserver: TestApiServer) -> None:
+async def test_labels_writes_no_health_condition(tmp_path: Path, apiserver: ServerUnderTest) -> None:
     """One writer of the health condition and taint: the labels subsystem leaves a published report alone."""
     from nodeagent import events
     from nodeagent.model.health import GpuHealthReport, GpuIncident, NodeGpuHealth, Verdict
@@ -145,6 +143,6 @@ async def test_labels_writes_no_health_condition(tmp_path: Path, apiserver: Test
         await sim.close()
 
 
-def node_labels(server: TestApiServer) -> dict[str, str]:
+def node_labels(server: ServerUnderTest) -> dict[str, str]:
     found = server.object("nodes", NODE)
     return dict((found or {}).get("metadata", {}).get("labels") or {})

@@ -1,7 +1,8 @@
-"""GPU health end to end: XIDs injected into the simulator reach the GPU-state owner through a sweep, the
-gpuhealth subsystem classifies them and writes the ``NvidiaGpuHealthy`` condition (and the taint when enabled)
-on the test API server through the Node gateway, and the metric follows. The labels subsystem runs beside it
-(it shares the gateway, and writes none of these). Time is a fake clock the test moves."""
+"""GPU health end to end: XIDs injected into the simulator reach the GPU-state owner through a sweep, the gpuhealth
+subsystem classifies them and writes the ``NvidiaGpuHealthy`` condition (and the taint when enabled) on the
+server under test (the stand-in and the real kube-apiserver) through the Node gateway, and the metric follows.
+The labels subsystem runs beside it (it shares the gateway, and writes none of these). Time is a fake clock the
+test moves."""
 
 from __future__ import annotations
 
@@ -21,8 +22,7 @@ from nodeagent.labels.subsystem import LabelsSubsystem
 from nodeagent.model.gpu import SampleRequest
 from nodeagent.model.health import CONDITION_TYPE, TAINT_KEY
 from nodeagent.settings import Settings, replace
-from nodeagent.testing.apiserver import TestApiServer
-from tests.labels.test_labels_subsystem import kube_client
+from tests.kube.servers import ServerUnderTest, kube_client
 from tests.support import until
 
 NODE = "node-a"
@@ -68,7 +68,7 @@ def settings(**health: Any) -> Settings:
 
 
 @contextlib.asynccontextmanager
-async def running(tmp_path: Path, server: TestApiServer, s: Settings) -> AsyncIterator[Node]:
+async def running(tmp_path: Path, server: ServerUnderTest, s: Settings) -> AsyncIterator[Node]:
     sim = SimGpuBackend("h100-80gb-hbm3", 2, 0)
     ctx = testing.context(Root(tmp_path), s, gpus=sim, node_name=NODE)
     clock = Clock()
@@ -89,24 +89,24 @@ async def running(tmp_path: Path, server: TestApiServer, s: Settings) -> AsyncIt
         await sim.close()
 
 
-def condition(server: TestApiServer) -> dict[str, Any]:
+def condition(server: ServerUnderTest) -> dict[str, Any]:
     found = server.object("nodes", NODE)
     assert found is not None
     return next(c for c in found["status"].get("conditions", []) if c["type"] == CONDITION_TYPE)
 
 
-def has_condition(server: TestApiServer) -> bool:
+def has_condition(server: ServerUnderTest) -> bool:
     found = server.object("nodes", NODE)
     return found is not None and any(c["type"] == CONDITION_TYPE for c in found["status"].get("conditions", []))
 
 
-def taints(server: TestApiServer) -> list[dict[str, Any]]:
+def taints(server: ServerUnderTest) -> list[dict[str, Any]]:
     found = server.object("nodes", NODE)
     assert found is not None
     return list(found.get("spec", {}).get("taints") or [])
 
 
-def condition_is(server: TestApiServer, status: str, reason: str) -> Callable[[], bool]:
+def condition_is(server: ServerUnderTest, status: str, reason: str) -> Callable[[], bool]:
     return lambda: (
         has_condition(server)
         and (condition(server)["status"], condition(server)["reason"])
@@ -117,7 +117,9 @@ def condition_is(server: TestApiServer, status: str, reason: str) -> Callable[[]
     )
 
 
-async def test_healthy_node_gets_a_true_condition_and_passing_series(tmp_path: Path, apiserver: TestApiServer) -> None:
+async def test_healthy_node_gets_a_true_condition_and_passing_series(
+    tmp_path: Path, apiserver: ServerUnderTest
+) -> None:
     async with running(tmp_path, apiserver, settings()) as node:
         await until(condition_is(apiserver, "True", "GpusHealthy"), "healthy condition")
         assert condition(apiserver)["message"] == "2 of 2 GPUs healthy"
@@ -125,7 +127,7 @@ async def test_healthy_node_gets_a_true_condition_and_passing_series(tmp_path: P
         assert taints(apiserver) == []
 
 
-async def test_xid_48_sets_the_condition_and_the_window_clears_it(tmp_path: Path, apiserver: TestApiServer) -> None:
+async def test_xid_48_sets_the_condition_and_the_window_clears_it(tmp_path: Path, apiserver: ServerUnderTest) -> None:
     async with running(tmp_path, apiserver, settings(taint=True)) as node:
         await until(condition_is(apiserver, "True", "GpusHealthy"), "healthy first")
         healthy_since = condition(apiserver)["lastTransitionTime"]
@@ -158,7 +160,7 @@ async def test_xid_48_sets_the_condition_and_the_window_clears_it(tmp_path: Path
 
 
 async def test_xid_79_gpu_off_the_bus_until_nvml_answers_and_the_window_passes(
-    tmp_path: Path, apiserver: TestApiServer
+    tmp_path: Path, apiserver: ServerUnderTest
 ) -> None:
     async with running(tmp_path, apiserver, settings()) as node:
         node.sim.lose_gpu(1)  # XID 79, then every call: GPU is lost
@@ -177,7 +179,7 @@ async def test_xid_79_gpu_off_the_bus_until_nvml_answers_and_the_window_passes(
         await until(condition_is(apiserver, "True", "GpusHealthy"), "recovered")
 
 
-async def test_xid_94_warns_and_13_is_ignored(tmp_path: Path, apiserver: TestApiServer) -> None:
+async def test_xid_94_warns_and_13_is_ignored(tmp_path: Path, apiserver: ServerUnderTest) -> None:
     async with running(tmp_path, apiserver, settings(taint=True)) as node:
         node.sim.inject_xid(0, 13)
         await node.sweep()
@@ -192,14 +194,14 @@ async def test_xid_94_warns_and_13_is_ignored(tmp_path: Path, apiserver: TestApi
         assert taints(apiserver) == [], "a warning does not taint"
 
 
-async def test_13_counts_when_removed_from_the_ignore_list(tmp_path: Path, apiserver: TestApiServer) -> None:
+async def test_13_counts_when_removed_from_the_ignore_list(tmp_path: Path, apiserver: ServerUnderTest) -> None:
     async with running(tmp_path, apiserver, settings(ignored_xids=[43])) as node:
         node.sim.inject_xid(0, 13)
         await node.sweep()
         await until(condition_is(apiserver, "False", "XidCritical"), "13 counted")
 
 
-async def test_a_flapping_gpu_is_held_unhealthy_and_rate_limited(tmp_path: Path, apiserver: TestApiServer) -> None:
+async def test_a_flapping_gpu_is_held_unhealthy_and_rate_limited(tmp_path: Path, apiserver: ServerUnderTest) -> None:
     s = settings(xid_window_s=5.0, min_publish_interval_s=30.0)
     async with running(tmp_path, apiserver, s) as node:
         await until(condition_is(apiserver, "True", "GpusHealthy"), "healthy first")
@@ -220,8 +222,7 @@ async def test_a_flapping_gpu_is_held_unhealthy_and_rate_limited(tmp_path: Path,
         assert node.health.publishes - first <= 4, node.health.publishes - first
         statuses = [
             c["status"]
-            for _, plural, _, obj in apiserver.store.history
-            if plural == "nodes"
+            for obj in apiserver.node_history(NODE)
             for c in obj["status"].get("conditions", [])
             if c["type"] == CONDITION_TYPE
         ]
@@ -229,7 +230,7 @@ async def test_a_flapping_gpu_is_held_unhealthy_and_rate_limited(tmp_path: Path,
         assert changes == 2, statuses
 
 
-async def test_the_window_ends_by_itself(tmp_path: Path, apiserver: TestApiServer) -> None:
+async def test_the_window_ends_by_itself(tmp_path: Path) -> None:
     """With the real clock: the subsystem wakes when the XID window ends, nobody has to sweep."""
     sim = SimGpuBackend("h100-80gb-hbm3", 1, 0)
     ctx = testing.context(Root(tmp_path), settings(xid_window_s=1.0), gpus=sim, node_name=NODE)
@@ -248,23 +249,23 @@ async def test_the_window_ends_by_itself(tmp_path: Path, apiserver: TestApiServe
         await sim.close()
 
 
-async def test_a_steady_fault_writes_the_node_once(tmp_path: Path, apiserver: TestApiServer) -> None:
+async def test_a_steady_fault_writes_the_node_once(tmp_path: Path, apiserver: ServerUnderTest) -> None:
     async with running(tmp_path, apiserver, settings()) as node:
         node.sim.inject_xid(0, 48)
         await node.sweep()
         await until(condition_is(apiserver, "False", "XidDoubleBitEcc"), "unhealthy")
         await asyncio.sleep(0.2)
-        stored = sum(apiserver.counters.stored.values())
+        stored = apiserver.agent_writes()
         for _ in range(5):  # the same XID again and again, inside its window
             node.clock.t += 1
             node.sim.inject_xid(0, 48)
             await node.sweep()
         await until(lambda: node.health.status().details["gpus"]["0"]["xids_seen"] == {"48": 6}, "all seen")
         await asyncio.sleep(0.2)
-        assert sum(apiserver.counters.stored.values()) == stored
+        assert apiserver.agent_writes() == stored
 
 
-async def test_nvml_hang_sets_the_condition_until_nvml_answers(tmp_path: Path, apiserver: TestApiServer) -> None:
+async def test_nvml_hang_sets_the_condition_until_nvml_answers(tmp_path: Path, apiserver: ServerUnderTest) -> None:
     """A GPU whose NVML calls hang is degraded by the sweep; the condition clears once a sweep reads it."""
     from nodeagent.model.gpu import Reading
 
@@ -299,7 +300,7 @@ async def test_nvml_hang_sets_the_condition_until_nvml_answers(tmp_path: Path, a
         await sim.close()
 
 
-async def test_revert_takes_the_condition_and_the_taint_back(tmp_path: Path, apiserver: TestApiServer) -> None:
+async def test_revert_takes_the_condition_and_the_taint_back(tmp_path: Path, apiserver: ServerUnderTest) -> None:
     async with running(tmp_path, apiserver, settings(taint=True)) as node:
         node.sim.inject_xid(0, 95)
         await node.sweep()

@@ -15,10 +15,12 @@ RBAC = REPO / "container" / "kubernetes" / "rbac.yaml"
 AGENT_TOKEN = "agent-token-1"
 ADMIN_TOKEN = "admin-token"
 NODE_TOKEN = "kubelet-node-a"
+OUTSIDER_TOKEN = "outsider"
 TOKENS = (
     f'{AGENT_TOKEN},system:serviceaccount:nodeagent:nodeagent,uid-1,"system:serviceaccounts"\n'
     f'{ADMIN_TOKEN},admin,uid-2,"system:masters"\n'
     f'{NODE_TOKEN},system:node:node-a,uid-3,"system:nodes"\n'
+    f'{OUTSIDER_TOKEN},system:serviceaccount:other:agent,uid-4,"system:serviceaccounts"\n'
 )
 
 

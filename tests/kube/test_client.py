@@ -1,4 +1,9 @@
-"""The request funnel against the test API server: retries, Retry-After, 401/403/409/410 handling."""
+"""The request funnel against the server under test (the stand-in and the real kube-apiserver): retries,
+Retry-After, 401/403/409/410 handling.
+
+Stand-in only (the ``standin`` fixture), because only the stand-in can do it: a 429 on demand, a forced 503
+with Retry-After, a token file the server re-reads, and a compaction that also ends the open watches. The
+real server's 410 and watch restarts are proven in integration/cluster/test_watch.py."""
 
 from __future__ import annotations
 
@@ -24,6 +29,7 @@ from nodeagent.kube.factory import make_client
 from nodeagent.kube.resources import NODEFEATURES, NODES, RUNTIMECLASSES
 from nodeagent.testing.apiserver import TestApiServer, write_kubeconfig
 from tests.kube.kube_support import AGENT_TOKEN, RBAC
+from tests.kube.servers import ServerUnderTest, StandIn
 from tests.support import free_port
 
 
@@ -41,12 +47,15 @@ class Sleeps:
         await asyncio.sleep(0.01 if seconds else 0)
 
 
-def client_for(server: TestApiServer, token: str = AGENT_TOKEN, sleeps: Sleeps | None = None) -> KubeClient:
-    creds = credentials.Credentials(server=server.url, token=lambda: token, namespace="nodeagent")
+def client_for(server: ServerUnderTest | TestApiServer, sleeps: Sleeps | None = None) -> KubeClient:
+    if isinstance(server, TestApiServer):
+        creds = credentials.Credentials(server=server.url, token=lambda: AGENT_TOKEN, namespace="nodeagent")
+    else:
+        creds = server.credentials("agent")
     return KubeClient(creds, settings=FunnelSettings(timeout_s=2, max_attempts=4), sleep=sleeps or Sleeps())
 
 
-async def test_get_patch_and_forbidden_names_what_is_missing(apiserver: TestApiServer) -> None:
+async def test_get_patch_and_forbidden_names_what_is_missing(apiserver: ServerUnderTest) -> None:
     async with client_for(apiserver) as client:
         node = await client.get(NODES, "node-a")
         assert node["metadata"]["name"] == "node-a"
@@ -81,8 +90,9 @@ async def test_429_waits_for_retry_after(token_file: Path) -> None:
     assert sleeps.waits == [2.0]
 
 
-async def test_503_retry_after_then_success(apiserver: TestApiServer) -> None:
+async def test_503_retry_after_then_success(standin: StandIn) -> None:
     sleeps = Sleeps()
+    apiserver = standin.server
     apiserver.unavailable_retry_after = 3
 
     async def recover() -> None:
@@ -90,7 +100,7 @@ async def test_503_retry_after_then_success(apiserver: TestApiServer) -> None:
             await asyncio.sleep(0)
         apiserver.unavailable_retry_after = None
 
-    async with client_for(apiserver, sleeps=sleeps) as client:
+    async with client_for(standin, sleeps=sleeps) as client:
         _, node = await asyncio.gather(recover(), client.get(NODES, "node-a"))
     assert node["metadata"]["name"] == "node-a"
     assert sleeps.waits[0] == 3
@@ -107,9 +117,8 @@ async def test_unreachable_after_backoff_with_jitter() -> None:
     assert all(0 <= w <= cap for w, cap in zip(sleeps.waits, [1, 2, 3, 3], strict=True))
 
 
-async def test_rotated_token_is_reread_from_its_file(
-    apiserver: TestApiServer, tmp_path: Path, token_file: Path
-) -> None:
+async def test_rotated_token_is_reread_from_its_file(standin: StandIn, tmp_path: Path, token_file: Path) -> None:
+    apiserver = standin.server
     sa = tmp_path / "sa"
     sa.mkdir()
     (sa / "token").write_text(AGENT_TOKEN)
@@ -127,7 +136,7 @@ async def test_rotated_token_is_reread_from_its_file(
         assert (await client.get(NODES, "node-a"))["metadata"]["name"] == "node-a"
 
 
-async def test_modify_rereads_on_conflict(apiserver: TestApiServer) -> None:
+async def test_modify_rereads_on_conflict(apiserver: ServerUnderTest) -> None:
     rc = {"apiVersion": "node.k8s.io/v1", "kind": "RuntimeClass", "metadata": {"name": "nvidia"}, "handler": "nvidia"}
     calls = 0
     async with client_for(apiserver) as client:
@@ -137,10 +146,7 @@ async def test_modify_rereads_on_conflict(apiserver: TestApiServer) -> None:
             nonlocal calls
             calls += 1
             if calls == 1:  # someone else writes between our read and our update
-                apiserver.store.objects[("runtimeclasses", "", "nvidia")]["metadata"]["labels"] = {"other": "1"}
-                apiserver.store.put(
-                    apiserver_rt(), apiserver.store.objects[("runtimeclasses", "", "nvidia")], "MODIFIED"
-                )
+                apiserver.merge_patch("runtimeclasses", "nvidia", {"metadata": {"labels": {"other": "1"}}})
             if current["metadata"].get("labels", {}).get("mine") == "1":
                 return None
             current["metadata"].setdefault("labels", {})["mine"] = "1"
@@ -151,29 +157,26 @@ async def test_modify_rereads_on_conflict(apiserver: TestApiServer) -> None:
     assert result["metadata"]["labels"] == {"other": "1", "mine": "1"}
 
 
-def apiserver_rt() -> Any:
-    from nodeagent.testing.apiserver import BY_PATH
-
-    return BY_PATH[("node.k8s.io", "v1", "runtimeclasses")]
-
-
-async def test_conflict_raised_when_it_never_settles(apiserver: TestApiServer) -> None:
+async def test_conflict_raised_when_it_never_settles(apiserver: ServerUnderTest) -> None:
     rc = {"apiVersion": "node.k8s.io/v1", "kind": "RuntimeClass", "metadata": {"name": "x"}, "handler": "x"}
+    writes = 0
     async with client_for(apiserver) as client:
         await client.create(RUNTIMECLASSES, rc)
 
         def mutate(current: dict[str, Any]) -> dict[str, Any]:
-            obj = apiserver.store.objects[("runtimeclasses", "", "x")]
-            apiserver.store.put(apiserver_rt(), obj, "MODIFIED")
-            current["metadata"]["labels"] = {"n": str(len(apiserver.store.history))}
+            nonlocal writes
+            writes += 1  # someone else writes between every read and its update
+            apiserver.merge_patch("runtimeclasses", "x", {"metadata": {"labels": {"other": str(writes)}}})
+            current["metadata"]["labels"] = {"n": str(writes)}
             return current
 
         with pytest.raises(Conflict, match="still conflicting"):
             await client.modify(RUNTIMECLASSES, "x", mutate)
 
 
-async def test_watch_object_relists_after_410(apiserver: TestApiServer) -> None:
+async def test_watch_object_relists_after_410(standin: StandIn) -> None:
     seen: list[str] = []
+    apiserver = standin.server
     async with client_for(apiserver) as client:
         stream = client.watch_object(NODES, "node-a", timeout_s=5)
         first = await anext(stream)

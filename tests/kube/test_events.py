@@ -3,29 +3,23 @@ server keeps Events about cluster-scoped objects), granted by the ``nodeagent-ev
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
-import yaml
 
 from nodeagent.kube.client import FunnelSettings, KubeClient, KubeError
-from nodeagent.kube.credentials import Credentials
 from nodeagent.kube.events import EventRecorder
 from nodeagent.kube.resources import EVENTS
-from nodeagent.testing.apiserver import TestApiServer
-from tests.kube.kube_support import ADMIN_TOKEN, AGENT_TOKEN, RBAC
+from tests.kube.servers import ServerUnderTest
 
 
-def client(server: TestApiServer, token: str = AGENT_TOKEN) -> KubeClient:
-    creds = Credentials(server=server.url, token=lambda: token, namespace="nodeagent")
-    return KubeClient(creds, settings=FunnelSettings(max_attempts=1))
+def client(server: ServerUnderTest, role: str = "agent") -> KubeClient:
+    return KubeClient(server.credentials(role), settings=FunnelSettings(max_attempts=1))
 
 
-def stored_events(server: TestApiServer) -> list[dict[str, object]]:
-    return [o for (plural, _, _), o in server.store.objects.items() if plural == "events"]
+def stored_events(server: ServerUnderTest) -> list[dict[str, object]]:
+    return list(server.events())
 
 
-async def test_event_created_then_counted(apiserver: TestApiServer) -> None:
+async def test_event_created_then_counted(apiserver: ServerUnderTest) -> None:
     async with client(apiserver) as c:
         recorder = EventRecorder(c, "node-a", clock=lambda: 1_800_000_000.0)
         assert await recorder.record("Normal", "GpuLabelsPublished", "27 labels", node_uid="u-1") is None
@@ -37,7 +31,7 @@ async def test_event_created_then_counted(apiserver: TestApiServer) -> None:
     assert event["lastTimestamp"] == "2027-01-15T08:00:00Z"
 
 
-async def test_an_event_about_the_node_outside_default_is_invalid(apiserver: TestApiServer) -> None:
+async def test_an_event_about_the_node_outside_default_is_invalid(apiserver: ServerUnderTest) -> None:
     """The test server enforces the real API server's rule (seen on kube-apiserver 1.34: 422)."""
     event = {
         "apiVersion": "v1",
@@ -48,7 +42,7 @@ async def test_an_event_about_the_node_outside_default_is_invalid(apiserver: Tes
         "reason": "X",
         "message": "y",
     }
-    async with client(apiserver, ADMIN_TOKEN) as c:
+    async with client(apiserver, "admin") as c:
         with pytest.raises(KubeError) as refused:
             await c.create(EVENTS, event, namespace="nodeagent")
         assert refused.value.code == 422 and "does not match event.namespace" in str(refused.value)
@@ -57,24 +51,16 @@ async def test_an_event_about_the_node_outside_default_is_invalid(apiserver: Tes
     assert len(stored_events(apiserver)) == 1
 
 
-async def test_an_event_refused_by_rbac_is_reported_not_raised(token_file: Path, tmp_path: Path) -> None:
-    """Without the ``nodeagent-events`` Role the write is forbidden; the recorder returns the reason."""
-    docs = [d for d in yaml.safe_load_all(RBAC.read_text()) if d and d["metadata"]["name"] != "nodeagent-events"]
-    rbac = tmp_path / "rbac.yaml"
-    rbac.write_text(yaml.safe_dump_all(docs))
-    server = TestApiServer(token_file=token_file, rbac=rbac)
-    server.add_node("node-a")
-    await server.start()
-    try:
-        async with client(server) as c:
-            problem = await EventRecorder(c, "node-a").record("Warning", "X", "y")
-    finally:
-        await server.stop()
+async def test_an_event_refused_by_rbac_is_reported_not_raised(apiserver: ServerUnderTest) -> None:
+    """Without a grant of ``events`` in ``default`` (an identity outside the agent's RoleBindings) the write is
+    forbidden; the recorder returns the reason."""
+    async with client(apiserver, "outsider") as c:
+        problem = await EventRecorder(c, "node-a").record("Warning", "X", "y")
     assert problem is not None and 'create events in namespace "default"' in problem
-    assert stored_events(server) == []
+    assert stored_events(apiserver) == []
 
 
-async def test_the_node_gateway_records_through_one_recorder(apiserver: TestApiServer) -> None:
+async def test_the_node_gateway_records_through_one_recorder(apiserver: ServerUnderTest) -> None:
     """Every subsystem's Events go through the gateway's one recorder: a repeat from another writer counts up
     the same Event, which names the Node's uid as the gateway last saw it."""
     from nodeagent.nodegateway import NodeGateway

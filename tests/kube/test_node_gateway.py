@@ -28,23 +28,21 @@ from nodeagent.model.gpu import SampleRequest
 from nodeagent.model.health import CONDITION_TYPE
 from nodeagent.nodegateway import NodeGateway
 from nodeagent.settings import Settings, load, replace
-from nodeagent.testing.apiserver import TestApiServer, write_kubeconfig
 from tests.core.fakes import Scripted
-from tests.kube.kube_support import ADMIN_TOKEN, AGENT_TOKEN
-from tests.labels.test_labels_subsystem import kube_client
+from tests.kube.servers import ServerUnderTest, kube_client
 from tests.support import free_port, until
 
 NODE = "node-a"
 DEVICE_PLUGIN = "nvidia.com/gpu.deploy.device-plugin"
 
 
-def node_watches(server: TestApiServer) -> int:
-    return sum(1 for w in server.store.watchers if w.rt.plural == "nodes")
+def node_watches(server: ServerUnderTest) -> int:
+    return server.open_agent_watches("nodes")
 
 
-def agent_settings(tmp_path: Path, server_url: str) -> Settings:
+def agent_settings(tmp_path: Path, server: ServerUnderTest) -> Settings:
     (tmp_path / "etc/nodeagent").mkdir(parents=True)
-    write_kubeconfig(tmp_path / "etc/nodeagent/kubeconfig", server_url, AGENT_TOKEN)
+    server.write_kubeconfig(tmp_path / "etc/nodeagent/kubeconfig")
     s = replace(
         load(),
         "agent",
@@ -61,7 +59,7 @@ def agent_settings(tmp_path: Path, server_url: str) -> Settings:
 
 
 async def test_labels_mig_and_gpuhealth_share_one_client_and_one_watch(
-    tmp_path: Path, apiserver: TestApiServer, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, apiserver: ServerUnderTest, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The whole agent (a driver stand-in, labels, mig, gpuhealth) built from a kubeconfig as the composition
     root builds it: every Node read, watch and write of the three goes through one client and one watch."""
@@ -73,11 +71,11 @@ async def test_labels_mig_and_gpuhealth_share_one_client_and_one_watch(
         real_init(self, *args, **kwargs)
 
     monkeypatch.setattr(kube_client_module.KubeClient, "__init__", counting_init)
-    admin = kube_client(apiserver, ADMIN_TOKEN)
+    admin = kube_client(apiserver, "admin")
     await admin.patch(NODES, NODE, {"metadata": {"labels": {DEVICE_PLUGIN: "true"}}})
     clients.clear()  # the test's own admin client is not the agent's
 
-    settings = agent_settings(tmp_path, apiserver.url)
+    settings = agent_settings(tmp_path, apiserver)
     sim = SimGpuBackend("h100-80gb-hbm3", 1, 0)
     keep_sim_state(sim, Root(tmp_path), settings)
     ctx = testing.context(Root(tmp_path), settings, gpus=sim, node_name=NODE)
@@ -108,15 +106,11 @@ async def test_labels_mig_and_gpuhealth_share_one_client_and_one_watch(
             ),
             "health condition",
         )
-        history = [
-            o["metadata"]["labels"].get(DEVICE_PLUGIN)
-            for _, plural, _, o in apiserver.store.history
-            if plural == "nodes" and o["metadata"]["name"] == NODE
-        ]
+        history = [o["metadata"]["labels"].get(DEVICE_PLUGIN) for o in apiserver.node_history(NODE)]
         assert PAUSED in history, "mig paused the operands through the gateway"
         assert node()["metadata"]["labels"][DEVICE_PLUGIN] == "true"
         assert node_watches(apiserver) == 1
-        assert apiserver.counters.by_verb[("watch", "nodes")] == 1, "one watch connection, never a second"
+        assert apiserver.agent_watches("nodes") == 1, "one watch connection, never a second"
         assert len(clients) == 1, f"one Kubernetes client in the process, not {len(clients)}"
         async with aiohttp.ClientSession() as http, http.get(f"http://{settings.agent.listen}/status") as resp:
             doc = await resp.json()
@@ -129,7 +123,7 @@ async def test_labels_mig_and_gpuhealth_share_one_client_and_one_watch(
     await until(lambda: node_watches(apiserver) == 0, "the watch ends with the agent (the server notices)")
 
 
-async def test_concurrent_writers_never_interleave_a_read_modify_write(apiserver: TestApiServer) -> None:
+async def test_concurrent_writers_never_interleave_a_read_modify_write(apiserver: ServerUnderTest) -> None:
     """Two writers each read the Node and write a patch made from that read: serialised, neither conflicts."""
     client = kube_client(apiserver)
     gateway = NodeGateway(NODE, lambda settings: client)
@@ -154,7 +148,7 @@ async def test_concurrent_writers_never_interleave_a_read_modify_write(apiserver
 
 
 async def test_a_crashed_watch_is_restarted_with_backoff_and_shows_in_status(
-    apiserver: TestApiServer, monkeypatch: pytest.MonkeyPatch
+    apiserver: ServerUnderTest, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     client = kube_client(apiserver)
     gateway = NodeGateway(NODE, lambda settings: client)
@@ -168,7 +162,7 @@ async def test_a_crashed_watch_is_restarted_with_backoff_and_shows_in_status(
         return real(*args, **kwargs)
 
     monkeypatch.setattr(client, "watch_object", watch_object)
-    admin = kube_client(apiserver, ADMIN_TOKEN)
+    admin = kube_client(apiserver, "admin")
     try:
         async with gateway.observe() as changes:
             seen = await asyncio.wait_for(anext(changes), 5)  # the Node now, after the restart
@@ -192,7 +186,7 @@ async def test_without_kubernetes_the_gateway_says_why(tmp_path: Path) -> None:
         await ctx.node.get()
 
 
-async def test_a_reload_of_the_kube_settings_moves_the_client_and_the_watch(apiserver: TestApiServer) -> None:
+async def test_a_reload_of_the_kube_settings_moves_the_client_and_the_watch(apiserver: ServerUnderTest) -> None:
     """A settings reload that changes ``kube`` restarts labels, not the gateway: the next ``client()`` builds
     a client for the new settings, closes the old one, and the watch continues on the new client."""
     from nodeagent.settings import KubeSettings
@@ -205,7 +199,7 @@ async def test_a_reload_of_the_kube_settings_moves_the_client_and_the_watch(apis
         return built[-1]
 
     gateway = NodeGateway(NODE, connect, lambda: in_effect[0])
-    admin = kube_client(apiserver, ADMIN_TOKEN)
+    admin = kube_client(apiserver, "admin")
     try:
         async with gateway.observe() as changes:
             assert await asyncio.wait_for(anext(changes), 5) is not None
@@ -213,7 +207,7 @@ async def test_a_reload_of_the_kube_settings_moves_the_client_and_the_watch(apis
             in_effect[0] = KubeSettings(timeout_s=3.0)
             assert gateway.client() is built[1], "a new client for the new settings"
             await until(lambda: built[0]._session is None, "the old client closed")
-            await until(lambda: apiserver.counters.by_verb[("watch", "nodes")] == 2, "the watch moved")
+            await until(lambda: apiserver.agent_watches("nodes") == 2, "the watch moved")
             await admin.patch(NODES, NODE, {"metadata": {"labels": {"team": "ml"}}})
             seen = None
             while (seen or {}).get("metadata", {}).get("labels", {}).get("team") != "ml":
@@ -224,12 +218,12 @@ async def test_a_reload_of_the_kube_settings_moves_the_client_and_the_watch(apis
         await admin.close()
 
 
-async def test_an_observer_after_a_pause_gets_the_node_as_it_is_now(apiserver: TestApiServer) -> None:
+async def test_an_observer_after_a_pause_gets_the_node_as_it_is_now(apiserver: ServerUnderTest) -> None:
     """The watch stops with its last observer; the next observer's first view is the new watch's, not the
     Node as it was when nobody was looking."""
     client = kube_client(apiserver)
     gateway = NodeGateway(NODE, lambda settings: client)
-    admin = kube_client(apiserver, ADMIN_TOKEN)
+    admin = kube_client(apiserver, "admin")
     try:
         async with gateway.observe() as changes:
             first = await asyncio.wait_for(anext(changes), 5)

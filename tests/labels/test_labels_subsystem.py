@@ -1,5 +1,6 @@
-"""The labels subsystem end to end against the test API server and a sandbox root: publishing, zero writes
-when converged, owned-key bookkeeping, MIG changes, revert, and degraded-not-dead on API trouble."""
+"""The labels subsystem end to end against the server under test (stand-in and real) and a sandbox root:
+publishing, zero writes when converged, owned-key bookkeeping, MIG changes, revert, and degraded-not-dead on
+API trouble."""
 
 from __future__ import annotations
 
@@ -15,14 +16,14 @@ import pytest
 from nodeagent import events, testing
 from nodeagent.backends.gpu.sim.backend import SimGpuBackend
 from nodeagent.backends.hostfs import Root
-from nodeagent.kube.client import FunnelSettings, KubeClient
-from nodeagent.kube.credentials import Credentials
+from nodeagent.kube.client import KubeClient
 from nodeagent.labels.publish_node import OWNED_ANNOTATION
 from nodeagent.labels.subsystem import LabelsSubsystem, sysfs_pci_address
 from nodeagent.settings import Settings, replace
 from nodeagent.subsystem import Phase
-from nodeagent.testing.apiserver import TestApiServer, write_kubeconfig
-from tests.kube.kube_support import AGENT_TOKEN, RBAC, TOKENS
+from nodeagent.testing.apiserver import TestApiServer
+from tests.kube.kube_support import RBAC, TOKENS
+from tests.kube.servers import ServerUnderTest, kube_client, switching_client
 from tests.support import until
 
 NFD = "/etc/kubernetes/node-feature-discovery/features.d/nodeagent"
@@ -50,11 +51,6 @@ def make_sub(root: Path, s: Settings, backend: SimGpuBackend, client: KubeClient
     return sub
 
 
-def kube_client(server: TestApiServer, token: str = AGENT_TOKEN) -> KubeClient:
-    creds = Credentials(server=server.url, token=lambda: token, namespace="nodeagent")
-    return KubeClient(creds, settings=FunnelSettings(timeout_s=2, max_attempts=2, backoff_initial_s=0.01))
-
-
 @pytest.fixture
 async def backend() -> AsyncIterator[SimGpuBackend]:
     b = SimGpuBackend("h100-80gb-hbm3", count=2, mig_layout="3g.40gb*2")
@@ -77,9 +73,9 @@ async def test_nfd_file_only_written_once(tmp_path: Path, backend: SimGpuBackend
 
 
 async def test_publishes_everywhere_then_writes_nothing(
-    tmp_path: Path, apiserver: TestApiServer, backend: SimGpuBackend
+    tmp_path: Path, apiserver: ServerUnderTest, backend: SimGpuBackend
 ) -> None:
-    apiserver.store.objects[("nodes", "", "node-a")]["metadata"]["labels"]["team"] = "ml"
+    apiserver.merge_patch("nodes", "node-a", {"metadata": {"labels": {"team": "ml"}}})
     sub = make_sub(tmp_path, settings(**ALL), backend, kube_client(apiserver))
     await sub.start()
     assert sub.status().phase == Phase.RUNNING, sub.status().reason
@@ -94,33 +90,33 @@ async def test_publishes_everywhere_then_writes_nothing(
     assert nf["metadata"]["labels"] == {"nfd.node.kubernetes.io/node-name": "node-a"}
     rc = apiserver.object("runtimeclasses", "nvidia")
     assert rc is not None and rc["handler"] == "nvidia"
-    (event,) = [o for (plural, _, _), o in apiserver.store.objects.items() if plural == "events"]
+    (event,) = apiserver.events()
     assert event["reason"] == "GpuLabelsPublished" and event["involvedObject"]["uid"] == node["metadata"]["uid"]
     assert event["message"] == f"{len(sub.labels)} labels: Node/node-a, NodeFeature/nodeagent/{NF_NAME}"
-    writes = sum(apiserver.counters.writes.values())
+    writes = apiserver.agent_writes()
     for _ in range(3):
         assert await sub.refresh()
-    assert sum(apiserver.counters.writes.values()) == writes, "a converged node writes nothing"
+    assert apiserver.agent_writes() == writes, "a converged node writes nothing"
     await sub.stop()
 
 
 async def test_a_restart_keeps_the_published_timestamp(
-    tmp_path: Path, apiserver: TestApiServer, backend: SimGpuBackend
+    tmp_path: Path, apiserver: ServerUnderTest, backend: SimGpuBackend
 ) -> None:
     first = make_sub(tmp_path, settings(**ALL), backend, kube_client(apiserver))
     await first.start()
     await first.stop()
-    writes = sum(apiserver.counters.writes.values())
+    writes = apiserver.agent_writes()
     second = make_sub(tmp_path, settings(**ALL), backend, kube_client(apiserver))
     second._timestamp += 100
     await second.start()
     await second.stop()
-    assert sum(apiserver.counters.writes.values()) == writes
+    assert apiserver.agent_writes() == writes
     assert second.labels["nvidia.com/gfd.timestamp"] == first.labels["nvidia.com/gfd.timestamp"]
 
 
 async def test_mig_change_replaces_owned_keys_and_leaves_others(
-    tmp_path: Path, apiserver: TestApiServer, backend: SimGpuBackend
+    tmp_path: Path, apiserver: ServerUnderTest, backend: SimGpuBackend
 ) -> None:
     sub = make_sub(tmp_path, settings(**ALL), backend, kube_client(apiserver))
     await sub.start()
@@ -150,7 +146,7 @@ async def test_mig_change_replaces_owned_keys_and_leaves_others(
 
 
 async def test_removed_label_comes_back_through_the_watch(
-    tmp_path: Path, apiserver: TestApiServer, backend: SimGpuBackend
+    tmp_path: Path, apiserver: ServerUnderTest, backend: SimGpuBackend
 ) -> None:
     """Someone removes an owned label: the Node is stored without it, then the watch (not the hourly resync)
     wakes a refresh that puts it back."""
@@ -163,8 +159,8 @@ async def test_removed_label_comes_back_through_the_watch(
     stop = asyncio.Event()
     runner = asyncio.ensure_future(sub.run(stop))
     try:
-        await until(lambda: any(w.rt.plural == "nodes" for w in apiserver.store.watchers), "the Node watch")
-        admin = kube_client(apiserver, "admin-token")
+        await until(lambda: apiserver.open_agent_watches("nodes") > 0, "the Node watch")
+        admin = kube_client(apiserver, "admin")
         removed = await admin.patch(NODES, "node-a", {"metadata": {"labels": {key: None}}})
         await admin.close()
         assert key not in removed["metadata"]["labels"], "the removal was stored"
@@ -176,9 +172,8 @@ async def test_removed_label_comes_back_through_the_watch(
             timeout_s=3,
         )
         versions = [
-            (rv, key in obj["metadata"].get("labels", {}))
-            for rv, plural, _, obj in apiserver.store.history
-            if plural == "nodes" and obj["metadata"]["name"] == "node-a"
+            (int(obj["metadata"]["resourceVersion"]), key in obj["metadata"].get("labels", {}))
+            for obj in apiserver.node_history("node-a")
         ]
         assert (removed_rv, False) in versions
         assert any(present for rv, present in versions if rv > removed_rv), "it came back after the removal"
@@ -190,7 +185,9 @@ async def test_removed_label_comes_back_through_the_watch(
         await sub.ctx.node.close()
 
 
-async def test_plan_shows_the_node_label_diff(tmp_path: Path, apiserver: TestApiServer, backend: SimGpuBackend) -> None:
+async def test_plan_shows_the_node_label_diff(
+    tmp_path: Path, apiserver: ServerUnderTest, backend: SimGpuBackend
+) -> None:
     sub = make_sub(tmp_path, settings(node_patch=True, nfd_file=False), backend, kube_client(apiserver))
     plan = sub.plan(await sub.observe())
     (step,) = plan.steps
@@ -200,9 +197,9 @@ async def test_plan_shows_the_node_label_diff(tmp_path: Path, apiserver: TestApi
 
 
 async def test_revert_removes_only_what_the_agent_owns(
-    tmp_path: Path, apiserver: TestApiServer, backend: SimGpuBackend
+    tmp_path: Path, apiserver: ServerUnderTest, backend: SimGpuBackend
 ) -> None:
-    apiserver.store.objects[("nodes", "", "node-a")]["metadata"]["labels"]["team"] = "ml"
+    apiserver.merge_patch("nodes", "node-a", {"metadata": {"labels": {"team": "ml"}}})
     sub = make_sub(tmp_path, settings(**ALL), backend, kube_client(apiserver))
     await sub.start()
     result = await sub.revert()
@@ -235,6 +232,7 @@ async def running(sub: LabelsSubsystem) -> AsyncIterator[None]:
 
 
 async def test_unreachable_api_server_degrades_then_converges(tmp_path: Path, backend: SimGpuBackend) -> None:
+    """Stand-in only: it answers 503 until the test lets it come up."""
     (tmp_path / "tokens.csv").write_text(TOKENS)
     server = TestApiServer(token_file=tmp_path / "tokens.csv", rbac=RBAC)
     server.add_node("node-a")
@@ -256,41 +254,41 @@ async def test_unreachable_api_server_degrades_then_converges(tmp_path: Path, ba
 
 
 async def test_expired_credentials_degrade_then_converge(
-    tmp_path: Path, apiserver: TestApiServer, token_file: Path, backend: SimGpuBackend
+    tmp_path: Path, apiserver: ServerUnderTest, backend: SimGpuBackend
 ) -> None:
-    token_file.write_text(TOKENS.replace(AGENT_TOKEN, "newer"))
-    sub = make_sub(tmp_path, settings(node_patch=True), backend, kube_client(apiserver))
+    client, token = switching_client(apiserver, "expired-token")
+    sub = make_sub(tmp_path, settings(node_patch=True), backend, client)
     await sub.start()
     assert sub.status().phase == Phase.DEGRADED and "401" in sub.status().reason
     async with running(sub):
-        token_file.write_text(TOKENS)
+        token[0] = apiserver.token("agent") or ""  # the rotated token file
         await asyncio.wait_for(_run_until(sub, Phase.RUNNING, 5), 5)
 
 
 async def test_forbidden_names_the_missing_grant_then_converges(
-    tmp_path: Path, apiserver: TestApiServer, token_file: Path, backend: SimGpuBackend
+    tmp_path: Path, apiserver: ServerUnderTest, backend: SimGpuBackend
 ) -> None:
-    outsider = 'outsider,system:serviceaccount:other:agent,u9,"system:serviceaccounts"\n'
-    token_file.write_text(TOKENS + outsider)
-    sub = make_sub(tmp_path, settings(node_patch=True), backend, kube_client(apiserver, "outsider"))
+    """A ServiceAccount that rbac.yaml does not bind: refused, named; then the agent's own."""
+    client, token = switching_client(apiserver, apiserver.token("outsider") or "")
+    sub = make_sub(tmp_path, settings(node_patch=True), backend, client)
     await sub.start()
     reason = sub.status().reason
     assert sub.status().phase == Phase.DEGRADED
     assert 'get nodes "node-a" at the cluster scope: forbidden' in reason
     async with running(sub):
-        token_file.write_text(TOKENS + outsider.replace("other:agent", "nodeagent:nodeagent"))
+        token[0] = apiserver.token("agent") or ""
         await asyncio.wait_for(_run_until(sub, Phase.RUNNING, 5), 5)
 
 
 async def test_missing_node_degrades_until_it_appears(
-    tmp_path: Path, apiserver: TestApiServer, backend: SimGpuBackend
+    tmp_path: Path, apiserver: ServerUnderTest, backend: SimGpuBackend
 ) -> None:
     apiserver.delete_object("nodes", "node-a")
     sub = make_sub(tmp_path, settings(node_patch=True, retry_max_s=300.0), backend, kube_client(apiserver))
     await sub.start()
     assert sub.status().phase == Phase.DEGRADED
     assert "Node node-a does not exist (yet)" in sub.status().reason
-    (warning,) = [o for (plural, _, _), o in apiserver.store.objects.items() if plural == "events"]
+    (warning,) = apiserver.events()
     assert (warning["type"], warning["reason"]) == ("Warning", "GpuLabelsNotPublished")
     async with running(sub):
         await asyncio.sleep(0.1)
@@ -324,7 +322,7 @@ async def test_reads_pci_class_machine_type_and_vgpu_from_sysfs(tmp_path: Path, 
 
 
 async def test_first_api_writes_wait_for_the_start_jitter(
-    tmp_path: Path, apiserver: TestApiServer, backend: SimGpuBackend
+    tmp_path: Path, apiserver: ServerUnderTest, backend: SimGpuBackend
 ) -> None:
     sub = make_sub(tmp_path, settings(node_patch=True, start_jitter_s=0.5), backend, kube_client(apiserver))
     sub._rng.seed(7)  # a draw well above zero
@@ -344,7 +342,7 @@ async def test_first_api_writes_wait_for_the_start_jitter(
 
 
 async def test_kubeconfig_that_appears_later_is_picked_up(
-    tmp_path: Path, apiserver: TestApiServer, backend: SimGpuBackend
+    tmp_path: Path, apiserver: ServerUnderTest, backend: SimGpuBackend
 ) -> None:
     s = replace(settings(node_patch=True), "kube", mode="kubeconfig", kubeconfig="/etc/nodeagent/kubeconfig")
     ctx = testing.context(Root(tmp_path), s, gpus=backend, node_name="node-a")
@@ -354,17 +352,17 @@ async def test_kubeconfig_that_appears_later_is_picked_up(
     assert "kube: cannot build the Kubernetes client: /etc/nodeagent/kubeconfig: cannot read" in sub.status().reason
     async with running(sub):
         (tmp_path / "etc/nodeagent").mkdir(parents=True)
-        write_kubeconfig(tmp_path / "etc/nodeagent/kubeconfig", apiserver.url, AGENT_TOKEN)
+        apiserver.write_kubeconfig(tmp_path / "etc/nodeagent/kubeconfig")
         await asyncio.wait_for(_run_until(sub, Phase.RUNNING, 5), 5)
     node = apiserver.object("nodes", "node-a")
     assert node is not None and node["metadata"]["labels"]["nvidia.com/gpu.count"] == "2"
 
 
 async def test_one_shot_apply_and_revert_with_a_kubeconfig(
-    tmp_path: Path, apiserver: TestApiServer, backend: SimGpuBackend
+    tmp_path: Path, apiserver: ServerUnderTest, backend: SimGpuBackend
 ) -> None:
     (tmp_path / "etc/nodeagent").mkdir(parents=True)
-    write_kubeconfig(tmp_path / "etc/nodeagent/kubeconfig", apiserver.url, AGENT_TOKEN, namespace="nodeagent")
+    apiserver.write_kubeconfig(tmp_path / "etc/nodeagent/kubeconfig", namespace="nodeagent")
     s = replace(settings(**ALL), "kube", mode="kubeconfig", kubeconfig="/etc/nodeagent/kubeconfig")
 
     def one_shot() -> LabelsSubsystem:  # what `nodeagent apply` / `revert` build: no start(), no run()

@@ -1,6 +1,9 @@
 """``nvidia.com/mig.config`` on the Node drives MIG, end to end: the labels and mig subsystems on one event bus,
-simulated GPUs, the test API server. Each state of ``nvidia.com/mig.config.state`` is read back from the
-server's history (every stored version of the Node), so a state that was written and overwritten counts."""
+simulated GPUs, the server under test (the stand-in and the real kube-apiserver, tests/kube/servers.py). Each
+state of ``nvidia.com/mig.config.state`` is read back from the Node's history (every stored version of the
+Node: the stand-in's, or a watch of the real server's), so a state that was written and overwritten counts.
+The operand Pods are added by the test (bound to the Node; no kubelet runs them) and deleted by it, as the
+GPU Operator's DaemonSet controller would."""
 
 from __future__ import annotations
 
@@ -25,9 +28,7 @@ from nodeagent.mig.operands import PAUSED
 from nodeagent.mig.subsystem import MigSubsystem
 from nodeagent.model.mig import GpuProcess
 from nodeagent.settings import Settings, replace
-from nodeagent.testing.apiserver import TestApiServer
-from tests.kube.kube_support import ADMIN_TOKEN
-from tests.labels.test_labels_subsystem import kube_client
+from tests.kube.servers import ServerUnderTest, kube_client
 from tests.support import until
 
 NODE = "node-a"
@@ -62,7 +63,7 @@ class Agent:
         await self.labels.ctx.node.close()
 
 
-def agent(root: Path, sim: SimGpuBackend, server: TestApiServer, settings: Settings) -> Agent:
+def agent(root: Path, sim: SimGpuBackend, server: ServerUnderTest, settings: Settings) -> Agent:
     keep_sim_state(sim, Root(root), settings)
     ctx = testing.context(Root(root), settings, gpus=sim, node_name=NODE)
     ctx.node.use(kube_client(server))
@@ -72,8 +73,8 @@ def agent(root: Path, sim: SimGpuBackend, server: TestApiServer, settings: Setti
 
 
 @pytest.fixture
-async def admin(apiserver: TestApiServer) -> AsyncIterator[KubeClient]:
-    client = kube_client(apiserver, ADMIN_TOKEN)
+async def admin(apiserver: ServerUnderTest) -> AsyncIterator[KubeClient]:
+    client = kube_client(apiserver, "admin")
     yield client
     await client.close()
 
@@ -83,42 +84,41 @@ async def set_label(admin: KubeClient, key: str, value: str | None) -> None:
     await admin.patch(NODES, NODE, {"metadata": {"labels": {key: value}}})
 
 
-def label_history(server: TestApiServer, key: str) -> list[str]:
+def label_history(server: ServerUnderTest, key: str) -> list[str]:
     """The label's value in each stored version of the Node, consecutive repeats folded."""
     values: list[str] = []
-    for _, plural, _, obj in server.store.history:
-        if plural == "nodes" and obj["metadata"]["name"] == NODE:
-            value = obj["metadata"].get("labels", {}).get(key)
-            if value is not None and (not values or values[-1] != value):
-                values.append(value)
+    for obj in server.node_history(NODE):
+        value = obj["metadata"].get("labels", {}).get(key)
+        if value is not None and (not values or values[-1] != value):
+            values.append(value)
     return values
 
 
-def node(server: TestApiServer) -> dict[str, Any]:
+def node(server: ServerUnderTest) -> dict[str, Any]:
     found = server.object("nodes", NODE)
     assert found is not None
     return found
 
 
-def condition(server: TestApiServer, cond_type: str) -> dict[str, Any]:
+def condition(server: ServerUnderTest, cond_type: str) -> dict[str, Any]:
     conditions = node(server)["status"]["conditions"]
     return next(c for c in conditions if c["type"] == cond_type)
 
 
-def events_about_node(server: TestApiServer) -> list[dict[str, Any]]:
-    return [o for (plural, _, _), o in server.store.objects.items() if plural == "events"]
+def events_about_node(server: ServerUnderTest) -> list[dict[str, Any]]:
+    return server.events()
 
 
-async def settled(server: TestApiServer, quiet_s: float = 0.3) -> None:
-    """Wait until the server stored nothing for ``quiet_s`` (the agent's reactions to a change are done)."""
+async def settled(server: ServerUnderTest, quiet_s: float = 0.3) -> None:
+    """Wait until the agent wrote nothing for ``quiet_s`` (its reactions to a change are done)."""
     while True:
-        before = sum(server.counters.stored.values())
+        before = server.agent_writes()
         await asyncio.sleep(quiet_s)
-        if sum(server.counters.stored.values()) == before:
+        if server.agent_writes() == before:
             return
 
 
-def state_is(server: TestApiServer, state: str) -> Callable[[], bool]:
+def state_is(server: ServerUnderTest, state: str) -> Callable[[], bool]:
     """The state label and the condition (written right after it) both say ``state``."""
 
     def settled() -> bool:
@@ -132,7 +132,7 @@ def state_is(server: TestApiServer, state: str) -> Callable[[], bool]:
 
 
 async def test_label_reconfigures_the_gpus_to_success(
-    tmp_path: Path, apiserver: TestApiServer, admin: KubeClient
+    tmp_path: Path, apiserver: ServerUnderTest, admin: KubeClient
 ) -> None:
     sim = SimGpuBackend("h100-80gb-hbm3", 2, 0)
     a = agent(tmp_path, sim, apiserver, agent_settings())
@@ -157,10 +157,10 @@ async def test_label_reconfigures_the_gpus_to_success(
         assert messages["MigConfigApplied"] == f"MIG config 'all-1g.10gb': success: {named} as configured"
         # Converged (the GFD labels of the new layout published too): a resync writes nothing.
         await settled(apiserver)
-        writes = sum(apiserver.counters.stored.values())
+        writes = apiserver.agent_writes()
         transition = condition(apiserver, MIG_CONDITION)["lastTransitionTime"]
         assert await a.labels.refresh()
-        assert sum(apiserver.counters.stored.values()) == writes
+        assert apiserver.agent_writes() == writes
         assert condition(apiserver, MIG_CONDITION)["lastTransitionTime"] == transition
         # A new config from the label: pending again, then success, GPUs changed.
         await set_label(admin, MIG_CONFIG_LABEL, "all-3g.40gb")
@@ -179,7 +179,7 @@ async def test_label_reconfigures_the_gpus_to_success(
 
 
 async def test_unknown_config_fails_and_touches_nothing(
-    tmp_path: Path, apiserver: TestApiServer, admin: KubeClient
+    tmp_path: Path, apiserver: ServerUnderTest, admin: KubeClient
 ) -> None:
     sim = SimGpuBackend("h100-80gb-hbm3", 2, 0, mig_layout="3g.40gb*2")
     before = await sim.inventory()
@@ -201,7 +201,7 @@ async def test_unknown_config_fails_and_touches_nothing(
         await sim.close()
 
 
-async def test_a_failure_half_way_names_the_gpu(tmp_path: Path, apiserver: TestApiServer, admin: KubeClient) -> None:
+async def test_a_failure_half_way_names_the_gpu(tmp_path: Path, apiserver: ServerUnderTest, admin: KubeClient) -> None:
     sim = SimGpuBackend("h100-80gb-hbm3", 2, 0, mig_layout="7g.80gb")
     sim.set_holders(1, [GpuProcess(4242, "trainer", 1, 0)])
     a = agent(tmp_path, sim, apiserver, agent_settings())
@@ -225,7 +225,7 @@ async def test_a_failure_half_way_names_the_gpu(tmp_path: Path, apiserver: TestA
 
 
 async def test_reboot_between_rebooting_and_success(
-    tmp_path: Path, apiserver: TestApiServer, admin: KubeClient
+    tmp_path: Path, apiserver: ServerUnderTest, admin: KubeClient
 ) -> None:
     sim = SimGpuBackend("h100-80gb-hbm3", 2, 0)
     sim.block_reset("reboot")
@@ -256,7 +256,7 @@ async def test_reboot_between_rebooting_and_success(
         await rebooted.close()
 
 
-async def test_mode_unchanged_after_reboot_fails(tmp_path: Path, apiserver: TestApiServer, admin: KubeClient) -> None:
+async def test_mode_unchanged_after_reboot_fails(tmp_path: Path, apiserver: ServerUnderTest, admin: KubeClient) -> None:
     sim = SimGpuBackend("h100-80gb-hbm3", 1, 0)
     sim.block_reset("reboot")
     a = agent(tmp_path, sim, apiserver, agent_settings())
@@ -284,7 +284,7 @@ OPERANDS = {
 }
 
 
-async def _with_operands(apiserver: TestApiServer, admin: KubeClient) -> None:
+async def _with_operands(apiserver: ServerUnderTest, admin: KubeClient) -> None:
     for key, value in OPERANDS.items():
         await set_label(admin, key, value)
     apiserver.add_pod(
@@ -295,7 +295,7 @@ async def _with_operands(apiserver: TestApiServer, admin: KubeClient) -> None:
 
 
 async def test_operands_paused_then_restored_when_the_change_fails(
-    tmp_path: Path, apiserver: TestApiServer, admin: KubeClient
+    tmp_path: Path, apiserver: ServerUnderTest, admin: KubeClient
 ) -> None:
     sim = SimGpuBackend("h100-80gb-hbm3", 2, 0, mig_layout="7g.80gb")
     sim.set_holders(0, [GpuProcess(77, "python", 0, 0)])
@@ -329,7 +329,7 @@ async def test_operands_paused_then_restored_when_the_change_fails(
 
 
 async def test_operand_pods_that_stay_fail_the_change_and_are_named(
-    tmp_path: Path, apiserver: TestApiServer, admin: KubeClient
+    tmp_path: Path, apiserver: ServerUnderTest, admin: KubeClient
 ) -> None:
     sim = SimGpuBackend("h100-80gb-hbm3", 2, 0)
     before = await sim.inventory()
@@ -351,7 +351,7 @@ async def test_operand_pods_that_stay_fail_the_change_and_are_named(
 
 
 async def test_a_pod_holding_the_gpu_is_named_in_the_condition(
-    tmp_path: Path, apiserver: TestApiServer, admin: KubeClient
+    tmp_path: Path, apiserver: ServerUnderTest, admin: KubeClient
 ) -> None:
     """A container process with /dev/nvidia0 open (seen in the node's /proc) blocks the change; its pod is
     named in the condition."""
@@ -377,7 +377,7 @@ async def test_a_pod_holding_the_gpu_is_named_in_the_condition(
 
 
 async def test_operands_paused_when_mig_starts_before_labels(
-    tmp_path: Path, apiserver: TestApiServer, admin: KubeClient
+    tmp_path: Path, apiserver: ServerUnderTest, admin: KubeClient
 ) -> None:
     """At agent start mig applies ``mig.config`` and pauses the operands itself, through the Node gateway, while
     labels has not started yet: nothing waits for another subsystem."""
@@ -395,7 +395,7 @@ async def test_operands_paused_when_mig_starts_before_labels(
 
 
 async def test_revert_takes_back_the_state_label_and_condition_not_the_request(
-    tmp_path: Path, apiserver: TestApiServer, admin: KubeClient
+    tmp_path: Path, apiserver: ServerUnderTest, admin: KubeClient
 ) -> None:
     """Found on the real cluster (integration/cluster/test_daemonset.py): revert left
     ``nvidia.com/mig.config.state`` on the Node. It is the agent's; ``nvidia.com/mig.config`` is the user's."""
@@ -413,3 +413,29 @@ async def test_revert_takes_back_the_state_label_and_condition_not_the_request(
     assert labels[MIG_CONFIG_LABEL] == "all-1g.10gb"
     assert MIG_CONDITION not in [c["type"] for c in node(apiserver)["status"].get("conditions", [])]
     assert f"Node/{NODE} {MIG_STATE_LABEL}" in result.changed
+
+
+async def test_each_state_reaches_the_node_in_order_even_when_published_back_to_back(
+    tmp_path: Path, apiserver: ServerUnderTest
+) -> None:
+    """Found on the real server (its writes take longer than the stand-in's): mig published ``pending`` and
+    ``rebooting`` before labels had written ``pending``, and labels wrote only the latest, so ``pending`` never
+    reached the Node. Each published state is written, in order."""
+    from nodeagent import events
+    from nodeagent.model.mig import MigReadiness
+
+    apiserver.merge_patch("nodes", NODE, {"metadata": {"labels": {MIG_CONFIG_LABEL: "all-1g.10gb"}}})
+    sim = SimGpuBackend("h100-80gb-hbm3", 1, 0)
+    a = agent(tmp_path, sim, apiserver, agent_settings())
+    await a.labels.start()  # labels alone: the test publishes mig's states itself
+    a.tasks = [asyncio.create_task(a.labels.run(a.stop))]
+    try:
+        await until(lambda: apiserver.open_agent_watches("nodes") > 0, "labels running (the Node watched)")
+        bus = a.labels.ctx.bus
+        bus.publish(events.MIG_READY, MigReadiness("all-1g.10gb", "pending", "applying"))
+        bus.publish(events.MIG_READY, MigReadiness("all-1g.10gb", "rebooting", "after a reboot"))
+        await until(lambda: label_history(apiserver, MIG_STATE_LABEL)[-1:] == ["rebooting"], "rebooting written")
+        assert label_history(apiserver, MIG_STATE_LABEL) == ["pending", "rebooting"]
+    finally:
+        await a.close()
+        await sim.close()

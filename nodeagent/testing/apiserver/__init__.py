@@ -1,10 +1,11 @@
 """A test Kubernetes API server that enforces the rules the agent depends on.
 
-No kube-apiserver can be installed or run on the machines this project is tested on (it needs etcd,
-certificates and a control plane), so this server reproduces, over plain HTTP, the protocol rules of the
-real one for the resources the agent uses: Nodes (with the ``status`` subresource), NodeFeatures
-(``nfd.k8s-sigs.io/v1alpha1``, a custom resource), RuntimeClasses (``node.k8s.io/v1``), Events and Pods
-(read-only for the agent: it lists the GPU Operator's operand pods on its node while a MIG change waits).
+It is the fast half of the Kubernetes-facing tests: the same tests also run against the real kube-apiserver of
+integration/cluster (tests/kube/servers.py), and where the two disagreed the real one was followed. It
+reproduces, over plain HTTP, the protocol rules of the real one for the resources the agent uses: Nodes (with
+the ``status`` subresource), NodeFeatures (``nfd.k8s-sigs.io/v1alpha1``, a custom resource), RuntimeClasses
+(``node.k8s.io/v1``), Events and Pods (read-only for the agent: it lists the GPU Operator's operand pods on
+its node while a MIG change waits).
 
 Rules enforced, each as the real API server answers them:
 
@@ -12,20 +13,26 @@ Rules enforced, each as the real API server answers them:
   ``metadata.resourceVersion`` gets 409 Conflict; a write that changes nothing stores nothing and keeps
   the resourceVersion; custom resources refuse an update without a resourceVersion (422);
 - PATCH takes ``application/merge-patch+json``, ``application/strategic-merge-patch+json`` (not for custom
-  resources) and ``application/json-patch+json``; any other content type gets 415;
+  resources) and ``application/json-patch+json``; any other content type gets 415 (server-side apply too,
+  except that an apply without ``fieldManager`` gets the real 422 first); a strategic merge of a list by its
+  merge key orders the result as apimachinery does (the patch's elements first, in its order, the others
+  back at their stored places: a new condition comes first);
 - label keys and values and annotation keys are validated as apimachinery does (422 Invalid with the
   field and the reason); names must be DNS subdomains; a RuntimeClass handler is a DNS label and immutable;
 - Node status goes through the ``status`` subresource only: a write to the Node itself keeps the stored
-  status, a write to ``nodes/status`` keeps everything but the status; conditions merge by ``type`` under a
-  strategic merge patch; a condition needs a ``type`` (unique) and a ``status`` of True, False or Unknown,
-  and its times must be RFC 3339; Node taints need a qualified-name ``key``, an ``effect`` of NoSchedule,
-  PreferNoSchedule or NoExecute, and are unique per key and effect (the real validation's rules);
+  status, a write to ``nodes/status`` keeps the stored spec (labels and annotations it may change, as the
+  real Node status strategy allows); conditions merge by ``type`` under a strategic merge patch; a
+  condition's ``type`` and ``status`` are stored as sent (kube-apiserver 1.34 validates neither), its times
+  must decode as RFC 3339 (422, cause ``patch``); Node taints need a qualified-name ``key``, an ``effect``
+  of NoSchedule, PreferNoSchedule or NoExecute, and are unique per key and effect (422, fields
+  ``metadata.taints[i]``, sic);
 - authentication by bearer token from a kube-apiserver static token file (``token,user,uid,"g1,g2"``),
   re-read when it changes, so a rotated-out token gets 401;
 - authorization by RBAC from a manifest (the project's ``container/kubernetes/rbac.yaml``), plus the node
-  authorizer for ``system:node:<name>``; anything not granted gets 403 with the real message;
-- list and watch with ``resourceVersion``, ``fieldSelector=metadata.name=...`` (Pods also
-  ``spec.nodeName=...``), equality
+  authorizer for ``system:node:<name>`` (another Node's update is refused with NodeRestriction's message);
+  anything not granted gets 403 with the real message;
+- list and watch with ``resourceVersion``, ``fieldSelector=metadata.name=...`` (Pods also ``spec.nodeName``,
+  ``status.phase`` and the rest of the real set; another field gets 400 ``field label not supported``), equality
   ``labelSelector``, bookmarks (``allowWatchBookmarks``) and, for a resourceVersion older than the
   retained history, an ERROR event with a 410 Expired status (a list with ``resourceVersionMatch=Exact``
   gets 410 itself);

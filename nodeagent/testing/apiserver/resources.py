@@ -12,6 +12,7 @@ from aiohttp import web
 MERGE_PATCH = "application/merge-patch+json"
 STRATEGIC_MERGE_PATCH = "application/strategic-merge-patch+json"
 JSON_PATCH = "application/json-patch+json"
+APPLY_PATCH = "application/apply-patch+yaml"
 ANNOTATIONS_MAX_BYTES = 256 * 1024
 
 
@@ -43,12 +44,23 @@ RESOURCES = (
     ResourceType("resource.k8s.io", "v1", "resourceslices", "ResourceSlice", namespaced=False),
     ResourceType("resource.k8s.io", "v1", "resourceclaims", "ResourceClaim", namespaced=True, status_subresource=True),
 )
-CONDITION_STATUSES = ("True", "False", "Unknown")
 TAINT_EFFECTS = ("NoSchedule", "PreferNoSchedule", "NoExecute")
+# The field selectors kube-apiserver 1.34 supports (metadata.namespace for namespaced kinds).
 FIELD_SELECTORS = {
-    "nodes": ("metadata.name",),
-    "pods": ("metadata.name", "spec.nodeName"),
-    "resourceslices": ("metadata.name", "spec.nodeName", "spec.driver", "spec.pool.name"),
+    "nodes": ("metadata.name", "spec.unschedulable"),
+    "pods": (
+        "metadata.name",
+        "metadata.namespace",
+        "spec.nodeName",
+        "spec.restartPolicy",
+        "spec.schedulerName",
+        "spec.serviceAccountName",
+        "spec.hostNetwork",
+        "status.phase",
+        "status.podIP",
+        "status.nominatedNodeName",
+    ),
+    "resourceslices": ("metadata.name", "spec.nodeName", "spec.driver"),
 }
 RFC3339 = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}:\d{2})$")
 

@@ -20,6 +20,7 @@ from nodeagent.testing import k8s_patch
 from nodeagent.testing.apiserver import watch
 from nodeagent.testing.apiserver.auth import RateLimiter, TokenFile
 from nodeagent.testing.apiserver.resources import (
+    APPLY_PATCH,
     BY_PATH,
     FIELD_SELECTORS,
     JSON_PATCH,
@@ -266,7 +267,7 @@ class TestApiServer:
         for term in filter(None, request.query.get("fieldSelector", "").split(",")):
             key, _, value = term.replace("==", "=").partition("=")
             if key not in supported:
-                raise ApiError(400, f'"{key}" is not a known field selector: only "{", ".join(supported)}"')
+                raise ApiError(400, f"field label not supported: {key}")
             fields[key] = value
         return fields, parse_selector(request.query.get("labelSelector", ""))
 
@@ -329,8 +330,8 @@ class TestApiServer:
                 meta.pop(key, None)
         new["kind"], new["apiVersion"] = rt.kind, rt.api_version
         if rt.status_subresource:
-            if sub == "status":
-                new = {**copy.deepcopy(old), "status": new.get("status", {})}
+            if sub == "status":  # the Node's status strategy resets only the spec: labels may change here
+                new["spec"] = copy.deepcopy(old.get("spec", {}))
             else:
                 new["status"] = copy.deepcopy(old.get("status", {}))
         validate(rt, new, old)
@@ -358,12 +359,14 @@ class TestApiServer:
         rt, ns, name = target.rt, target.namespace, target.name
         content_type = request.content_type
         allowed = [MERGE_PATCH, JSON_PATCH] + ([] if rt.custom else [STRATEGIC_MERGE_PATCH])
-        if content_type not in allowed:
+        if content_type == APPLY_PATCH and not request.query.get("fieldManager"):
             raise ApiError(
-                415,
-                f"the body of the request was in an unknown format - accepted media types "
-                f"include: {', '.join(allowed)}",
+                422,
+                'PatchOptions.meta.k8s.io "" is invalid: fieldManager: Required value: is required for apply patch',
+                details={"group": "meta.k8s.io", "kind": "PatchOptions"},
             )
+        if content_type not in allowed:  # server-side apply too: not reproduced
+            raise ApiError(415, "415: Unsupported Media Type")
         body = await self._body(request)
         old = self._existing(rt, ns, name)
         try:
