@@ -70,9 +70,8 @@ def apply(
         out.append(dataclasses.replace(device, taints=tuple(taints)))
     for ident in set(added) - seen:
         del added[ident]
-    healthy = [k for k in last if k not in verdicts.instances and (k[1] is not None or k[0] not in verdicts.gpus)]
-    for key in healthy:
-        del last[key]
+    for gone in [k for k in last if k not in verdicts.instances and (k[1] is not None or k[0] not in verdicts.gpus)]:
+        del last[gone]
     return tuple(out)
 
 
