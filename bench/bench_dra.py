@@ -29,7 +29,7 @@ def _ms(values: list[float]) -> tuple[str, str]:
     return f"{statistics.median(ordered) * 1000:.2f}", f"{p99 * 1000:.2f}"
 
 
-async def _case(calls: int, mig: bool) -> tuple[list[float], list[float], int, int]:
+async def _case(calls: int, mig: bool) -> tuple[list[float], list[float], int, int, int]:
     from nodeagent import events
     from nodeagent.backends.gpu.sim.backend import SimGpuBackend
     from nodeagent.testing.apiserver import TestApiServer
@@ -68,10 +68,17 @@ async def _case(calls: int, mig: bool) -> tuple[list[float], list[float], int, i
                 await other.close()
                 await until(lambda: r.plugin.slice_writes > before + steady, "the change published", 30)
                 changed = r.plugin.slice_writes - before - steady
+                base = r.plugin.slice_writes
+                for _ in range(5):  # a burst of XID 79 on one GPU: one health change
+                    sim.inject_xid(3, 79)
+                await until(lambda: any(d.taints for d in r.plugin.published), "the taint", 30)
+                await until(lambda: r.plugin.slice_writes > base, "the taint published", 30)
+                await asyncio.sleep(0.5)  # any further (wrong) write would land here
+                health = r.plugin.slice_writes - base
         finally:
             await sim.close()
             await server.stop()
-    return prepare, unprepare, steady, changed
+    return prepare, unprepare, steady, changed, health
 
 
 def main() -> list[str]:
@@ -83,11 +90,12 @@ def main() -> list[str]:
     writes: list[list[object]] = []
     for mig in (False, True):
         what = "MIG device (of 56)" if mig else "whole GPU (of 8)"
-        prepare, unprepare, steady, changed = asyncio.run(_case(calls, mig))
+        prepare, unprepare, steady, changed, health = asyncio.run(_case(calls, mig))
         rows.append([what, "NodePrepareResources", *_ms(prepare)])
         rows.append([what, "NodeUnprepareResources", *_ms(unprepare)])
         writes.append([what, "20 republishes, nothing changed (goal 0)", steady])
         writes.append([what, "a MIG change (goal 1)", changed])
+        writes.append([what, "a health change: 5x XID 79 on one GPU (goal 1)", health])
     return [
         table(
             f"DRA plugin on the stand-in kubelet, {calls} claims per case (ms)", ["claim", "call", "p50", "p99"], rows

@@ -62,6 +62,17 @@ KUBELET_SYSCTLS = {
 }
 
 
+FEATURE_GATES = {"DRADeviceTaints": True, "ResourceHealthStatus": True, "DRAPartitionableDevices": True}
+"""Alpha gates of 1.34 the DRA plugin's health and dynamic MIG need (issue 22): device taints on ResourceSlices
+(apiserver keeps the field, scheduler honours it, controller-manager's taint controller), the kubelet's
+DRAResourceHealth stream (kubelet, apiserver for ``allocatedResourcesStatus``), partitionable devices (apiserver
+keeps counters, scheduler allocates them). Set on every component that has them."""
+
+
+def feature_gates_flag() -> str:
+    return "--feature-gates=" + ",".join(f"{k}={str(v).lower()}" for k, v in sorted(FEATURE_GATES.items()))
+
+
 class ClusterError(RuntimeError):
     """The cluster could not be built or started: names the component and ends with its last log lines."""
 
@@ -306,6 +317,10 @@ class Cluster:
             "--profiling=false",
             f"--audit-policy-file={self._audit_policy()}",
             f"--audit-log-path={self.audit_log}",
+            feature_gates_flag(),
+            # DRADeviceTaints: the scheduler and the taint controller watch DeviceTaintRules (v1alpha3 only);
+            # without it served their informers never sync and no pod with a claim is scheduled.
+            "--runtime-config=resource.k8s.io/v1alpha3=true",
         )
         _kubeconfig(self.admin_kubeconfig_dir() / "admin", self.url, pki.ca.cert, pki.admin)
         self.wait("kube-apiserver", self._readyz, 120, "ready (/readyz)")
@@ -414,6 +429,7 @@ class Cluster:
             "--use-service-account-credentials=true",
             f"--cluster-signing-cert-file={pki.ca.cert}",
             f"--cluster-signing-key-file={pki.ca.key}",
+            feature_gates_flag(),
         )
         self._component(
             "kube-scheduler",
@@ -423,6 +439,7 @@ class Cluster:
             "--bind-address=127.0.0.1",
             f"--secure-port={self.ports['scheduler']}",
             "--leader-elect=false",
+            feature_gates_flag(),
         )
         import ssl
 
@@ -525,6 +542,7 @@ class Cluster:
             "evictionHard": {"memory.available": "1Mi", "nodefs.available": "1%", "imagefs.available": "1%"},
             "rotateCertificates": False,
             "serverTLSBootstrap": False,
+            "featureGates": dict(FEATURE_GATES),
         }
         config_file = self.base / "etc/kubernetes/kubelet.json"
         config_file.write_text(json.dumps(config, indent=1))

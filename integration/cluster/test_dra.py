@@ -48,11 +48,14 @@ def settings() -> Settings:
 
 
 @contextlib.asynccontextmanager
-async def plugin_on(cluster: Cluster, token: str, tmp_path: Path) -> AsyncIterator[DraSubsystem]:
+async def plugin_on(
+    cluster: Cluster, token: str, tmp_path: Path, *, s: Settings | None = None, sim: SimGpuBackend | None = None
+) -> AsyncIterator[DraSubsystem]:
     create_all(cluster.admin, load(REPO / "container/kubernetes/deviceclasses.yaml"))
-    sim = SimGpuBackend("h100-80gb-hbm3", 8, 0)
+    owned = sim is None
+    sim = sim or SimGpuBackend("h100-80gb-hbm3", 8, 0)
     root = Root(cluster.base)
-    ctx = testing.context(root, settings(), gpus=sim, node_name=cluster.node_name)
+    ctx = testing.context(root, s or settings(), gpus=sim, node_name=cluster.node_name)
     kubeconfig = cluster.kubeconfig_for_token(tmp_path / "kubeconfig", token)
     client = make_client(KubeSettings(mode="kubeconfig", kubeconfig=str(kubeconfig), namespace="nodeagent"))
     ctx.node.use(client)
@@ -69,7 +72,8 @@ async def plugin_on(cluster: Cluster, token: str, tmp_path: Path) -> AsyncIterat
         await asyncio.gather(*tasks)
         await plugin.stop()
         await ctx.node.close()
-        await sim.close()
+        if owned:
+            await sim.close()
 
 
 def slices(cluster: Cluster) -> list[dict[str, Any]]:
@@ -78,7 +82,7 @@ def slices(cluster: Cluster) -> list[dict[str, Any]]:
     return items
 
 
-def claim_pod(name: str, claim: dict[str, str]) -> dict[str, Any]:
+def claim_pod(name: str, claim: dict[str, str], containers: tuple[str, ...] = ("main", "sidecar")) -> dict[str, Any]:
     return {
         "apiVersion": "v1",
         "kind": "Pod",
@@ -95,7 +99,7 @@ def claim_pod(name: str, claim: dict[str, str]) -> dict[str, Any]:
                     "imagePullPolicy": "Never",
                     "resources": {"claims": [{"name": "gpu"}]},
                 }
-                for name in ("main", "sidecar")
+                for name in containers
             ],
         },
     }
@@ -195,3 +199,83 @@ async def test_a_claim_template_pod_runs_a_mismatch_stays_pending_an_agent_resta
         await asyncio.to_thread(delete_pod, cluster, "dra-a100")
         _delete(cluster, f"{RESOURCE}/namespaces/default/resourceclaims/an-a100")
         _delete(cluster, f"{RESOURCE}/namespaces/default/resourceclaimtemplates/one-gpu")
+
+
+def _claim_of(cluster: Cluster, name: str) -> dict[str, Any]:
+    """The ResourceClaim named like the pod (these pods name theirs: ``resourceClaimName``)."""
+    claim: dict[str, Any] = cluster.admin.get(f"{RESOURCE}/namespaces/default/resourceclaims/{name}")
+    return claim
+
+
+def _device_of(cluster: Cluster, pod_name: str) -> str:
+    (result,) = _claim_of(cluster, pod_name)["status"]["allocation"]["devices"]["results"]
+    return str(result["device"])
+
+
+def _taints(cluster: Cluster, device: str) -> list[tuple[str, str, str]]:
+    found = [d for sl in slices(cluster) for d in sl["spec"]["devices"] if d["name"] == device]
+    return [(t["key"], t.get("value", ""), t["effect"]) for d in found for t in d.get("taints") or []]
+
+
+def _one_gpu_claim(name: str, cel: str = "") -> dict[str, Any]:
+    exactly: dict[str, Any] = {"deviceClassName": "gpu.nvidia.com"}
+    if cel:
+        exactly["selectors"] = [{"cel": {"expression": cel}}]
+    return {
+        "apiVersion": "resource.k8s.io/v1",
+        "kind": "ResourceClaim",
+        "metadata": {"name": name, "namespace": "default"},
+        "spec": {"devices": {"requests": [{"name": "gpu", "exactly": exactly}]}},
+    }
+
+
+async def test_an_xid_79_taints_the_pods_device_the_scheduler_avoids_it_and_the_taint_goes_after_the_hold(
+    cluster: Cluster, agent_token: str, tmp_path: Path
+) -> None:
+    """The real apiserver keeps the device taint (gate DRADeviceTaints), the real scheduler honours it: a claim
+    that can only have the tainted GPU stays pending, another lands elsewhere; after the XID window it goes and
+    the pending claim gets the GPU."""
+    s = replace(settings(), "gpuhealth", xid_window_s=40.0, min_publish_interval_s=0.0)
+    sim = SimGpuBackend("h100-80gb-hbm3", 8, 0)
+    names = ("taint-first", "taint-pinned", "taint-other")
+    try:
+        async with plugin_on(cluster, agent_token, tmp_path, s=s, sim=sim) as plugin:
+            await until_async(lambda: len(slices(cluster)) == 1, "the node's ResourceSlice")
+            create_all(cluster.admin, [_one_gpu_claim("taint-first")])
+            cluster.admin.post(
+                "/api/v1/namespaces/default/pods",
+                claim_pod("taint-first", {"resourceClaimName": "taint-first"}, ("main",)),
+            )
+            await until_async(lambda: running(cluster, "taint-first"), "the first pod Running", 90)
+            device = _device_of(cluster, "taint-first")
+            published = {d.name: d for d in plugin.published}
+            writes = plugin.slice_writes
+            sim.inject_xid(published[device].gpu_index, 79)
+            await until_async(lambda: bool(_taints(cluster, device)), "the device's taint in the slice", timeout_s=20)
+            assert _taints(cluster, device) == [("gpu.nvidia.com/xid", "79", "NoSchedule")]
+            assert plugin.slice_writes == writes + 1  # one health change, one slice write
+            assert running(cluster, "taint-first")  # NoSchedule: the running pod keeps its GPU
+            await asyncio.to_thread(delete_pod, cluster, "taint-first")
+            uuid = published[device].uuid
+            pinned = f"device.attributes['gpu.nvidia.com'].uuid == '{uuid}'"
+            create_all(cluster.admin, [_one_gpu_claim("taint-pinned", pinned), _one_gpu_claim("taint-other")])
+            for name in ("taint-pinned", "taint-other"):
+                cluster.admin.post(
+                    "/api/v1/namespaces/default/pods", claim_pod(name, {"resourceClaimName": name}, ("main",))
+                )
+            await until_async(lambda: running(cluster, "taint-other"), "the other pod Running", 90)
+            assert _device_of(cluster, "taint-other") != device
+            await until_async(
+                lambda: failed_scheduling(cluster.admin, "taint-pinned", "cannot allocate all claims"),
+                "FailedScheduling of the claim that can only have the tainted GPU",
+                timeout_s=30,
+            )
+            assert _taints(cluster, device), "the taint went before the pinned pod was seen pending"
+            await until_async(lambda: not _taints(cluster, device), "the taint gone after the XID window", 90)
+            await until_async(lambda: running(cluster, "taint-pinned"), "the pinned pod Running on the GPU again", 120)
+            assert _device_of(cluster, "taint-pinned") == device
+    finally:
+        for name in names:
+            await asyncio.to_thread(delete_pod, cluster, name)
+            _delete(cluster, f"{RESOURCE}/namespaces/default/resourceclaims/{name}")
+        await sim.close()

@@ -1,5 +1,6 @@
 """Which GPUs and MIG devices the device plugin lists Unhealthy, from the GPU-state owner's events (pure: the
-caller passes the clock). The classification is ``gpuhealth``'s, the one table (``gpuhealth.classify``:
+caller passes the clock). The book is ``gpuhealth.book``'s (shared with the DRA plugin's device taints), so
+the classification is ``gpuhealth``'s, the one table (``gpuhealth.classify``:
 NVIDIA's XID catalogue, ``gpuhealth.ignored_xids``; a GPU lost or NVML not answering), and so is the hold: an
 XID keeps its device unhealthy for ``gpuhealth.xid_window_s``, and one that keeps failing stays unhealthy
 until it has stayed healthy for the flapping hold (``gpuhealth.flapping``). Unlike NVIDIA's plugin, a device
@@ -15,81 +16,13 @@ GPU (index, UUID), the resources and device IDs the kubelet sees, and the reason
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass
 
 from nodeagent.deviceplugin.resources import Advertised
-from nodeagent.gpuhealth import classify, flapping
-from nodeagent.model.gpu import GpuHealthState, XidEvent
-from nodeagent.model.health import Verdict
+from nodeagent.gpuhealth.book import HealthBook, Key, Verdicts
 
-Key = tuple[int, int | None]
-"""(GPU index, GPU-instance id); None: the whole GPU."""
-
-
-@dataclass(frozen=True)
-class Verdicts:
-    gpus: Mapping[int, str]
-    """GPU index → why the GPU (and every MIG device on it) is unhealthy."""
-    instances: Mapping[tuple[int, int], str]
-    """(GPU index, GPU-instance id) → why that MIG device is unhealthy."""
-    wait_s: float | None
-    """Seconds until a verdict may change without an event (an XID window or a hold ending)."""
-
-
-@dataclass
-class HealthBook:
-    window_s: float
-    ignored: tuple[int, ...]
-    hold_base_s: float
-    _xids: dict[Key, dict[tuple[int, int | None], classify.SeenXid]] = field(default_factory=dict)
-    _states: dict[int, GpuHealthState] = field(default_factory=dict)
-    _flaps: dict[Key, flapping.FlapState] = field(default_factory=dict)
-
-    def xid(self, event: XidEvent, now: float) -> None:
-        seen = self._xids.setdefault((event.gpu_index, event.gpu_instance_id), {})
-        key = (event.xid, event.gpu_instance_id)
-        old = seen.get(key)
-        seen[key] = classify.SeenXid(event.xid, now, (old.count if old else 0) + 1, event.gpu_instance_id)
-
-    def states(self, states: Mapping[int, GpuHealthState]) -> None:
-        self._states = dict(states)
-
-    def evaluate(self, gpus: Iterable[int], now: float) -> Verdicts:
-        keys: set[Key] = {(i, None) for i in set(gpus) | set(self._states)} | set(self._xids) | set(self._flaps)
-        whole: dict[int, str] = {}
-        instances: dict[tuple[int, int], str] = {}
-        waits: list[float] = []
-        for key in sorted(keys, key=lambda k: (k[0], -1 if k[1] is None else k[1])):
-            index, gi = key
-            seen = self._xids.get(key, {}).values()
-            state = self._states.get(index, GpuHealthState.OK) if gi is None else GpuHealthState.OK
-            raw = classify.gpu_report(index, "", seen, state, now=now, window_s=self.window_s, ignored=self.ignored)
-            report, left = flapping.damp(
-                raw, self._flaps.setdefault(key, flapping.FlapState()), now=now, base_s=self.hold_base_s
-            )
-            if left is not None:
-                waits.append(left)
-            expiry = classify.next_expiry(seen, now=now, window_s=self.window_s)
-            if expiry is not None:
-                waits.append(expiry)
-            if report.verdict >= Verdict.FAIL:
-                why = "; ".join(i.message for i in report.incidents if i.verdict >= Verdict.FAIL)
-                if gi is None:
-                    whole[index] = why
-                else:
-                    instances[(index, gi)] = why
-        self._forget(now)
-        return Verdicts(whole, instances, min(waits) if waits else None)
-
-    def _forget(self, now: float) -> None:
-        for key in list(self._xids):
-            kept = {k: v for k, v in self._xids[key].items() if now - v.last_seen < self.window_s}
-            if kept:
-                self._xids[key] = kept
-            else:
-                del self._xids[key]
-
+__all__ = ["HealthBook", "HealthChange", "Key", "Verdicts", "changes"]
 
 UNHEALTHY_REASON = "DevicePluginDeviceUnhealthy"
 HEALTHY_REASON = "DevicePluginDeviceHealthy"

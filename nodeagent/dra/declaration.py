@@ -8,5 +8,5 @@ DECLARATION = Declaration(
     name="dra",
     target="nodeagent.dra.subsystem:DraSubsystem",
     requires=("driver", "cdi"),
-    settings=("dra", "kubelet", "cdi", "watch"),
+    settings=("dra", "kubelet", "cdi", "watch", "gpuhealth"),
 )

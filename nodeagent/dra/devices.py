@@ -44,14 +44,21 @@ class PublishedDevice:
     attributes: Mapping[str, Attribute] = field(default_factory=dict)
     capacity: Mapping[str, int] = field(default_factory=dict)
     """Name → value (bytes for memory)."""
+    gpu_instance_id: int | None = None
+    """A MIG device's GPU instance (an XID naming it taints this device only)."""
+    taints: tuple[Mapping[str, str], ...] = ()
+    """Device taints (``health.py``), as the API spells them."""
 
     def api(self) -> dict[str, Any]:
         """The device as a ResourceSlice lists it."""
-        return {
+        out: dict[str, Any] = {
             "name": self.name,
             "attributes": {k: dict(v) for k, v in sorted(self.attributes.items())},
             "capacity": {k: {"value": str(v)} for k, v in sorted(self.capacity.items())},
         }
+        if self.taints:
+            out["taints"] = [dict(t) for t in self.taints]
+        return out
 
 
 def semver(version: str) -> str:
@@ -141,7 +148,15 @@ def plan(inventory: Inventory, pcie_roots: Mapping[str, str] | None = None) -> t
             } | common
             capacity = {"memory": mig.memory_total_mib * 1024 * 1024} | capacities.get(gi_profile, {})
             found.append(
-                PublishedDevice(mig_name(gpu, mig, ids.get(gi_profile, 0)), "mig", mig.uuid, gpu.index, attrs, capacity)
+                PublishedDevice(
+                    mig_name(gpu, mig, ids.get(gi_profile, 0)),
+                    "mig",
+                    mig.uuid,
+                    gpu.index,
+                    attrs,
+                    capacity,
+                    mig.gpu_instance_id,
+                )
             )
     return tuple(found)
 

@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from pathlib import PurePosixPath
 from typing import Any
 
@@ -31,12 +32,13 @@ from nodeagent.backends.dra_server import (
     PrepareResult,
     RegistrationServer,
 )
-from nodeagent.dra import checkpoint, claims, claimspec, devices
+from nodeagent.dra import checkpoint, claims, claimspec, devices, health
 from nodeagent.dra.declaration import DECLARATION
 from nodeagent.errors import BackendUnavailable, ConfigError, HostPathError, NodeAgentError
+from nodeagent.gpuhealth.book import HealthBook, Key
 from nodeagent.kube.client import KubeError
 from nodeagent.kube.resources import RESOURCECLAIMS
-from nodeagent.model.gpu import Inventory
+from nodeagent.model.gpu import GpuHealthState, Inventory, XidEvent
 from nodeagent.plan import Plan
 from nodeagent.subsystem import BaseSubsystem, Context, Phase
 
@@ -51,9 +53,18 @@ driver's slices 30 s after its plugin goes, and all of them when it starts); a l
 class DraSubsystem(BaseSubsystem):
     declaration = DECLARATION
 
-    def __init__(self, ctx: Context) -> None:
+    def __init__(self, ctx: Context, clock: Callable[[], float] = time.monotonic) -> None:
         super().__init__(ctx)
         s = self.ctx.settings
+        self.clock = clock
+        self.health = HealthBook(
+            window_s=s.gpuhealth.xid_window_s,
+            ignored=tuple(s.gpuhealth.ignored_xids),
+            hold_base_s=s.gpuhealth.min_publish_interval_s,
+        )
+        self._health_wait: float | None = None
+        self._taint_added: dict[tuple[str, str, str], str] = {}
+        self._taint_values: dict[Key, str] = {}
         root_dir = s.kubelet.root_dir.rstrip("/")
         self.registry_dir = f"{root_dir}/plugins_registry"
         self.plugin_dir = f"{root_dir}/plugins/{DRIVER}"
@@ -81,6 +92,7 @@ class DraSubsystem(BaseSubsystem):
         self._lock = asyncio.Lock()
         self._wake = asyncio.Event()
         self._publish_due = True
+        self._retaint_due = False
 
     # ---------------------------------------------------------------------------------- devices
 
@@ -111,7 +123,21 @@ class DraSubsystem(BaseSubsystem):
             self.problems["gpus"] = f"dra.gpus names no GPU of this node: {', '.join(unknown)}"
         else:
             self.problems.pop("gpus", None)
-        self.published = devices.plan(ours, await self._pcie_roots(ours))
+        planned = devices.plan(ours, await self._pcie_roots(ours))
+        self.published = self._tainted(planned)
+
+    def _tainted(self, planned: tuple[devices.PublishedDevice, ...]) -> tuple[devices.PublishedDevice, ...]:
+        """The devices with the health book's taints now (``health.py``)."""
+        verdicts = self.health.evaluate(sorted({d.gpu_index for d in planned}), self.clock())
+        self._health_wait = verdicts.wait_s
+        now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        return health.apply(planned, verdicts, now=now, added=self._taint_added, last=self._taint_values)
+
+    def retaint(self) -> bool:
+        """The taints again (an XID, a GPU state, a window or hold ended); True when any changed."""
+        before = [d.taints for d in self.published]
+        self.published = self._tainted(self.published)
+        return [d.taints for d in self.published] != before
 
     async def publish(self) -> None:
         """The ResourceSlices for the devices now (nothing written when they already say so)."""
@@ -278,6 +304,7 @@ class DraSubsystem(BaseSubsystem):
             "driver": DRIVER,
             "pool": self.pool,
             "devices": [d.name for d in self.published],
+            "taints": health.summary(self.published),
             "generation": self.generation,
             "slice_writes": self.slice_writes,
             "registered": self.registration.registered,
@@ -302,18 +329,34 @@ class DraSubsystem(BaseSubsystem):
             self.inventory = await self.ctx.gpu_state.current()
         except NodeAgentError as err:
             self.problems["inventory"] = f"no GPU inventory: {err}"
+        self.health.states(dict(self.ctx.gpu_state.health))
         await self.replan()
         await self.restore()
 
+    def handle(self, event: events.Event) -> None:
+        """One GPU event: an inventory or MIG change re-plans; an XID or a GPU state re-taints."""
+        if event.topic == events.XID and isinstance(event.payload, XidEvent):
+            self.health.xid(event.payload, self.clock())
+            self._retaint_due = True
+        elif event.topic == events.GPU_HEALTH and event.payload is not None:
+            self.health.states({int(k): GpuHealthState(v) for k, v in dict(event.payload).items()})
+            self._retaint_due = True
+        elif isinstance(event.payload, Inventory):
+            self.inventory = event.payload
+            self.problems.pop("inventory", None)
+            self._publish_due = True
+
     async def _events(self, stop: asyncio.Event) -> None:
-        async with self.ctx.bus.subscribe(events.INVENTORY_CHANGED, events.MIG_CHANGED, maxsize=64) as sub:
+        topics = (events.INVENTORY_CHANGED, events.MIG_CHANGED, events.XID, events.GPU_HEALTH)
+        async with self.ctx.bus.subscribe(*topics, maxsize=256) as sub:
             while not stop.is_set():
                 event = await until_stopped(stop, sub.get())
-                if event is not None and isinstance(event.payload, Inventory):
-                    self.inventory = event.payload
-                    self.problems.pop("inventory", None)
-                    self._publish_due = True
-                    self._wake.set()
+                if event is None:
+                    continue
+                self.handle(event)
+                while sub.pending():  # a burst is one re-plan, one write
+                    self.handle(await sub.get())
+                self._wake.set()
 
     async def _watch_sockets(self, stop: asyncio.Event) -> None:
         """The kubelet's ``plugins_registry`` appearing (a kubelet that comes later) and either socket going."""
@@ -337,6 +380,10 @@ class DraSubsystem(BaseSubsystem):
         try:
             while not stop.is_set():
                 await self.serve()
+                if self._retaint_due or (self._health_wait is not None and self._health_wait <= 0.0):
+                    self._retaint_due = False
+                    if self.retaint():
+                        self._publish_due = True
                 if self._publish_due or loop.time() - last_publish >= PUBLISH_S:
                     await self.replan()
                     await self.publish()
@@ -345,8 +392,12 @@ class DraSubsystem(BaseSubsystem):
                     await self.restore()
                 self._report()
                 self._wake.clear()
+                wait = RECHECK_S if self._health_wait is None else min(RECHECK_S, self._health_wait)
+                started = self.clock()
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(until_stopped(stop, self._wake.wait()), timeout=RECHECK_S)
+                    await asyncio.wait_for(until_stopped(stop, self._wake.wait()), timeout=max(wait, 0.01))
+                if self._health_wait is not None:
+                    self._health_wait -= self.clock() - started
         finally:
             for task in tasks:
                 task.cancel()
