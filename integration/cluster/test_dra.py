@@ -279,3 +279,55 @@ async def test_an_xid_79_taints_the_pods_device_the_scheduler_avoids_it_and_the_
             await asyncio.to_thread(delete_pod, cluster, name)
             _delete(cluster, f"{RESOURCE}/namespaces/default/resourceclaims/{name}")
         await sim.close()
+
+
+async def test_a_kubelet_restart_keeps_the_running_pods_device(
+    cluster: Cluster, agent_token: str, tmp_path: Path
+) -> None:
+    """The real kubelet restarted under a running pod with a claim: its plugin watcher registers the plugin
+    again, the kubelet's start wipes the node's slices and the plugin publishes them again, the pod keeps its
+    container, its claim's CDI spec and checkpoint entry; the new kubelet unprepares it when the pod goes."""
+    root = Root(cluster.base)
+    create_all(cluster.admin, [_one_gpu_claim("restart-gpu")])
+    try:
+        async with plugin_on(cluster, agent_token, tmp_path) as plugin:
+            cluster.admin.post(
+                "/api/v1/namespaces/default/pods",
+                claim_pod("dra-restart", {"resourceClaimName": "restart-gpu"}, ("main",)),
+            )
+            await until_async(lambda: running(cluster, "dra-restart"), "the pod with its claim Running", 90)
+            before = pod(cluster.admin, "dra-restart")
+            assert before is not None
+            container = before["status"]["containerStatuses"][0]["containerID"]
+            uid = _claim_of(cluster, "restart-gpu")["metadata"]["uid"]
+            spec_path = f"/var/run/cdi/k8s.gpu.nvidia.com-claim_{uid}.yaml"
+            spec = root.read_bytes(spec_path)
+            assert spec
+            (old_slice,) = slices(cluster)
+            notifications = plugin.registration.notifications
+
+            await asyncio.to_thread(cluster.restart_kubelet)
+            await until_async(
+                lambda: plugin.registration.notifications > notifications and plugin.registration.registered is True,
+                "the plugin registered with the new kubelet",
+                timeout_s=90,
+            )
+
+            def republished() -> bool:
+                now = slices(cluster)
+                return len(now) == 1 and now[0]["metadata"]["uid"] != old_slice["metadata"]["uid"]
+
+            await until_async(republished, "the node's slice wiped by the new kubelet and published again", 20)
+            after = pod(cluster.admin, "dra-restart")
+            assert after is not None and after["status"].get("phase") == "Running"
+            (status,) = after["status"]["containerStatuses"]
+            assert (status["containerID"], status["restartCount"]) == (container, 0)
+            assert root.read_bytes(spec_path) == spec
+            saved = json.loads(root.read_bytes(CHECKPOINT) or b"{}")
+            assert uid in saved["claims"]
+
+            await asyncio.to_thread(delete_pod, cluster, "dra-restart")
+            await until_async(lambda: not root.exists(spec_path), "unprepared through the new kubelet", timeout_s=60)
+    finally:
+        await asyncio.to_thread(delete_pod, cluster, "dra-restart")
+        _delete(cluster, f"{RESOURCE}/namespaces/default/resourceclaims/restart-gpu")

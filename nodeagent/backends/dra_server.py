@@ -144,6 +144,8 @@ class RegistrationServer(_Socket):
         self.registered: bool | None = None
         """The kubelet's last word: True, False (``error`` says why) or None (nothing yet)."""
         self.error = ""
+        self.notifications = 0
+        """NotifyRegistrationStatus calls so far (a restarted kubelet registers the plugin again)."""
 
     async def serve(self) -> None:
         await self.start([_Registration(self)])
@@ -155,6 +157,7 @@ class RegistrationServer(_Socket):
         )
 
     def status(self, registered: bool, error: str) -> None:
+        self.notifications += 1
         self.registered, self.error = registered, error
         self.on_status(registered, error)
 
