@@ -44,14 +44,14 @@ def dra_registered(doc: dict[str, object]) -> bool:
 
 
 def dra_state(doc: dict[str, object]) -> str:
-    """The DRA subsystem's phase and message on /status (what state the memory was read in)."""
+    """The DRA subsystem's phase and reason on /status (what state the memory was read in)."""
     subsystems = doc.get("subsystems", {})
     dra = subsystems.get("dra", {}) if isinstance(subsystems, dict) else {}
     if not isinstance(dra, dict):
         return "absent"
     details = dra.get("details", {})
     devices = len(details.get("devices", [])) if isinstance(details, dict) else 0
-    return f"{dra.get('phase')}, registered, {devices} devices: {dra.get('message', '')}"
+    return f"{dra.get('phase')}, registered, {devices} devices: {dra.get('reason', '')}"
 
 
 def _ready(settings: dict[str, str], seen: list[str]) -> Callable[[dict[str, object]], bool]:
