@@ -21,6 +21,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -64,12 +65,21 @@ def settled(doc: dict[str, object]) -> bool:
 
 def run_agent(root: Path, *, plugin: bool, settle_s: float, idle_s: float) -> tuple[float, float]:
     """(VmRSS MiB once settled, idle CPU % over ``idle_s`` after that)."""
+    ready = registered if plugin else (lambda doc: True)
+    return measure(root, {"NODEAGENT_DEVICEPLUGIN__ENABLED": str(plugin).lower()}, ready, settle_s, idle_s)
+
+
+def measure(
+    root: Path, settings: dict[str, str], ready: Callable[[dict[str, object]], bool], settle_s: float, idle_s: float
+) -> tuple[float, float]:
+    """The simulated agent with ``settings`` (environment overrides): (VmRSS MiB once /status shows every
+    subsystem settled and ``ready``, then ``settle_s`` more; idle CPU % over the ``idle_s`` after that)."""
     port = free_port()
     env = {
         **os.environ,
         "NODEAGENT_AGENT__LISTEN": f"127.0.0.1:{port}",
-        "NODEAGENT_DEVICEPLUGIN__ENABLED": "true" if plugin else "false",
         "NODEAGENT_AGENT__LOG_LEVEL": "warning",
+        **settings,
     }
     agent = subprocess.Popen(
         [str(Path(PYTHON).with_name("nodeagent")), "run", "--simulate", "--root", str(root)],
@@ -85,11 +95,11 @@ def run_agent(root: Path, *, plugin: bool, settle_s: float, idle_s: float) -> tu
             except OSError:
                 time.sleep(0.2)
                 continue
-            if settled(doc) and (registered(doc) or not plugin):
+            if settled(doc) and ready(doc):
                 break
             time.sleep(0.2)
         else:
-            raise SystemExit("the agent did not come up (or the plugin did not register) within 60 s")
+            raise SystemExit(f"the agent did not come up (or get ready) within 60 s with {settings}")
         time.sleep(settle_s)
         rss = rss_mib(agent.pid)
         cpu0, t0 = cpu_ns(agent.pid), time.monotonic()
@@ -100,16 +110,21 @@ def run_agent(root: Path, *, plugin: bool, settle_s: float, idle_s: float) -> tu
         agent.wait(timeout=30)
 
 
+def sandbox(root: Path) -> None:
+    """Lays out the simulated sandbox (``nodeagent plan --simulate`` populates only an empty root)."""
+    subprocess.run(
+        [str(Path(PYTHON).with_name("nodeagent")), "plan", "--simulate", "--root", str(root)],
+        check=True,
+        capture_output=True,
+        cwd=REPO,
+    )
+
+
 def tables(settle_s: float = 5.0, idle_s: float | None = None) -> list[str]:
     idle = env_seconds("NODEAGENT_BENCH_IDLE_S", 30.0) if idle_s is None else idle_s
     with tempfile.TemporaryDirectory(prefix="dp-rss-") as tmp:
         root = Path(tmp) / "root"
-        subprocess.run(
-            [str(Path(PYTHON).with_name("nodeagent")), "plan", "--simulate", "--root", str(root)],
-            check=True,
-            capture_output=True,
-            cwd=REPO,
-        )  # lays out the sandbox (only an empty root is populated)
+        sandbox(root)
         kubelet = subprocess.Popen(
             [PYTHON, "-c", KUBELET, str(root / "var/lib/kubelet/device-plugins")],
             stdout=subprocess.PIPE,

@@ -2,7 +2,8 @@
 in one process: NodePrepareResources / NodeUnprepareResources p50/p99 for one claim of a whole GPU (8 H100s)
 and of a MIG device (56, ``1g.10gb*7``), each a fresh claim read from the API server, its CDI spec and
 checkpoint written; then the ResourceSlice writes at steady state (republishing unchanged devices; goal 0)
-and on a change (a MIG change; goal 1).
+and on a change (a MIG change; goal 1). Then the VmRSS and idle CPU it adds to the whole agent against the
+device plugin's (``bench_dra_memory``; goal: at most +3 MiB beyond the device plugin).
 
 ``NODEAGENT_BENCH_DRA_CALLS``: claims per case (default 200).
 """
@@ -20,6 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench import bench_dra_memory
 from bench._common import table
 
 
@@ -96,12 +98,14 @@ def main() -> list[str]:
         writes.append([what, "20 republishes, nothing changed (goal 0)", steady])
         writes.append([what, "a MIG change (goal 1)", changed])
         writes.append([what, "a health change: 5x XID 79 on one GPU (goal 1)", health])
-    return [
+    out = [
         table(
             f"DRA plugin on the stand-in kubelet, {calls} claims per case (ms)", ["claim", "call", "p50", "p99"], rows
         ),
         table("DRA plugin ResourceSlice writes", ["devices", "when", "writes"], writes),
     ]
+    out.extend(bench_dra_memory.tables())
+    return out
 
 
 if __name__ == "__main__":

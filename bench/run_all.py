@@ -5,8 +5,8 @@ Benchmarks: scrape throughput and latency against two baselines, event-loop lag 
 whole-agent footprint, (real GPU only) sweep cost against NVML and nvidia-smi, MIG planning time, and a
 200-agent fleet against the test API server (label writes at startup and when converged, requests per agent
 per hour), an injected XID to gpuhealth's verdict, the device plugin (RPC latency, XID to Unhealthy,
-kubelet restart, memory), the DRA plugin (NodePrepareResources latency, ResourceSlice writes), and a
-500-node fleet against the real kube-apiserver and etcd (bench_fleet_real).
+kubelet restart, memory), the DRA plugin (NodePrepareResources latency, ResourceSlice writes, memory),
+and a 500-node fleet against the real kube-apiserver and etcd (bench_fleet_real).
 """
 
 from __future__ import annotations

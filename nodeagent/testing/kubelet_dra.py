@@ -14,6 +14,7 @@ The protocol rules it enforces, as the 1.34 kubelet does (``pkg/kubelet/pluginma
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import importlib
 import os
@@ -22,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from grpclib.client import Channel
+from grpclib.exceptions import GRPCError
 
 from nodeagent.backends.hostfs import Root
 
@@ -141,3 +143,38 @@ class KubeletDra:
                 f"{method}: claims asked {sorted(asked)}, answered {sorted(got)} (left out: {sorted(asked - got)})"
             )
         return {uid: response.claims[uid] for uid in response.claims}
+
+
+async def _serve_forever(root: Root, poll_s: float = 0.2) -> None:
+    """The plugin watcher on its own: makes ``plugins_registry`` (as the kubelet does at start), then registers
+    each socket that appears there, again when one is made anew (a new inode: a restarted plugin)."""
+    kubelet = KubeletDra(root)
+    registry = root.resolve(kubelet.registry_dir)
+    registry.mkdir(parents=True, exist_ok=True)
+    print(f"stand-in DRA kubelet on {registry}", flush=True)
+    seen: dict[str, int] = {}
+    while True:
+        for name in kubelet.sockets():
+            try:
+                inode = (registry / name).stat().st_ino
+            except OSError:
+                continue
+            if seen.get(name) == inode:
+                continue
+            seen[name] = inode
+            try:
+                got = await kubelet.register(name)
+            except (OSError, GRPCError, TimeoutError) as err:
+                print(f"{name}: registration failed: {err}", flush=True)
+                continue
+            print(f"{name}: registered {got.driver}" if got else f"{name}: refused: {kubelet.refusals[-1]}", flush=True)
+        await asyncio.sleep(poll_s)  # the kubelet's watcher is fsnotify; polling is enough for a stand-in
+
+
+if __name__ == "__main__":
+    import sys
+
+    # python -m nodeagent.testing.kubelet_dra ROOT: a kubelet's DRA side for `nodeagent run --simulate --root ROOT`
+    # (its plugins_registry under ROOT/var/lib/kubelet); prints each registration.
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(_serve_forever(Root(sys.argv[1])))
