@@ -19,7 +19,7 @@ import contextvars
 import functools
 import os
 import threading
-from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping
 from typing import Any, ParamSpec, TypeVar
 
 import structlog
@@ -188,6 +188,16 @@ async def wait_or_stop(stop: asyncio.Event, timeout_s: float) -> bool:
     except TimeoutError:
         return False
     return True
+
+
+async def cancel_and_join(tasks: Iterable[asyncio.Task[Any]]) -> None:
+    """Cancel a subsystem's helper tasks and wait until each has ended (their cancellation is expected)."""
+    tasks = list(tasks)
+    for t in tasks:
+        t.cancel()
+    for t in tasks:
+        with contextlib.suppress(asyncio.CancelledError):
+            await t
 
 
 async def cancel_and_wait(tasks: list[asyncio.Task[Any]], *, timeout_s: float) -> None:

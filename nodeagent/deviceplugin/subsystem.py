@@ -21,14 +21,13 @@ to it and ``/status`` says so. With DRA on (``dra.enabled``), the GPUs ``dra.gpu
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from nodeagent import events
-from nodeagent.aio import run_blocking, until_stopped
+from nodeagent.aio import cancel_and_join, run_blocking, until_stopped
 from nodeagent.backends.deviceplugin_server import (
     KUBELET_SOCKET,
     ContainerAllocation,
@@ -490,11 +489,7 @@ class DevicePluginSubsystem(BaseSubsystem):
                 idle = event is None and timeout >= RECHECK_S and self._health_wait is None
                 await self.sync(replan=not idle)
         finally:
-            for t in tasks:
-                t.cancel()
-            for t in tasks:
-                with contextlib.suppress(asyncio.CancelledError):
-                    await t
+            await cancel_and_join(tasks)
 
     async def stop(self) -> None:
         servers, self.servers = self.servers, {}

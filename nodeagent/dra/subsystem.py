@@ -23,7 +23,7 @@ from pathlib import PurePosixPath
 from typing import Any
 
 from nodeagent import events
-from nodeagent.aio import run_blocking, until_stopped
+from nodeagent.aio import cancel_and_join, run_blocking, until_stopped
 from nodeagent.backends.dra_server import (
     DRA_SOCKET,
     ClaimRef,
@@ -399,11 +399,7 @@ class DraSubsystem(BaseSubsystem):
                 if self._health_wait is not None:
                     self._health_wait -= self.clock() - started
         finally:
-            for task in tasks:
-                task.cancel()
-            for task in tasks:
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+            await cancel_and_join(tasks)
 
     async def stop(self) -> None:
         """Stop serving (the sockets go, so the kubelet unregisters the plugin and deletes the node's slices of

@@ -24,14 +24,13 @@ back.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import random
 import time
 from collections.abc import Callable
 from typing import Any
 
 from nodeagent import aio, events
-from nodeagent.aio import until_stopped
+from nodeagent.aio import cancel_and_join, until_stopped
 from nodeagent.errors import NodeAgentError
 from nodeagent.gpuhealth import classify, flapping, node_status
 from nodeagent.gpuhealth.declaration import DECLARATION
@@ -258,11 +257,7 @@ class GpuHealthSubsystem(BaseSubsystem):
                             self.handle(await sub.get())
                     wait = self.evaluate()
         finally:
-            for task in tasks:
-                task.cancel()
-            for task in tasks:
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+            await cancel_and_join(tasks)
 
     # ------------------------------------------------------------------------------------ the Node
 

@@ -19,7 +19,6 @@ until the cause goes away.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import random
 import time
 from dataclasses import dataclass, replace
@@ -27,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from nodeagent import aio, events
-from nodeagent.aio import run_blocking
+from nodeagent.aio import cancel_and_join, run_blocking
 from nodeagent.errors import ConfigError, NodeAgentError
 from nodeagent.kube.client import KubeClient, KubeError, NotFound
 from nodeagent.kube.resources import NODEFEATURES, NODES, RUNTIMECLASSES
@@ -473,11 +472,7 @@ class LabelsSubsystem(BaseSubsystem):
                     await self.refresh()
             finally:
                 status_sub.close()
-                for task in tasks:
-                    task.cancel()
-                for task in tasks:
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await task
+                await cancel_and_join(tasks)
 
     async def _listen(self, sub: events.Subscription) -> None:
         async for event in sub:
