@@ -3,6 +3,7 @@ and starting a helper process that prints ``READY <port>`` when it listens."""
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import os
@@ -12,7 +13,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -297,3 +298,14 @@ def cpu_ns(pid: int) -> int:
         except (OSError, ValueError, IndexError):
             continue
     return total
+
+
+def settle_idle_main(doc: str, tables: Callable[[float, float | None], list[str]]) -> int:
+    """The command line of a memory/idle-CPU bench: ``--settle-s`` before measuring, ``--idle-s`` to measure."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--settle-s", type=float, default=5.0)
+    parser.add_argument("--idle-s", type=float, default=None)
+    args = parser.parse_args()
+    for text in tables(args.settle_s, args.idle_s):
+        print(text)
+    return 0

@@ -13,7 +13,6 @@ asked of it.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import subprocess
@@ -26,7 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench._common import PYTHON, REPO, cpu_ns, env_seconds, rss_mib, table
+from bench._common import PYTHON, REPO, cpu_ns, env_seconds, rss_mib, settle_idle_main, table
 from tests.support import free_port
 
 KUBELET = """
@@ -152,15 +151,5 @@ def tables(settle_s: float = 5.0, idle_s: float | None = None) -> list[str]:
     ]
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--settle-s", type=float, default=5.0)
-    parser.add_argument("--idle-s", type=float, default=None)
-    args = parser.parse_args()
-    for text in tables(args.settle_s, args.idle_s):
-        print(text)
-    return 0
-
-
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(settle_idle_main(__doc__ or "", tables))

@@ -17,7 +17,6 @@ prepares no claims: the figure is what it holds registered and idle, not with cl
 
 from __future__ import annotations
 
-import argparse
 import subprocess
 import sys
 import tempfile
@@ -26,7 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench._common import PYTHON, REPO, env_seconds, table
+from bench._common import PYTHON, REPO, env_seconds, settle_idle_main, table
 from bench.bench_deviceplugin_memory import measure, registered, sandbox
 
 RUNS = (
@@ -112,15 +111,5 @@ def tables(settle_s: float = 5.0, idle_s: float | None = None) -> list[str]:
     ]
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--settle-s", type=float, default=5.0)
-    parser.add_argument("--idle-s", type=float, default=None)
-    args = parser.parse_args()
-    for text in tables(args.settle_s, args.idle_s):
-        print(text)
-    return 0
-
-
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(settle_idle_main(__doc__ or "", tables))
