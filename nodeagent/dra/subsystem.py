@@ -201,8 +201,8 @@ class DraSubsystem(BaseSubsystem):
         )
         known = devices.by_name(self.published)
         got = claims.allocated(claim, uid=ref.uid, ref=label, driver=DRIVER, pool=self.pool, known=frozenset(known))
-        instances = {
-            a.device: checkpoint.MigInstance(d.gpu_index, d.placement[0], d.placement[1], d.gpu_instance_id, d.uuid)
+        instances = {  # to be made: an instance already there is another claim's, and refused
+            a.device: checkpoint.MigInstance(d.gpu_index, d.placement[0], d.placement[1])
             for a in got
             if (d := known[a.device]).placement is not None
         }

@@ -5,22 +5,20 @@ refused by name. The node's CDI spec follows the inventory as the cdi subsystem 
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
-from nodeagent import events
 from nodeagent.backends.gpu.sim.backend import SimGpuBackend
 from nodeagent.backends.hostfs import Root
-from nodeagent.model.gpu import Inventory
+from nodeagent.dra import checkpoint
+from nodeagent.errors import ConfigError
 from nodeagent.settings import Settings, replace
 from nodeagent.testing.apiserver import TestApiServer
-from tests.dra.support import DRIVER, Running, claim, running, settings, until, write_cdi_spec
+from tests.dra.support import DRIVER, cdi_follows, claim, mig_sim, running, settings, until
 
 CHECKPOINT = "/var/lib/kubelet/plugins/gpu.nvidia.com/checkpoint.json"
 DEVICE = "gpu-0-mig-3g40gb-9-4"
@@ -28,34 +26,6 @@ DEVICE = "gpu-0-mig-3g40gb-9-4"
 
 def dynamic() -> Settings:
     return replace(settings(), "dra", dynamic_mig=True, claim_timeout_s=5.0)
-
-
-async def mig_sim(count: int = 2) -> SimGpuBackend:
-    sim = SimGpuBackend("h100-80gb-hbm3", count, 0)
-    await sim.open()
-    for i in range(count):
-        await sim.set_mig_mode(i, True)
-        await sim.reset_gpu(i)
-    return sim
-
-
-@contextlib.asynccontextmanager
-async def cdi_follows(r: Running) -> AsyncIterator[None]:
-    """The node's CDI spec rewritten on every inventory change (the cdi subsystem's part)."""
-
-    async def follow() -> None:
-        async with r.ctx.bus.subscribe(events.INVENTORY_CHANGED) as sub:
-            async for event in sub:
-                if isinstance(event.payload, Inventory):
-                    write_cdi_spec(r.ctx.root, event.payload)
-
-    task = asyncio.create_task(follow())
-    try:
-        yield
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
 
 
 async def layout(sim: SimGpuBackend, gpu: int) -> list[tuple[str, int, int, str]]:
@@ -88,7 +58,7 @@ async def test_prepare_creates_the_allocated_placement_names_it_in_the_cdi_spec_
 ) -> None:
     sim = await mig_sim()
     try:
-        async with running(tmp_path, apiserver, sim=sim, s=dynamic()) as r, cdi_follows(r):
+        async with running(tmp_path, apiserver, sim=sim, s=dynamic()) as r, cdi_follows(r.ctx):
             await until(lambda: DEVICE in _slice_devices(apiserver), "the placement device in the slices")
             slices_before = sorted(_slice_devices(apiserver))
             uid = claim(apiserver, "mig", [DEVICE])
@@ -141,14 +111,14 @@ async def test_an_agent_restart_neither_loses_nor_duplicates_the_instance(
     sim = await mig_sim()
     try:
         uid = claim(apiserver, "mig", [DEVICE])
-        async with running(tmp_path, apiserver, sim=sim, s=dynamic()) as r, cdi_follows(r):
+        async with running(tmp_path, apiserver, sim=sim, s=dynamic()) as r, cdi_follows(r.ctx):
             await until(lambda: DEVICE in _slice_devices(apiserver), "the placement device in the slices")
             first = (await r.kubelet.prepare(DRIVER, [(uid, "default", "mig")]))[uid]
             assert not first.error, first.error
         made = await layout(sim, 0)
         assert len(made) == 1
         (tmp_path / "var/run/cdi" / f"k8s.gpu.nvidia.com-claim_{uid}.yaml").unlink()  # a reboot empties /var/run
-        async with running(tmp_path, apiserver, sim=sim, s=dynamic()) as r, cdi_follows(r):
+        async with running(tmp_path, apiserver, sim=sim, s=dynamic()) as r, cdi_follows(r.ctx):
             await until(lambda: _spec(r.ctx.root, uid) is not None, "the claim's spec rebuilt from the checkpoint")
             assert r.plugin.mig.owned(r.plugin.prepared) == {0: {made[0][2]}}
             again = (await r.kubelet.prepare(DRIVER, [(uid, "default", "mig")]))[uid]
@@ -190,7 +160,7 @@ async def test_a_crash_between_recording_and_creating_adopts_the_instance_on_the
             },
         }
         Root(tmp_path).write_file(CHECKPOINT, json.dumps(pending).encode())
-        async with running(tmp_path, apiserver, sim=sim, s=dynamic()) as r, cdi_follows(r):
+        async with running(tmp_path, apiserver, sim=sim, s=dynamic()) as r, cdi_follows(r.ctx):
             answer = (await r.kubelet.prepare(DRIVER, [(uid, "default", "mig")]))[uid]
             assert not answer.error, answer.error
             assert [u for *_, u in await layout(sim, 0)] == [made.uuid] and r.plugin.mig.created == 0
@@ -204,7 +174,7 @@ async def test_a_placement_taken_since_the_allocation_is_refused_by_name_and_not
 ) -> None:
     sim = await mig_sim()
     try:
-        async with running(tmp_path, apiserver, sim=sim, s=dynamic()) as r, cdi_follows(r):
+        async with running(tmp_path, apiserver, sim=sim, s=dynamic()) as r, cdi_follows(r.ctx):
             await until(lambda: DEVICE in _slice_devices(apiserver), "the placement device in the slices")
             uid = claim(apiserver, "mig", [DEVICE])
             taken = await sim.create_gpu_instance(0, "4g.40gb", start=0)  # someone with nvidia-smi
@@ -231,3 +201,32 @@ async def test_without_the_setting_mig_gpus_publish_only_their_instances(
             assert r.plugin.published == () and r.plugin.counter_sets == ()
     finally:
         await sim.close()
+
+
+async def test_a_second_claim_on_a_placement_another_claim_holds_is_refused_and_the_first_keeps_it(
+    tmp_path: Path, apiserver: TestApiServer
+) -> None:
+    sim = await mig_sim()
+    try:
+        async with running(tmp_path, apiserver, sim=sim, s=dynamic()) as r, cdi_follows(r.ctx):
+            await until(lambda: DEVICE in _slice_devices(apiserver), "the placement device in the slices")
+            first = claim(apiserver, "first", [DEVICE])
+            assert not (await r.kubelet.prepare(DRIVER, [(first, "default", "first")]))[first].error
+            held = await layout(sim, 0)
+            second = claim(apiserver, "second", [DEVICE])
+            answer = (await r.kubelet.prepare(DRIVER, [(second, "default", "second")]))[second]
+            assert "placement taken on GPU 0: 3g.40gb at 4:4 overlaps 3g.40gb at 4:4" in answer.error
+            assert await layout(sim, 0) == held and r.plugin.mig.created == 1
+    finally:
+        await sim.close()
+
+
+def test_a_bad_mig_instance_in_the_checkpoint_names_the_file_and_key() -> None:
+    doc = {
+        "format": "nodeagent.dra-checkpoint/v1",
+        "claims": {"u": {"namespace": "n", "name": "c", "devices": [{"device": "d", "pool": "p"}]}},
+    }
+    doc["claims"]["u"]["devices"][0]["migInstance"] = {"gpu": 0, "profile": "3g.40gb", "start": -1}
+    with pytest.raises(ConfigError) as err:
+        checkpoint.parse(json.dumps(doc).encode(), "/ck.json")
+    assert "/ck.json" in str(err.value) and "claims.u.devices[0].migInstance.start" in str(err.value)

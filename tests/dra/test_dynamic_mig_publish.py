@@ -9,23 +9,17 @@ from typing import Any
 
 import pytest
 
-from nodeagent.backends.gpu.sim.backend import SimGpuBackend
 from nodeagent.dra import devices, partitions
 from nodeagent.kube import resourceslices
 from nodeagent.model.gpu import Inventory
 from nodeagent.testing.apiserver.validate_slices import slice_problems
+from tests.dra.support import mig_sim
 
 
 async def mig_inventory(count: int, *instances: tuple[int, str, int]) -> Inventory:
     """``count`` simulated H100s with MIG enabled and the (GPU, profile, start) instances."""
-    sim = SimGpuBackend("h100-80gb-hbm3", count, 0)
-    await sim.open()
+    sim = await mig_sim(count, *instances)
     try:
-        for i in range(count):
-            await sim.set_mig_mode(i, True)
-            await sim.reset_gpu(i)
-        for gpu, profile, start in instances:
-            await sim.create_gpu_instance(gpu, profile, start=start)
         return await sim.inventory()
     finally:
         await sim.close()
