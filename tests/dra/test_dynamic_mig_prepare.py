@@ -5,7 +5,9 @@ refused by name. The node's CDI spec follows the inventory as the cdi subsystem 
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +20,7 @@ from nodeagent.dra import checkpoint
 from nodeagent.errors import ConfigError
 from nodeagent.settings import Settings, replace
 from nodeagent.testing.apiserver import TestApiServer
-from tests.dra.support import DRIVER, cdi_follows, claim, mig_sim, running, settings, until
+from tests.dra.support import DRIVER, Running, cdi_follows, claim, mig_sim, running, settings, until
 
 CHECKPOINT = "/var/lib/kubelet/plugins/gpu.nvidia.com/checkpoint.json"
 DEVICE = "gpu-0-mig-3g40gb-9-4"
@@ -53,13 +55,20 @@ def _slice_devices(server: TestApiServer) -> list[str]:
     ]
 
 
+@contextlib.asynccontextmanager
+async def dynamic_plugin(tmp_path: Path, apiserver: TestApiServer, sim: SimGpuBackend) -> AsyncIterator[Running]:
+    """The plugin with dynamic MIG on ``sim``, the node's CDI spec following, its placements published."""
+    async with running(tmp_path, apiserver, sim=sim, s=dynamic()) as r, cdi_follows(r.ctx):
+        await until(lambda: DEVICE in _slice_devices(apiserver), "the placement device in the slices")
+        yield r
+
+
 async def test_prepare_creates_the_allocated_placement_names_it_in_the_cdi_spec_and_unprepare_destroys_it(
     tmp_path: Path, apiserver: TestApiServer
 ) -> None:
     sim = await mig_sim()
     try:
-        async with running(tmp_path, apiserver, sim=sim, s=dynamic()) as r, cdi_follows(r.ctx):
-            await until(lambda: DEVICE in _slice_devices(apiserver), "the placement device in the slices")
+        async with dynamic_plugin(tmp_path, apiserver, sim) as r:
             slices_before = sorted(_slice_devices(apiserver))
             uid = claim(apiserver, "mig", [DEVICE])
             answer = (await r.kubelet.prepare(DRIVER, [(uid, "default", "mig")]))[uid]
@@ -111,14 +120,13 @@ async def test_an_agent_restart_neither_loses_nor_duplicates_the_instance(
     sim = await mig_sim()
     try:
         uid = claim(apiserver, "mig", [DEVICE])
-        async with running(tmp_path, apiserver, sim=sim, s=dynamic()) as r, cdi_follows(r.ctx):
-            await until(lambda: DEVICE in _slice_devices(apiserver), "the placement device in the slices")
+        async with dynamic_plugin(tmp_path, apiserver, sim) as r:
             first = (await r.kubelet.prepare(DRIVER, [(uid, "default", "mig")]))[uid]
             assert not first.error, first.error
         made = await layout(sim, 0)
         assert len(made) == 1
         (tmp_path / "var/run/cdi" / f"k8s.gpu.nvidia.com-claim_{uid}.yaml").unlink()  # a reboot empties /var/run
-        async with running(tmp_path, apiserver, sim=sim, s=dynamic()) as r, cdi_follows(r.ctx):
+        async with dynamic_plugin(tmp_path, apiserver, sim) as r:
             await until(lambda: _spec(r.ctx.root, uid) is not None, "the claim's spec rebuilt from the checkpoint")
             assert r.plugin.mig.owned(r.plugin.prepared) == {0: {made[0][2]}}
             again = (await r.kubelet.prepare(DRIVER, [(uid, "default", "mig")]))[uid]
@@ -160,7 +168,7 @@ async def test_a_crash_between_recording_and_creating_adopts_the_instance_on_the
             },
         }
         Root(tmp_path).write_file(CHECKPOINT, json.dumps(pending).encode())
-        async with running(tmp_path, apiserver, sim=sim, s=dynamic()) as r, cdi_follows(r.ctx):
+        async with dynamic_plugin(tmp_path, apiserver, sim) as r:
             answer = (await r.kubelet.prepare(DRIVER, [(uid, "default", "mig")]))[uid]
             assert not answer.error, answer.error
             assert [u for *_, u in await layout(sim, 0)] == [made.uuid] and r.plugin.mig.created == 0
@@ -174,8 +182,7 @@ async def test_a_placement_taken_since_the_allocation_is_refused_by_name_and_not
 ) -> None:
     sim = await mig_sim()
     try:
-        async with running(tmp_path, apiserver, sim=sim, s=dynamic()) as r, cdi_follows(r.ctx):
-            await until(lambda: DEVICE in _slice_devices(apiserver), "the placement device in the slices")
+        async with dynamic_plugin(tmp_path, apiserver, sim) as r:
             uid = claim(apiserver, "mig", [DEVICE])
             taken = await sim.create_gpu_instance(0, "4g.40gb", start=0)  # someone with nvidia-smi
             other = await sim.create_gpu_instance(0, "1g.10gb", start=4)
@@ -208,8 +215,7 @@ async def test_a_second_claim_on_a_placement_another_claim_holds_is_refused_and_
 ) -> None:
     sim = await mig_sim()
     try:
-        async with running(tmp_path, apiserver, sim=sim, s=dynamic()) as r, cdi_follows(r.ctx):
-            await until(lambda: DEVICE in _slice_devices(apiserver), "the placement device in the slices")
+        async with dynamic_plugin(tmp_path, apiserver, sim) as r:
             first = claim(apiserver, "first", [DEVICE])
             assert not (await r.kubelet.prepare(DRIVER, [(first, "default", "first")]))[first].error
             held = await layout(sim, 0)
