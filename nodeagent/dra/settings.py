@@ -32,7 +32,8 @@ class DraSettings:
         "MIG-enabled GPU is published as a counter set (its memory and compute slices) and one device per possible "
         "placement of every MIG profile (`gpu-0-mig-3g40gb-9-4`: 3g.40gb at memory slice 4); NodePrepareResources "
         "creates the GPU instance the scheduler picked, Unprepare destroys it. Instances in use stay as they are "
-        "(their placements are left out). Needs the cdi subsystem (the claim's CDI spec names the new instance).",
+        "(their placements are left out). Needs the cdi subsystem (the claim's CDI spec names the new instance); "
+        "refused with a `mig.config` (the MIG subsystem would rebuild the same GPUs).",
     )
     claim_timeout_s: float = opt(
         10.0,

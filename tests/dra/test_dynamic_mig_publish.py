@@ -10,8 +10,10 @@ from typing import Any
 import pytest
 
 from nodeagent.dra import devices, partitions
+from nodeagent.errors import ConfigError
 from nodeagent.kube import resourceslices
 from nodeagent.model.gpu import Inventory
+from nodeagent.settings import loading
 from nodeagent.testing.apiserver.validate_slices import slice_problems
 from tests.dra.support import mig_sim
 
@@ -168,3 +170,15 @@ def test_chunks_keep_each_set_whole_and_bound_shared_counters_and_devices_per_sl
         assert {c["counterSet"] for d in p.devices for c in d["consumesCounters"]} == {
             c["name"] for c in p.counter_sets
         }
+
+
+def test_dynamic_mig_beside_a_mig_parted_config_is_refused_by_name() -> None:
+    env = {
+        "NODEAGENT_DRA__ENABLED": "true",
+        "NODEAGENT_DEVICEPLUGIN__ENABLED": "false",
+        "NODEAGENT_DRA__DYNAMIC_MIG": "1",
+    }
+    with pytest.raises(ConfigError) as err:
+        loading.load(env={**env, "NODEAGENT_MIG__CONFIG": "all-1g.10gb"})
+    assert str(err.value).startswith("dra.dynamic_mig: the MIG subsystem would apply mig-parted config 'all-1g.10gb'")
+    assert loading.load(env=env).dra.dynamic_mig
