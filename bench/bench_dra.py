@@ -1,7 +1,10 @@
 """The DRA plugin (issue 22) on the stand-in kubelet (``nodeagent.testing.kubelet_dra``) and the test API server,
 in one process: NodePrepareResources / NodeUnprepareResources p50/p99 for one claim of a whole GPU (8 H100s)
 and of a MIG device (56, ``1g.10gb*7``), each a fresh claim read from the API server, its CDI spec and
-checkpoint written; then the ResourceSlice writes at steady state (republishing unchanged devices; goal 0)
+checkpoint written; of a dynamic MIG placement (``dra.dynamic_mig``, 8 H100s with MIG enabled and no instance:
+200 placement devices), its GPU instance created in the simulator (and destroyed by Unprepare), the inventory
+refreshed and the node's CDI spec rewritten as the cdi subsystem does before the claim's spec; then the
+ResourceSlice writes at steady state (republishing unchanged devices; goal 0)
 and on a change (a MIG change; goal 1). Then the VmRSS and idle CPU it adds to the whole agent against the
 device plugin's (``bench_dra_memory``; goal: at most +3 MiB beyond the device plugin).
 
@@ -11,13 +14,16 @@ device plugin's (``bench_dra_memory``; goal: at most +3 MiB beyond the device pl
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import statistics
 import sys
 import tempfile
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -31,35 +37,53 @@ def _ms(values: list[float]) -> tuple[str, str]:
     return f"{statistics.median(ordered) * 1000:.2f}", f"{p99 * 1000:.2f}"
 
 
+@contextlib.asynccontextmanager
+async def _server(tmp: str) -> AsyncIterator[Any]:
+    """The test API server with the project's RBAC and a Node ``node-a``."""
+    from nodeagent.testing.apiserver import TestApiServer
+    from tests.kube.kube_support import RBAC, TOKENS
+
+    tokens = Path(tmp) / "tokens.csv"
+    tokens.write_text(TOKENS)
+    server = TestApiServer(token_file=tokens, rbac=RBAC)
+    server.add_node("node-a")
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.stop()
+
+
+async def _claims(r: Any, server: Any, names: list[str], calls: int) -> tuple[list[float], list[float]]:
+    """``calls`` fresh claims, one device each (``names`` in turn), prepared then unprepared; their seconds."""
+    from tests.dra.support import DRIVER, claim
+
+    prepare, unprepare = [], []
+    for i in range(calls):
+        uid = claim(server, f"c{i}", [names[i % len(names)]])
+        ref = [(uid, "default", f"c{i}")]
+        t0 = time.perf_counter()
+        answer = (await r.kubelet.prepare(DRIVER, ref))[uid]
+        prepare.append(time.perf_counter() - t0)
+        assert not answer.error, answer.error
+        t0 = time.perf_counter()
+        gone = (await r.kubelet.unprepare(DRIVER, ref))[uid]
+        unprepare.append(time.perf_counter() - t0)
+        assert not gone.error, gone.error
+    return prepare, unprepare
+
+
 async def _case(calls: int, mig: bool) -> tuple[list[float], list[float], int, int, int]:
     from nodeagent import events
     from nodeagent.backends.gpu.sim.backend import SimGpuBackend
-    from nodeagent.testing.apiserver import TestApiServer
-    from tests.dra.support import DRIVER, claim, running, until
-    from tests.kube.kube_support import RBAC, TOKENS
+    from tests.dra.support import running, until
 
-    prepare, unprepare = [], []
     with tempfile.TemporaryDirectory(prefix="dra-bench-") as tmp:
-        tokens = Path(tmp) / "tokens.csv"
-        tokens.write_text(TOKENS)
-        server = TestApiServer(token_file=tokens, rbac=RBAC)
-        server.add_node("node-a")
-        await server.start()
         sim = SimGpuBackend("h100-80gb-hbm3", 8, 0, mig_layout="1g.10gb*7" if mig else "")
         try:
-            async with running(Path(tmp) / "root", server, sim=sim) as r:
+            async with _server(tmp) as server, running(Path(tmp) / "root", server, sim=sim) as r:
                 await until(lambda: bool(r.plugin.published) and r.plugin.generation is not None, "published", 30)
-                names = [d.name for d in r.plugin.published]
-                for i in range(calls):
-                    uid = claim(server, f"c{i}", [names[i % len(names)]])
-                    ref = [(uid, "default", f"c{i}")]
-                    t0 = time.perf_counter()
-                    answer = (await r.kubelet.prepare(DRIVER, ref))[uid]
-                    prepare.append(time.perf_counter() - t0)
-                    assert not answer.error, answer.error
-                    t0 = time.perf_counter()
-                    await r.kubelet.unprepare(DRIVER, ref)
-                    unprepare.append(time.perf_counter() - t0)
+                prepare, unprepare = await _claims(r, server, [d.name for d in r.plugin.published], calls)
                 before = r.plugin.slice_writes
                 for _ in range(20):
                     await r.plugin.publish()
@@ -79,8 +103,29 @@ async def _case(calls: int, mig: bool) -> tuple[list[float], list[float], int, i
                 health = r.plugin.slice_writes - base
         finally:
             await sim.close()
-            await server.stop()
     return prepare, unprepare, steady, changed, health
+
+
+async def _dynamic_case(calls: int) -> tuple[list[float], list[float], int, int]:
+    from nodeagent.settings import replace
+    from tests.dra.support import cdi_follows, mig_sim, running, settings, until
+
+    with tempfile.TemporaryDirectory(prefix="dra-bench-") as tmp:
+        sim = await mig_sim(8)
+        s = replace(settings(), "dra", dynamic_mig=True)
+        try:
+            async with (
+                _server(tmp) as server,
+                running(Path(tmp) / "root", server, sim=sim, s=s) as r,
+                cdi_follows(r.ctx),
+            ):
+                await until(lambda: bool(r.plugin.published) and r.plugin.generation is not None, "published", 30)
+                names = [d.name for d in r.plugin.published if d.placement is not None]
+                prepare, unprepare = await _claims(r, server, names, calls)
+                created, destroyed = r.plugin.mig.created, r.plugin.mig.destroyed
+        finally:
+            await sim.close()
+    return prepare, unprepare, created, destroyed
 
 
 def main() -> list[str]:
@@ -98,6 +143,11 @@ def main() -> list[str]:
         writes.append([what, "20 republishes, nothing changed (goal 0)", steady])
         writes.append([what, "a MIG change (goal 1)", changed])
         writes.append([what, "a health change: 5x XID 79 on one GPU (goal 1)", health])
+    prepare, unprepare, created, destroyed = asyncio.run(_dynamic_case(calls))
+    assert created == destroyed == calls, (created, destroyed)
+    what = "dynamic MIG placement (of 200)"
+    rows.append([what, "NodePrepareResources (creates the instance)", *_ms(prepare)])
+    rows.append([what, "NodeUnprepareResources (destroys it)", *_ms(unprepare)])
     out = [
         table(
             f"DRA plugin on the stand-in kubelet, {calls} claims per case (ms)", ["claim", "call", "p50", "p99"], rows

@@ -296,8 +296,11 @@ class NodeGateway:
 
     # ------------------------------------------------------------------------------- resource slices
 
-    async def publish_resource_slices(self, driver: str, devices: Sequence[Mapping[str, Any]]) -> SliceWrites:
-        """Make this node's ResourceSlices of ``driver`` list ``devices`` (``resource.k8s.io/v1`` device objects):
+    async def publish_resource_slices(
+        self, driver: str, devices: Sequence[Mapping[str, Any]], counter_sets: Sequence[Mapping[str, Any]] = ()
+    ) -> SliceWrites:
+        """Make this node's ResourceSlices of ``driver`` list ``devices`` (``resource.k8s.io/v1`` device objects)
+        and the ``counter_sets`` (``sharedCounters``) they consume, each set in the slice of its consumers:
         listed first, written only when they differ (``kube/resourceslices.py`` plans it, the pool's generation
         bumped), owned by the Node so they go with it. Returns what was written (``empty``: nothing). On a 409
         (another writer) it lists again and replans. Serialised with the other writes of this gateway."""
@@ -310,7 +313,12 @@ class NodeGateway:
             for attempt in range(CONFLICT_RETRIES):
                 listed = await client.list(RESOURCESLICES, fieldSelector=selector)
                 writes = resourceslices.plan(
-                    listed.get("items") or [], node=self.node_name, node_uid=self.uid, driver=driver, devices=devices
+                    listed.get("items") or [],
+                    node=self.node_name,
+                    node_uid=self.uid,
+                    driver=driver,
+                    devices=devices,
+                    counter_sets=counter_sets,
                 )
                 try:
                     for body in writes.upserts:

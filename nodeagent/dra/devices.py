@@ -48,6 +48,10 @@ class PublishedDevice:
     """A MIG device's GPU instance (an XID naming it taints this device only)."""
     taints: tuple[Mapping[str, str], ...] = ()
     """Device taints (``health.py``), as the API spells them."""
+    consumes: Mapping[str, Mapping[str, int]] = field(default_factory=dict)
+    """Counter set → the counters it consumes (a dynamic MIG placement, ``partitions.py``)."""
+    placement: tuple[str, int] | None = None
+    """A dynamic MIG placement's (GPU-instance profile, start slice): preparing it creates that instance."""
 
     def api(self) -> dict[str, Any]:
         """The device as a ResourceSlice lists it."""
@@ -56,6 +60,11 @@ class PublishedDevice:
             "attributes": {k: dict(v) for k, v in sorted(self.attributes.items())},
             "capacity": {k: {"value": str(v)} for k, v in sorted(self.capacity.items())},
         }
+        if self.consumes:
+            out["consumesCounters"] = [
+                {"counterSet": name, "counters": {k: {"value": str(v)} for k, v in sorted(counters.items())}}
+                for name, counters in sorted(self.consumes.items())
+            ]
         if self.taints:
             out["taints"] = [dict(t) for t in self.taints]
         return out
@@ -86,7 +95,58 @@ def gpu_name(gpu: GpuInfo) -> str:
 
 
 def mig_name(parent: GpuInfo, mig: MigDevice, profile_id: int) -> str:
-    return f"gpu-{parent.minor_number}-mig-{mig_profile_part(mig.profile)}-{profile_id}-{mig.placement_start}"
+    return placement_name(parent, mig.profile, profile_id, mig.placement_start)
+
+
+def placement_name(parent: GpuInfo, profile: str, profile_id: int, start: int) -> str:
+    """The device of one MIG placement: ``gpu-0-mig-3g40gb-9-4`` (3g.40gb, profile id 9, at slice 4), the same
+    whether its instance exists already (static MIG) or is created when a claim gets it (dynamic MIG)."""
+    return f"gpu-{parent.minor_number}-mig-{mig_profile_part(profile)}-{profile_id}-{start}"
+
+
+def mig_attributes(parent: GpuInfo, profile: str, common: Mapping[str, Attribute]) -> dict[str, Attribute]:
+    """A MIG device's attributes beside ``common`` (no ``uuid``: ``mig_device`` adds it for an instance)."""
+    return {"type": {"string": "mig"}, "parentUUID": {"string": parent.uuid}, "profile": {"string": profile}} | dict(
+        common
+    )
+
+
+def common_attributes(gpu: GpuInfo, inventory: Inventory, pcie_roots: Mapping[str, str]) -> dict[str, Attribute]:
+    """The attributes every device of ``gpu`` has (its model, versions, PCI address, NUMA node)."""
+    return _common(gpu, inventory, pcie_roots)
+
+
+def profile_ids(gpu: GpuInfo, inventory: Inventory) -> dict[str, int]:
+    """GPU-instance profile name → NVML profile id for ``gpu``'s model."""
+    known = (*(catalog.known_mig_profiles(gpu.name) or ()), *inventory.mig_profiles.get(gpu.name, ()))
+    return {p.name: p.profile_id for p in known}
+
+
+def mig_device(gpu: GpuInfo, inventory: Inventory, mig: MigDevice, common: Mapping[str, Attribute]) -> PublishedDevice:
+    """One existing MIG device (static MIG)."""
+    gi_profile = mig.profile.split(".", 1)[1] if mig.profile.count(".") > 1 else mig.profile
+    capacities = catalog.known_mig_capacities(gpu.name)
+    return PublishedDevice(
+        mig_name(gpu, mig, profile_ids(gpu, inventory).get(gi_profile, 0)),
+        "mig",
+        mig.uuid,
+        gpu.index,
+        {"uuid": {"string": mig.uuid}} | mig_attributes(gpu, mig.profile, common),
+        {"memory": mig.memory_total_mib * 1024 * 1024} | capacities.get(gi_profile, {}),
+        mig.gpu_instance_id,
+    )
+
+
+def gpu_device(gpu: GpuInfo, common: Mapping[str, Attribute]) -> PublishedDevice:
+    """A whole GPU."""
+    return PublishedDevice(
+        gpu_name(gpu),
+        "gpu",
+        gpu.uuid,
+        gpu.index,
+        {"type": {"string": "gpu"}, "uuid": {"string": gpu.uuid}} | dict(common),
+        {"memory": gpu.memory_total_mib * 1024 * 1024},
+    )
 
 
 def _common(gpu: GpuInfo, inventory: Inventory, pcie_roots: Mapping[str, str]) -> dict[str, Attribute]:
@@ -124,40 +184,9 @@ def plan(inventory: Inventory, pcie_roots: Mapping[str, str] | None = None) -> t
     for gpu in sorted(inventory.gpus, key=lambda g: g.index):
         common = _common(gpu, inventory, roots)
         if not gpu.mig_enabled:
-            found.append(
-                PublishedDevice(
-                    gpu_name(gpu),
-                    "gpu",
-                    gpu.uuid,
-                    gpu.index,
-                    {"type": {"string": "gpu"}, "uuid": {"string": gpu.uuid}} | common,
-                    {"memory": gpu.memory_total_mib * 1024 * 1024},
-                )
-            )
+            found.append(gpu_device(gpu, common))
             continue
-        known = (*(catalog.known_mig_profiles(gpu.name) or ()), *inventory.mig_profiles.get(gpu.name, ()))
-        ids = {p.name: p.profile_id for p in known}
-        capacities = catalog.known_mig_capacities(gpu.name)
-        for mig in sorted(gpu.mig_devices, key=lambda m: m.mig_index):
-            gi_profile = mig.profile.split(".", 1)[1] if mig.profile.count(".") > 1 else mig.profile
-            attrs = {
-                "type": {"string": "mig"},
-                "uuid": {"string": mig.uuid},
-                "parentUUID": {"string": gpu.uuid},
-                "profile": {"string": mig.profile},
-            } | common
-            capacity = {"memory": mig.memory_total_mib * 1024 * 1024} | capacities.get(gi_profile, {})
-            found.append(
-                PublishedDevice(
-                    mig_name(gpu, mig, ids.get(gi_profile, 0)),
-                    "mig",
-                    mig.uuid,
-                    gpu.index,
-                    attrs,
-                    capacity,
-                    mig.gpu_instance_id,
-                )
-            )
+        found.extend(mig_device(gpu, inventory, m, common) for m in sorted(gpu.mig_devices, key=lambda m: m.mig_index))
     return tuple(found)
 
 

@@ -26,9 +26,18 @@ class DraSettings:
         "out. Empty: every GPU.",
         check=lambda v: "must not name an empty GPU" if any(not g.strip() for g in v) else None,
     )
+    dynamic_mig: bool = opt(
+        False,
+        "Dynamic MIG (KEP-4815 partitionable devices; Kubernetes 1.34 with the DRAPartitionableDevices gate): each "
+        "MIG-enabled GPU is published as a counter set (its memory and compute slices) and one device per possible "
+        "placement of every MIG profile (`gpu-0-mig-3g40gb-9-4`: 3g.40gb at memory slice 4); NodePrepareResources "
+        "creates the GPU instance the scheduler picked, Unprepare destroys it. Instances in use stay as they are "
+        "(their placements are left out). Needs the cdi subsystem (the claim's CDI spec names the new instance); "
+        "refused with a `mig.config` (the MIG subsystem would rebuild the same GPUs).",
+    )
     claim_timeout_s: float = opt(
         10.0,
         "Timeout of reading one ResourceClaim from the API server in NodePrepareResources (the kubelet waits 45 s "
-        "for the whole call).",
+        "for the whole call); with `dynamic_mig` also of waiting for the CDI spec to name a new MIG instance.",
         check=at_least(0.1),
     )

@@ -11,6 +11,9 @@ driver ``gpu.nvidia.com``, compatible with NVIDIA's DRA driver (its device names
   checkpoint (``checkpoint.py``, atomic) and answers the CDI device IDs; a claim already prepared gets the
   same answer. NodeUnprepareResources removes spec and record. Every claim gets an answer (an error of its
   own when it fails). At start the checkpoint rebuilds the specs of prepared claims that are missing.
+- With ``dra.dynamic_mig``, MIG-enabled GPUs are published as partitionable devices (``partitions.py``: a
+  counter set per GPU, a device per placement); preparing one creates its GPU instance, unpreparing destroys
+  it (``miginstances.py``), the checkpoint recording it.
 """
 
 from __future__ import annotations
@@ -32,8 +35,9 @@ from nodeagent.backends.dra_server import (
     PrepareResult,
     RegistrationServer,
 )
-from nodeagent.dra import checkpoint, claims, claimspec, devices, health
+from nodeagent.dra import checkpoint, claims, claimspec, devices, health, partitions
 from nodeagent.dra.declaration import DECLARATION
+from nodeagent.dra.miginstances import DynamicMig
 from nodeagent.errors import BackendUnavailable, ConfigError, HostPathError, NodeAgentError
 from nodeagent.gpuhealth.book import HealthBook, Key
 from nodeagent.kube.client import KubeError
@@ -74,6 +78,8 @@ class DraSubsystem(BaseSubsystem):
         self.pool = self.ctx.node.node_name
         self.inventory: Inventory | None = None
         self.published: tuple[devices.PublishedDevice, ...] = ()
+        self.counter_sets: tuple[partitions.CounterSet, ...] = ()
+        self.mig = DynamicMig(ctx, node_spec_path=self.node_spec_path, names_uuid=self._spec_names)
         self.prepared: dict[str, checkpoint.PreparedClaim] = {}
         self.server = DraPluginServer(self.ctx.root, self.plugin_dir, self)
         self.registration = RegistrationServer(
@@ -123,7 +129,12 @@ class DraSubsystem(BaseSubsystem):
             self.problems["gpus"] = f"dra.gpus names no GPU of this node: {', '.join(unknown)}"
         else:
             self.problems.pop("gpus", None)
-        planned = devices.plan(ours, await self._pcie_roots(ours))
+        roots = await self._pcie_roots(ours)
+        if self.ctx.settings.dra.dynamic_mig:
+            publication = partitions.plan(ours, roots, self.mig.owned(self.prepared))
+            planned, self.counter_sets = publication.devices, publication.counter_sets
+        else:
+            planned, self.counter_sets = devices.plan(ours, roots), ()
         self.published = self._tainted(planned)
 
     def _tainted(self, planned: tuple[devices.PublishedDevice, ...]) -> tuple[devices.PublishedDevice, ...]:
@@ -145,7 +156,9 @@ class DraSubsystem(BaseSubsystem):
             self.problems["slices"] = f"no ResourceSlices without Kubernetes: {self.ctx.node.problem}"
             return
         try:
-            writes = await self.ctx.node.publish_resource_slices(DRIVER, [d.api() for d in self.published])
+            writes = await self.ctx.node.publish_resource_slices(
+                DRIVER, [d.api() for d in self.published], [c.api() for c in self.counter_sets]
+            )
         except (KubeError, NodeAgentError) as err:
             self.problems["slices"] = f"ResourceSlices not written: {err}"
             self._publish_due = True
@@ -171,6 +184,7 @@ class DraSubsystem(BaseSubsystem):
             done = self.prepared.get(ref.uid)
             if done is None:
                 done = await self._allocate(ref)
+            done = await self.mig.ensure(done, lambda: self.prepared, self._record)
             await self._write_claim(done)
         except (NodeAgentError, KubeError, TimeoutError) as err:
             self.log.warning("prepare_failed", claim=label, uid=ref.uid, error=str(err))
@@ -187,6 +201,11 @@ class DraSubsystem(BaseSubsystem):
         )
         known = devices.by_name(self.published)
         got = claims.allocated(claim, uid=ref.uid, ref=label, driver=DRIVER, pool=self.pool, known=frozenset(known))
+        instances = {  # to be made: an instance already there is another claim's, and refused
+            a.device: checkpoint.MigInstance(d.gpu_index, d.placement[0], d.placement[1])
+            for a in got
+            if (d := known[a.device]).placement is not None
+        }
         return checkpoint.PreparedClaim(
             ref.uid,
             ref.namespace,
@@ -195,7 +214,22 @@ class DraSubsystem(BaseSubsystem):
                 PreparedDevice(a.requests, self.pool, a.device, (claimspec.device_id(ref.uid, a.device),)) for a in got
             ),
             {a.device: known[a.device].uuid for a in got},
+            instances,
         )
+
+    async def _record(self, claim: checkpoint.PreparedClaim) -> None:
+        """A claim's record in the checkpoint now (a dynamic MIG instance about to be made, or made)."""
+        async with self._lock:
+            self.prepared = {**self.prepared, claim.uid: claim}
+            await run_blocking(self._save)
+
+    def _spec_names(self, uuid: str) -> bool:
+        """Whether the node's CDI spec names ``uuid`` (blocking)."""
+        try:
+            spec = self._node_spec()
+        except (ConfigError, HostPathError):
+            return False
+        return any(isinstance(d, dict) and d.get("name") == uuid for d in spec["devices"])
 
     async def _write_claim(self, claim: checkpoint.PreparedClaim) -> None:
         """The claim's CDI spec, then its record in the checkpoint (both written only when they change)."""
@@ -228,8 +262,18 @@ class DraSubsystem(BaseSubsystem):
 
     async def unprepare(self, refs: tuple[ClaimRef, ...]) -> Mapping[str, str]:
         answers: dict[str, str] = {}
+        for ref in refs:
+            held = self.prepared.get(ref.uid)
+            try:
+                error = await self.mig.destroy(held) if held is not None else ""
+            except NodeAgentError as err:
+                error = str(err)
+            if error:
+                answers[ref.uid] = f"{ref.namespace}/{ref.name}: GPU instance not destroyed: {error}"
         async with self._lock:
             for ref in refs:
+                if answers.get(ref.uid):
+                    continue
                 try:
                     await run_blocking(self.ctx.root.remove, claimspec.spec_path(self.cdi_dir, ref.uid))
                 except HostPathError as err:
@@ -253,7 +297,7 @@ class DraSubsystem(BaseSubsystem):
         missing = [
             c
             for c in self.prepared.values()
-            if not await run_blocking(self.ctx.root.exists, claimspec.spec_path(self.cdi_dir, c.uid))
+            if c.complete and not await run_blocking(self.ctx.root.exists, claimspec.spec_path(self.cdi_dir, c.uid))
         ]
         for claim in missing:
             try:
@@ -304,6 +348,8 @@ class DraSubsystem(BaseSubsystem):
             "driver": DRIVER,
             "pool": self.pool,
             "devices": [d.name for d in self.published],
+            "counter_sets": [c.name for c in self.counter_sets],
+            "mig_instances": {"created": self.mig.created, "destroyed": self.mig.destroyed},
             "taints": health.summary(self.published),
             "generation": self.generation,
             "slice_writes": self.slice_writes,

@@ -164,6 +164,13 @@ def _cross_checks(settings: Settings) -> None:
             "GPUs in dra.gpus",
             key="dra.enabled",
         )
+    if settings.dra.enabled and settings.dra.dynamic_mig and settings.mig.enabled and settings.mig.config:
+        raise ConfigError(
+            "the MIG subsystem would apply mig-parted config "
+            f"{settings.mig.config!r} on the GPUs whose instances dynamic MIG (dra.dynamic_mig) creates and "
+            "destroys per claim: leave mig.config empty (or set mig.enabled = false) with dra.dynamic_mig",
+            key="dra.dynamic_mig",
+        )
 
 
 def _unknown(kind: str, name: str, valid: Mapping[str, Any]) -> str:

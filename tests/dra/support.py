@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from nodeagent import testing
+from nodeagent import events, testing
 from nodeagent.backends.gpu.sim.backend import SimGpuBackend
 from nodeagent.backends.hostfs import Root
 from nodeagent.dra.subsystem import DraSubsystem
@@ -23,7 +23,7 @@ from nodeagent.testing.kubelet_dra import KubeletDra
 from tests.deviceplugin.support import until, write_cdi_spec
 from tests.labels.test_labels_subsystem import kube_client
 
-__all__ = ["Running", "claim", "running", "settings", "until", "write_cdi_spec"]
+__all__ = ["Running", "cdi_follows", "claim", "mig_sim", "running", "settings", "until", "write_cdi_spec"]
 
 DRIVER = "gpu.nvidia.com"
 REG_SOCKET = "gpu.nvidia.com-reg.sock"
@@ -106,3 +106,35 @@ def claim(
         body["status"] = {"allocation": {"devices": {"results": results}}}
     server.store.put(BY_PATH[("resource.k8s.io", "v1", "resourceclaims")], body, "ADDED")
     return uid
+
+
+async def mig_sim(count: int = 2, *instances: tuple[int, str, int]) -> SimGpuBackend:
+    """``count`` simulated H100s (opened) with MIG enabled and the (GPU, profile, start) instances."""
+    sim = SimGpuBackend("h100-80gb-hbm3", count, 0)
+    await sim.open()
+    for i in range(count):
+        await sim.set_mig_mode(i, True)
+        await sim.reset_gpu(i)
+    for gpu, profile, start in instances:
+        await sim.create_gpu_instance(gpu, profile, start=start)
+    return sim
+
+
+@contextlib.asynccontextmanager
+async def cdi_follows(ctx: Context) -> AsyncIterator[None]:
+    """The node's CDI spec rewritten on every inventory change, as the cdi subsystem keeps it (dynamic MIG's
+    claim specs wait for it to name a new instance)."""
+
+    async def follow() -> None:
+        async with ctx.bus.subscribe(events.INVENTORY_CHANGED) as sub:
+            async for event in sub:
+                if isinstance(event.payload, Inventory):
+                    write_cdi_spec(ctx.root, event.payload)
+
+    task = asyncio.create_task(follow())
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task

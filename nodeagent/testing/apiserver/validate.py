@@ -1,5 +1,6 @@
 """Object validation as the real API server answers it (422 Invalid with field and reason): names, label and
-annotation keys and values, RuntimeClass handlers, Node condition times and taints, NodeFeature labels; and the
+annotation keys and values, RuntimeClass handlers, Node condition times and taints, NodeFeature labels,
+ResourceSlices' counters (``validate_slices.py``); and the
 identity checks of a request body (kind, apiVersion, name, namespace)."""
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from nodeagent.testing.apiserver.resources import (
     ApiError,
     ResourceType,
 )
+from nodeagent.testing.apiserver.validate_slices import slice_problems
 
 
 def node_problems(node: dict[str, Any]) -> list[tuple[str, str]]:
@@ -124,6 +126,8 @@ def validate(rt: ResourceType, obj: dict[str, Any], old: dict[str, Any] | None) 
         causes.extend(node_problems(obj))
     if rt.plural == "events":
         causes.extend(event_namespace_problems(obj))
+    if rt.plural == "resourceslices":
+        causes.extend(slice_problems(obj))
     if rt.plural == "nodefeatures":
         labels = (obj.get("spec") or {}).get("labels") or {}
         if not isinstance(labels, dict) or not all(isinstance(v, str) for v in labels.values()):
