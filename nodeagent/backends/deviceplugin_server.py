@@ -159,6 +159,7 @@ class DevicePluginServer:
         directory is missing or the socket cannot be bound."""
         if self._server is not None:
             return
+        self._streams.reopen()
         sock, self._inode = bind_socket(self.root, self.plugin_dir, self.socket_name)
         server = Server([_Handlers(self)])
         await server.start(sock=sock)

@@ -116,8 +116,12 @@ class HealthFeed:
                     await asyncio.wait_for(changed.wait(), self.resend_s)
 
     async def end_streams(self) -> None:
-        """End every open stream with status OK (the kubelet sees a clean end and opens a new one later)."""
+        """End every open stream with status OK (the kubelet sees a clean end and opens a new one later); until
+        ``reopen`` a new one ends at once."""
         await self._streams.end()
+
+    def reopen(self) -> None:
+        self._streams.reopen()
 
     def handler(self) -> Any:
         """The generated ``DRAResourceHealth`` service, answered by this feed."""

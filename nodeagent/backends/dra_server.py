@@ -189,6 +189,7 @@ class DraPluginServer(_Socket):
         self.calls: dict[str, int] = {"prepare": 0, "unprepare": 0}
 
     async def serve(self) -> None:
+        self.health.reopen()
         await self.start(
             [
                 _handlers(self, pb_v1, grpc_v1.DRAPluginBase),

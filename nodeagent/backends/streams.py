@@ -1,7 +1,8 @@
 """Long-lived gRPC server streams that follow one changing value (the device plugin's ListAndWatch, the DRA
 plugin's NodeWatchResources): ``wake`` wakes every stream at once, none missing a change; ``end`` makes every
 stream's loop return (so grpclib ends it with status OK: a cancelled handler would leave the kubelet's stream
-open as long as this process lives) and waits, bounded, until they have."""
+open as long as this process lives) and waits, bounded, until they have; until ``reopen`` a stream opened on a
+connection the kubelet still holds ends at once (closing a grpclib server leaves its connections open)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ class Streams:
         self.changed = asyncio.Event()
         """Set by the next ``wake``: a stream takes it before sending, then waits on it."""
         self.closing = False
-        """True while ``end`` runs: a stream's loop returns."""
+        """From ``end`` to ``reopen``: a stream's loop returns."""
         self.open = 0
         """Streams open now."""
         self._closed = asyncio.Event()
@@ -42,4 +43,6 @@ class Streams:
                 while self.open:
                     await self._closed.wait()
                     self._closed.clear()
+
+    def reopen(self) -> None:
         self.closing = False

@@ -4,20 +4,23 @@ kubelet as the 1.34 kubelet reads it: every device in every message, a change at
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
 
 from nodeagent import events
 from nodeagent.backends.dra_health_server import DeviceHealth, Health, HealthFeed
+from nodeagent.backends.dra_server import ClaimRef, DraPluginServer, PrepareResult
 from nodeagent.backends.gpu.sim.backend import SimGpuBackend
+from nodeagent.backends.hostfs import Root
 from nodeagent.dra import devices, resource_health
 from nodeagent.errors import ConfigError
 from nodeagent.gpuhealth.book import HealthBook
 from nodeagent.model.gpu import GpuHealthState, Reading, SampleRequest, XidEvent
 from nodeagent.settings import Settings, load, replace
 from nodeagent.testing.apiserver import TestApiServer
-from nodeagent.testing.kubelet_dra import KubeletDra
+from nodeagent.testing.kubelet_dra import KubeletDra, grpc_health, pb_health
 from tests.deviceplugin.support import inventory
 from tests.dra.support import DRIVER, REG_SOCKET, claim, running, settings, until
 
@@ -219,3 +222,37 @@ def test_a_resend_period_outside_1_to_30_s_is_refused_naming_the_key(tmp_path: P
     path.write_text(f"version = 1\n[dra]\nhealth_resend_s = {value}\n")
     with pytest.raises(ConfigError, match=r"dra\.health_resend_s: .* must be"):
         load(file=path)
+
+
+class _NoClaims:
+    async def prepare(self, claims: tuple[ClaimRef, ...]) -> dict[str, PrepareResult]:
+        return {}
+
+    async def unprepare(self, claims: tuple[ClaimRef, ...]) -> dict[str, str]:
+        return {}
+
+
+async def test_a_stream_on_a_connection_kept_past_the_stop_ends_at_once(tmp_path: Path) -> None:
+    """Closing a grpclib server leaves its connections open: the kubelet's next stream on one (its 5 s retry,
+    before it drops the plugin) must not be served from the stopped plugin's health."""
+    root = Root(tmp_path)
+    plugin_dir = "/var/lib/kubelet/plugins/gpu.nvidia.com"
+    root.resolve(plugin_dir).mkdir(parents=True)
+    feed = HealthFeed()
+    feed.update((DeviceHealth(POOL, "gpu-0", Health.HEALTHY, 1),))
+    server = DraPluginServer(root, plugin_dir, _NoClaims(), feed)
+    await server.serve()
+    kubelet = KubeletDra(root)
+    try:
+        with kubelet._channel(f"{plugin_dir}/dra.sock") as channel:
+            stub = grpc_health.DRAResourceHealthStub(channel)
+            async with stub.NodeWatchResources.open() as stream:
+                await stream.send_message(pb_health.NodeWatchResourcesRequest(), end=True)
+                assert len((await stream.recv_message()).devices) == 1
+                await server.stop()
+                assert await stream.recv_message() is None  # ended cleanly
+            async with stub.NodeWatchResources.open() as stream:  # the same connection, after the stop
+                await stream.send_message(pb_health.NodeWatchResourcesRequest(), end=True)
+                assert await asyncio.wait_for(stream.recv_message(), 2.0) is None
+    finally:
+        await server.stop()
