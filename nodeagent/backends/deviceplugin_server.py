@@ -14,7 +14,6 @@ whole device list again whenever anything in it changes; a kubelet restart delet
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import importlib
 import os
@@ -28,6 +27,7 @@ from grpclib.exceptions import GRPCError, StreamTerminatedError
 from grpclib.server import Server
 
 from nodeagent.backends.hostfs import Root
+from nodeagent.backends.streams import Streams
 from nodeagent.backends.unixsock import address as _address
 from nodeagent.backends.unixsock import bind as bind_socket
 from nodeagent.backends.unixsock import directory as _directory
@@ -130,16 +130,17 @@ class DevicePluginServer:
         self.logic = logic
         self.options = options
         self._devices: tuple[Device, ...] = ()
-        self._changed = asyncio.Event()
-        self._closing = False
-        self._stream_closed = asyncio.Event()
+        self._streams = Streams()
         self._server: Any = None
         self._inode: int | None = None
-        self.streams = 0
-        """ListAndWatch streams open now (the kubelet keeps one per registered resource)."""
         self.on_stream_end = on_stream_end
         """Called when a ListAndWatch stream ends: the kubelet may have dropped this plugin."""
         self.updates_sent = 0
+
+    @property
+    def streams(self) -> int:
+        """ListAndWatch streams open now (the kubelet keeps one per registered resource)."""
+        return self._streams.open
 
     @property
     def devices(self) -> tuple[Device, ...]:
@@ -150,8 +151,7 @@ class DevicePluginServer:
         if devices == self._devices:
             return False
         self._devices = devices
-        changed, self._changed = self._changed, asyncio.Event()  # every waiter wakes, none misses a change
-        changed.set()
+        self._streams.wake()
         return True
 
     async def start(self) -> None:
@@ -159,6 +159,7 @@ class DevicePluginServer:
         directory is missing or the socket cannot be bound."""
         if self._server is not None:
             return
+        self._streams.reopen()
         sock, self._inode = bind_socket(self.root, self.plugin_dir, self.socket_name)
         server = Server([_Handlers(self)])
         await server.start(sock=sock)
@@ -181,7 +182,7 @@ class DevicePluginServer:
         server, self._server = self._server, None
         if server is None:
             return
-        await self._end_streams()
+        await self._streams.end()  # a cancelled handler would leave the kubelet's stream open
         server.close()
         await server.wait_closed()
         if self.socket_present():
@@ -192,36 +193,21 @@ class DevicePluginServer:
                 os.unlink(self.socket_name, dir_fd=fd)
         self._inode = None
 
-    async def _end_streams(self, timeout_s: float = 2.0) -> None:
-        """End every ListAndWatch stream with its status (the kubelet sees the plugin gone at once): a
-        cancelled handler leaves the kubelet's stream and connection open as long as this process lives."""
-        self._closing = True
-        changed, self._changed = self._changed, asyncio.Event()
-        changed.set()
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(timeout_s):
-                while self.streams:
-                    await self._stream_closed.wait()
-                    self._stream_closed.clear()
-        self._closing = False
-
     # ------------------------------------------------------------------------------------ the calls
 
     async def list_and_watch(self, stream: Any) -> None:
         await stream.recv_message()
-        self.streams += 1
         try:
-            sent: tuple[Device, ...] | None = None
-            while not self._closing:
-                changed, devices = self._changed, self._devices
-                if devices != sent:
-                    await stream.send_message(pb.ListAndWatchResponse(devices=[_device(d) for d in devices]))
-                    sent = devices
-                    self.updates_sent += 1
-                await changed.wait()
+            with self._streams.opened():
+                sent: tuple[Device, ...] | None = None
+                while not self._streams.closing:
+                    changed, devices = self._streams.changed, self._devices
+                    if devices != sent:
+                        await stream.send_message(pb.ListAndWatchResponse(devices=[_device(d) for d in devices]))
+                        sent = devices
+                        self.updates_sent += 1
+                    await changed.wait()
         finally:
-            self.streams -= 1
-            self._stream_closed.set()
             if self.on_stream_end is not None:
                 self.on_stream_end()
 

@@ -1,7 +1,8 @@
 """The kubelet's DRA plugin API, the plugin's side (gRPC with grpclib): ``Registration`` (plugin registration
 v1: GetInfo, NotifyRegistrationStatus) on ``<kubelet root>/plugins_registry/<driver>-reg.sock``, which the
 kubelet's plugin watcher finds and dials, and ``DRAPlugin`` v1 and v1beta1 (NodePrepareResources,
-NodeUnprepareResources) on ``<kubelet root>/plugins/<driver>/dra.sock``, the endpoint GetInfo names.
+NodeUnprepareResources) on ``<kubelet root>/plugins/<driver>/dra.sock``, the endpoint GetInfo names, with
+``v1alpha1.DRAResourceHealth`` beside them on the same socket (``dra_health_server``).
 
 Both sockets are host paths reached through the Root (``unixsock``). What a call answers is decided by the
 caller (``DraLogic``), free of gRPC. The kubelet's rules this follows (1.34, ``pkg/kubelet/cm/dra/plugin``):
@@ -20,6 +21,7 @@ from typing import Any, Protocol
 
 from grpclib.server import Server
 
+from nodeagent.backends.dra_health_server import HealthFeed
 from nodeagent.backends.hostfs import Root
 from nodeagent.backends.unixsock import bind, socket_inode_at, unlink_if
 from nodeagent.backends.unixsock import directory as _directory
@@ -177,17 +179,30 @@ class _Registration(grpc_reg.RegistrationBase):  # type: ignore[misc]
 
 
 class DraPluginServer(_Socket):
-    """``DRAPlugin`` v1 and v1beta1 on ``<plugin_dir>/dra.sock`` (one socket serves both packages)."""
+    """``DRAPlugin`` v1 and v1beta1 on ``<plugin_dir>/dra.sock`` (one socket serves both packages), and the
+    health stream of ``health``."""
 
-    def __init__(self, root: Root, plugin_dir: str, logic: DraLogic) -> None:
+    def __init__(self, root: Root, plugin_dir: str, logic: DraLogic, health: HealthFeed | None = None) -> None:
         super().__init__(root, plugin_dir, DRA_SOCKET)
         self.logic = logic
+        self.health = health or HealthFeed()
         self.calls: dict[str, int] = {"prepare": 0, "unprepare": 0}
 
     async def serve(self) -> None:
+        self.health.reopen()
         await self.start(
-            [_handlers(self, pb_v1, grpc_v1.DRAPluginBase), _handlers(self, pb_v1beta1, grpc_v1beta1.DRAPluginBase)]
+            [
+                _handlers(self, pb_v1, grpc_v1.DRAPluginBase),
+                _handlers(self, pb_v1beta1, grpc_v1beta1.DRAPluginBase),
+                self.health.handler(),
+            ]
         )
+
+    async def stop(self) -> None:
+        """Health streams end first (cleanly, as the kubelet expects), then the socket goes."""
+        if self.serving:
+            await self.health.end_streams()
+        await super().stop()
 
     async def prepare(self, pb: Any, request: Any) -> Any:
         self.calls["prepare"] += 1

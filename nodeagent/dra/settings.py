@@ -10,6 +10,17 @@ from dataclasses import dataclass
 
 from nodeagent.settings.sections import at_least, opt
 
+KUBELET_HEALTH_TIMEOUT_S = 30.0
+"""The 1.34 kubelet reads a device Unknown when its plugin has not listed it for this long."""
+
+
+def _resend(value: float) -> str | None:
+    if value < 1.0:
+        return "must be >= 1"
+    if value >= KUBELET_HEALTH_TIMEOUT_S:
+        return f"must be < {KUBELET_HEALTH_TIMEOUT_S:g} (the kubelet reads a device not listed for 30 s as Unknown)"
+    return None
+
 
 @dataclass(frozen=True)
 class DraSettings:
@@ -40,4 +51,11 @@ class DraSettings:
         "Timeout of reading one ResourceClaim from the API server in NodePrepareResources (the kubelet waits 45 s "
         "for the whole call); with `dynamic_mig` also of waiting for the CDI spec to name a new MIG instance.",
         check=at_least(0.1),
+    )
+    health_resend_s: float = opt(
+        10.0,
+        "How often the kubelet's DRAResourceHealth stream (gate ResourceHealthStatus) gets every device's health "
+        "again without a change (a change goes at once); below the kubelet's 30 s, after which it reads a device "
+        "not listed again as Unknown.",
+        check=_resend,
     )

@@ -6,6 +6,8 @@ driver ``gpu.nvidia.com``, compatible with NVIDIA's DRA driver (its device names
 - Serves ``DRAPlugin`` v1/v1beta1 on ``<kubelet.root_dir>/plugins/gpu.nvidia.com/dra.sock`` and
   ``Registration`` on ``<kubelet.root_dir>/plugins_registry/gpu.nvidia.com-reg.sock`` (the kubelet's plugin
   watcher finds it; ``backends/dra_server.py``); serves again when a socket is deleted.
+- Serves the kubelet's ``DRAResourceHealth`` stream on the same dra.sock: every device's health from the same
+  health book as the taints (``resource_health.py``), at once on a change and every ``dra.health_resend_s``.
 - NodePrepareResources, per claim: reads the ResourceClaim's allocation (``claims.py``), writes a transient CDI
   spec naming exactly its devices (``claimspec.py``, from the agent's own spec), records the claim in the
   checkpoint (``checkpoint.py``, atomic) and answers the CDI device IDs; a claim already prepared gets the
@@ -27,6 +29,7 @@ from typing import Any
 
 from nodeagent import events
 from nodeagent.aio import cancel_and_join, run_blocking, until_stopped
+from nodeagent.backends.dra_health_server import HealthFeed
 from nodeagent.backends.dra_server import (
     DRA_SOCKET,
     ClaimRef,
@@ -35,11 +38,11 @@ from nodeagent.backends.dra_server import (
     PrepareResult,
     RegistrationServer,
 )
-from nodeagent.dra import checkpoint, claims, claimspec, devices, health, partitions
+from nodeagent.dra import checkpoint, claims, claimspec, devices, health, partitions, resource_health
 from nodeagent.dra.declaration import DECLARATION
 from nodeagent.dra.miginstances import DynamicMig
 from nodeagent.errors import BackendUnavailable, ConfigError, HostPathError, NodeAgentError
-from nodeagent.gpuhealth.book import HealthBook, Key
+from nodeagent.gpuhealth.book import HealthBook, Key, Verdicts
 from nodeagent.kube.client import KubeError
 from nodeagent.kube.resources import RESOURCECLAIMS
 from nodeagent.model.gpu import GpuHealthState, Inventory, XidEvent
@@ -67,6 +70,7 @@ class DraSubsystem(BaseSubsystem):
             hold_base_s=s.gpuhealth.min_publish_interval_s,
         )
         self._health_wait: float | None = None
+        self._verdicts = Verdicts({}, {}, None)
         self._taint_added: dict[tuple[str, str, str], str] = {}
         self._taint_values: dict[Key, str] = {}
         root_dir = s.kubelet.root_dir.rstrip("/")
@@ -81,7 +85,7 @@ class DraSubsystem(BaseSubsystem):
         self.counter_sets: tuple[partitions.CounterSet, ...] = ()
         self.mig = DynamicMig(ctx, node_spec_path=self.node_spec_path, names_uuid=self._spec_names)
         self.prepared: dict[str, checkpoint.PreparedClaim] = {}
-        self.server = DraPluginServer(self.ctx.root, self.plugin_dir, self)
+        self.server = DraPluginServer(self.ctx.root, self.plugin_dir, self, HealthFeed(s.dra.health_resend_s))
         self.registration = RegistrationServer(
             self.ctx.root,
             self.registry_dir,
@@ -140,6 +144,7 @@ class DraSubsystem(BaseSubsystem):
     def _tainted(self, planned: tuple[devices.PublishedDevice, ...]) -> tuple[devices.PublishedDevice, ...]:
         """The devices with the health book's taints now (``health.py``)."""
         verdicts = self.health.evaluate(sorted({d.gpu_index for d in planned}), self.clock())
+        self._verdicts = verdicts
         self._health_wait = verdicts.wait_s
         now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         return health.apply(planned, verdicts, now=now, added=self._taint_added, last=self._taint_values)
@@ -149,6 +154,12 @@ class DraSubsystem(BaseSubsystem):
         before = [d.taints for d in self.published]
         self.published = self._tainted(self.published)
         return [d.taints for d in self.published] != before
+
+    def feed_health(self) -> None:
+        """The health stream's list: every published device's health from the last verdicts (a change goes to
+        the kubelet at once)."""
+        now = int(time.time())
+        self.server.health.update(resource_health.report(self.published, self._verdicts, pool=self.pool, now=now))
 
     async def publish(self) -> None:
         """The ResourceSlices for the devices now (nothing written when they already say so)."""
@@ -351,6 +362,8 @@ class DraSubsystem(BaseSubsystem):
             "counter_sets": [c.name for c in self.counter_sets],
             "mig_instances": {"created": self.mig.created, "destroyed": self.mig.destroyed},
             "taints": health.summary(self.published),
+            "health": resource_health.summary(self.server.health.devices),
+            "health_streams": self.server.health.streams,
             "generation": self.generation,
             "slice_writes": self.slice_writes,
             "registered": self.registration.registered,
@@ -377,6 +390,7 @@ class DraSubsystem(BaseSubsystem):
             self.problems["inventory"] = f"no GPU inventory: {err}"
         self.health.states(dict(self.ctx.gpu_state.health))
         await self.replan()
+        self.feed_health()
         await self.restore()
 
     def handle(self, event: events.Event) -> None:
@@ -434,6 +448,7 @@ class DraSubsystem(BaseSubsystem):
                     await self.replan()
                     await self.publish()
                     last_publish = loop.time()
+                self.feed_health()
                 if any(k.startswith("claim ") for k in self.problems):
                     await self.restore()
                 self._report()

@@ -34,6 +34,8 @@ class Verdicts:
     """Device → the failing XIDs seen within the window (empty for a GPU lost, or one only held by the hold)."""
     lost: frozenset[int] = frozenset()
     """GPU indexes the GPU-state owner reports lost now."""
+    degraded: frozenset[int] = frozenset()
+    """GPU indexes whose NVML calls hang or fail now (what the GPU is like cannot be read)."""
 
 
 @dataclass
@@ -88,7 +90,8 @@ class HealthBook:
                     instances[(index, gi)] = why
         self._forget(now)
         lost = frozenset(i for i, s in self._states.items() if s is GpuHealthState.LOST)
-        return Verdicts(whole, instances, min(waits) if waits else None, xids, lost)
+        degraded = frozenset(i for i, s in self._states.items() if s is GpuHealthState.DEGRADED)
+        return Verdicts(whole, instances, min(waits) if waits else None, xids, lost, degraded)
 
     def _forget(self, now: float) -> None:
         for key in list(self._xids):

@@ -8,5 +8,5 @@ DECLARATION = Declaration(
     name="mig",
     target="nodeagent.mig.subsystem:MigSubsystem",
     requires=("driver",),
-    settings=("mig", "agent", "kubelet"),
+    settings=("mig", "agent", "kubelet", "dra"),  # dra: dynamic MIG owns the layouts
 )

@@ -98,6 +98,13 @@ def _state_gauge(registry: CollectorRegistry) -> Gauge:
     return _GAUGES[registry]
 
 
+def _dynamic_mig_refusal(name: str, source: str) -> str:
+    return (
+        f"MIG config {name!r} ({source}) refused: dynamic MIG (dra.dynamic_mig) creates and destroys this node's "
+        "MIG instances per ResourceClaim, so the layouts are left as they are"
+    )
+
+
 class MigSubsystem(BaseSubsystem):
     declaration = DECLARATION
 
@@ -149,6 +156,8 @@ class MigSubsystem(BaseSubsystem):
             name, path, source = persisted["config"], str(persisted.get("file", "")), "persisted before a reboot"
         if not name:
             return MigObservation(inventory, None)
+        if self.ctx.settings.dra.enabled and self.ctx.settings.dra.dynamic_mig:
+            return MigObservation(inventory, None, source, error=_dynamic_mig_refusal(name, source))
         after_reboot = persisted is not None and persisted.get("config") == name and bool(persisted.get("rebooting"))
         try:
             config = await run_blocking(self._load_config, name, path, gpus)

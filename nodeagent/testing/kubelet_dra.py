@@ -9,7 +9,14 @@ The protocol rules it enforces, as the 1.34 kubelet does (``pkg/kubelet/pluginma
   used), else the registration fails; ``endpoint`` must be an absolute path of a socket that answers;
 - the result goes back with ``NotifyRegistrationStatus`` (refusals too, with the reason);
 - every claim in a NodePrepareResources / NodeUnprepareResources request must be in the response (by UID),
-  and no other; a claim left out fails (``ProtocolViolation``); each call has the kubelet's 45 s.
+  and no other; a claim left out fails (``ProtocolViolation``); each call has the kubelet's 45 s;
+- health (gate ResourceHealthStatus, ``pkg/kubelet/cm/dra/healthinfo.go``, ``manager.go``): ``watch_health``
+  keeps one ``v1alpha1.DRAResourceHealth/NodeWatchResources`` stream open on the plugin's endpoint, opened again
+  ``health_retry_s`` (the kubelet's 5 s) after it ends; each listed device is stamped with the receive time
+  (the plugin's ``last_updated_time`` is ignored), a device not listed again for ``health_timeout_s`` (30 s)
+  reads Unknown, a health value outside the enum reads Unknown, the driver's health is forgotten when a stream
+  ends; a stream that ends with a gRPC error instead of a clean end is recorded as such; the pod's
+  ``allocatedResourcesStatus`` entry of a claim is built as the kubelet builds it (``resources_status``).
 """
 
 from __future__ import annotations
@@ -18,12 +25,12 @@ import asyncio
 import contextlib
 import importlib
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from grpclib.client import Channel
-from grpclib.exceptions import GRPCError
+from grpclib.exceptions import GRPCError, StreamTerminatedError
 
 from nodeagent.backends.hostfs import Root
 
@@ -39,7 +46,12 @@ SERVICES: dict[str, tuple[Any, Any]] = {
         importlib.import_module("nodeagent.backends._pb.dra_v1beta1_grpc"),
     ),
 }
+pb_health: Any = importlib.import_module("nodeagent.backends._pb.dra_health_v1alpha1_pb2")
+grpc_health: Any = importlib.import_module("nodeagent.backends._pb.dra_health_v1alpha1_grpc")
 TIMEOUT_S = 45.0
+HEALTH_RETRY_S = 5.0
+HEALTH_TIMEOUT_S = 30.0
+HEALTH_NAMES = {0: "Unknown", 1: "Healthy", 2: "Unhealthy"}
 
 
 class ProtocolViolation(AssertionError):
@@ -54,6 +66,28 @@ class Registered:
 
 
 @dataclass
+class HealthSeen:
+    health: str
+    received: float
+    """Loop time the kubelet got it (what it keeps, not the plugin's ``last_updated_time``)."""
+
+
+@dataclass
+class HealthWatch:
+    """The kubelet's health cache of one driver and what its streams saw."""
+
+    devices: dict[str, HealthSeen] = field(default_factory=dict)
+    """``pool/device`` → its health."""
+    messages: list[list[tuple[str, str, str, int]]] = field(default_factory=list)
+    """Every message: (pool, device, health, last_updated_time) of each listed device."""
+    changed: list[tuple[str, str]] = field(default_factory=list)
+    """(``pool/device``, health) each time one changed, as the kubelet's pod updates follow."""
+    opened: int = 0
+    ends: list[str] = field(default_factory=list)
+    """How each stream ended: ``eof`` (clean) or ``error: ...``."""
+
+
+@dataclass
 class KubeletDra:
     """The kubelet's DRA side on a test root (host paths resolved through ``root``)."""
 
@@ -62,6 +96,9 @@ class KubeletDra:
     known: tuple[str, ...] = tuple(SERVICES)
     plugins: dict[str, Registered] = field(default_factory=dict)
     refusals: list[str] = field(default_factory=list)
+    health: dict[str, HealthWatch] = field(default_factory=dict)
+    health_retry_s: float = HEALTH_RETRY_S
+    health_timeout_s: float = HEALTH_TIMEOUT_S
 
     @contextlib.contextmanager
     def _channel(self, host_path: str) -> Iterator[Channel]:
@@ -144,6 +181,81 @@ class KubeletDra:
             )
         return {uid: response.claims[uid] for uid in response.claims}
 
+    # ------------------------------------------------------------------------------------------ health
+
+    async def watch_health(self, driver: str) -> None:
+        """The kubelet's health stream for a registered plugin, until cancelled: NodeWatchResources on its
+        endpoint, every message into the cache; when a stream ends the driver's health is forgotten and a new
+        stream opened ``health_retry_s`` later."""
+        watch = self.health.setdefault(driver, HealthWatch())
+        while True:
+            try:
+                await self._health_stream(self.plugins[driver].endpoint, watch)
+                watch.ends.append("eof")
+            except (GRPCError, StreamTerminatedError, OSError) as err:
+                watch.ends.append(f"error: {err}")
+            finally:
+                watch.devices.clear()
+            await asyncio.sleep(self.health_retry_s)  # the kubelet's wait.UntilWithContext period
+
+    @contextlib.asynccontextmanager
+    async def watching(self, driver: str) -> AsyncIterator[HealthWatch]:
+        """``watch_health`` in a task for the block's duration."""
+        task = asyncio.create_task(self.watch_health(driver), name=f"kubelet-health-{driver}")
+        try:
+            yield self.health.setdefault(driver, HealthWatch())
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def _health_stream(self, endpoint: str, watch: HealthWatch) -> None:
+        with self._channel(endpoint) as channel:
+            async with grpc_health.DRAResourceHealthStub(channel).NodeWatchResources.open() as stream:
+                await stream.send_message(pb_health.NodeWatchResourcesRequest(), end=True)
+                watch.opened += 1
+                while (response := await stream.recv_message()) is not None:
+                    self._reconcile(watch, response)
+
+    def _reconcile(self, watch: HealthWatch, response: Any) -> None:
+        """The kubelet's ``updateHealthInfo``: listed devices stamped now; unlisted ones Unknown once timed out."""
+        now = asyncio.get_running_loop().time()
+        listed: list[tuple[str, str, str, int]] = []
+        for d in response.devices:
+            health = HEALTH_NAMES.get(int(d.health), "Unknown")
+            listed.append((d.device.pool_name, d.device.device_name, health, int(d.last_updated_time)))
+            key = f"{d.device.pool_name}/{d.device.device_name}"
+            old = watch.devices.get(key)
+            if old is None or old.health != health:
+                watch.changed.append((key, health))
+            watch.devices[key] = HealthSeen(health, now)
+        watch.messages.append(listed)
+        seen = {f"{p}/{n}" for p, n, _, _ in listed}
+        for key, old in watch.devices.items():
+            if key not in seen and old.health != "Unknown" and now - old.received > self.health_timeout_s:
+                watch.devices[key] = HealthSeen("Unknown", now)
+                watch.changed.append((key, "Unknown"))
+
+    def health_of(self, driver: str, pool: str, device: str) -> str:
+        """The kubelet's ``getHealthInfo``: Unknown when never listed or not listed for ``health_timeout_s``."""
+        seen = self.health.get(driver, HealthWatch()).devices.get(f"{pool}/{device}")
+        if seen is None or asyncio.get_running_loop().time() - seen.received > self.health_timeout_s:
+            return "Unknown"
+        return seen.health
+
+    def resources_status(self, driver: str, claim: str, devices: Sequence[Any], request: str = "") -> dict[str, Any]:
+        """The ``allocatedResourcesStatus`` entry of a container's claim, as the kubelet builds it from the
+        claim's prepared ``devices`` (NodePrepareResources' answer): the first CDI ID names each device."""
+        name = f"claim:{claim}/{request}" if request else f"claim:{claim}"
+        resources = [
+            {
+                "resourceID": d.cdi_device_ids[0] if d.cdi_device_ids else f"{driver}/{d.pool_name}/{d.device_name}",
+                "health": self.health_of(driver, d.pool_name, d.device_name),
+            }
+            for d in devices
+        ]
+        return {"name": name, "resources": resources}
+
 
 async def _serve_forever(root: Root, poll_s: float = 0.2) -> None:
     """The plugin watcher on its own: makes ``plugins_registry`` (as the kubelet does at start), then registers
@@ -153,6 +265,7 @@ async def _serve_forever(root: Root, poll_s: float = 0.2) -> None:
     registry.mkdir(parents=True, exist_ok=True)
     print(f"stand-in DRA kubelet on {registry}", flush=True)
     seen: dict[str, int] = {}
+    watches: dict[str, asyncio.Task[None]] = {}
     while True:
         for name in kubelet.sockets():
             try:
@@ -168,6 +281,10 @@ async def _serve_forever(root: Root, poll_s: float = 0.2) -> None:
                 print(f"{name}: registration failed: {err}", flush=True)
                 continue
             print(f"{name}: registered {got.driver}" if got else f"{name}: refused: {kubelet.refusals[-1]}", flush=True)
+            if got is not None:  # as the kubelet: one health stream per registered plugin, a new one on re-registration
+                if got.driver in watches:
+                    watches[got.driver].cancel()
+                watches[got.driver] = asyncio.create_task(kubelet.watch_health(got.driver))
         await asyncio.sleep(poll_s)  # the kubelet's watcher is fsnotify; polling is enough for a stand-in
 
 

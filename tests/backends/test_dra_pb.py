@@ -1,5 +1,6 @@
 """The committed DRA stubs speak the 1.34 kubelet's wire format: the gRPC paths it calls (plugin registration v1,
-DRAPlugin v1 and v1beta1), and every message's field names and numbers (a renumbered field decodes as garbage)."""
+DRAPlugin v1 and v1beta1, DRAResourceHealth v1alpha1), and every message's field names and numbers (a renumbered
+field decodes as garbage)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ from typing import Any
 import pytest
 
 from nodeagent.backends._pb import (
+    dra_health_v1alpha1_grpc,
+    dra_health_v1alpha1_pb2,
     dra_v1_grpc,
     dra_v1_pb2,
     dra_v1beta1_grpc,
@@ -31,6 +34,12 @@ REGISTRATION_FIELDS = {
     "RegistrationStatus": {"plugin_registered": 1, "error": 2},
     "RegistrationStatusResponse": {},
     "InfoRequest": {},
+}
+HEALTH_FIELDS = {
+    "NodeWatchResourcesRequest": {},
+    "DeviceIdentifier": {"pool_name": 1, "device_name": 2},
+    "DeviceHealth": {"device": 1, "health": 2, "last_updated_time": 3},
+    "NodeWatchResourcesResponse": {"devices": 1},
 }
 
 
@@ -64,6 +73,10 @@ class _DraBeta(dra_v1beta1_grpc.DRAPluginBase):
     async def NodeUnprepareResources(self, stream: object) -> None: ...
 
 
+class _Health(dra_health_v1alpha1_grpc.DRAResourceHealthBase):
+    async def NodeWatchResources(self, stream: object) -> None: ...
+
+
 class _Registration(pluginregistration_grpc.RegistrationBase):
     async def GetInfo(self, stream: object) -> None: ...
     async def NotifyRegistrationStatus(self, stream: object) -> None: ...
@@ -82,3 +95,13 @@ def test_the_grpc_paths_are_the_kubelets() -> None:
         "/pluginregistration.Registration/GetInfo",
         "/pluginregistration.Registration/NotifyRegistrationStatus",
     ]
+    assert sorted(_Health().__mapping__()) == ["/v1alpha1.DRAResourceHealth/NodeWatchResources"]
+
+
+def test_health_messages_have_the_kubelets_fields_and_enum() -> None:
+    assert dra_health_v1alpha1_pb2.DESCRIPTOR.package == "v1alpha1"
+    assert _fields(dra_health_v1alpha1_pb2.DESCRIPTOR) == HEALTH_FIELDS
+    status = dra_health_v1alpha1_pb2.DESCRIPTOR.enum_types_by_name["HealthStatus"]
+    assert {v.name: v.number for v in status.values} == {"UNKNOWN": 0, "HEALTHY": 1, "UNHEALTHY": 2}
+    (handler,) = _Health().__mapping__().values()
+    assert handler.cardinality.name == "UNARY_STREAM"

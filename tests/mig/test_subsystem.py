@@ -16,7 +16,7 @@ from nodeagent.backends.hostfs import Root
 from nodeagent.backends.podresources import ContainerDevices
 from nodeagent.cli import main
 from nodeagent.mig.subsystem import MigSubsystem
-from nodeagent.model.mig import GpuProcess, MigReadiness
+from nodeagent.model.mig import GpuProcess, MigConfigRequest, MigReadiness
 from nodeagent.subsystem import Phase
 
 
@@ -251,4 +251,20 @@ async def test_pods_holding_a_gpu_come_from_the_contexts_kubelet_client(tmp_path
     assert sub.state == "failed"
     assert f"GPU 0 ({pods.uuid}): in use by ml/trainer-0 (main) [kubelet]" in sub.reason
     assert pods.sockets == [sub.ctx.settings.kubelet.pod_resources_socket] and pods.closed == 1
+    await sim.close()
+
+
+async def test_the_node_label_cannot_rebuild_gpus_that_dynamic_mig_owns(tmp_path: Path) -> None:
+    """With dra.dynamic_mig the DRA plugin creates and destroys the instances per claim: a mig.config label
+    would destroy instances pods hold, so it is refused by name and the layouts stay as they are."""
+    sim = SimGpuBackend("h100-80gb-hbm3", 2, 0)
+    s = S.replace(S.replace(S.Settings(), "deviceplugin", enabled=False), "dra", enabled=True, dynamic_mig=True)
+    ctx = testing.context(Root(tmp_path), S.replace(s, "agent", state_dir="/var/lib/nodeagent"), gpus=sim)
+    sub = MigSubsystem(ctx, sampling=Pauses())
+    await sub.start()
+    before = await sim.inventory()
+    await sub.on_request(MigConfigRequest("all-1g.10gb"))
+    assert sub.state == "failed"
+    assert "MIG config 'all-1g.10gb' (the Node label nvidia.com/mig.config) refused: dynamic MIG" in sub.reason
+    assert [g.mig_devices for g in (await sim.inventory()).gpus] == [g.mig_devices for g in before.gpus]
     await sim.close()
