@@ -67,11 +67,15 @@ integration: $(STAMP)
 # ~/.cache/nodeagent/kubebin (about 6 minutes cold on 2 cores, nothing warm). `make test` runs the cluster
 # tests too; their fixture builds the binary when it is absent. `make test-cluster` runs only what needs the
 # cluster: integration/cluster and the `real` half of tests/kube, tests/labels, tests/gpuhealth.
+# The cluster's containerd (CONTAINERD_VERSION, CDI-capable) is built the same way into ~/.cache/nodeagent/containerd
+# (about 1 minute cold).
 kubebin:
 	integration/cluster/build.sh
+	integration/cluster/build_containerd.sh
 
 test-cluster: $(STAMP)
 	integration/cluster/build.sh > /dev/null
+	integration/cluster/build_containerd.sh > /dev/null
 	$(BIN)/python -m pytest tests integration -m cluster -q
 
 # ~6 minutes. The benchmarks run the agent from a runtime-only venv they build once under ~/.cache

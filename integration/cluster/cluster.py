@@ -1,5 +1,7 @@
 """A real single-node Kubernetes for the tests: etcd, kube-apiserver, kube-controller-manager,
-kube-scheduler and the kubelet (one binary, integration/cluster/build.sh) on a real containerd.
+kube-scheduler and the kubelet (one binary, integration/cluster/build.sh) on a real containerd, a CDI-capable
+release built from its Go module (integration/cluster/containerd.py; the distribution's 1.6 ignores the CDI
+devices the kubelet hands a container for its DRA claim).
 
 Everything lives in one short temporary directory ``base`` (/tmp/na-XXXX), which is also the agent's
 Root for the node: ``base/etc/containerd/config.toml``, ``base/run/containerd/containerd.sock``,
@@ -9,13 +11,18 @@ the PKI, every data directory and every log. Every component listens on 127.0.0.
 containerd and the kubelet run in a private mount namespace held by a ``sleep`` process: in it,
 ``/var/lib``, ``/var/log`` and ``/run`` are bind mounts of the same directories under ``base``, so the
 paths the kubelet does not let one move (``/var/lib/kubelet/device-plugins``, ``/var/log/containers``)
-and containerd 1.6's shim sockets (``/run/containerd/s``) land in ``base`` too, and the mounts they make
+and containerd's shim sockets (``/run/containerd/s``) land in ``base`` too, and the mounts they make
 for containers vanish with the namespace. The kernel settings the kubelet would otherwise rewrite for
 the whole machine (vm.overcommit_memory, kernel.panic, ...) are files under ``base`` bound over their
 /proc/sys entries in that namespace. The kubelet's cgroups go under a cgroup root of the cluster's own
 (``/nodeagent-<id>``), removed in teardown. Processes are stopped by pid (their process group).
 
 Pods are host-network: the CNI configuration only exists so that containerd reports its network ready.
+
+CDI: containerd reads the specs in ``base/etc/cdi``, ``base/var/run/cdi`` (the node's /etc/cdi and /var/run/cdi,
+as the agent writes them on ``Root(base)``) and ``base/gpu-node/var/run/cdi``: ``Cluster.gpu_node`` is where a
+test lays out a simulated GPU node (driver files, device-node twins) whose agent writes its spec, and its DRA
+plugin the per-claim specs, into that node's /var/run/cdi.
 """
 
 from __future__ import annotations
@@ -36,8 +43,9 @@ from pathlib import Path
 from typing import Any
 
 from integration.cluster.api import Api, ApiError
+from integration.cluster.containerd import ClusterContainerd, containerd_config
 from integration.cluster.pki import KeyPair, Pki, make_pki
-from integration.runtime.conftest import Containerd, build_pause_archive, containerd_config
+from integration.runtime.conftest import build_pause_archive
 from tests.support import free_port
 
 HERE = Path(__file__).parent
@@ -45,9 +53,9 @@ NODE_NAME = "na-cluster-node"
 PAUSE_IMAGE = "localhost/nodeagent/pause:test"
 CDI_RUNTIME_HANDLER = "nodeagent-cdi"
 """A containerd runtime handler (a RuntimeClass's ``handler``) that runs ``Cluster.cdi_runtime``, a program a
-test puts there (NVIDIA's runtime in CDI mode): containerd 1.6 has no CDI of its own, so a pod that wants its
-devices injected from a CDI spec runs under this handler, which also passes the ``cdi.k8s.io/*`` annotations
-on to the OCI spec. The default runtime is untouched."""
+test puts there (NVIDIA's runtime in CDI mode, what the GPU Operator does under a containerd without CDI); it
+also passes the ``cdi.k8s.io/*`` annotations on to the OCI spec. The default runtime is untouched."""
+GPU_NODE = "gpu-node"
 AUDITED_NAMESPACE = "nodeagent"  # the API server's audit log records the requests of this namespace's ServiceAccounts
 CGROUP_MOUNTS = Path("/sys/fs/cgroup")
 
@@ -86,16 +94,27 @@ def versions() -> dict[str, str]:
     return out
 
 
-def build_kubebin(timeout_s: float = 3600) -> Path:
-    """The cached multi-call binary, built first when absent (integration/cluster/build.sh)."""
+def _built(script: str, timeout_s: float) -> Path:
+    """Run a build script of this directory; the path it prints last (ClusterError when it fails)."""
     try:
-        done = subprocess.run([str(HERE / "build.sh")], capture_output=True, text=True, timeout=timeout_s, check=False)
+        done = subprocess.run([str(HERE / script)], capture_output=True, text=True, timeout=timeout_s, check=False)
     except subprocess.TimeoutExpired as err:
-        raise ClusterError(f"build.sh: no binary after {timeout_s}s") from err
+        raise ClusterError(f"{script}: nothing built after {timeout_s}s") from err
     if done.returncode != 0:
         tail = "\n".join(done.stderr.splitlines()[-30:])
-        raise ClusterError(f"build.sh failed ({done.returncode}):\n{tail}")
+        raise ClusterError(f"{script} failed ({done.returncode}):\n{tail}")
     return Path(done.stdout.strip().splitlines()[-1])
+
+
+def build_kubebin(timeout_s: float = 3600) -> Path:
+    """The cached multi-call binary, built first when absent (integration/cluster/build.sh)."""
+    return _built("build.sh", timeout_s)
+
+
+def build_containerd(timeout_s: float = 1800) -> Path:
+    """The directory of the cached containerd, containerd-shim-runc-v2 and ctr, built first when absent
+    (integration/cluster/build_containerd.sh)."""
+    return _built("build_containerd.sh", timeout_s)
 
 
 def tail(path: Path, lines: int = 30) -> str:
@@ -162,11 +181,13 @@ def _http_ok(url: str, ctx: Any = None) -> bool:
 @dataclass
 class Cluster:
     kubebin: Path
+    containerd_bin: Path = Path()
+    """The directory of the built containerd, containerd-shim-runc-v2 and ctr (``build_containerd``)."""
     base: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="na-", dir="/tmp")))
     node_name: str = NODE_NAME
     processes: dict[str, Process] = field(default_factory=dict)
     ports: dict[str, int] = field(default_factory=dict)
-    containerd: Containerd | None = None
+    containerd: ClusterContainerd | None = None
     holder: Process | None = None
     pki: Pki | None = None
     cgroup_dirs: list[Path] = field(default_factory=list)
@@ -185,6 +206,16 @@ class Cluster:
     def cdi_runtime(self) -> Path:
         """What ``CDI_RUNTIME_HANDLER`` runs as its runc (absent until a test writes it)."""
         return self.base / "usr/local/bin/nodeagent-cdi-runtime"
+
+    @property
+    def gpu_node(self) -> Path:
+        """Where a test lays out a simulated GPU node (absent until one does)."""
+        return self.base / GPU_NODE
+
+    @property
+    def cdi_spec_dirs(self) -> list[Path]:
+        """The directories containerd reads CDI specs from."""
+        return [self.base / "etc/cdi", self.base / "var/run/cdi", self.gpu_node / "var/run/cdi"]
 
     @property
     def pod_resources_socket(self) -> Path:
@@ -473,9 +504,19 @@ class Cluster:
 
     def _start_containerd(self) -> None:
         socket_host = "/run/containerd/containerd.sock"
-        d = Containerd(self.base, " ".join([*self._in_namespace(), shutil.which("containerd") or "containerd"]),
-                       "/etc/containerd/config.toml", socket_host)  # fmt: skip
-        text = containerd_config(self.base, socket_host) + _cdi_runtime_handler(self.cdi_runtime)
+        binary = " ".join([*self._in_namespace(), str(self.containerd_bin / "containerd")])
+        config_host = "/etc/containerd/config.toml"
+        d = ClusterContainerd(self.base, binary, config_host, socket_host, bin_dir=self.containerd_bin)
+        text = containerd_config(
+            self.base,
+            socket_host,
+            bin_dir=self.containerd_bin,
+            sandbox_image=PAUSE_IMAGE,
+            cdi_spec_dirs=self.cdi_spec_dirs,
+            cdi_handler=CDI_RUNTIME_HANDLER,
+            cdi_runtime=self.cdi_runtime,
+            runc=shutil.which("runc") or "runc",
+        )
         d.config.parent.mkdir(parents=True, exist_ok=True)
         d.config.write_text(text)
         cni_conf = self.base / "etc/cni/net.d/10-hostnetwork-only.conflist"
@@ -588,17 +629,6 @@ class Cluster:
         shutil.rmtree(self.base, ignore_errors=True)
 
 
-def _cdi_runtime_handler(binary: Path) -> str:
-    table = f'plugins."io.containerd.grpc.v1.cri".containerd.runtimes.{CDI_RUNTIME_HANDLER}'
-    return (
-        f"\n[{table}]\n"
-        '  runtime_type = "io.containerd.runc.v2"\n'
-        '  container_annotations = ["cdi.k8s.io/*"]\n'
-        f"\n[{table}.options]\n"
-        f'  BinaryName = "{binary}"\n'
-    )
-
-
 def _remove_cgroup(d: Path) -> None:
     if not d.is_dir():
         return
@@ -609,8 +639,8 @@ def _remove_cgroup(d: Path) -> None:
         d.rmdir()
 
 
-def start_cluster(kubebin: Path) -> Cluster:
-    cluster = Cluster(kubebin)
+def start_cluster(kubebin: Path, containerd_bin: Path) -> Cluster:
+    cluster = Cluster(kubebin, containerd_bin)
     try:
         cluster.start()
     except BaseException:

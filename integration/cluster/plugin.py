@@ -2,7 +2,8 @@
 root conftest, so that every suite of ``pytest tests integration`` shares ONE cluster: the cluster tests
 under integration/cluster and the ``real`` half of the Kubernetes-facing unit tests (tests/kube/servers.py).
 
-Skipped where it cannot run (not root, no containerd, no Go toolchain and no cached binary), failed
+Skipped where it cannot run (not root, no runc, no Go toolchain and no cached binaries: kubebin and the
+cluster's containerd, both built from their Go modules), failed
 instead under NODEAGENT_REQUIRE_INTEGRATION=1, like every integration prerequisite; a build or start
 failure says which component and ends with its last log lines. A start that failed once is not retried
 by the next test of the session (pytest caches the failed session fixture).
@@ -18,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from integration.cluster.api import ApiError, create_all
-from integration.cluster.cluster import Cluster, ClusterError, build_kubebin, start_cluster
+from integration.cluster.cluster import Cluster, ClusterError, build_containerd, build_kubebin, start_cluster
 from integration.cluster.server_under_test import RealIdentities
 from integration.cluster.support import REPO, load
 from integration.runtime.conftest import need_root_and
@@ -27,15 +28,16 @@ from tests.support import require, wait_until
 
 @pytest.fixture(scope="session")
 def cluster() -> Iterator[Cluster]:
-    need_root_and("containerd", "ctr", "runc", "gcc", "openssl", "unshare", "nsenter")
+    need_root_and("runc", "gcc", "openssl", "unshare", "nsenter")
     try:
         kubebin = build_kubebin()
+        containerd_bin = build_containerd()
     except ClusterError as err:
         require(shutil.which("go") is not None, f"no Go toolchain to build the cluster's binaries ({err})")
         require(False, f"the cluster's binaries did not build: {err}")
         raise
     try:
-        running = start_cluster(kubebin)
+        running = start_cluster(kubebin, containerd_bin)
     except ClusterError as err:
         require(False, f"the test cluster did not start: {err}")
         raise

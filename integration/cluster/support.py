@@ -1,4 +1,6 @@
-"""Helpers of the cluster tests: pods on the real node, waits on the real API server."""
+"""Helpers of the cluster tests: pods on the real node, waits on the real API server, and the simulated GPU node
+whose CDI devices containerd injects (``write_gpu_node``), seen from inside a container by the static device
+probe (``PROBE_IMAGE``)."""
 
 from __future__ import annotations
 
@@ -15,6 +17,13 @@ import yaml
 
 from integration.cluster.api import Api, ApiError
 from integration.cluster.cluster import PAUSE_IMAGE, Cluster
+from integration.runtime.conftest import build_static_image
+from nodeagent import testing
+from nodeagent.backends.hostfs import Root
+from nodeagent.backends.sim import sandbox
+from nodeagent.cdi.subsystem import CdiSubsystem
+from nodeagent.model.gpu import Inventory
+from nodeagent.settings import Settings, replace
 from tests.support import wait_until
 
 REPO = Path(__file__).parents[2]
@@ -171,3 +180,84 @@ def failed_scheduling(api: Api, name: str, text: str, namespace: str = "default"
     return any(
         e.get("reason") == "FailedScheduling" and text in e.get("message", "") for e in events_for(api, namespace, name)
     )
+
+
+# ----------------------------------------------------------------------------------- the simulated GPU node
+
+NODE_SPEC = "/var/run/cdi/nvidia.yaml"
+"""The GPU node's CDI spec, in the node's own tree (``cluster.gpu_node``)."""
+PROBE_IMAGE = "localhost/nodeagent/devprobe:test"
+PROBE_C = r"""
+#include <dirent.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/sysmacros.h>
+#include <unistd.h>
+int main(void) {
+  DIR *d = opendir("/dev");
+  struct dirent *e;
+  while (d && (e = readdir(d)) != NULL) {
+    if (strncmp(e->d_name, "nvidia", 6) != 0) continue;
+    char path[300];
+    struct stat st;
+    snprintf(path, sizeof path, "/dev/%s", e->d_name);
+    if (lstat(path, &st) != 0) continue;
+    if (S_ISCHR(st.st_mode)) printf("char %s %u:%u\n", path, major(st.st_rdev), minor(st.st_rdev));
+    else printf("other %s\n", path);
+  }
+  printf("probe done\n");
+  fflush(stdout);
+  for (;;) pause();
+}
+"""
+"""A static probe that lists its ``/dev/nvidia*`` (with their numbers), prints ``probe done`` and waits."""
+NOOP_HOOK = "#!/bin/sh\n# nvidia-cdi-hook's stand-in: the simulated node has no driver to link or cache\nexit 0\n"
+
+
+def gpu_node_settings(cluster: Cluster, s: Settings) -> Settings:
+    """``s`` with the GPU node's CDI settings: its spec (and so the DRA plugin's per-claim specs) in
+    ``cluster.gpu_node``'s /var/run/cdi, as the agent on the cluster's root sees it; its hook and driver root."""
+    node_dir = cluster.gpu_node
+    spec = "/" + str((node_dir / NODE_SPEC.lstrip("/")).relative_to(cluster.base))
+    hook = node_dir / "usr/bin/nvidia-cdi-hook"
+    return replace(s, "cdi", spec_path=spec, hook_path=str(hook), driver_root_in_runtime=str(node_dir))
+
+
+async def write_gpu_node(cluster: Cluster, inv: Inventory, s: Settings) -> None:
+    """The GPU node's tree under ``cluster.gpu_node`` (driver files, the simulated device nodes' twins: character
+    devices 1:3 under ``run/nodeagent/sim-dev``) and the CDI spec its CDI subsystem writes, naming those twins as
+    each device node's ``hostPath``. ``s``: from :func:`gpu_node_settings`."""
+    node_dir = cluster.gpu_node
+    node_dir.mkdir()
+    root = Root(node_dir)
+    assert sandbox.populate_sandbox(root, inv)
+    hook = Path(s.cdi.hook_path)
+    hook.write_text(NOOP_HOOK)
+    hook.chmod(0o755)
+    ctx = testing.context(root, replace(s, "cdi", spec_path=NODE_SPEC), inventory=inv, runtime_devices=True)
+    cdi = CdiSubsystem(ctx)
+    await cdi.apply(cdi.plan(await cdi.observe()))
+    assert cluster.base.joinpath(s.cdi.spec_path.lstrip("/")).is_file()
+
+
+def import_probe(cluster: Cluster) -> None:
+    """Build the probe image and import it into the cluster's containerd."""
+    assert cluster.containerd is not None
+    archive = build_static_image(cluster.base, PROBE_C, "devprobe", PROBE_IMAGE)
+    cluster.containerd.ctr("-n", "k8s.io", "images", "import", str(archive))
+
+
+def probe_lines(cluster: Cluster, doc: dict[str, Any], container: str = "main") -> list[str] | None:
+    """The probe's output lines from the kubelet's log of the pod's ``container``, once it has printed them all."""
+    meta = doc["metadata"]
+    logs = sorted(cluster.base.glob(f"var/log/pods/{meta['namespace']}_{meta['name']}_{meta['uid']}/{container}/*.log"))
+    if not logs:
+        return None
+    lines = [line.split(" ", 3)[3] for line in logs[-1].read_text().splitlines() if line.count(" ") >= 3]
+    return lines if "probe done" in lines else None
+
+
+def probe_devices(lines: list[str]) -> dict[str, str]:
+    """The probe's character devices: path → ``major:minor``."""
+    return {line.split()[1]: line.split()[2] for line in lines if line.startswith("char ")}

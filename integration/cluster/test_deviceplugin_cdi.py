@@ -1,21 +1,24 @@
 """A pod with ``nvidia.com/gpu: 1`` on the real kubelet sees exactly its GPU's device nodes, injected from the
 CDI spec the agent wrote, and the agent's /metrics names that pod on that GPU's series (issue 21).
 
-The node: 8 simulated H100s, a GPU node laid out under ``cluster.base/gpu-node`` (driver files, and the
-simulated device nodes' twins, character devices 1:3, under ``run/nodeagent/sim-dev``); the CDI subsystem
-writes its spec there, naming those twins as each device node's ``hostPath``. The device plugin and the
+The node: 8 simulated H100s, a GPU node laid out under ``cluster.gpu_node`` (``support.write_gpu_node``: driver
+files, and the simulated device nodes' twins, character devices 1:3, under ``run/nodeagent/sim-dev``); the CDI
+subsystem writes its spec there, naming those twins as each device node's ``hostPath``. The device plugin and the
 metrics subsystem run in this process on the cluster's root, the plugin registered on the kubelet's own
 ``kubelet.sock``, the metrics reading the kubelet's own pod-resources socket.
 
-Injection: containerd 1.6 (Debian 12's) has no CDI of its own. Under containerd before 1.7 the GPU Operator
-runs NVIDIA's runtime in CDI mode, and so does this test: the pod's RuntimeClass picks the cluster's
+Injection: under containerd before 1.7 (no CDI of its own) the GPU Operator runs NVIDIA's runtime in CDI mode,
+and so does this test: the pod's RuntimeClass picks the cluster's
 ``nodeagent-cdi`` handler (``CDI_RUNTIME_HANDLER``), whose runc is ``nvidia-container-runtime`` (built from its
 Go module like nvidia-ctk) with ``mode = "cdi"``, the CDI annotations as its only source of devices
 (``accept-nvidia-visible-devices-envvar-when-unprivileged = false``), and the agent's spec directory as its only
 spec directory. So the plugin allocates with ``cdi-annotations`` (NVIDIA's CDI annotation strategy; the kubelet
 copies the annotations onto the container, containerd passes ``cdi.k8s.io/*`` on to the OCI spec); an
-envvar-only allocation injects nothing and the test fails. The container is a static probe that lists its
-``/dev/nvidia*`` (with their numbers) and then waits.
+envvar-only allocation injects nothing and the test fails. The cluster's containerd (2.x) resolves the
+``cdi.k8s.io/*`` annotations itself too (the GPU node's spec directory is one of its CDI directories, and it
+fails a container whose annotated devices it cannot resolve), so the same edits are applied twice, to the same
+result (a CDI device node replaces one of the same path). The container is the static device probe
+(``support.PROBE_IMAGE``) that lists its ``/dev/nvidia*`` (with their numbers) and then waits.
 """
 
 from __future__ import annotations
@@ -25,7 +28,6 @@ import contextlib
 import re
 import shutil
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -34,18 +36,25 @@ from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client.parser import text_string_to_metric_families
 
 from integration.cluster.cluster import CDI_RUNTIME_HANDLER, Cluster
-from integration.cluster.support import delete_pod, host_network_pod, node, wait_pod
+from integration.cluster.support import (
+    PROBE_IMAGE,
+    delete_pod,
+    gpu_node_settings,
+    host_network_pod,
+    import_probe,
+    node,
+    probe_devices,
+    probe_lines,
+    wait_pod,
+    write_gpu_node,
+)
 from integration.runtime import nvidia_ctk
-from integration.runtime.conftest import build_static_image
 from nodeagent import testing
 from nodeagent.backends.gpu.sim.backend import SimGpuBackend
 from nodeagent.backends.hostfs import Root
 from nodeagent.backends.podresources import PodResourcesClient
-from nodeagent.backends.sim import sandbox
-from nodeagent.cdi.subsystem import CdiSubsystem
 from nodeagent.deviceplugin.subsystem import DevicePluginSubsystem
 from nodeagent.metrics.subsystem import MetricsSubsystem
-from nodeagent.model.gpu import Inventory
 from nodeagent.settings import Settings, replace
 from tests.support import require
 
@@ -53,31 +62,6 @@ pytestmark = [pytest.mark.integration, pytest.mark.root, pytest.mark.cluster]
 
 GPU = "nvidia.com/gpu"
 POD = "cdi-gpu"
-PROBE_IMAGE = "localhost/nodeagent/devprobe:test"
-PROBE_C = r"""
-#include <dirent.h>
-#include <stdio.h>
-#include <string.h>
-#include <sys/stat.h>
-#include <sys/sysmacros.h>
-#include <unistd.h>
-int main(void) {
-  DIR *d = opendir("/dev");
-  struct dirent *e;
-  while (d && (e = readdir(d)) != NULL) {
-    if (strncmp(e->d_name, "nvidia", 6) != 0) continue;
-    char path[300];
-    struct stat st;
-    snprintf(path, sizeof path, "/dev/%s", e->d_name);
-    if (lstat(path, &st) != 0) continue;
-    if (S_ISCHR(st.st_mode)) printf("char %s %u:%u\n", path, major(st.st_rdev), minor(st.st_rdev));
-    else printf("other %s\n", path);
-  }
-  printf("probe done\n");
-  fflush(stdout);
-  for (;;) pause();
-}
-"""
 RUNTIME_CONFIG = """\
 accept-nvidia-visible-devices-envvar-when-unprivileged = false
 
@@ -92,7 +76,6 @@ annotation-prefixes = ["cdi.k8s.io/"]
 default-kind = "nvidia.com/gpu"
 spec-dirs = ["{spec_dir}"]
 """
-NOOP_HOOK = "#!/bin/sh\n# nvidia-cdi-hook's stand-in: the simulated node has no driver to link or cache\nexit 0\n"
 
 
 def allocatable(cluster: Cluster, resource: str) -> int:
@@ -112,30 +95,11 @@ async def until(check: Any, what: str, timeout_s: float = 60) -> None:
         await asyncio.sleep(0.3)
 
 
-def settings(cluster: Cluster, node_dir: Path) -> Settings:
+def settings(cluster: Cluster) -> Settings:
     s = replace(Settings(), "gpuhealth", xid_window_s=5.0, min_publish_interval_s=1.0)
     s = replace(s, "deviceplugin", device_list_strategy=["cdi-annotations"])
     s = replace(s, "metrics", interval_s=1.0, pod_refresh_s=1.0)
-    hook = node_dir / "usr/bin/nvidia-cdi-hook"
-    # The GPU node's spec, as its CDI subsystem writes it; the plugin on the cluster's root reads it there.
-    spec = "/" + str((node_dir / "var/run/cdi/nvidia.yaml").relative_to(cluster.base))
-    return replace(s, "cdi", spec_path=spec, hook_path=str(hook), driver_root_in_runtime=str(node_dir))
-
-
-async def write_gpu_node(cluster: Cluster, node_dir: Path, inv: Inventory, s: Settings) -> None:
-    """The GPU node's tree and the CDI spec its CDI subsystem writes (device nodes: the sim-dev twins)."""
-    node_dir.mkdir()
-    root = Root(node_dir)
-    assert sandbox.populate_sandbox(root, inv)
-    hook = Path(s.cdi.hook_path)
-    hook.write_text(NOOP_HOOK)
-    hook.chmod(0o755)
-    spec_settings = replace(s, "cdi", spec_path="/var/run/cdi/nvidia.yaml")
-    ctx = testing.context(root, spec_settings, inventory=inv, runtime_devices=True)
-    cdi = CdiSubsystem(ctx)
-    observed = await cdi.observe()
-    await cdi.apply(cdi.plan(observed))
-    assert cluster.base.joinpath(s.cdi.spec_path.lstrip("/")).is_file()
+    return gpu_node_settings(cluster, s)
 
 
 def install_runtime(cluster: Cluster) -> None:
@@ -152,7 +116,7 @@ def install_runtime(cluster: Cluster) -> None:
         RUNTIME_CONFIG.format(
             log=cluster.base / "var/log/nvidia-container-runtime.log",
             runc=shutil.which("runc") or "runc",
-            spec_dir=cluster.base / "gpu-node/var/run/cdi",
+            spec_dir=cluster.gpu_node / "var/run/cdi",
         )
     )
     wrapper = cluster.cdi_runtime
@@ -189,16 +153,6 @@ async def agent_parts(
         await sim.close()
 
 
-def probe_lines(cluster: Cluster, doc: dict[str, Any]) -> list[str] | None:
-    """The probe's output lines from the kubelet's container log, once it has printed them all."""
-    uid = doc["metadata"]["uid"]
-    logs = sorted(cluster.base.glob(f"var/log/pods/default_{POD}_{uid}/main/*.log"))
-    if not logs:
-        return None
-    lines = [line.split(" ", 3)[3] for line in logs[-1].read_text().splitlines() if line.count(" ") >= 3]
-    return lines if "probe done" in lines else None
-
-
 def gpu_series(text: str, field: str) -> dict[str, dict[str, str]]:
     """UUID → labels of ``field``'s series."""
     out = {}
@@ -211,9 +165,7 @@ def gpu_series(text: str, field: str) -> dict[str, dict[str, str]]:
 
 async def test_a_pod_sees_its_gpu_from_the_cdi_spec_and_the_metrics_name_it(cluster: Cluster) -> None:
     install_runtime(cluster)
-    assert cluster.containerd is not None
-    archive = build_static_image(cluster.base, PROBE_C, "devprobe", PROBE_IMAGE)
-    cluster.containerd.ctr("-n", "k8s.io", "images", "import", str(archive))
+    import_probe(cluster)
     runtime_class = "/apis/node.k8s.io/v1/runtimeclasses"
     cluster.admin.post(
         runtime_class,
@@ -222,9 +174,8 @@ async def test_a_pod_sees_its_gpu_from_the_cdi_spec_and_the_metrics_name_it(clus
     )  # fmt: skip
     sim = SimGpuBackend("h100-80gb-hbm3", 8, 0)
     inv = await sim.inventory()
-    node_dir = cluster.base / "gpu-node"
-    s = settings(cluster, node_dir)
-    await write_gpu_node(cluster, node_dir, inv, s)
+    s = settings(cluster)
+    await write_gpu_node(cluster, inv, s)
     try:
         async with agent_parts(cluster, s, sim) as (plugin, client):
             # The kubelet keeps a plugin that went (an earlier test's) allocatable for a while: wait until it
@@ -255,7 +206,7 @@ async def test_a_pod_sees_its_gpu_from_the_cdi_spec_and_the_metrics_name_it(clus
                 assert [(c.container, c.resource_name, len(c.device_ids)) for c in held] == [("main", GPU, 1)]
                 uuid = held[0].device_ids[0]
                 gpu = next(g for g in inv.gpus if g.uuid == uuid)
-                seen = {line.split()[1]: line.split()[2] for line in lines if line.startswith("char ")}
+                seen = probe_devices(lines)
                 gpu_nodes = {p for p in seen if re.fullmatch(r"/dev/nvidia\d+", p)}
                 # exactly its GPU's node, as the twin (1:3) the spec's hostPath names, and the control nodes
                 assert gpu_nodes == {f"/dev/nvidia{gpu.minor_number}"}, lines
@@ -281,4 +232,4 @@ async def test_a_pod_sees_its_gpu_from_the_cdi_spec_and_the_metrics_name_it(clus
                 await asyncio.to_thread(delete_pod, cluster, POD)
     finally:
         cluster.admin.delete(f"{runtime_class}/{CDI_RUNTIME_HANDLER}")
-        await asyncio.to_thread(shutil.rmtree, node_dir, True)
+        await asyncio.to_thread(shutil.rmtree, cluster.gpu_node, True)

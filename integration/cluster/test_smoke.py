@@ -25,7 +25,8 @@ def test_the_components_are_the_pinned_release(cluster: Cluster) -> None:
     )
     info = node_info()
     assert info["kubeletVersion"] == want["KUBERNETES_VERSION"]
-    assert info["containerRuntimeVersion"].startswith("containerd://1."), info
+    # the CRI reports the version without its "v"
+    assert info["containerRuntimeVersion"] == "containerd://" + want["CONTAINERD_VERSION"].removeprefix("v"), info
 
 
 def test_the_node_is_ready_and_untainted(cluster: Cluster) -> None:
