@@ -194,24 +194,30 @@ PROBE_C = r"""
 #include <sys/stat.h>
 #include <sys/sysmacros.h>
 #include <unistd.h>
-int main(void) {
-  DIR *d = opendir("/dev");
+static void list(const char *dir, const char *prefix) {
+  DIR *d = opendir(dir);
   struct dirent *e;
   while (d && (e = readdir(d)) != NULL) {
-    if (strncmp(e->d_name, "nvidia", 6) != 0) continue;
+    if (strncmp(e->d_name, prefix, strlen(prefix)) != 0) continue;
     char path[300];
     struct stat st;
-    snprintf(path, sizeof path, "/dev/%s", e->d_name);
+    snprintf(path, sizeof path, "%s/%s", dir, e->d_name);
     if (lstat(path, &st) != 0) continue;
     if (S_ISCHR(st.st_mode)) printf("char %s %u:%u\n", path, major(st.st_rdev), minor(st.st_rdev));
     else printf("other %s\n", path);
   }
+  if (d) closedir(d);
+}
+int main(void) {
+  list("/dev", "nvidia");
+  list("/dev/nvidia-caps", "nvidia-cap");
   printf("probe done\n");
   fflush(stdout);
   for (;;) pause();
 }
 """
-"""A static probe that lists its ``/dev/nvidia*`` (with their numbers), prints ``probe done`` and waits."""
+"""A static probe that lists its ``/dev/nvidia*`` and ``/dev/nvidia-caps/nvidia-cap*`` (with their numbers), prints
+``probe done`` and waits."""
 NOOP_HOOK = "#!/bin/sh\n# nvidia-cdi-hook's stand-in: the simulated node has no driver to link or cache\nexit 0\n"
 
 
@@ -235,10 +241,18 @@ async def write_gpu_node(cluster: Cluster, inv: Inventory, s: Settings) -> None:
     hook = Path(s.cdi.hook_path)
     hook.write_text(NOOP_HOOK)
     hook.chmod(0o755)
+    await refresh_gpu_node(cluster, inv, s)
+    assert cluster.base.joinpath(s.cdi.spec_path.lstrip("/")).is_file()
+
+
+async def refresh_gpu_node(cluster: Cluster, inv: Inventory, s: Settings) -> None:
+    """The GPU node after a change of ``inv`` (a MIG instance made or destroyed): its MIG capability files and
+    device nodes' twins as the driver leaves them, and the CDI spec its CDI subsystem writes for ``inv``."""
+    root = Root(cluster.gpu_node)
+    sandbox.sync_mig_capabilities(root, inv)
     ctx = testing.context(root, replace(s, "cdi", spec_path=NODE_SPEC), inventory=inv, runtime_devices=True)
     cdi = CdiSubsystem(ctx)
     await cdi.apply(cdi.plan(await cdi.observe()))
-    assert cluster.base.joinpath(s.cdi.spec_path.lstrip("/")).is_file()
 
 
 def import_probe(cluster: Cluster) -> None:

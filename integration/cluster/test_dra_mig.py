@@ -6,15 +6,19 @@ it again.
 
 Four simulated H100s with MIG enabled (25 placement devices each, two slices); GPU 0 already has a 4g.40gb at
 memory slice 0 (someone's, static), so a claim for a 3g.40gb on GPU 0 can only get the placement at slice 4.
-The node's CDI spec follows the inventory here as the cdi subsystem would (``tests.dra.support.cdi_follows``);
-as in test_dra.py the cluster's containerd has no CDI, so what the kubelet was told is checked, not the
-container's devices.
+The simulated GPU node (``integration.cluster.support.write_gpu_node``) follows the inventory as the driver and
+the cdi subsystem would (``gpu_node_follows``: the new instance's capability files and device nodes' twins, the
+node's CDI spec naming it); the cluster's containerd (2.x, CDI) injects the claim's devices, and the pod's probe
+lists exactly the parent GPU's node and the new instance's two ``nvidia-cap`` nodes beside the control nodes.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import re
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -23,12 +27,36 @@ import yaml
 
 from integration.cluster.api import create_all
 from integration.cluster.cluster import Cluster
-from integration.cluster.support import delete_pod, pod, until_async
-from integration.cluster.test_dra import CHECKPOINT, RESOURCE, _delete, claim_pod, plugin_on, running, settings, slices
+from integration.cluster.support import (
+    PROBE_IMAGE,
+    delete_pod,
+    gpu_node_settings,
+    import_probe,
+    pod,
+    refresh_gpu_node,
+    until_async,
+)
+from integration.cluster.test_dra import (
+    CHECKPOINT,
+    CONTROL_NODES,
+    RESOURCE,
+    _delete,
+    claim_pod,
+    claim_spec_path,
+    plugin_on,
+    probed,
+    running,
+    settings,
+    slices,
+)
+from nodeagent import events
+from nodeagent.backends.chardevs import mig_cap_minor
 from nodeagent.backends.gpu.sim.backend import SimGpuBackend
 from nodeagent.backends.hostfs import Root
-from nodeagent.settings import replace
-from tests.dra.support import cdi_follows, mig_sim
+from nodeagent.model.gpu import Inventory
+from nodeagent.settings import Settings, replace
+from nodeagent.subsystem import Context
+from tests.dra.support import mig_sim
 
 pytestmark = [pytest.mark.integration, pytest.mark.root, pytest.mark.cluster]
 
@@ -38,6 +66,26 @@ GPUS = 4
 async def layout(sim: SimGpuBackend, gpu: int) -> list[tuple[str, int, str]]:
     inv = await sim.inventory()
     return sorted((m.profile, m.placement_start, m.uuid) for m in inv.gpus[gpu].mig_devices)
+
+
+@contextlib.asynccontextmanager
+async def gpu_node_follows(cluster: Cluster, ctx: Context, s: Settings) -> AsyncIterator[None]:
+    """The simulated GPU node rewritten on every inventory change, as its driver and cdi subsystem keep it (the
+    plugin writes a new instance's claim spec once the node's spec names it)."""
+
+    async def follow() -> None:
+        async with ctx.bus.subscribe(events.INVENTORY_CHANGED) as sub:
+            async for event in sub:
+                if isinstance(event.payload, Inventory):
+                    await refresh_gpu_node(cluster, event.payload, s)
+
+    task = asyncio.create_task(follow())
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
 
 def _template(parent_uuid: str) -> dict[str, Any]:
@@ -61,8 +109,12 @@ async def test_the_scheduler_allocates_a_partitionable_placement_prepare_creates
     sim = await mig_sim(GPUS, (0, "4g.40gb", 0))
     (static,) = await layout(sim, 0)
     s = replace(settings(), "dra", dynamic_mig=True, claim_timeout_s=20.0)
+    import_probe(cluster)
     try:
-        async with plugin_on(cluster, agent_token, tmp_path, s=s, sim=sim) as plugin, cdi_follows(plugin.ctx):
+        async with (
+            plugin_on(cluster, agent_token, tmp_path, s=s, sim=sim) as plugin,
+            gpu_node_follows(cluster, plugin.ctx, gpu_node_settings(cluster, s)),
+        ):
             await until_async(lambda: len(slices(cluster)) == 2, "the node's two ResourceSlices")
             listed = slices(cluster)
             # kept by the real apiserver: every GPU's counter set, each in the slice of its consumers
@@ -82,7 +134,7 @@ async def test_the_scheduler_allocates_a_partitionable_placement_prepare_creates
             create_all(cluster.admin, [_template(gpu0.uuid)])
             cluster.admin.post(
                 "/api/v1/namespaces/default/pods",
-                claim_pod("dra-mig", {"resourceClaimTemplateName": "one-3g40gb"}, ("main",)),
+                claim_pod("dra-mig", {"resourceClaimTemplateName": "one-3g40gb"}, ("main",), image=PROBE_IMAGE),
             )
             await until_async(lambda: running(cluster, "dra-mig"), "the pod with a dynamic MIG claim Running", 120)
             doc = pod(cluster.admin, "dra-mig")
@@ -97,8 +149,17 @@ async def test_the_scheduler_allocates_a_partitionable_placement_prepare_creates
             assert static in now and len(now) == 2
             ((profile, start, uuid),) = [i for i in now if i != static]
             assert (profile, start) == ("3g.40gb", 4)
-            spec = yaml.safe_load(root.read_bytes(f"/var/run/cdi/k8s.gpu.nvidia.com-claim_{uid}.yaml") or b"")
+            spec = yaml.safe_load(root.read_bytes(claim_spec_path(cluster, uid)) or b"")
             assert [d["name"] for d in spec["devices"]] == [f"{uid}-{want}"]
+            (made,) = [m for m in (await sim.inventory()).gpus[0].mig_devices if m.uuid == uuid]
+            gi, ci = made.gpu_instance_id, made.compute_instance_id
+            minors = (mig_cap_minor(gpu0.minor_number, gi), mig_cap_minor(gpu0.minor_number, gi, ci))
+            caps = {f"/dev/nvidia-caps/nvidia-cap{m}" for m in minors}
+            # in the container: exactly the parent GPU's node and the new instance's caps, as the twins (1:3)
+            devices = await probed(cluster, doc, "main")
+            assert {p for p in devices if re.fullmatch(r"/dev/nvidia\d+", p)} == {f"/dev/nvidia{gpu0.minor_number}"}
+            assert {p for p in devices if p.startswith("/dev/nvidia-caps/")} == caps, devices
+            assert set(devices) >= CONTROL_NODES and set(devices.values()) == {"1:3"}, devices
             saved = json.loads(root.read_bytes(CHECKPOINT) or b"{}")
             (entry,) = saved["claims"][uid]["devices"]
             assert entry["migInstance"]["uuid"] == uuid and entry["migInstance"]["start"] == 4
