@@ -44,7 +44,8 @@ class DraSettings:
         "placement of every MIG profile (`gpu-0-mig-3g40gb-9-4`: 3g.40gb at memory slice 4); NodePrepareResources "
         "creates the GPU instance the scheduler picked, Unprepare destroys it. Instances in use stay as they are "
         "(their placements are left out). Needs the cdi subsystem (the claim's CDI spec names the new instance); "
-        "refused with a `mig.config` (the MIG subsystem would rebuild the same GPUs).",
+        "refused with a `mig.config` (the MIG subsystem would rebuild the same GPUs), and a `nvidia.com/mig.config` "
+        "Node label then fails by name (state `failed`, the layouts left as they are).",
     )
     claim_timeout_s: float = opt(
         10.0,
