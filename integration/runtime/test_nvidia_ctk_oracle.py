@@ -13,9 +13,10 @@ root.
   ``containerd config dump`` (``--config-source=command``, as the installer does; with the file source a
   second run would overwrite the first run's drop-in). Both results are compared as the real
   containerd's ``config dump`` shows them: containerd's own merge of every file.
-- containerd 2.x cases: containerd 2 is not on this machine, so both results are merged with containerd
-  2's rule (plugin tables deep-merged, ``containerd.merge_configs``); nvidia-ctk edits the main file in place
-  (``--drop-in-config=``), which under a deep merge is the same effective config as a drop-in.
+- containerd 2.x cases: nvidia-ctk in drop-in mode (``--drop-in-config=<root>/etc/containerd/conf.d/99-<handler>.toml``,
+  one per handler, each run adding its import to the main file); both results are compared as the real
+  containerd 2 (v2.4.2, the cluster's build, ``containerd2.py``) shows them in its ``config dump``: each file
+  migrated to its config version, imports deep-merged.
 - CRI-O: there is no CRI-O binary here. nvidia-ctk edits crio.conf in place (its drop-in is rebuilt per
   run); both results are merged as CRI-O loads them (crio.conf, then crio.conf.d/* in lexical order, key by
   key: ``crio.effective``).
@@ -45,13 +46,12 @@ from typing import Any
 
 import pytest
 
-from nodeagent.runtime import containerd_config as ctdconf
 from nodeagent.runtime import crio
 from nodeagent.runtime.engine import RuntimeSpec
 from tests.runtime.conftest import make_node
 from tests.support import require, wait_until
 
-from . import nvidia_ctk
+from . import containerd2, nvidia_ctk
 from .conftest import Containerd, need_root_and
 
 pytestmark = [pytest.mark.integration]
@@ -202,18 +202,6 @@ def _containerd_dump(root: Path) -> dict[str, Any]:
     return tomllib.loads(done.stdout)
 
 
-def _containerd_merged(root: Path) -> dict[str, Any]:
-    """containerd 2's load: the main file, then its imports breadth-first, plugin tables deep-merged."""
-    docs: dict[str, dict[str, Any]] = {}
-    listings: dict[str, tuple[str, ...]] = {}
-    for p in root.rglob("*.toml"):
-        docs[str(p)] = tomllib.loads(p.read_text())
-        listings.setdefault(str(p.parent), ())
-        listings[str(p.parent)] += (p.name,)
-    order = ctdconf.load_order(str(root / CONTAINERD_CONFIG.lstrip("/")), docs, listings)
-    return ctdconf.merge_configs([docs[p] for p in order], deep=True)
-
-
 def _crio_effective(root: Path) -> dict[str, Any]:
     main = root / "etc/crio/crio.conf"
     dropins = sorted((root / "etc/crio/crio.conf.d").glob("*")) if (root / "etc/crio/crio.conf.d").is_dir() else []
@@ -228,7 +216,7 @@ def effective(case: Case, root: Path) -> dict[str, Any]:
         return _crio_effective(root)
     if case.containerd_version.startswith("1."):
         return _containerd_dump(root)
-    return _containerd_merged(root)
+    return containerd2.dump(root / CONTAINERD_CONFIG.lstrip("/"))
 
 
 ZERO: tuple[Any, ...] = ("", 0, False, [], {})
