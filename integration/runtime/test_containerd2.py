@@ -14,7 +14,8 @@ each read by ``containerd --config FILE config dump``: every handler with runtim
 model's default runtime and handler tables equal to the dump's, key by key.
 
 Then the real containerd 2 is started once on a written config (its own root, state, socket; NRI off) and
-asked over CRI: RuntimeReady, and our handlers among its runtime handlers.
+asked over CRI: RuntimeReady, our handlers among its runtime handlers with their runtime type and binary,
+and no deprecation warning of containerd's caused by the config.
 """
 
 from __future__ import annotations
@@ -215,6 +216,10 @@ async def test_containerd2_started_on_a_written_config_serves_our_handlers_over_
             assert runtimes[handler]["runtimeType"] == RUNC_V2, runtimes[handler]
             assert runtimes[handler]["options"]["BinaryName"] == path, runtimes[handler]
         assert config["containerd"]["defaultRuntimeName"] == "runc"
+        # a deprecation our config causes would show here (ContainerdHasNoDeprecationWarnings is false on
+        # this host for its cgroup v1 alone)
+        listed = d.ctr("deprecations", "list").stdout.splitlines()[1:]
+        assert {line.split()[0] for line in listed if line.strip()} <= {"io.containerd.deprecation/cgroup-v1"}, listed
     finally:
         d.stop()
         unmount_under(base)

@@ -23,7 +23,8 @@ root.
 - docker: the parsed daemon.json.
 
 On the containerd 1.6 results with a version 2 main file, the real containerd is also started on each
-side (its own root, state and socket in the case's directory) and its CRI plugin must load. The version 1
+side (its own root, state and socket in the case's directory) and its CRI plugin must load; so is the
+built containerd 2 on the containerd 2.x results. The version 1
 case is not started: it is nvidia-ctk's own synthetic test input, whose ``runtime_engine`` makes the CRI
 plugin refuse the config on either side.
 
@@ -46,6 +47,7 @@ from typing import Any
 
 import pytest
 
+from integration.cluster.containerd import ClusterContainerd
 from nodeagent.runtime import crio
 from nodeagent.runtime.engine import RuntimeSpec
 from tests.runtime.conftest import make_node
@@ -269,16 +271,23 @@ def _main_version(root: Path) -> int:
     return int(version)
 
 
-def cri_status(root: Path) -> str:
-    """Start the real containerd on the result (its own root, state and socket) and read its CRI plugin's status.
+def cri_status(root: Path, containerd_2: Path | None = None) -> str:
+    """Start the real containerd on the result (its own root, state and socket) and read its CRI plugin's status;
+    ``containerd_2``: the directory of the built containerd 2 and its ctr, else the machine's containerd.
 
     A small wrapper config imports the result and disables the ``opt`` plugin, the one default that
-    would create a host directory (/opt/containerd).
+    would create a host directory (/opt/containerd), and on containerd 2 NRI (its socket is a host path).
     """
+    nri = '[plugins."io.containerd.nri.v1.nri"]\n  disable = true\n' if containerd_2 else ""
     (root / "start.toml").write_text(
         f'version = 2\nimports = ["{root}{CONTAINERD_CONFIG}"]\ndisabled_plugins = ["io.containerd.internal.v1.opt"]\n'
+        + nri
     )
-    d = Containerd(root, shutil.which("containerd") or "containerd", "/start.toml", "/c.sock")
+    d = (
+        ClusterContainerd(root, str(containerd_2 / "containerd"), "/start.toml", "/c.sock", containerd_2)
+        if containerd_2
+        else Containerd(root, shutil.which("containerd") or "containerd", "/start.toml", "/c.sock")
+    )
     d.write_restart_script(f"--config {d.config} --root {root}/var/lib/ctd --state {root}/run/ctd --address {d.sock}")
     try:
         d.start()
@@ -325,3 +334,7 @@ async def test_nodeagent_and_nvidia_ctk_configure_the_same_runtime(ctk: Path, ca
     if case.engine == "containerd" and case.containerd_version.startswith("1.") and _main_version(ours_root) == 2:
         need_root_and("containerd", "ctr")
         assert (cri_status(ours_root), cri_status(theirs_root)) == ("ok", "ok")
+    if case.engine == "containerd" and not case.containerd_version.startswith("1."):
+        need_root_and("runc")
+        built = containerd2.bin_dir()
+        assert (cri_status(ours_root, built), cri_status(theirs_root, built)) == ("ok", "ok")
