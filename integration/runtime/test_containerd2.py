@@ -170,6 +170,26 @@ async def test_agent_written_containerd2_config_is_what_containerd2_reads(
     check(f"{name} ({'default+cdi' if default_and_cdi else 'plain'})", spec, real, model, _default(spec))
 
 
+UNVERSIONED = """[plugins."io.containerd.{plugin}".containerd.runtimes.nvidia]
+  runtime_type = "io.containerd.runc.v2"
+[plugins."io.containerd.{plugin}".containerd.runtimes.nvidia.options]
+  BinaryName = "/usr/bin/nvidia-container-runtime"
+"""
+
+
+@pytest.mark.parametrize("plugin", ["grpc.v1.cri", "cri.v1.runtime"])
+def test_an_unversioned_file_is_read_by_containerd2_as_the_model_says(
+    binaries: Path, plugin: str, tmp_path: Path
+) -> None:
+    """containerd 1.6 ignores these tables without a ``version`` line (test_messy_nodes.py); containerd 2 migrates
+    the file from version 0 and reads them."""
+    main = tmp_path / "config.toml"
+    main.write_text(UNVERSIONED.format(plugin=plugin))
+    real, model = containerd2.dump(main, binaries), containerd2.modelled(tmp_path, main)
+    assert containerd2.runtime_plugin(real)["containerd"]["runtimes"]["nvidia"]["options"]["BinaryName"]
+    assert containerd2.disagreements(model, real, ["nvidia"]) == {}
+
+
 # ----------------------------------------------------------------------------------- CRI, started
 
 

@@ -131,13 +131,18 @@ def migrate_to_v3(doc: Mapping[str, Any]) -> Mapping[str, Any]:
     the version 3 runtime plugin (``plugins/cri/runtime/plugin.go``, ``configMigration``: a key the file
     already sets there wins; image and streaming settings go to other plugins; ``sandbox_mode`` becomes
     ``sandboxer``; ``cni.bin_dir`` becomes ``cni.bin_dirs``). ``enable_cdi`` is kept (containerd 2.0 has it;
-    2.4 drops it, CDI always on). Version 3 and 4 files are returned as they are."""
+    2.4 drops it, CDI always on). Version 3 and 4 files are returned as they are; so is a file without CRI
+    settings."""
     try:
         version = config_version(doc)
     except ValueError:
         return doc
     plugins = doc.get("plugins")
-    src = plugins.get(CRI_PLUGIN[version]) if version < 3 and isinstance(plugins, Mapping) else None
+    if version >= 3 or not isinstance(plugins, Mapping):
+        return doc
+    # version 1 (or no version line): short plugin names get their full one ("cri" is io.containerd.grpc.v1.cri),
+    # full names stay, so tables keyed by the version 2 or 3 names are read too (config.go, v1Migrate)
+    src = plugins.get("cri") if version == 1 and "cri" in plugins else plugins.get(CRI_PLUGIN[2])
     if not isinstance(src, Mapping):
         return doc
     out = copy.deepcopy(dict(doc))

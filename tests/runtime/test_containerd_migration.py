@@ -43,3 +43,12 @@ def test_a_version_2_main_and_a_version_3_dropin_merge_on_containerd_2_only() ->
     assert sorted(runtimes) == ["nvidia", "runc"]
     before_2 = ctdconf.merge_configs([main, dropin], deep=False)
     assert V3 not in before_2["plugins"][V2] and sorted(before_2["plugins"][V2]["containerd"]["runtimes"]) == ["runc"]
+
+
+def test_an_unversioned_file_is_read_with_its_full_plugin_names_too() -> None:
+    """containerd 1.x ignores version 2/3 tables in a file without ``version``; containerd 2 reads them."""
+    short = {"plugins": {"cri": {"containerd": {"runtimes": {"a": {"runtime_type": "x"}}}}}}
+    full = {"plugins": {V2: {"containerd": {"runtimes": {"b": {"runtime_type": "x"}}}}, V3: {"enable_cdi": True}}}
+    assert sorted(ctdconf.migrate_to_v3(short)["plugins"][V3]["containerd"]["runtimes"]) == ["a"]
+    out = ctdconf.migrate_to_v3(full)["plugins"][V3]
+    assert sorted(out["containerd"]["runtimes"]) == ["b"] and out["enable_cdi"] is True
