@@ -15,7 +15,10 @@ model's default runtime and handler tables equal to the dump's, key by key.
 
 Then the real containerd 2 is started once on a written config (its own root, state, socket; NRI off) and
 asked over CRI: RuntimeReady, our handlers among its runtime handlers with their runtime type and binary,
-and no deprecation warning of containerd's caused by the config.
+and no deprecation warning of containerd's caused by the config. Last, the agent on a running containerd 2
+(the cluster's whole config, ``integration/cluster/containerd.py``, in its own root): detected as 2.4.2 by its
+socket, a comment-only side file written as version 3 and validated by the daemon's own binary, its main
+config edited in place, restarted, healthy, CRI serving our handlers, and reverted to the original bytes.
 """
 
 from __future__ import annotations
@@ -31,13 +34,24 @@ import pytest
 from grpclib.client import Channel
 
 from integration.cluster.containerd import ClusterContainerd
+from integration.cluster.containerd import containerd_config as cluster_containerd_config
+from nodeagent.backends.runtimectl import HostRuntimeControl
 from nodeagent.runtime.detect import RKE2_DIR
 from nodeagent.runtime.engine import RuntimeSpec
 from tests.runtime.conftest import make_node
 from tests.runtime.test_layouts import CASES as LAYOUTS
 
 from . import containerd2
-from .conftest import left_by_agent, need_root_and, short_tmpdir, unmount_under
+from .conftest import (
+    PAUSE_IMAGE,
+    agent,
+    left_by_agent,
+    need_root_and,
+    remove_tree,
+    short_tmpdir,
+    unmount_under,
+    write_shim,
+)
 
 pytestmark = [pytest.mark.integration]
 
@@ -244,3 +258,75 @@ async def test_containerd2_started_on_a_written_config_serves_our_handlers_over_
         d.stop()
         unmount_under(base)
         shutil.rmtree(base, ignore_errors=True)
+
+
+# ------------------------------------------------------------------------- the agent on a running containerd 2
+
+
+def running_containerd2(base: Path, binaries: Path) -> ClusterContainerd:
+    """containerd 2 serving in ``base`` on the cluster's whole config (every path under ``base``, NRI off)."""
+    d = ClusterContainerd(
+        base, str(binaries / "containerd"), "/etc/containerd/config.toml", "/run/containerd/containerd.sock", binaries
+    )
+    d.config.parent.mkdir(parents=True, exist_ok=True)
+    d.config.write_text(
+        cluster_containerd_config(
+            base,
+            d.socket_host,
+            bin_dir=binaries,
+            sandbox_image=PAUSE_IMAGE,
+            cdi_spec_dirs=[base / "etc/cdi"],
+            cdi_handler="cluster-cdi",
+            cdi_runtime=base / "bin/cdi-runc",
+            runc=shutil.which("runc") or "runc",
+        )
+    )
+    d.write_restart_script()
+    d.start()
+    d.wait_cri_ok(60)
+    return d
+
+
+async def test_agent_applies_validates_and_reverts_on_a_running_containerd2(binaries: Path) -> None:
+    """Detected by its socket (2.4.2: deep merge, config version 3 path), edited in place, checked by the
+    daemon's own `config dump`, restarted, healthy, its CRI serving our handlers; revert puts the bytes back."""
+    need_root_and("runc", "ctr")
+    base = short_tmpdir()
+    d = running_containerd2(base, binaries)
+    try:
+        shim, _ = write_shim(base)
+        original = d.config.read_bytes()
+        (base / "etc/containerd/empty.toml").write_bytes(b"# containerd config: defaults\n\n")
+        # a messy side file first: the agent writes `version = 3` and validates it with the daemon's binary
+        side = agent(d, runtime_path=str(shim), config_path="/etc/containerd/empty.toml", restart="none")
+        observed = await side.observe()
+        assert observed.version is not None and observed.version.version == "2.4.2", observed.version
+        plan = side.plan(observed)
+        assert not plan.error, plan.error
+        await side.apply(plan)
+        assert b"\nversion = 3\n" in (base / "etc/containerd/empty.toml").read_bytes()
+        assert await HostRuntimeControl(d.root).validate(plan.steps[0].payload.target) == ""
+        # the daemon's own config: in place, restarted, healthy
+        sub = agent(d, runtime_path=str(shim))
+        plan = sub.plan(await sub.observe())
+        assert not plan.error, plan.error
+        assert [s.action for s in plan.steps] == ["write-file", "restart-runtime"]
+        pid = d.pid()
+        await sub.apply(plan)
+        assert d.pid() != pid
+        d.wait_cri_ok(60)
+        reply = await cri_status(d.sock)
+        handlers = {h.name for h in reply.runtime_handlers}
+        assert {"nvidia", "nvidia-cdi", "nvidia-legacy", "runc", "cluster-cdi"} <= handlers, handlers
+        runtimes = json.loads(reply.info["config"])["containerd"]["runtimes"]
+        assert runtimes["nvidia"]["options"]["BinaryName"] == str(shim), runtimes["nvidia"]
+        assert runtimes["nvidia"]["runtimeType"] == RUNC_V2
+        assert sub.plan(await sub.observe()).empty
+        await sub.revert()
+        assert d.config.read_bytes() == original
+        d.wait_cri_ok(60)
+        assert "nvidia" not in {h.name for h in (await cri_status(d.sock)).runtime_handlers}
+    finally:
+        d.stop()
+        d.cleanup_shims()
+        remove_tree(base)
