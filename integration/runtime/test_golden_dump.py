@@ -2,7 +2,8 @@
 
 ``containerd --config FILE config dump`` must show every handler with its BinaryName and a non-empty
 runtime_type: proof that the version line, plugin key and tables are the ones this containerd uses.
-Only in-place cases for 1.6.20 run here (drop-in cases import absolute /etc paths of the golden node).
+Only in-place cases for 1.6.20 run here (drop-in cases import absolute /etc paths of the golden node); the
+containerd 2 cases are read by the real containerd 2.4.2 in test_containerd2.py.
 """
 
 from __future__ import annotations
