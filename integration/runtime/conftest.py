@@ -95,6 +95,16 @@ def containerd_config(base: Path, socket_host_path: str, *, imports: str = "") -
     return text
 
 
+def left_by_agent(case: Path, root: Path) -> None:
+    """A golden case's node as the agent leaves it under ``root``: its input files, then its expected ones."""
+    for tree in (case / "input", case / "expected"):
+        for src in tree.rglob("*"):
+            if src.is_file():
+                dst = root / src.relative_to(tree)
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                dst.write_bytes(src.read_bytes())
+
+
 @dataclass
 class Daemon:
     """One test daemon: its temporary root and the files that drive it."""

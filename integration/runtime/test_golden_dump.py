@@ -2,7 +2,8 @@
 
 ``containerd --config FILE config dump`` must show every handler with its BinaryName and a non-empty
 runtime_type: proof that the version line, plugin key and tables are the ones this containerd uses.
-Only in-place cases for 1.6.20 run here (drop-in cases import absolute /etc paths of the golden node).
+Only in-place cases for 1.6.20 run here (drop-in cases import absolute /etc paths of the golden node); the
+containerd 2 cases are read by the real containerd 2.4.2 in test_containerd2.py.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ import pytest
 from nodeagent.backends.runtimectl import dumped_handler_problem
 from nodeagent.runtime.engine import RuntimeSpec
 from tests.support import require
+
+from .conftest import left_by_agent
 
 GOLDEN = Path(__file__).parents[2] / "tests/runtime/golden"
 CONFIG = "etc/containerd/config.toml"
@@ -68,12 +71,7 @@ def test_golden_dropin_output_keeps_what_the_leftover_set(name: str, tmp_path: P
     binary = shutil.which("containerd")
     require(binary is not None, "containerd is not installed")
     case = GOLDEN / name
-    for tree in (case / "input", case / "expected"):
-        for src in tree.rglob("*"):
-            if src.is_file():
-                dst = tmp_path / src.relative_to(tree)
-                dst.parent.mkdir(parents=True, exist_ok=True)
-                dst.write_bytes(src.read_bytes())
+    left_by_agent(case, tmp_path)
     main = tmp_path / CONFIG
     main.write_text(main.read_text().replace('"/etc/containerd/conf.d/', f'"{tmp_path}/etc/containerd/conf.d/'))
     done = subprocess.run(

@@ -13,16 +13,18 @@ root.
   ``containerd config dump`` (``--config-source=command``, as the installer does; with the file source a
   second run would overwrite the first run's drop-in). Both results are compared as the real
   containerd's ``config dump`` shows them: containerd's own merge of every file.
-- containerd 2.x cases: containerd 2 is not on this machine, so both results are merged with containerd
-  2's rule (plugin tables deep-merged, ``containerd.merge_configs``); nvidia-ctk edits the main file in place
-  (``--drop-in-config=``), which under a deep merge is the same effective config as a drop-in.
+- containerd 2.x cases: nvidia-ctk in drop-in mode (``--drop-in-config=<root>/etc/containerd/conf.d/99-<handler>.toml``,
+  one per handler, each run adding its import to the main file); both results are compared as the real
+  containerd 2 (v2.4.2, the cluster's build, ``containerd2.py``) shows them in its ``config dump``: each file
+  migrated to its config version, imports deep-merged.
 - CRI-O: there is no CRI-O binary here. nvidia-ctk edits crio.conf in place (its drop-in is rebuilt per
   run); both results are merged as CRI-O loads them (crio.conf, then crio.conf.d/* in lexical order, key by
   key: ``crio.effective``).
 - docker: the parsed daemon.json.
 
 On the containerd 1.6 results with a version 2 main file, the real containerd is also started on each
-side (its own root, state and socket in the case's directory) and its CRI plugin must load. The version 1
+side (its own root, state and socket in the case's directory) and its CRI plugin must load; so is the
+built containerd 2 on the containerd 2.x results. The version 1
 case is not started: it is nvidia-ctk's own synthetic test input, whose ``runtime_engine`` makes the CRI
 plugin refuse the config on either side.
 
@@ -45,13 +47,13 @@ from typing import Any
 
 import pytest
 
-from nodeagent.runtime import containerd_config as ctdconf
+from integration.cluster.containerd import ClusterContainerd
 from nodeagent.runtime import crio
 from nodeagent.runtime.engine import RuntimeSpec
 from tests.runtime.conftest import make_node
 from tests.support import require, wait_until
 
-from . import nvidia_ctk
+from . import containerd2, nvidia_ctk
 from .conftest import Containerd, need_root_and
 
 pytestmark = [pytest.mark.integration]
@@ -202,18 +204,6 @@ def _containerd_dump(root: Path) -> dict[str, Any]:
     return tomllib.loads(done.stdout)
 
 
-def _containerd_merged(root: Path) -> dict[str, Any]:
-    """containerd 2's load: the main file, then its imports breadth-first, plugin tables deep-merged."""
-    docs: dict[str, dict[str, Any]] = {}
-    listings: dict[str, tuple[str, ...]] = {}
-    for p in root.rglob("*.toml"):
-        docs[str(p)] = tomllib.loads(p.read_text())
-        listings.setdefault(str(p.parent), ())
-        listings[str(p.parent)] += (p.name,)
-    order = ctdconf.load_order(str(root / CONTAINERD_CONFIG.lstrip("/")), docs, listings)
-    return ctdconf.merge_configs([docs[p] for p in order], deep=True)
-
-
 def _crio_effective(root: Path) -> dict[str, Any]:
     main = root / "etc/crio/crio.conf"
     dropins = sorted((root / "etc/crio/crio.conf.d").glob("*")) if (root / "etc/crio/crio.conf.d").is_dir() else []
@@ -228,7 +218,7 @@ def effective(case: Case, root: Path) -> dict[str, Any]:
         return _crio_effective(root)
     if case.containerd_version.startswith("1."):
         return _containerd_dump(root)
-    return _containerd_merged(root)
+    return containerd2.dump(root / CONTAINERD_CONFIG.lstrip("/"))
 
 
 ZERO: tuple[Any, ...] = ("", 0, False, [], {})
@@ -281,16 +271,23 @@ def _main_version(root: Path) -> int:
     return int(version)
 
 
-def cri_status(root: Path) -> str:
-    """Start the real containerd on the result (its own root, state and socket) and read its CRI plugin's status.
+def cri_status(root: Path, containerd_2: Path | None = None) -> str:
+    """Start the real containerd on the result (its own root, state and socket) and read its CRI plugin's status;
+    ``containerd_2``: the directory of the built containerd 2 and its ctr, else the machine's containerd.
 
     A small wrapper config imports the result and disables the ``opt`` plugin, the one default that
-    would create a host directory (/opt/containerd).
+    would create a host directory (/opt/containerd), and on containerd 2 NRI (its socket is a host path).
     """
+    nri = '[plugins."io.containerd.nri.v1.nri"]\n  disable = true\n' if containerd_2 else ""
     (root / "start.toml").write_text(
         f'version = 2\nimports = ["{root}{CONTAINERD_CONFIG}"]\ndisabled_plugins = ["io.containerd.internal.v1.opt"]\n'
+        + nri
     )
-    d = Containerd(root, shutil.which("containerd") or "containerd", "/start.toml", "/c.sock")
+    d = (
+        ClusterContainerd(root, str(containerd_2 / "containerd"), "/start.toml", "/c.sock", containerd_2)
+        if containerd_2
+        else Containerd(root, shutil.which("containerd") or "containerd", "/start.toml", "/c.sock")
+    )
     d.write_restart_script(f"--config {d.config} --root {root}/var/lib/ctd --state {root}/run/ctd --address {d.sock}")
     try:
         d.start()
@@ -337,3 +334,7 @@ async def test_nodeagent_and_nvidia_ctk_configure_the_same_runtime(ctk: Path, ca
     if case.engine == "containerd" and case.containerd_version.startswith("1.") and _main_version(ours_root) == 2:
         need_root_and("containerd", "ctr")
         assert (cri_status(ours_root), cri_status(theirs_root)) == ("ok", "ok")
+    if case.engine == "containerd" and not case.containerd_version.startswith("1."):
+        need_root_and("runc")
+        built = containerd2.bin_dir()
+        assert (cri_status(ours_root, built), cri_status(theirs_root, built)) == ("ok", "ok")

@@ -41,6 +41,7 @@ from nodeagent.runtime.containerd_config import (
     containerd_keys,
     cri_keys,
     deep_merge,
+    effective_cri_keys,
     expand,
     import_patterns,
     is_glob,
@@ -188,7 +189,7 @@ class Containerd:
 
     def _effective_cri(self, docs: Mapping[str, Mapping[str, Any]], order: list[str], version: int, deep: bool) -> Any:
         merged = merge_configs([docs[p] for p in order], deep=deep)
-        return tomldoc.get_in(merged, cri_keys(version))
+        return tomldoc.get_in(merged, effective_cri_keys(version, deep))
 
     def _options_cri(self, files_cri: Any, version: int) -> Any:
         """Where the new runtime's options are copied from: the files, or `config dump` when asked."""
@@ -321,8 +322,9 @@ class Containerd:
         order_a = with_dirs(
             load_order(main, after_docs, self.listings, target), extra_dirs, after_docs, self.listings, target
         )
-        cri_b = tomldoc.get_in(merge_configs([before_docs[p] for p in order_b], deep=deep), cri_keys(version)) or {}
-        cri_a = tomldoc.get_in(merge_configs([after_docs[p] for p in order_a], deep=deep), cri_keys(version)) or {}
+        keys = effective_cri_keys(version, deep)
+        cri_b = tomldoc.get_in(merge_configs([before_docs[p] for p in order_b], deep=deep), keys) or {}
+        cri_a = tomldoc.get_in(merge_configs([after_docs[p] for p in order_a], deep=deep), keys) or {}
         where = target or main
         problems = effective_problems(cri_b, cri_a, spec, deep=deep, release=release)
         if target and target not in order_a:

@@ -3,7 +3,10 @@
 - config versions 1 to 4 and where each keeps the CRI plugin (``cri_keys``, ``runtimes_keys``);
 - the shape check that names file and key for a value of the wrong type;
 - imports: patterns relative to the importing file, globs in lexical order, breadth-first load order;
-- the merge (containerd's mergeConfig): plugin tables replaced before 2.0, deep-merged from 2.0;
+- the merge (containerd's mergeConfig): plugin tables replaced before 2.0, deep-merged from 2.0, where each
+  file of config version 1 or 2 is first migrated to version 3 (``migrate_to_v3``: its CRI runtime settings
+  move under ``io.containerd.cri.v1.runtime``), so the effective CRI table is read there
+  (``effective_cri_keys``);
 - k3s/RKE2 Go templates: ``{{ template "base" . }}`` lines kept aside while the TOML is edited.
 
 Pure functions over parsed documents; ``containerd.py`` plans the edit with them.
@@ -95,6 +98,12 @@ def runtimes_keys(version: int) -> tuple[str, ...]:
     return (*containerd_keys(version), "runtimes")
 
 
+def effective_cri_keys(version: int, deep: bool) -> tuple[str, ...]:
+    """Where the merged config keeps the CRI table: containerd >= 2.0 (``deep``) migrates every file to version
+    3 before merging, so its runtime plugin's key whatever the files' version."""
+    return cri_keys(3 if deep else version)
+
+
 def deep_merge(version: str) -> bool:
     """containerd >= 2.0 deep-merges plugin tables from imports; unknown versions get the safe rule."""
     try:
@@ -106,10 +115,68 @@ def deep_merge(version: str) -> bool:
 # ------------------------------------------------------------------------------------ effective config
 
 
+# keys of a version 2 CRI table that containerd 2's migration does not carry into the runtime plugin
+_MOVED_ELSEWHERE = frozenset(
+    {
+        "sandbox_image", "registry", "image_decryption", "max_concurrent_downloads", "image_pull_progress_timeout",
+        "image_pull_with_sync_fs", "stats_collect_period", "disable_tcp_service", "stream_server_address",
+        "stream_server_port", "stream_idle_timeout", "enable_tls_streaming", "x509_key_pair_streaming",
+    }
+)  # fmt: skip
+_CTD_MOVED_ELSEWHERE = frozenset({"snapshotter", "disable_snapshot_annotations", "discard_unpacked_layers"})
+
+
+def migrate_to_v3(doc: Mapping[str, Any]) -> Mapping[str, Any]:
+    """One file as containerd >= 2.0 reads it before merging: a version 1 or 2 file's CRI settings copied into
+    the version 3 runtime plugin (``plugins/cri/runtime/plugin.go``, ``configMigration``: a key the file
+    already sets there wins; image and streaming settings go to other plugins; ``sandbox_mode`` becomes
+    ``sandboxer``; ``cni.bin_dir`` becomes ``cni.bin_dirs``). ``enable_cdi`` is kept (containerd 2.0 has it;
+    2.4 drops it, CDI always on). Version 3 and 4 files are returned as they are; so is a file without CRI
+    settings."""
+    try:
+        version = config_version(doc)
+    except ValueError:
+        return doc
+    plugins = doc.get("plugins")
+    if version >= 3 or not isinstance(plugins, Mapping):
+        return doc
+    # version 1 (or no version line): short plugin names get their full one ("cri" is io.containerd.grpc.v1.cri),
+    # full names stay, so tables keyed by the version 2 or 3 names are read too (config.go, v1Migrate)
+    src = plugins.get("cri") if version == 1 and "cri" in plugins else plugins.get(CRI_PLUGIN[2])
+    if not isinstance(src, Mapping):
+        return doc
+    out = copy.deepcopy(dict(doc))
+    dst = out["plugins"].setdefault(CRI_PLUGIN[3], {})
+    if not isinstance(dst, dict):
+        return doc
+    for key, value in src.items():
+        if key in _MOVED_ELSEWHERE or key in ("cni", "containerd"):
+            continue
+        dst.setdefault(key, copy.deepcopy(value))
+    if isinstance(src.get("cni"), Mapping):
+        cni = dst.setdefault("cni", {})
+        for key, value in src["cni"].items():
+            if key == "bin_dir":
+                if not cni.get("bin_dirs"):
+                    cni["bin_dirs"] = [value]
+            else:
+                cni.setdefault(key, copy.deepcopy(value))
+    if isinstance(src.get("containerd"), Mapping):
+        ctd = dst.setdefault("containerd", {})
+        for key, value in src["containerd"].items():
+            if key not in _CTD_MOVED_ELSEWHERE:
+                ctd.setdefault(key, copy.deepcopy(value))
+        for entry in (ctd.get("runtimes") or {}).values():
+            if isinstance(entry, dict) and "sandbox_mode" in entry and "sandboxer" not in entry:
+                entry["sandboxer"] = entry.pop("sandbox_mode")
+    return out
+
+
 def merge_configs(docs: list[Mapping[str, Any]], *, deep: bool) -> dict[str, Any]:
-    """containerd's mergeConfig over files in load order: plugin tables replaced (< 2.0) or deep-merged."""
+    """containerd's mergeConfig over files in load order: plugin tables replaced (< 2.0), or (>= 2.0) each
+    file migrated to version 3 and then deep-merged (read the result at ``effective_cri_keys``)."""
     out: dict[str, Any] = {}
-    for doc in docs:
+    for doc in [migrate_to_v3(d) for d in docs] if deep else docs:
         for key, value in doc.items():
             if key in _UNION_LISTS and isinstance(value, list):
                 have = out.setdefault(key, [])

@@ -225,8 +225,9 @@ def _effective_containerd(node: Any, case: Case) -> dict[str, Any]:
         docs,
         observed.listings,
     )
-    merged = ctdconf.merge_configs([docs[p] for p in order], deep=ctdconf.deep_merge(engine.version))
-    return tomldoc.get_in(merged, ctdconf.cri_keys(case.version))
+    deep = ctdconf.deep_merge(engine.version)
+    merged = ctdconf.merge_configs([docs[p] for p in order], deep=deep)
+    return tomldoc.get_in(merged, ctdconf.effective_cri_keys(case.version, deep))
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)

@@ -30,6 +30,10 @@ class RuntimeServiceBase(abc.ABC):
     async def RemovePodSandbox(self, stream: 'grpclib.server.Stream[cri_pb2.RemovePodSandboxRequest, cri_pb2.RemovePodSandboxResponse]') -> None:
         pass
 
+    @abc.abstractmethod
+    async def Status(self, stream: 'grpclib.server.Stream[cri_pb2.StatusRequest, cri_pb2.StatusResponse]') -> None:
+        pass
+
     def __mapping__(self) -> typing.Dict[str, grpclib.const.Handler]:
         return {
             '/runtime.v1.RuntimeService/Version': grpclib.const.Handler(
@@ -55,6 +59,12 @@ class RuntimeServiceBase(abc.ABC):
                 grpclib.const.Cardinality.UNARY_UNARY,
                 cri_pb2.RemovePodSandboxRequest,
                 cri_pb2.RemovePodSandboxResponse,
+            ),
+            '/runtime.v1.RuntimeService/Status': grpclib.const.Handler(
+                self.Status,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                cri_pb2.StatusRequest,
+                cri_pb2.StatusResponse,
             ),
         }
 
@@ -85,4 +95,10 @@ class RuntimeServiceStub:
             '/runtime.v1.RuntimeService/RemovePodSandbox',
             cri_pb2.RemovePodSandboxRequest,
             cri_pb2.RemovePodSandboxResponse,
+        )
+        self.Status = grpclib.client.UnaryUnaryMethod(
+            channel,
+            '/runtime.v1.RuntimeService/Status',
+            cri_pb2.StatusRequest,
+            cri_pb2.StatusResponse,
         )
