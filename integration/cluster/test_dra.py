@@ -123,6 +123,16 @@ def claim_spec_path(cluster: Cluster, uid: str) -> str:
     return f"{spec.rsplit('/', 1)[0]}/k8s.gpu.nvidia.com-claim_{uid}.yaml"
 
 
+def template_claim(cluster: Cluster, doc: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The ResourceClaim the pod's one template made, and its one allocation result."""
+    (status,) = doc["status"]["resourceClaimStatuses"]
+    claim: dict[str, Any] = cluster.admin.get(
+        f"{RESOURCE}/namespaces/{doc['metadata']['namespace']}/resourceclaims/{status['resourceClaimName']}"
+    )
+    (result,) = claim["status"]["allocation"]["devices"]["results"]
+    return claim, result
+
+
 def slices(cluster: Cluster) -> list[dict[str, Any]]:
     path = f"{RESOURCE}/resourceslices?fieldSelector=spec.nodeName%3D{cluster.node_name}"
     items: list[dict[str, Any]] = cluster.admin.get(path)["items"]
@@ -231,10 +241,8 @@ async def test_a_claim_template_pod_runs_a_mismatch_stays_pending_an_agent_resta
                 )
                 doc = pod(cluster.admin, "dra-one")
                 assert doc is not None
-                (status,) = doc["status"]["resourceClaimStatuses"]
-                claim = cluster.admin.get(f"{RESOURCE}/namespaces/default/resourceclaims/{status['resourceClaimName']}")
+                claim, result = template_claim(cluster, doc)
                 uid = claim["metadata"]["uid"]
-                (result,) = claim["status"]["allocation"]["devices"]["results"]
                 assert (result["driver"], result["pool"]) == ("gpu.nvidia.com", cluster.node_name)
                 spec_path = claim_spec_path(cluster, uid)
                 spec = yaml.safe_load(root.read_bytes(spec_path) or b"")

@@ -18,7 +18,6 @@ import asyncio
 import contextlib
 import json
 import re
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -48,15 +47,14 @@ from integration.cluster.test_dra import (
     running,
     settings,
     slices,
+    template_claim,
 )
-from nodeagent import events
 from nodeagent.backends.chardevs import mig_cap_minor
 from nodeagent.backends.gpu.sim.backend import SimGpuBackend
 from nodeagent.backends.hostfs import Root
-from nodeagent.model.gpu import Inventory
 from nodeagent.settings import Settings, replace
 from nodeagent.subsystem import Context
-from tests.dra.support import mig_sim
+from tests.dra.support import following_inventory, mig_sim
 
 pytestmark = [pytest.mark.integration, pytest.mark.root, pytest.mark.cluster]
 
@@ -68,24 +66,10 @@ async def layout(sim: SimGpuBackend, gpu: int) -> list[tuple[str, int, str]]:
     return sorted((m.profile, m.placement_start, m.uuid) for m in inv.gpus[gpu].mig_devices)
 
 
-@contextlib.asynccontextmanager
-async def gpu_node_follows(cluster: Cluster, ctx: Context, s: Settings) -> AsyncIterator[None]:
+def gpu_node_follows(cluster: Cluster, ctx: Context, s: Settings) -> contextlib.AbstractAsyncContextManager[None]:
     """The simulated GPU node rewritten on every inventory change, as its driver and cdi subsystem keep it (the
     plugin writes a new instance's claim spec once the node's spec names it)."""
-
-    async def follow() -> None:
-        async with ctx.bus.subscribe(events.INVENTORY_CHANGED) as sub:
-            async for event in sub:
-                if isinstance(event.payload, Inventory):
-                    await refresh_gpu_node(cluster, event.payload, s)
-
-    task = asyncio.create_task(follow())
-    try:
-        yield
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+    return following_inventory(ctx, lambda inv: refresh_gpu_node(cluster, inv, s))
 
 
 def _template(parent_uuid: str) -> dict[str, Any]:
@@ -139,10 +123,8 @@ async def test_the_scheduler_allocates_a_partitionable_placement_prepare_creates
             await until_async(lambda: running(cluster, "dra-mig"), "the pod with a dynamic MIG claim Running", 120)
             doc = pod(cluster.admin, "dra-mig")
             assert doc is not None
-            (status,) = doc["status"]["resourceClaimStatuses"]
-            claim = cluster.admin.get(f"{RESOURCE}/namespaces/default/resourceclaims/{status['resourceClaimName']}")
+            claim, result = template_claim(cluster, doc)
             uid = claim["metadata"]["uid"]
-            (result,) = claim["status"]["allocation"]["devices"]["results"]
             assert (result["driver"], result["pool"], result["device"]) == ("gpu.nvidia.com", cluster.node_name, want)
 
             now = await layout(sim, 0)

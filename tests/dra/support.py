@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,7 +23,17 @@ from nodeagent.testing.kubelet_dra import KubeletDra
 from tests.deviceplugin.support import until, write_cdi_spec
 from tests.labels.test_labels_subsystem import kube_client
 
-__all__ = ["Running", "cdi_follows", "claim", "mig_sim", "running", "settings", "until", "write_cdi_spec"]
+__all__ = [
+    "Running",
+    "cdi_follows",
+    "claim",
+    "following_inventory",
+    "mig_sim",
+    "running",
+    "settings",
+    "until",
+    "write_cdi_spec",
+]
 
 DRIVER = "gpu.nvidia.com"
 REG_SOCKET = "gpu.nvidia.com-reg.sock"
@@ -121,15 +131,14 @@ async def mig_sim(count: int = 2, *instances: tuple[int, str, int]) -> SimGpuBac
 
 
 @contextlib.asynccontextmanager
-async def cdi_follows(ctx: Context) -> AsyncIterator[None]:
-    """The node's CDI spec rewritten on every inventory change, as the cdi subsystem keeps it (dynamic MIG's
-    claim specs wait for it to name a new instance)."""
+async def following_inventory(ctx: Context, on_change: Callable[[Inventory], Awaitable[None]]) -> AsyncIterator[None]:
+    """``on_change`` awaited with every inventory the GPU-state owner publishes, while the block runs."""
 
     async def follow() -> None:
         async with ctx.bus.subscribe(events.INVENTORY_CHANGED) as sub:
             async for event in sub:
                 if isinstance(event.payload, Inventory):
-                    write_cdi_spec(ctx.root, event.payload)
+                    await on_change(event.payload)
 
     task = asyncio.create_task(follow())
     try:
@@ -138,3 +147,13 @@ async def cdi_follows(ctx: Context) -> AsyncIterator[None]:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+
+
+def cdi_follows(ctx: Context) -> contextlib.AbstractAsyncContextManager[None]:
+    """The node's CDI spec rewritten on every inventory change, as the cdi subsystem keeps it (dynamic MIG's
+    claim specs wait for it to name a new instance)."""
+
+    async def rewrite(inv: Inventory) -> None:
+        write_cdi_spec(ctx.root, inv)
+
+    return following_inventory(ctx, rewrite)
