@@ -36,6 +36,7 @@ from nodeagent.errors import ConfigError
 from nodeagent.runtime import tomldoc
 from nodeagent.runtime.containerd_config import (
     CRI_PLUGIN,
+    cdi_builtin,
     check_shape,
     config_version,
     containerd_keys,
@@ -153,6 +154,7 @@ class Containerd:
 
     def desired(self, spec: RuntimeSpec) -> Edit:
         edit = Edit()
+        spec = self._cdi(spec, edit)
         if self.layout.template == "go":
             return self._template(spec, edit)
         docs = self._docs()
@@ -180,6 +182,25 @@ class Containerd:
             if default in spec.handler_names() and not taken_back:
                 edit.warnings.append(_DEFAULT_IS_OURS.format(name=default))
         return edit
+
+    def _cdi(self, spec: RuntimeSpec, edit: Edit) -> RuntimeSpec:
+        """The spec as this containerd needs it: from 2.2 CDI is always on, so ``enable_cdi`` is not asked for
+        (and not written); a key already in the files stays as it is."""
+        if not spec.enable_cdi:
+            return spec
+        builtin = cdi_builtin(self.version)
+        if builtin:
+            edit.evidence.append(
+                f"containerd {self.version} always has CDI (cdi_spec_dirs): enable_cdi is not written "
+                "(deprecated in containerd 2.2, removed in 2.4); one already in the files is left as it is"
+            )
+            return replace(spec, enable_cdi=False)
+        if builtin is None:
+            edit.evidence.append(
+                "containerd version unknown: enable_cdi = true is written, as containerd 1.7 to 2.1 need it "
+                "(containerd 2.2 and later always have CDI and would not need it)"
+            )
+        return spec
 
     def _version_of(self, doc: Mapping[str, Any], path: str) -> int:
         try:

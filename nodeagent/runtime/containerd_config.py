@@ -112,6 +112,20 @@ def deep_merge(version: str) -> bool:
         return False
 
 
+CDI_BUILTIN_FROM = (2, 2)
+"""containerd from 2.2 always has CDI: ``enable_cdi`` is deprecated there and removed in 2.4 (containerd's
+RELEASES.md deprecation table; ``plugins/cri/runtime/plugin.go`` skips it when migrating)."""
+_MAJOR_MINOR = re.compile(r"^v?(\d+)\.(\d+)")
+
+
+def cdi_builtin(version: str) -> bool | None:
+    """Whether containerd of ``version`` always has CDI (>= 2.2); None when the version is unknown."""
+    found = _MAJOR_MINOR.match(version.strip())
+    if not found:
+        return None
+    return (int(found[1]), int(found[2])) >= CDI_BUILTIN_FROM
+
+
 # ------------------------------------------------------------------------------------ effective config
 
 
