@@ -134,10 +134,13 @@ async def test_unknown_version_keeps_writing_enable_cdi_and_says_why(tmp_path: P
     assert node.sub.plan(await node.sub.observe()).empty
 
 
-@pytest.mark.parametrize("value", ["true", "false"])
-async def test_a_leftover_enable_cdi_on_containerd_2_4_is_left_as_it_is(node_factory: Any, value: str) -> None:
-    """Another tool's ``enable_cdi`` (nvidia-ctk writes it on every version): not ours, never removed or changed."""
-    node = node_factory({CONFIG: v3_file(value)}, enable_cdi=True, containerd_version="2.4.2")
+@pytest.mark.parametrize(("version", "value"), [("2.4.2", "true"), ("2.4.2", "false"), ("2.2.0", "true")])
+async def test_a_leftover_enable_cdi_on_containerd_2_2_and_later_is_left_as_it_is(
+    node_factory: Any, version: str, value: str
+) -> None:
+    """Another tool's ``enable_cdi`` (nvidia-ctk writes it on every version): not ours, never removed or changed
+    (2.4 ignores a ``false``; a ``true`` is what is asked for)."""
+    node = node_factory({CONFIG: v3_file(value)}, enable_cdi=True, containerd_version=version)
     plan = node.sub.plan(await node.sub.observe())
     assert not plan.error, plan.error
     assert "change-cdi" not in [s.action for s in plan.steps]
@@ -145,6 +148,22 @@ async def test_a_leftover_enable_cdi_on_containerd_2_4_is_left_as_it_is(node_fac
     data = node.read(CONFIG)
     assert data is not None and f"enable_cdi = {value}" in data.decode()
     assert cri_of(node, V3_CRI)["enable_cdi"] is (value == "true")
+
+
+@pytest.mark.parametrize("version", ["2.2.0", "2.3.1"])
+async def test_enable_cdi_false_on_containerd_2_2_and_2_3_is_turned_on_as_before(
+    node_factory: Any, version: str
+) -> None:
+    """containerd 2.2 and 2.3 still read ``enable_cdi``: a ``false`` another tool left turns CDI off there, so
+    runtime.enable_cdi sets it (a CDI step of its own), as for containerd 1.7 to 2.1."""
+    node = node_factory({CONFIG: v3_file("false")}, enable_cdi=True, containerd_version=version)
+    plan = node.sub.plan(await node.sub.observe())
+    assert not plan.error, plan.error
+    assert "change-cdi" in [s.action for s in plan.steps]
+    assert any(f"containerd {version} has CDI unless enable_cdi = false" in e for e in plan.evidence), plan.evidence
+    await node.sub.apply(plan)
+    assert cri_of(node, V3_CRI)["enable_cdi"] is True
+    assert node.sub.plan(await node.sub.observe()).empty
 
 
 async def test_without_enable_cdi_asked_nothing_is_said_about_it(node_factory: Any) -> None:
