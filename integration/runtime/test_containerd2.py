@@ -39,6 +39,7 @@ from nodeagent.backends.runtimectl import HostRuntimeControl
 from nodeagent.runtime.detect import RKE2_DIR
 from nodeagent.runtime.engine import RuntimeSpec
 from tests.runtime.conftest import make_node
+from tests.runtime.test_containerd_cdi import v3_file
 from tests.runtime.test_layouts import CASES as LAYOUTS
 
 from . import containerd2
@@ -219,25 +220,37 @@ async def cri_status(sock: Path) -> Any:
         channel.close()
 
 
-async def test_containerd2_started_on_a_written_config_serves_our_handlers_over_cri(binaries: Path) -> None:
-    need_root_and("runc")
-    base = short_tmpdir()
+async def started_on(base: Path, binaries: Path, written: str) -> ClusterContainerd:
+    """containerd 2 serving in ``base`` on a config the agent wrote (host paths under ``base``, NRI off)."""
     d = ClusterContainerd(
         base, str(binaries / "containerd"), "/etc/containerd/config.toml", "/run/containerd/containerd.sock", binaries
     )
+    d.config.parent.mkdir(parents=True)
+    # what containerd 2 would otherwise create or serve on the host: its opt directory and NRI's socket
+    d.config.write_text(
+        containerd2.rehome_text(written, base)
+        + f"\n[plugins.'io.containerd.internal.v1.opt']\n  path = '{base}/opt/containerd'\n"
+        + "\n[plugins.'io.containerd.nri.v1.nri']\n  disable = true\n"
+        + f"\n[plugins.'io.containerd.image-verifier.v1.bindir']\n  bin_dir = '{base}/opt/iv'\n"
+    )
+    d.write_restart_script()
+    d.start()
+    await asyncio.to_thread(d.wait_cri_ok, 60)
+    return d
+
+
+def deprecations(d: ClusterContainerd) -> set[str]:
+    """``ctr deprecations list``'s ids (cgroup v1 is this host's own, not the config's)."""
+    listed = d.ctr("deprecations", "list").stdout.splitlines()[1:]
+    return {line.split()[0] for line in listed if line.strip()} - {"io.containerd.deprecation/cgroup-v1"}
+
+
+async def test_containerd2_started_on_a_written_config_serves_our_handlers_over_cri(binaries: Path) -> None:
+    need_root_and("runc")
+    base = short_tmpdir()
+    d: ClusterContainerd | None = None
     try:
-        d.config.parent.mkdir(parents=True)
-        written = (GOLDEN / "containerd-v3-2.0-default/expected" / CONFIG).read_text()
-        # what containerd 2 would otherwise create or serve on the host: its opt directory and NRI's socket
-        d.config.write_text(
-            containerd2.rehome_text(written, base)
-            + f"\n[plugins.'io.containerd.internal.v1.opt']\n  path = '{base}/opt/containerd'\n"
-            + "\n[plugins.'io.containerd.nri.v1.nri']\n  disable = true\n"
-            + f"\n[plugins.'io.containerd.image-verifier.v1.bindir']\n  bin_dir = '{base}/opt/iv'\n"
-        )
-        d.write_restart_script()
-        d.start()
-        await asyncio.to_thread(d.wait_cri_ok, 60)
+        d = await started_on(base, binaries, (GOLDEN / "containerd-v3-2.0-default/expected" / CONFIG).read_text())
         reply = await cri_status(d.sock)
         conditions = {c.type: c.status for c in reply.status.conditions}
         handlers = sorted(h.name for h in reply.runtime_handlers)
@@ -252,10 +265,54 @@ async def test_containerd2_started_on_a_written_config_serves_our_handlers_over_
         assert config["containerd"]["defaultRuntimeName"] == "runc"
         # a deprecation our config causes would show here (ContainerdHasNoDeprecationWarnings is false on
         # this host for its cgroup v1 alone)
-        listed = d.ctr("deprecations", "list").stdout.splitlines()[1:]
-        assert {line.split()[0] for line in listed if line.strip()} <= {"io.containerd.deprecation/cgroup-v1"}, listed
+        assert not deprecations(d)
     finally:
-        d.stop()
+        if d is not None:
+            d.stop()
+        unmount_under(base)
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.mark.parametrize("added", [False, True], ids=["as-written", "enable_cdi-added"])
+async def test_enable_cdi_is_not_written_for_containerd_2_4_and_cdi_stays_on(
+    binaries: Path, added: bool, tmp_path: Path
+) -> None:
+    """runtime.enable_cdi on containerd 2.4.2: the agent writes no ``enable_cdi`` (removed in 2.4: containerd
+    warns "Ignoring unknown key" for it), and containerd serves CDI from its ``cdi_spec_dirs``. The control
+    (``enable_cdi-added``: the key as the agent wrote it before) shows containerd's warning is seen."""
+    need_root_and("runc")
+    node = make_node(tmp_path, {"/" + CONFIG: v3_file()}, containerd_version="2.4.2", enable_cdi=True)
+    plan = node.sub.plan(await node.sub.observe())
+    assert not plan.error, plan.error
+    await node.sub.apply(plan)
+    data = node.read("/" + CONFIG)
+    assert data is not None
+    written = data.decode()
+    assert "enable_cdi" not in written
+    if added:
+        head = "[plugins.'io.containerd.cri.v1.runtime']\n"
+        assert head in written
+        written = written.replace(head, head + "  enable_cdi = true\n", 1)
+    base = short_tmpdir()
+    d: ClusterContainerd | None = None
+    try:
+        d = await started_on(base, binaries, written)
+        config = json.loads((await cri_status(d.sock)).info["config"])
+        warned = [line for line in d.log_text().splitlines() if "enable_cdi" in line]
+        print(
+            f"\ncontainerd 2.4.2 ({'enable_cdi added' if added else 'as written'}): cdiSpecDirs "
+            f"{config.get('cdiSpecDirs')}, log lines naming enable_cdi {len(warned)}, deprecations {deprecations(d)}"
+        )
+        assert config.get("cdiSpecDirs") == [f"{base}/etc/cdi", f"{base}/var/run/cdi"], config.get("cdiSpecDirs")
+        assert "nvidia-cdi" in config["containerd"]["runtimes"]
+        assert not deprecations(d)
+        if added:
+            assert warned and "Ignoring unknown key" in warned[0], warned
+        else:
+            assert not warned, warned
+    finally:
+        if d is not None:
+            d.stop()
         unmount_under(base)
         shutil.rmtree(base, ignore_errors=True)
 

@@ -36,6 +36,9 @@ from nodeagent.errors import ConfigError
 from nodeagent.runtime import tomldoc
 from nodeagent.runtime.containerd_config import (
     CRI_PLUGIN,
+    ENABLE_CDI_GONE_FROM,
+    cdi_builtin,
+    cdi_turned_off,
     check_shape,
     config_version,
     containerd_keys,
@@ -47,6 +50,7 @@ from nodeagent.runtime.containerd_config import (
     is_glob,
     join_template,
     load_order,
+    major_minor,
     merge_configs,
     runtimes_keys,
     split_template,
@@ -153,6 +157,7 @@ class Containerd:
 
     def desired(self, spec: RuntimeSpec) -> Edit:
         edit = Edit()
+        spec = self._cdi(spec, edit)
         if self.layout.template == "go":
             return self._template(spec, edit)
         docs = self._docs()
@@ -180,6 +185,41 @@ class Containerd:
             if default in spec.handler_names() and not taken_back:
                 edit.warnings.append(_DEFAULT_IS_OURS.format(name=default))
         return edit
+
+    def _cdi(self, spec: RuntimeSpec, edit: Edit) -> RuntimeSpec:
+        """The spec as this containerd needs it: from 2.2 CDI is always on, so ``enable_cdi`` is not asked for
+        (and not written); a key already in the files stays as it is. containerd 2.2 and 2.3 still honour an
+        ``enable_cdi = false`` another tool wrote: there the key is set as before."""
+        if not spec.enable_cdi:
+            return spec
+        builtin = cdi_builtin(self.version)
+        if builtin is None:
+            edit.evidence.append(
+                "containerd version unknown: enable_cdi = true is written, as containerd 1.7 to 2.1 need it "
+                "(containerd 2.2 and later always have CDI and would not need it)"
+            )
+        if not builtin:
+            return spec
+        off = [p for p, d in self._all_docs().items() if cdi_turned_off(d)]
+        if off and (major_minor(self.version) or (0, 0)) < ENABLE_CDI_GONE_FROM:
+            edit.evidence.append(
+                f"containerd {self.version} has CDI unless enable_cdi = false, which {', '.join(off)} sets: "
+                "enable_cdi = true is written (deprecated from containerd 2.2; removing that line would do too)"
+            )
+            return spec
+        edit.evidence.append(
+            f"containerd {self.version} always has CDI (cdi_spec_dirs): enable_cdi is not written "
+            "(deprecated in containerd 2.2, removed in 2.4); one already in the files is left as it is"
+        )
+        return replace(spec, enable_cdi=False)
+
+    def _all_docs(self) -> dict[str, dict[str, Any]]:
+        """Every file read, the distribution's generated file too."""
+        docs = self._docs()
+        generated = self.layout.generated
+        if generated and self.files.get(generated) is not None:
+            docs[generated] = tomldoc.parse(generated, self.files.get(generated)).unwrap()
+        return docs
 
     def _version_of(self, doc: Mapping[str, Any], path: str) -> int:
         try:

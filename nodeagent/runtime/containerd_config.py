@@ -112,6 +112,35 @@ def deep_merge(version: str) -> bool:
         return False
 
 
+CDI_BUILTIN_FROM = (2, 2)
+"""containerd from 2.2 always has CDI: ``enable_cdi`` is deprecated there and removed in 2.4 (containerd's
+RELEASES.md deprecation table; ``plugins/cri/runtime/plugin.go`` skips it when migrating)."""
+ENABLE_CDI_GONE_FROM = (2, 4)
+"""containerd 2.2 and 2.3 still read ``enable_cdi`` (a ``false`` there turns CDI off); 2.4 ignores the key."""
+_MAJOR_MINOR = re.compile(r"^v?(\d+)\.(\d+)")
+
+
+def major_minor(version: str) -> tuple[int, int] | None:
+    """``(2, 4)`` for ``2.4.2`` or ``v2.4.0-rc.1``; None when the version is unknown."""
+    found = _MAJOR_MINOR.match(version.strip())
+    return (int(found[1]), int(found[2])) if found else None
+
+
+def cdi_builtin(version: str) -> bool | None:
+    """Whether containerd of ``version`` always has CDI (>= 2.2); None when the version is unknown."""
+    found = major_minor(version)
+    return None if found is None else found >= CDI_BUILTIN_FROM
+
+
+def cdi_turned_off(doc: Mapping[str, Any]) -> bool:
+    """Whether a file sets ``enable_cdi = false`` in a CRI plugin table (of any config version)."""
+    plugins = doc.get("plugins")
+    if not isinstance(plugins, Mapping):
+        return False
+    tables = [plugins.get(name) for name in CRI_PLUGIN.values()]
+    return any(isinstance(t, Mapping) and tomldoc.plain(t.get("enable_cdi")) is False for t in tables)
+
+
 # ------------------------------------------------------------------------------------ effective config
 
 

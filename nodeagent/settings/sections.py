@@ -169,7 +169,11 @@ class RuntimeSettings:
         "the GPU Operator) is kept with a warning on containerd and docker (GPU pods may rely on it), removed on "
         "CRI-O (docs/parity.md, Default runtime).",
     )
-    enable_cdi: bool = opt(False, "Enable CDI in the runtime.")
+    enable_cdi: bool = opt(
+        False,
+        "Enable CDI in the runtime (containerd: `enable_cdi = true`, not written from containerd 2.2, where CDI "
+        "is always on; CRI-O: always on; docker: `features.cdi`).",
+    )
     restart: Literal["auto", "systemd", "signal", "none"] = opt(
         "auto", "How the runtime is restarted after a change (containerd: auto = systemd restart)."
     )
