@@ -113,8 +113,10 @@ def deep_merge(version: str) -> bool:
 
 
 CDI_BUILTIN_FROM = (2, 2)
-"""containerd from 2.2 always has CDI: ``enable_cdi`` is deprecated there and removed in 2.4 (containerd's
-RELEASES.md deprecation table; ``plugins/cri/runtime/plugin.go`` skips it when migrating)."""
+"""From containerd 2.2 the agent leaves ``enable_cdi`` out: CDI is on by default from 2.0 (1.7's default is
+off), the key is deprecated from 2.2 (containerd's RELEASES.md table; 2.3 warns when it is ``false``) and gone in
+2.4 (``plugins/cri/runtime/plugin.go`` drops it when migrating). 2.0 and 2.1 still get ``true`` written, as 1.7
+needs: harmless there, and it overrides a ``false`` another tool left."""
 ENABLE_CDI_GONE_FROM = (2, 4)
 """containerd 2.2 and 2.3 still read ``enable_cdi`` (a ``false`` there turns CDI off); 2.4 ignores the key."""
 _MAJOR_MINOR = re.compile(r"^v?(\d+)\.(\d+)")
